@@ -1,0 +1,1 @@
+//! probe examples (in progress)

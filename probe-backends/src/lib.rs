@@ -1,0 +1,1 @@
+//! probe-backends (in progress)

@@ -1,0 +1,1 @@
+//! probe-cache (in progress)

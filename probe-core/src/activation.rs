@@ -1,0 +1,296 @@
+//! Hidden-state extraction: the [`ActivationExtractor`] contract and its types.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{Capabilities, Error, ModelId, Result};
+
+/// How the token positions of one input are reduced to what is returned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// The last real (non-padding) token: `[n, hidden]`.
+    #[default]
+    Last,
+    /// The mean over real tokens: `[n, hidden]`.
+    Mean,
+    /// Every position: `[n, seq, hidden]`, with [`Activations::mask`].
+    All,
+}
+
+impl Positions {
+    /// The name used on the command line and in cache keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Positions::Last => "last",
+            Positions::Mean => "mean",
+            Positions::All => "all",
+        }
+    }
+}
+
+impl std::str::FromStr for Positions {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "last" => Ok(Positions::Last),
+            "mean" => Ok(Positions::Mean),
+            "all" => Ok(Positions::All),
+            other => Err(Error::invalid("positions", format!("{other:?} (expected last, mean or all)"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Positions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What goes into the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inputs {
+    /// Texts, tokenised by the extractor's tokenizer (special tokens as it adds them by default).
+    Texts(Vec<String>),
+    /// Token ids, used as they are.
+    TokenIds(Vec<Vec<u32>>),
+}
+
+impl Default for Inputs {
+    fn default() -> Self {
+        Inputs::Texts(Vec::new())
+    }
+}
+
+impl Inputs {
+    /// Number of inputs.
+    pub fn len(&self) -> usize {
+        match self {
+            Inputs::Texts(t) => t.len(),
+            Inputs::TokenIds(t) => t.len(),
+        }
+    }
+    /// True when there are no inputs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What to extract.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ActivationRequest {
+    /// Texts or token ids.
+    pub inputs: Inputs,
+    /// Layers in Hugging Face `output_hidden_states` numbering (0 = embeddings,
+    /// L = after the final norm). Duplicates are ignored; results come sorted.
+    pub layers: Vec<usize>,
+    /// Position reduction.
+    pub positions: Positions,
+    /// Largest number of inputs per forward pass; `None` lets the backend choose.
+    pub batch_size: Option<usize>,
+}
+
+impl ActivationRequest {
+    /// A request for `layers` of `texts` at the last token.
+    pub fn texts(texts: Vec<String>, layers: Vec<usize>) -> Self {
+        Self { inputs: Inputs::Texts(texts), layers, ..Self::default() }
+    }
+    /// A request for `layers` of pre-tokenised inputs at the last token.
+    pub fn token_ids(ids: Vec<Vec<u32>>, layers: Vec<usize>) -> Self {
+        Self { inputs: Inputs::TokenIds(ids), layers, ..Self::default() }
+    }
+    /// Sets the position reduction.
+    pub fn with_positions(mut self, p: Positions) -> Self {
+        self.positions = p;
+        self
+    }
+    /// Sets the batch size.
+    pub fn with_batch_size(mut self, b: usize) -> Self {
+        self.batch_size = Some(b);
+        self
+    }
+
+    /// The requested layers, sorted and deduplicated.
+    pub fn sorted_layers(&self) -> Vec<usize> {
+        self.layers.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
+    }
+
+    /// Checks the request against a model's shape before any work.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for no inputs, an empty input, no layers, a layer above
+    /// `info.num_layers`, a batch size of 0, or a token id outside the vocabulary.
+    pub fn validate(&self, info: &ModelInfo) -> Result<()> {
+        if self.inputs.is_empty() {
+            return Err(Error::invalid("inputs", "no inputs given"));
+        }
+        if self.layers.is_empty() {
+            return Err(Error::invalid("layers", "no layers requested"));
+        }
+        if let Some(&bad) = self.layers.iter().find(|&&l| l > info.num_layers) {
+            return Err(Error::invalid(
+                "layer",
+                format!("{bad} is out of range: the model has layers 0..={}", info.num_layers),
+            ));
+        }
+        if self.batch_size == Some(0) {
+            return Err(Error::invalid("batch_size", "0 (must be ≥ 1)"));
+        }
+        if let Inputs::TokenIds(ids) = &self.inputs {
+            for (i, seq) in ids.iter().enumerate() {
+                if seq.is_empty() {
+                    return Err(Error::invalid("inputs", format!("input #{i} has no tokens")));
+                }
+                if let Some(&t) = seq.iter().find(|&&t| t as usize >= info.vocab_size) {
+                    return Err(Error::invalid(
+                        "token id",
+                        format!("{t} in input #{i} is outside the vocabulary of {}", info.vocab_size),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A dense f32 tensor in row-major order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tensor {
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// `shape.iter().product()` values.
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    /// A tensor; panics in debug builds if `data` does not match `shape`.
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?}");
+        Self { shape, data }
+    }
+    /// Row `i` of a tensor whose first axis is the input index.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let w: usize = self.shape[1..].iter().product();
+        &self.data[i * w..(i + 1) * w]
+    }
+    /// Number of rows (first dimension).
+    pub fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(0)
+    }
+}
+
+/// The hidden states of one layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerActivations {
+    /// Layer number (Hugging Face numbering).
+    pub layer: usize,
+    /// `[n, hidden]` for `last`/`mean`, `[n, seq, hidden]` for `all`.
+    pub tensor: Tensor,
+}
+
+/// What an extractor returns: one tensor per requested layer, rows in input order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Activations {
+    /// One entry per requested layer, sorted by layer.
+    pub layers: Vec<LayerActivations>,
+    /// The reduction used.
+    pub positions: Positions,
+    /// For `Positions::All`: `[n, seq]`, 1 for real tokens, 0 for padding.
+    pub mask: Option<Tensor>,
+    /// Number of real tokens of each input.
+    pub token_counts: Vec<usize>,
+}
+
+impl Activations {
+    /// Activations from parts.
+    pub fn new(
+        layers: Vec<LayerActivations>,
+        positions: Positions,
+        mask: Option<Tensor>,
+        token_counts: Vec<usize>,
+    ) -> Self {
+        Self { layers, positions, mask, token_counts }
+    }
+    /// The tensor of one layer.
+    pub fn layer(&self, layer: usize) -> Option<&Tensor> {
+        self.layers.iter().find(|l| l.layer == layer).map(|l| &l.tensor)
+    }
+}
+
+/// Shape and type of the model behind an extractor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ModelInfo {
+    /// Identity, for cache keys.
+    pub id: ModelId,
+    /// Architecture name (`llama`, `qwen2` …).
+    pub architecture: String,
+    /// Number of transformer blocks L; valid layers are `0..=L`.
+    pub num_layers: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Compute dtype (`f32`, `bf16` …).
+    pub dtype: String,
+    /// Tokenizer settings that change the tokens (e.g. `add_special_tokens=true`),
+    /// part of activation cache keys.
+    pub tokenizer: String,
+}
+
+impl ModelInfo {
+    /// Model info from its parts.
+    pub fn new(id: ModelId, architecture: impl Into<String>, num_layers: usize, hidden_size: usize, vocab_size: usize) -> Self {
+        Self {
+            id,
+            architecture: architecture.into(),
+            num_layers,
+            hidden_size,
+            vocab_size,
+            dtype: "f32".into(),
+            tokenizer: String::new(),
+        }
+    }
+    /// Sets the dtype.
+    pub fn with_dtype(mut self, dtype: impl Into<String>) -> Self {
+        self.dtype = dtype.into();
+        self
+    }
+    /// Sets the tokenizer description.
+    pub fn with_tokenizer(mut self, t: impl Into<String>) -> Self {
+        self.tokenizer = t.into();
+        self
+    }
+}
+
+/// Produces hidden states.
+///
+/// # Contract
+/// - One forward pass per batch captures every requested layer; when
+///   `capabilities().early_stop`, it stops after the deepest one and never computes logits.
+/// - Numbering and values are those of Hugging Face `output_hidden_states`: 0 is the
+///   embedding output, `i < L` the residual stream after block `i`, `L` after the final norm.
+/// - Results are per requested layer, sorted by layer, rows in input order; a batched
+///   result equals the unbatched one (padding never leaks into real positions).
+/// - The request is validated against [`ActivationExtractor::model_info`] before any work.
+/// - On a device out of memory the error is [`Error::OutOfMemory`] and nothing is lost:
+///   the caller may retry with a smaller batch.
+#[async_trait]
+pub trait ActivationExtractor: Send + Sync + std::fmt::Debug {
+    /// Runs the model and returns the requested layers.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`], [`Error::NotSupported`], [`Error::OutOfMemory`], or a backend error.
+    async fn extract(&self, request: ActivationRequest) -> Result<Activations>;
+
+    /// The model's shape, dtype and identity.
+    fn model_info(&self) -> ModelInfo;
+
+    /// What this extractor supports.
+    fn capabilities(&self) -> Capabilities;
+}

@@ -1,0 +1,26 @@
+//! # probe-core
+//!
+//! The contracts of probe — [`Generator`], [`ActivationExtractor`], [`CacheStore`] and
+//! [`DevicePolicy`] — with their request and response types, the one [`Error`], cache
+//! keys ([`key`]), payload formats ([`codec`]), the memory planner ([`plan`]) and the
+//! test doubles and conformance suites ([`testing`]).
+//!
+//! probe-core builds with no native library, no GPU and no network.
+
+mod activation;
+pub mod cache;
+mod capabilities;
+pub mod codec;
+mod device;
+mod error;
+mod generation;
+pub mod key;
+pub mod plan;
+pub mod testing;
+
+pub use activation::{ActivationExtractor, ActivationRequest, Activations, Inputs, LayerActivations, ModelInfo, Positions, Tensor};
+pub use cache::{CacheEntry, CacheKey, CacheStore, CacheStoreExt, EntryKind, EntryMeta, GetRequest, ListRequest, PutRequest};
+pub use capabilities::Capabilities;
+pub use device::DevicePolicy;
+pub use error::{BoxError, Error, Result};
+pub use generation::{FinishReason, Generation, GenerationRequest, Generator, ModelId, SamplingParams};
