@@ -28,3 +28,23 @@ pub(crate) fn fnv(parts: &[&[u8]]) -> u64 {
     }
     h
 }
+
+/// Reads the address of an outside service a test needs (an S3 server, a vLLM server, a
+/// fixture folder) from the environment variable `var`, which the test command sets after
+/// starting the service.
+///
+/// Returns `None` (and says so on stderr) when it is unset in a plain `cargo test`; panics
+/// when it is unset under `CI=true` or `PROBE_REQUIRE_SERVICES=1` (set by `scripts/test`),
+/// so a missing service is a failure there, never a silent skip.
+pub fn require_service(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            let strict = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+                || std::env::var("PROBE_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+            assert!(!strict, "{var} is not set: scripts/test starts the service and sets it; a missing service fails the run");
+            eprintln!("SKIPPED: {var} is not set (run scripts/test to start the services this test needs)");
+            None
+        }
+    }
+}
