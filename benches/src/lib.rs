@@ -1,1 +1,1 @@
-//! probe benches (in progress)
+//! Shared helpers of probe's criterion benchmarks.

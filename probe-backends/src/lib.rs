@@ -1,1 +1,33 @@
-//! probe-backends (in progress)
+//! # probe-backends
+//!
+//! Implementations of probe-core's traits, one module per backend, each behind a cargo
+//! feature of the same name: [`candle`] (in-process, the default), `vllm` (OpenAI-compatible
+//! HTTP servers), `tch` (libtorch) and `ort` (ONNX Runtime). A backend whose feature is off
+//! is reported at run time as [`probe_core::Error::FeatureDisabled`] by [`require_feature`].
+
+#[cfg(feature = "candle")]
+pub mod candle;
+#[cfg(feature = "ort")]
+pub mod ort;
+#[cfg(feature = "tch")]
+pub mod tch;
+#[cfg(feature = "vllm")]
+pub mod vllm;
+
+pub mod device;
+
+/// Fails with [`probe_core::Error::FeatureDisabled`] when `feature` was not compiled in.
+///
+/// # Errors
+/// [`probe_core::Error::FeatureDisabled`] naming the feature.
+pub fn require_feature(feature: &str) -> probe_core::Result<()> {
+    let on = match feature {
+        "candle" => cfg!(feature = "candle"),
+        "vllm" => cfg!(feature = "vllm"),
+        "tch" => cfg!(feature = "tch"),
+        "ort" => cfg!(feature = "ort"),
+        "cuda" => cfg!(feature = "cuda"),
+        _ => false,
+    };
+    if on { Ok(()) } else { Err(probe_core::Error::FeatureDisabled { feature: feature.to_owned() }) }
+}

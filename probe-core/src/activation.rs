@@ -245,7 +245,13 @@ pub struct ModelInfo {
 
 impl ModelInfo {
     /// Model info from its parts.
-    pub fn new(id: ModelId, architecture: impl Into<String>, num_layers: usize, hidden_size: usize, vocab_size: usize) -> Self {
+    pub fn new(
+        id: ModelId,
+        architecture: impl Into<String>,
+        num_layers: usize,
+        hidden_size: usize,
+        vocab_size: usize,
+    ) -> Self {
         Self {
             id,
             architecture: architecture.into(),

@@ -56,7 +56,13 @@ pub struct CacheKey {
 impl CacheKey {
     /// A key; `model` and `prompt_set` are slugged again, and a digest that is not 64 hex
     /// characters is hashed, so no part can add folders.
-    pub fn new(kind: EntryKind, model: impl AsRef<str>, prompt_set: impl AsRef<str>, layer: Option<usize>, digest: impl Into<String>) -> Self {
+    pub fn new(
+        kind: EntryKind,
+        model: impl AsRef<str>,
+        prompt_set: impl AsRef<str>,
+        layer: Option<usize>,
+        digest: impl Into<String>,
+    ) -> Self {
         let mut digest = digest.into();
         if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
             digest = hex::encode(Sha256::digest(digest.as_bytes()));
@@ -68,7 +74,9 @@ impl CacheKey {
     /// `<model>/<kind>/<prompt-set>/[layer-<L>/]<digest>`.
     pub fn path(&self) -> String {
         match self.layer {
-            Some(l) => format!("{}/{}/{}/layer-{l:03}/{}", self.model, self.kind.as_str(), self.prompt_set, self.digest),
+            Some(l) => {
+                format!("{}/{}/{}/layer-{l:03}/{}", self.model, self.kind.as_str(), self.prompt_set, self.digest)
+            }
             None => format!("{}/{}/{}/{}", self.model, self.kind.as_str(), self.prompt_set, self.digest),
         }
     }
@@ -157,7 +165,10 @@ impl EntryMeta {
         }
         let sum = sha256_hex(payload);
         if sum != self.sha256 {
-            return Err(Error::Corrupt { key: self.key.clone(), message: format!("checksum {sum} differs from the recorded {}", self.sha256) });
+            return Err(Error::Corrupt {
+                key: self.key.clone(),
+                message: format!("checksum {sum} differs from the recorded {}", self.sha256),
+            });
         }
         Ok(())
     }

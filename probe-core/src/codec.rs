@@ -69,12 +69,16 @@ pub fn encode_generations(gens: &[Generation]) -> Vec<u8> {
 /// # Errors
 /// [`Error::Corrupt`] on a malformed line.
 pub fn decode_generations(bytes: &[u8]) -> Result<Vec<Generation>> {
-    let text = std::str::from_utf8(bytes).map_err(|e| Error::Corrupt { key: "generations payload".into(), message: e.to_string() })?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| Error::Corrupt { key: "generations payload".into(), message: e.to_string() })?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::Corrupt { key: "generations payload".into(), message: format!("line {}: {e}", i + 1) })
+            serde_json::from_str(l).map_err(|e| Error::Corrupt {
+                key: "generations payload".into(),
+                message: format!("line {}: {e}", i + 1),
+            })
         })
         .collect()
 }

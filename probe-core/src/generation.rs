@@ -85,10 +85,7 @@ impl SamplingParams {
     /// (0, 1], max_tokens or n of 0, or an empty stop string.
     pub fn validate(&self) -> Result<()> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(Error::invalid(
-                "temperature",
-                format!("{} (must be a finite number ≥ 0)", self.temperature),
-            ));
+            return Err(Error::invalid("temperature", format!("{} (must be a finite number ≥ 0)", self.temperature)));
         }
         if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return Err(Error::invalid("top_p", format!("{} (must be in (0, 1])", self.top_p)));

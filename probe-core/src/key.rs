@@ -99,10 +99,8 @@ struct GenerationSpec<'a> {
 /// The key of a set of generations: model id and revision, every resolved sampling field
 /// and the prompts in order. `prompt_set` only names the folder.
 pub fn generation_key(model: &ModelId, prompt_set: &str, sampling: &SamplingParams, prompts: &[String]) -> CacheKey {
-    let digest = digest_of(
-        "generations",
-        &GenerationSpec { model: &model.id, revision: &model.revision, sampling, prompts },
-    );
+    let digest =
+        digest_of("generations", &GenerationSpec { model: &model.id, revision: &model.revision, sampling, prompts });
     CacheKey::new(EntryKind::Generations, model_slug(&model.id), slug(prompt_set), None, digest)
 }
 

@@ -18,8 +18,12 @@ pub mod key;
 pub mod plan;
 pub mod testing;
 
-pub use activation::{ActivationExtractor, ActivationRequest, Activations, Inputs, LayerActivations, ModelInfo, Positions, Tensor};
-pub use cache::{CacheEntry, CacheKey, CacheStore, CacheStoreExt, EntryKind, EntryMeta, GetRequest, ListRequest, PutRequest};
+pub use activation::{
+    ActivationExtractor, ActivationRequest, Activations, Inputs, LayerActivations, ModelInfo, Positions, Tensor,
+};
+pub use cache::{
+    CacheEntry, CacheKey, CacheStore, CacheStoreExt, EntryKind, EntryMeta, GetRequest, ListRequest, PutRequest,
+};
 pub use capabilities::Capabilities;
 pub use device::DevicePolicy;
 pub use error::{BoxError, Error, Result};

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 
 use crate::{
-    ActivationExtractor, ActivationRequest, CacheKey, CacheStore, CacheStoreExt, EntryKind, Error, GenerationRequest, Generator,
-    ListRequest, Positions, PutRequest, SamplingParams,
+    ActivationExtractor, ActivationRequest, CacheKey, CacheStore, CacheStoreExt, EntryKind, Error, GenerationRequest,
+    Generator, ListRequest, Positions, PutRequest, SamplingParams,
 };
 
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
@@ -62,7 +62,11 @@ pub async fn generator_conformance(g: &dyn Generator, model: &str, prompts: &[&s
         let x = g.generate(req.clone().with_sampling(s)).await.expect("n = 2");
         assert_eq!(x.len(), 2 * prompts.len(), "n samples per prompt");
         for (j, gen_) in x.iter().enumerate() {
-            assert_eq!((gen_.prompt_index, gen_.sample_index as usize), (j / 2, j % 2), "ordered by prompt, then sample");
+            assert_eq!(
+                (gen_.prompt_index, gen_.sample_index as usize),
+                (j / 2, j % 2),
+                "ordered by prompt, then sample"
+            );
         }
     }
 }
@@ -85,7 +89,12 @@ pub async fn extractor_conformance(e: &dyn ActivationExtractor, texts: &[&str]) 
         assert_eq!(got, want, "one result per requested layer, deduplicated and sorted");
         assert_eq!(full.token_counts.len(), texts.len(), "token counts per input");
         for la in &full.layers {
-            assert_eq!(la.tensor.shape, vec![texts.len(), info.hidden_size], "layer {} has shape [n, hidden]", la.layer);
+            assert_eq!(
+                la.tensor.shape,
+                vec![texts.len(), info.hidden_size],
+                "layer {} has shape [n, hidden]",
+                la.layer
+            );
             assert!(la.tensor.data.iter().all(|v| v.is_finite()), "layer {} is finite", la.layer);
         }
         let single = e.extract(req.clone().with_batch_size(1)).await.expect("unbatched extraction");
@@ -114,7 +123,11 @@ pub async fn extractor_conformance(e: &dyn ActivationExtractor, texts: &[&str]) 
             .expect("all positions");
         let mask = acts.mask.as_ref().expect("Positions::All returns a mask");
         let seq = mask.shape[1];
-        assert_eq!(acts.layers[0].tensor.shape, vec![texts.len(), seq, info.hidden_size], "all positions: [n, seq, hidden]");
+        assert_eq!(
+            acts.layers[0].tensor.shape,
+            vec![texts.len(), seq, info.hidden_size],
+            "all positions: [n, seq, hidden]"
+        );
         for (i, &count) in acts.token_counts.iter().enumerate() {
             let real: f32 = mask.row(i).iter().sum();
             assert_eq!(real as usize, count, "mask row {i} marks the real tokens");
@@ -157,10 +170,18 @@ pub async fn cache_conformance(store: &dyn CacheStore, namespace: &str) {
     assert_eq!(store.get_key(&k2).await.expect("get").expect("big entry").payload, big, "a 1.2 MB payload round-trips");
 
     store.put_bytes(&k1, Bytes::from_static(b"replaced")).await.expect("overwrite");
-    assert_eq!(store.get_key(&k1).await.expect("get").expect("entry").payload, Bytes::from_static(b"replaced"), "put replaces");
+    assert_eq!(
+        store.get_key(&k1).await.expect("get").expect("entry").payload,
+        Bytes::from_static(b"replaced"),
+        "put replaces"
+    );
 
     store.put_bytes(&k3, Bytes::new()).await.expect("put empty");
-    assert_eq!(store.get_key(&k3).await.expect("get").expect("empty entry").payload.len(), 0, "empty payloads are entries");
+    assert_eq!(
+        store.get_key(&k3).await.expect("get").expect("empty entry").payload.len(),
+        0,
+        "empty payloads are entries"
+    );
 
     if caps.list {
         let all = store.list(ListRequest::model(format!("conf-{namespace}"))).await.expect("list");
@@ -168,7 +189,11 @@ pub async fn cache_conformance(store: &dyn CacheStore, namespace: &str) {
         want.sort();
         assert_eq!(all, want, "list returns the committed keys, sorted");
         let acts = store
-            .list(ListRequest::model(format!("conf-{namespace}")).with_kind(EntryKind::Activations).with_prompt_set("50/50"))
+            .list(
+                ListRequest::model(format!("conf-{namespace}"))
+                    .with_kind(EntryKind::Activations)
+                    .with_prompt_set("50/50"),
+            )
             .await
             .expect("list narrowed");
         assert_eq!(acts, vec![k3.clone()], "list narrows by kind and prompt set");

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 
 use super::fnv;
 use crate::{
-    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Inputs, LayerActivations, ModelId, ModelInfo,
-    Positions, Result, Tensor,
+    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Inputs, LayerActivations, ModelId,
+    ModelInfo, Positions, Result, Tensor,
 };
 
 /// A deterministic extractor: each whitespace-separated word (or token id) has a fixed
@@ -25,7 +25,8 @@ impl MockExtractor {
     /// A mock with `num_layers` blocks and `hidden` dimensions.
     pub fn new(model: impl Into<String>, num_layers: usize, hidden: usize) -> Self {
         Self {
-            info: ModelInfo::new(ModelId::new(model, "mock"), "mock", num_layers, hidden, 1 << 16).with_tokenizer("whitespace"),
+            info: ModelInfo::new(ModelId::new(model, "mock"), "mock", num_layers, hidden, 1 << 16)
+                .with_tokenizer("whitespace"),
             passes: AtomicUsize::new(0),
             rows: AtomicUsize::new(0),
             oom_above: None,
@@ -73,7 +74,10 @@ impl ActivationExtractor for MockExtractor {
         let n = tokens.len();
         let batch = request.batch_size.unwrap_or(n).min(n);
         if let Some(limit) = self.oom_above.filter(|&l| batch > l) {
-            return Err(Error::OutOfMemory { device: "mock:0".into(), requested_bytes: Some((batch * 1_000_000) as u64 + limit as u64) });
+            return Err(Error::OutOfMemory {
+                device: "mock:0".into(),
+                requested_bytes: Some((batch * 1_000_000) as u64 + limit as u64),
+            });
         }
         self.passes.fetch_add(n.div_ceil(batch), Ordering::SeqCst);
         self.rows.fetch_add(n, Ordering::SeqCst);
@@ -90,7 +94,9 @@ impl ActivationExtractor for MockExtractor {
                     for j in 0..hidden {
                         running[j] += v[j];
                     }
-                    states.push((0..hidden).map(|j| 0.5 * v[j] + 0.5 * running[j] / (p + 1) as f32).collect::<Vec<f32>>());
+                    states.push(
+                        (0..hidden).map(|j| 0.5 * v[j] + 0.5 * running[j] / (p + 1) as f32).collect::<Vec<f32>>(),
+                    );
                 }
                 match request.positions {
                     Positions::Last => data.extend_from_slice(states.last().expect("validated non-empty")),

@@ -36,7 +36,10 @@ impl Generator for MockGenerator {
     async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
         request.validate()?;
         if request.model != self.model.id {
-            return Err(Error::invalid("model", format!("{:?} is not served here (serving {:?})", request.model, self.model.id)));
+            return Err(Error::invalid(
+                "model",
+                format!("{:?} is not served here (serving {:?})", request.model, self.model.id),
+            ));
         }
         self.calls.fetch_add(1, Ordering::SeqCst);
         let s = &request.sampling;

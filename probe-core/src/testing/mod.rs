@@ -42,7 +42,10 @@ pub fn require_service(var: &str) -> Option<String> {
         _ => {
             let strict = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
                 || std::env::var("PROBE_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
-            assert!(!strict, "{var} is not set: scripts/test starts the service and sets it; a missing service fails the run");
+            assert!(
+                !strict,
+                "{var} is not set: scripts/test starts the service and sets it; a missing service fails the run"
+            );
             eprintln!("SKIPPED: {var} is not set (run scripts/test to start the services this test needs)");
             None
         }

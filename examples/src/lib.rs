@@ -1,1 +1,0 @@
-//! probe examples (in progress)

@@ -1,0 +1,3 @@
+//! The `probe` command (in progress).
+
+fn main() {}

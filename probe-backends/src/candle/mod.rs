@@ -1,0 +1,1 @@
+//! The candle backend (in progress).

@@ -1,0 +1,1 @@
+//! The ort backend (in progress).

@@ -1,0 +1,1 @@
+//! The tch backend (in progress).
