@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Makes the fixture models and the reference tensors the backends are checked against.
+
+    make_fixtures.py OUT
+
+writes, with no network access and deterministically (fixed seeds):
+
+- OUT/tokenizer/            one byte-level BPE tokenizer trained on local synthetic text
+                            (BOS added by a TemplateProcessing post-processor, EOS token).
+- OUT/models/<arch>/        a tiny random-weight model per architecture, saved with
+                            transformers' save_pretrained (config.json, model.safetensors,
+                            tokenizer files; nothing else, since vLLM loads every *.safetensors).
+- OUT/reference/<arch>/     reference.safetensors + reference.json: for each prompt, unbatched,
+                            transformers' output_hidden_states at every layer reduced at `last`
+                            (last token) and `mean` (over tokens) as `last.<layer>` / `mean.<layer>`
+                            of shape [n_prompts, hidden]; the token ids of each prompt; greedy
+                            generate(do_sample=False, max_new_tokens=12) new token ids per prompt.
+
+Architectures: llama, llama3 (rope_scaling rope_type llama3), mistral (sliding_window),
+qwen2 (q/k/v bias), gemma2 (embedding scale, 1+w norms, soft-capping, alternating window).
+
+Skips all work when OUT/.complete holds this script's hash (idempotent).
+"""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ARCHS = ["llama", "llama3", "mistral", "qwen2", "gemma2"]
+
+PROMPTS = [
+    "Hello",
+    "The cat sat on the mat.",
+    "A quick brown fox jumps over the lazy dog while the farmer sleeps in the barn.",
+    "Paris is the capital of",
+    "Numbers like 12345 and symbols like #@! are tokenised too, aren't they? Yes: they are, "
+    "byte by byte when the vocabulary has no merge for them.",
+    "one two three four five six seven eight nine ten eleven twelve",
+]
+
+MAX_NEW_TOKENS = 12
+VOCAB_SIZE = 1024
+
+COMMON = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=64,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-6,
+    initializer_range=0.02,
+)
+
+
+def script_hash() -> str:
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def corpus(n: int = 6000) -> list[str]:
+    """Distinct synthetic sentences, generated from a fixed seed."""
+    rng = random.Random(1234)
+    subjects = ["the cat", "a dog", "my friend", "the farmer", "our teacher", "a small bird", "the king",
+                "every student", "the old man", "a young woman", "this machine", "the river", "Paris",
+                "the committee", "a scientist", "the quick brown fox"]
+    verbs = ["sat on", "looked at", "jumped over", "talked about", "wrote to", "ran past", "sang for",
+             "built", "found", "painted", "counted", "remembered", "is the capital of", "visited"]
+    objects = ["the mat", "a lazy dog", "the barn", "the moon", "a red house", "the capital", "France",
+               "the old bridge", "seven apples", "the sea", "a long letter", "the garden", "the numbers"]
+    extras = ["yesterday", "in the morning", "while sleeping", "with great care", "again and again",
+              "before dinner", "for no reason", "quickly", "slowly", "at noon", "on Monday"]
+    numbers = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+               "twelve"]
+    out: set[str] = set()
+    while len(out) < n:
+        s = f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}"
+        if rng.random() < 0.6:
+            s += f" {rng.choice(extras)}"
+        if rng.random() < 0.3:
+            s += f", {' '.join(rng.sample(numbers, rng.randint(2, 5)))}"
+        if rng.random() < 0.2:
+            s += f" {rng.randint(0, 99999)} #{rng.choice('@!$%&')}"
+        s = s[0].upper() + s[1:] + rng.choice([".", "!", "?", "."])
+        out.add(s)
+    return sorted(out)
+
+
+def train_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(), trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left"
+    )
+    fast.save_pretrained(folder)
+    return fast
+
+
+def build_config(arch: str, tok):
+    import transformers as tf
+
+    ids = dict(
+        vocab_size=VOCAB_SIZE,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    if arch == "llama":
+        return tf.LlamaConfig(**COMMON, **ids, rope_theta=10000.0, tie_word_embeddings=True)
+    if arch == "llama3":
+        return tf.LlamaConfig(
+            **COMMON,
+            **ids,
+            rope_theta=500000.0,
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=64,
+            ),
+            tie_word_embeddings=False,
+        )
+    if arch == "mistral":
+        return tf.MistralConfig(**COMMON, **ids, rope_theta=10000.0, sliding_window=16, tie_word_embeddings=False)
+    if arch == "qwen2":
+        c = dict(COMMON)
+        return tf.Qwen2Config(**c, **ids, rope_theta=1000000.0, tie_word_embeddings=True, use_sliding_window=False)
+    if arch == "gemma2":
+        return tf.Gemma2Config(
+            **COMMON,
+            **ids,
+            rope_theta=10000.0,
+            query_pre_attn_scalar=64,
+            sliding_window=8,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            hidden_activation="gelu_pytorch_tanh",
+            tie_word_embeddings=True,
+        )
+    raise ValueError(arch)
+
+
+def model_class(arch: str):
+    import transformers as tf
+
+    return {
+        "llama": tf.LlamaForCausalLM,
+        "llama3": tf.LlamaForCausalLM,
+        "mistral": tf.MistralForCausalLM,
+        "qwen2": tf.Qwen2ForCausalLM,
+        "gemma2": tf.Gemma2ForCausalLM,
+    }[arch]
+
+
+def make_model(arch: str, tok, folder: Path):
+    import torch
+
+    torch.manual_seed(ARCHS.index(arch) + 1)
+    config = build_config(arch, tok)
+    config._attn_implementation = "eager"
+    model = model_class(arch)(config)
+    # Randomise the norms too (HF initialises them to 1, or 0 for gemma's 1+w), so a wrong
+    # norm convention shows up, and make the biases nonzero.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_((torch.rand_like(p) * 0.5 + 0.75) if arch != "gemma2" else (torch.rand_like(p) * 0.5 - 0.25))
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.1)
+    model = model.to(torch.float32).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    # Nothing but model and tokenizer files in a model folder.
+    for extra in folder.iterdir():
+        if extra.name not in {
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "generation_config.json",
+        }:
+            if extra.is_dir():
+                shutil.rmtree(extra)
+            else:
+                extra.unlink()
+    return model
+
+
+def reference(arch: str, model, tok, folder: Path):
+    import torch
+    from safetensors.torch import save_file
+
+    tensors: dict[str, list] = {}
+    token_ids, generated = [], []
+    with torch.no_grad():
+        for prompt in PROMPTS:
+            ids = tok(prompt, return_tensors="pt").input_ids
+            token_ids.append(ids[0].tolist())
+            out = model(input_ids=ids, output_hidden_states=True)
+            for layer, h in enumerate(out.hidden_states):
+                tensors.setdefault(f"last.{layer}", []).append(h[0, -1].clone())
+                tensors.setdefault(f"mean.{layer}", []).append(h[0].mean(dim=0).clone())
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=MAX_NEW_TOKENS,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+            new = gen[0, ids.shape[1]:].tolist()
+            if tok.eos_token_id in new:  # keep up to and including EOS
+                new = new[: new.index(tok.eos_token_id) + 1]
+            generated.append(new)
+    stacked = {k: torch.stack(v).contiguous() for k, v in tensors.items()}
+    scale = max(float(t.abs().max()) for t in stacked.values())
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(stacked, str(folder / "reference.safetensors"))
+    meta = {
+        "arch": arch,
+        "num_layers": model.config.num_hidden_layers,
+        "hidden_size": model.config.hidden_size,
+        "prompts": PROMPTS,
+        "token_ids": token_ids,
+        "generated_ids": generated,
+        "generated_text": [tok.decode(g, skip_special_tokens=True) for g in generated],
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "eos_token_id": tok.eos_token_id,
+        "bos_token_id": tok.bos_token_id,
+        "pad_token_id": tok.pad_token_id,
+        "max_abs_hidden": scale,
+    }
+    (folder / "reference.json").write_text(json.dumps(meta, indent=1))
+    return scale
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    out = Path(sys.argv[1])
+    marker = out / ".complete"
+    h = script_hash()
+    if marker.exists() and marker.read_text().strip() == h:
+        print(f"fixtures in {out} are up to date")
+        return 0
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.use_deterministic_algorithms(True)
+    if marker.exists():
+        marker.unlink()
+    for sub in ("tokenizer", "models", "reference"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    tok = train_tokenizer(out / "tokenizer")
+    for arch in ARCHS:
+        model = make_model(arch, tok, out / "models" / arch)
+        scale = reference(arch, model, tok, out / "reference" / arch)
+        print(f"{arch}: model and reference written (max |hidden| {scale:.3f})")
+    marker.write_text(h + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
