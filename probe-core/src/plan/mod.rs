@@ -1,43 +1,33 @@
 //! Device inventory, memory model and placement plans (the [`crate::DevicePolicy`] side).
+//!
+//! - [`ModelSpec`]: a model's shape from its `config.json`.
+//! - [`memory`]: parameter counts, weight bytes, KV bytes per token (sliding windows),
+//!   extraction working sets, vLLM's start-up profile and KV-block arithmetic.
+//! - [`DeviceInventory`]: declared (`"8x80GiB"`) or detected GPUs and CPU memory.
+//! - [`Planner`]: roles, vLLM servers, extraction batch and layer split, the
+//!   `max_new_tokens` cap; an impossible plan is refused with its numbers.
+//! - [`paged`]: the paged-attention engine ladder (max_seqs, pages, prefill size).
+//! - [`OomBackoff`]: retries a batch smaller on [`crate::Error::OutOfMemory`].
 
-use serde::{Deserialize, Serialize};
+mod backoff;
+mod config;
+mod extraction;
+mod inventory;
+pub mod memory;
+pub mod paged;
+mod placement;
+mod request;
+pub mod units;
 
-/// One device the planner may use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct Device {
-    /// Index (CUDA ordinal), or `None` for the CPU.
-    pub index: Option<usize>,
-    /// Total memory in bytes.
-    pub total_bytes: u64,
-    /// Free memory in bytes.
-    pub free_bytes: u64,
-}
-
-/// The devices of one machine.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct DeviceInventory {
-    /// GPUs.
-    pub gpus: Vec<Device>,
-    /// CPU RAM in bytes.
-    pub cpu_bytes: u64,
-}
-
-/// What to plan for.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct PlanRequest {
-    /// Devices available.
-    pub inventory: DeviceInventory,
-}
-
-/// A placement plan.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct Plan {
-    /// Extraction batch size.
-    pub extraction_batch_size: usize,
-    /// Whether generation and extraction must run in turn.
-    pub time_shared: bool,
-}
+pub use backoff::{ClearCache, OomBackoff};
+pub use config::ModelSpec;
+pub use extraction::reserve;
+pub use inventory::{Device, DeviceInventory, InventorySource, parse_gpu_set, parse_meminfo};
+pub use memory::{AttentionKind, Dtype, ExtractionShape, ParamCount, VllmKv, VllmMemory};
+pub use placement::{
+    DEFAULT_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, DEFAULT_NON_TORCH, DEFAULT_UTILIZATION, Planner, PlannerBuilder, plan,
+};
+pub use request::{
+    DeviceUse, ExtractionPlan, ExtractionWorker, ExtractionWorkload, GenerationPlan, GenerationWorkload, LayerShare,
+    ModelMemory, Plan, PlanRequest, ShareMode, VllmServerPlan, VllmSettings,
+};

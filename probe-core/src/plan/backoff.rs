@@ -1,0 +1,235 @@
+//! [`OomBackoff`]: an [`ActivationExtractor`] wrapper that shrinks the batch on
+//! [`Error::OutOfMemory`] and retries the same inputs, keeping what finished.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+
+use crate::{
+    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Inputs, LayerActivations, ModelInfo,
+    Positions, Result, Tensor,
+};
+
+/// Called between tries, e.g. to empty a device's cache allocator.
+pub type ClearCache = Arc<dyn Fn() + Send + Sync>;
+
+/// Wraps an extractor: inputs go in chunks of the current batch size; a chunk that fails
+/// with [`Error::OutOfMemory`] is retried with the batch shrunk by `factor` (×0.9 by
+/// default, always by at least one), down to `floor` (1 by default), after calling the
+/// clear-cache hook. Finished chunks are kept, so no input runs twice after it succeeded,
+/// and the results equal those of a run that never ran out of memory. The size that
+/// worked is kept for every later call. At the floor the error is returned, quoting the
+/// plan when one was given.
+///
+/// # Contract
+/// Follows [`ActivationExtractor`]'s contract (it passes the conformance suite); retries
+/// only [`Error::OutOfMemory`]; every other error is returned at once.
+pub struct OomBackoff<E> {
+    inner: E,
+    factor: f64,
+    floor: usize,
+    current: AtomicUsize,
+    retries: AtomicUsize,
+    clear_cache: Option<ClearCache>,
+    plan_note: Option<String>,
+}
+
+impl<E: std::fmt::Debug> std::fmt::Debug for OomBackoff<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OomBackoff")
+            .field("inner", &self.inner)
+            .field("factor", &self.factor)
+            .field("floor", &self.floor)
+            .field("current", &self.current.load(Ordering::SeqCst))
+            .field("retries", &self.retries.load(Ordering::SeqCst))
+            .field("clear_cache", &self.clear_cache.is_some())
+            .field("plan_note", &self.plan_note)
+            .finish()
+    }
+}
+
+impl<E: ActivationExtractor> OomBackoff<E> {
+    /// Wraps `inner` with factor 0.9 and floor 1.
+    pub fn new(inner: E) -> Self {
+        Self {
+            inner,
+            factor: 0.9,
+            floor: 1,
+            current: AtomicUsize::new(0),
+            retries: AtomicUsize::new(0),
+            clear_cache: None,
+            plan_note: None,
+        }
+    }
+    /// Sets the shrink factor, in (0, 1).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] outside (0, 1).
+    pub fn with_factor(mut self, factor: f64) -> Result<Self> {
+        if !(factor > 0.0 && factor < 1.0) {
+            return Err(Error::invalid("backoff factor", format!("{factor} (must be in (0, 1))")));
+        }
+        self.factor = factor;
+        Ok(self)
+    }
+    /// Sets the smallest batch tried (≥ 1).
+    pub fn with_floor(mut self, floor: usize) -> Self {
+        self.floor = floor.max(1);
+        self
+    }
+    /// Never runs batches larger than this (e.g. the planned batch size).
+    pub fn with_start(self, batch: usize) -> Self {
+        self.current.store(batch, Ordering::SeqCst);
+        self
+    }
+    /// Calls `hook` between tries (to empty a device cache).
+    pub fn with_clear_cache(mut self, hook: ClearCache) -> Self {
+        self.clear_cache = Some(hook);
+        self
+    }
+    /// A description of the plan, quoted when the floor is reached.
+    pub fn with_plan_note(mut self, note: impl Into<String>) -> Self {
+        self.plan_note = Some(note.into());
+        self
+    }
+    /// The batch-size ceiling learned from out-of-memory errors (or set by
+    /// [`OomBackoff::with_start`]); 0 while none. Later calls never exceed it.
+    pub fn current_batch_size(&self) -> usize {
+        self.current.load(Ordering::SeqCst)
+    }
+    /// Out-of-memory retries so far.
+    pub fn retries(&self) -> usize {
+        self.retries.load(Ordering::SeqCst)
+    }
+    /// The wrapped extractor.
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+    /// Unwraps.
+    pub fn into_inner(self) -> E {
+        self.inner
+    }
+
+    fn shrink(&self, b: usize) -> usize {
+        (((b as f64) * self.factor).floor() as usize).min(b - 1).max(self.floor)
+    }
+}
+
+fn slice(inputs: &Inputs, range: std::ops::Range<usize>) -> Inputs {
+    match inputs {
+        Inputs::Texts(t) => Inputs::Texts(t[range].to_vec()),
+        Inputs::TokenIds(t) => Inputs::TokenIds(t[range].to_vec()),
+    }
+}
+
+/// Concatenates chunk results in order; for `Positions::All` pads every chunk to the
+/// longest sequence (zeros, mask 0).
+fn concat(parts: Vec<Activations>, positions: Positions) -> Activations {
+    let Some(first) = parts.first() else { return Activations::default() };
+    let layer_ids: Vec<usize> = first.layers.iter().map(|l| l.layer).collect();
+    let token_counts: Vec<usize> = parts.iter().flat_map(|p| p.token_counts.iter().copied()).collect();
+    let n = token_counts.len();
+    if positions != Positions::All {
+        let layers = layer_ids
+            .iter()
+            .enumerate()
+            .map(|(j, &layer)| {
+                let shape_tail = parts[0].layers[j].tensor.shape[1..].to_vec();
+                let data: Vec<f32> = parts.iter().flat_map(|p| p.layers[j].tensor.data.iter().copied()).collect();
+                let mut shape = vec![n];
+                shape.extend(shape_tail);
+                LayerActivations { layer, tensor: Tensor::new(shape, data) }
+            })
+            .collect();
+        return Activations::new(layers, positions, None, token_counts);
+    }
+    let seq = parts.iter().filter_map(|p| p.mask.as_ref().map(|m| m.shape[1])).max().unwrap_or(0);
+    let pad = |t: &Tensor, width: usize| -> Vec<f32> {
+        // t: [rows, s, width] → [rows, seq, width]
+        let rows = t.shape[0];
+        let s = t.shape[1];
+        let mut out = Vec::with_capacity(rows * seq * width);
+        for r in 0..rows {
+            out.extend_from_slice(&t.data[r * s * width..(r + 1) * s * width]);
+            out.extend(std::iter::repeat_n(0.0, (seq - s) * width));
+        }
+        out
+    };
+    let layers = layer_ids
+        .iter()
+        .enumerate()
+        .map(|(j, &layer)| {
+            let hidden = parts[0].layers[j].tensor.shape[2];
+            let data = parts.iter().flat_map(|p| pad(&p.layers[j].tensor, hidden)).collect();
+            LayerActivations { layer, tensor: Tensor::new(vec![n, seq, hidden], data) }
+        })
+        .collect();
+    let mask_data = parts
+        .iter()
+        .flat_map(|p| {
+            let m = p.mask.as_ref().expect("Positions::All returns a mask");
+            let m3 = Tensor::new(vec![m.shape[0], m.shape[1], 1], m.data.clone());
+            pad(&m3, 1)
+        })
+        .collect();
+    Activations::new(layers, positions, Some(Tensor::new(vec![n, seq], mask_data)), token_counts)
+}
+
+#[async_trait]
+impl<E: ActivationExtractor> ActivationExtractor for OomBackoff<E> {
+    async fn extract(&self, request: ActivationRequest) -> Result<Activations> {
+        request.validate(&self.inner.model_info())?;
+        if request.positions == Positions::All && !self.inner.capabilities().all_positions {
+            return Err(Error::not_supported("Positions::All", self.inner.model_info().architecture));
+        }
+        let n = request.inputs.len();
+        let asked = request.batch_size.unwrap_or(n).clamp(1, n);
+        let mut batch = match self.current.load(Ordering::SeqCst) {
+            0 => asked,
+            kept => kept.min(asked),
+        };
+        let mut parts = Vec::new();
+        let mut done = 0usize;
+        while done < n {
+            let end = (done + batch).min(n);
+            let mut chunk = request.clone();
+            chunk.inputs = slice(&request.inputs, done..end);
+            chunk.batch_size = Some(end - done);
+            match self.inner.extract(chunk).await {
+                Ok(a) => {
+                    parts.push(a);
+                    done = end;
+                }
+                Err(Error::OutOfMemory { device, requested_bytes }) => {
+                    if batch <= self.floor {
+                        tracing::error!(batch, floor = self.floor, %device, "out of memory at the floor batch size");
+                        let plan = self.plan_note.as_ref().map(|p| format!("; plan: {p}")).unwrap_or_default();
+                        return Err(Error::OutOfMemory {
+                            device: format!("{device} at batch size {batch}, the floor of the back-off{plan}"),
+                            requested_bytes,
+                        });
+                    }
+                    let next = self.shrink(batch);
+                    self.retries.fetch_add(1, Ordering::SeqCst);
+                    tracing::warn!(from = batch, to = next, %device, inputs = end - done, "out of memory: retrying the same inputs with a smaller batch");
+                    if let Some(hook) = &self.clear_cache {
+                        hook();
+                    }
+                    batch = next;
+                    self.current.store(batch, Ordering::SeqCst);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(concat(parts, request.positions))
+    }
+
+    fn model_info(&self) -> ModelInfo {
+        self.inner.model_info()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+}
