@@ -16,6 +16,7 @@ mod error;
 mod generation;
 pub mod key;
 pub mod plan;
+pub mod sweep;
 pub mod testing;
 
 pub use activation::{

@@ -1,0 +1,275 @@
+//! The layer sweep: labelled prompts → completions (cached) → hidden states at every
+//! requested layer (one forward pass per batch, cached per layer and batch) → one
+//! logistic-regression probe per layer → a [`SweepReport`].
+//!
+//! The pipeline works on the traits only (`&dyn Generator`, `&dyn ActivationExtractor`,
+//! `&dyn CacheStore`), so any backend and any store can run it.
+//!
+//! # Cache layout and resumption
+//!
+//! - **Generations**: one entry per prompt set and sampling settings
+//!   ([`crate::key::generation_key`]), JSON lines ([`crate::codec::encode_generations`]).
+//! - **Activations**, two granularities, both keyed with [`crate::key::activation_key`]:
+//!   - a *batch entry* per (layer, rows `[start, end)`) — `rows = Some((start, end))` —
+//!     written right after the batch's forward pass, so a killed run loses at most the
+//!     batch in flight; the batch grid is `0, b, 2b, …` for the configured batch size `b`;
+//!   - a *layer entry* per layer over all rows — `rows = None` — assembled from the batch
+//!     entries once every batch of the layer exists; its batch entries are then deleted
+//!     (when the store supports it). A later run finds the layer entry whatever its batch
+//!     size.
+//!
+//!   Both hold one f32 tensor named [`crate::codec::ACTIVATIONS_TENSOR`] of shape
+//!   `[rows, hidden]` plus string metadata (model, layer, positions, rows).
+//! - For each batch the pipeline looks up every requested layer that has no layer entry and
+//!   runs **one** forward pass for the layers still missing. An out-of-memory error halves
+//!   the extractor's batch size and retries the same rows (the cache grid is unchanged).
+//! - A corrupt entry is a miss: it is recomputed.
+//!
+//! Everything is validated before any expensive work: layers against
+//! [`crate::ActivationExtractor::model_info`], the batch size, sampling, the probe settings and
+//! the labels (at least two examples per class).
+
+mod activations;
+mod generations;
+pub mod layers;
+pub mod linear;
+mod observer;
+pub mod prompts;
+mod report;
+
+use std::collections::BTreeMap;
+
+pub use activations::extract_all;
+pub use layers::LayerSelection;
+pub use linear::{LogisticProbe, ProbeConfig, ProbeScore, Split, roc_auc, stratified_split};
+pub use observer::{NoProgress, Phase, SweepEvent, SweepObserver};
+pub use prompts::{Prompt, PromptFormat, PromptSet};
+pub use report::{LayerScore, SweepReport, SweepSummary};
+
+use crate::key::ActivationSource;
+use crate::{ActivationExtractor, CacheStore, Error, Generator, Positions, Result, SamplingParams, Tensor};
+
+/// Settings of one sweep.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SweepConfig {
+    /// Layers to probe (Hugging Face numbering); duplicates ignored.
+    pub layers: Vec<usize>,
+    /// Position reduction (`last` or `mean`; probes need one vector per prompt).
+    pub positions: Positions,
+    /// Rows per forward pass, and rows per cached batch entry.
+    pub batch_size: usize,
+    /// Sampling of the completions; `None` probes the prompt texts themselves.
+    pub sampling: Option<SamplingParams>,
+    /// Probe training and split.
+    pub probe: ProbeConfig,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        Self {
+            layers: Vec::new(),
+            positions: Positions::Last,
+            batch_size: 16,
+            sampling: Some(SamplingParams::default()),
+            probe: ProbeConfig::default(),
+        }
+    }
+}
+
+impl SweepConfig {
+    /// A sweep over `layers` with default settings (greedy completions of 64 tokens, last
+    /// position, batch 16, 80/20 split with seed 0).
+    pub fn new(layers: Vec<usize>) -> Self {
+        Self { layers, ..Self::default() }
+    }
+    /// Sets the position reduction.
+    pub fn with_positions(mut self, p: Positions) -> Self {
+        self.positions = p;
+        self
+    }
+    /// Sets the batch size.
+    pub fn with_batch_size(mut self, b: usize) -> Self {
+        self.batch_size = b;
+        self
+    }
+    /// Sets the sampling; `None` turns generation off.
+    pub fn with_sampling(mut self, s: Option<SamplingParams>) -> Self {
+        self.sampling = s;
+        self
+    }
+    /// Sets the probe settings.
+    pub fn with_probe(mut self, p: ProbeConfig) -> Self {
+        self.probe = p;
+        self
+    }
+}
+
+/// The parts a sweep runs on.
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub struct SweepParts<'a> {
+    /// Produces completions; needed when [`SweepConfig::sampling`] is set.
+    pub generator: Option<&'a dyn Generator>,
+    /// Produces hidden states.
+    pub extractor: &'a dyn ActivationExtractor,
+    /// Stores generations and activations.
+    pub cache: &'a dyn CacheStore,
+    /// Receives progress.
+    pub observer: &'a dyn SweepObserver,
+}
+
+impl std::fmt::Debug for SweepParts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SweepParts")
+            .field("generator", &self.generator)
+            .field("extractor", &self.extractor)
+            .field("cache", &self.cache.location())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> SweepParts<'a> {
+    /// Parts without a generator and without progress.
+    pub fn new(extractor: &'a dyn ActivationExtractor, cache: &'a dyn CacheStore) -> Self {
+        Self { generator: None, extractor, cache, observer: &NoProgress }
+    }
+    /// Sets the generator.
+    pub fn with_generator(mut self, g: &'a dyn Generator) -> Self {
+        self.generator = Some(g);
+        self
+    }
+    /// Sets the observer.
+    pub fn with_observer(mut self, o: &'a dyn SweepObserver) -> Self {
+        self.observer = o;
+        self
+    }
+}
+
+/// Checks everything a sweep needs before any generation or forward pass.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the bad value: no layers, a layer out of range, a batch
+/// size of 0, positions `all`, bad sampling or `n ≠ 1`, generation without a generator, bad
+/// probe settings, prompts without labels, or a class with fewer than two prompts.
+pub fn validate(parts: &SweepParts<'_>, prompts: &PromptSet, config: &SweepConfig) -> Result<()> {
+    let info = parts.extractor.model_info();
+    if config.layers.is_empty() {
+        return Err(Error::invalid("layers", "no layers requested"));
+    }
+    if let Some(&bad) = config.layers.iter().find(|&&l| l > info.num_layers) {
+        return Err(Error::invalid(
+            "layer",
+            format!(
+                "{bad} is out of range: the model has {} hidden states (layers 0..={})",
+                info.num_layers + 1,
+                info.num_layers
+            ),
+        ));
+    }
+    if config.batch_size == 0 {
+        return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
+    }
+    if config.positions == Positions::All {
+        return Err(Error::invalid("positions", "\"all\" (a probe needs one vector per prompt: use last or mean)"));
+    }
+    if let Some(s) = &config.sampling {
+        s.validate()?;
+        if s.n != 1 {
+            return Err(Error::invalid("n", format!("{} (a sweep probes one completion per prompt)", s.n)));
+        }
+        if parts.generator.is_none() {
+            return Err(Error::invalid("generation", "completions were asked for but no generator was given"));
+        }
+    }
+    config.probe.validate()?;
+    let labels = prompts.class_indices()?;
+    let classes = prompts.classes();
+    if classes.len() < 2 {
+        return Err(Error::invalid(
+            "labels",
+            format!("every prompt has the label {:?}; a probe needs at least two classes", classes.join("")),
+        ));
+    }
+    for (class, count) in prompts.class_counts() {
+        if count < 2 {
+            return Err(Error::invalid(
+                "labels",
+                format!("label {class:?} has {count} prompt; a train/test split needs at least 2 per class"),
+            ));
+        }
+    }
+    debug_assert_eq!(labels.len(), prompts.len());
+    Ok(())
+}
+
+/// Runs a sweep: validates, generates (or reads cached completions), extracts every
+/// requested layer (or reads it from the cache), trains one probe per layer and reports.
+///
+/// # Errors
+/// Validation errors ([`validate`]) before any work; then the generator's, extractor's or
+/// store's errors. What was committed to the cache before an error is kept.
+pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfig) -> Result<SweepReport> {
+    validate(&parts, prompts, config)?;
+    let info = parts.extractor.model_info();
+    let mut layers = config.layers.clone();
+    layers.sort_unstable();
+    layers.dedup();
+    let mut summary = SweepSummary { generation: config.sampling.is_some(), ..SweepSummary::default() };
+
+    let (texts, source) = match (&config.sampling, parts.generator) {
+        (Some(sampling), Some(generator)) => {
+            let (texts, digest) = generations::texts_with_completions(
+                generator,
+                parts.cache,
+                parts.observer,
+                prompts,
+                sampling,
+                &mut summary,
+            )
+            .await?;
+            (texts, ActivationSource::Generations(digest))
+        }
+        _ => {
+            let texts = prompts.texts();
+            let source = ActivationSource::texts(&texts);
+            (texts, source)
+        }
+    };
+
+    let job = activations::Job {
+        info: &info,
+        prompt_set: &prompts.name,
+        source: &source,
+        texts: &texts,
+        layers: &layers,
+        positions: config.positions,
+        batch_size: config.batch_size,
+    };
+    let features: BTreeMap<usize, Tensor> =
+        activations::cached_extract(parts.extractor, parts.cache, parts.observer, &job, &mut summary).await?;
+
+    let labels = prompts.class_indices()?;
+    let classes = prompts.classes();
+    let split = stratified_split(&labels, classes.len(), config.probe.test_fraction, config.probe.seed)?;
+    parts.observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Probes, total: features.len() });
+    let mut scores = Vec::with_capacity(features.len());
+    for (i, (&layer, tensor)) in features.iter().enumerate() {
+        let s = linear::evaluate(tensor, &labels, classes.len(), &split, &config.probe)?;
+        scores.push(LayerScore { layer, accuracy: s.accuracy, auc: s.auc, n_train: s.n_train, n_test: s.n_test });
+        parts.observer.on_event(&SweepEvent::Progress { phase: Phase::Probes, done: i + 1 });
+    }
+    parts.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Probes });
+    tracing::info!("{summary}");
+    Ok(SweepReport {
+        model: info.id.id.clone(),
+        revision: info.id.revision.clone(),
+        prompt_set: prompts.name.clone(),
+        positions: config.positions.to_string(),
+        classes,
+        n_prompts: prompts.len(),
+        seed: config.probe.seed,
+        layers: scores,
+        summary,
+    })
+}

@@ -1,0 +1,287 @@
+//! Labelled prompt sets: JSON lines with `id`, `text` and `label`.
+//!
+//! Every error names the file and line and the bad value, so a user can fix the file
+//! without reading code: `invalid prompt file: data/p.jsonl:3: missing field "text"`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::key::slug;
+use crate::{Error, Result};
+
+/// Longest line accepted in a prompt file (4 MiB).
+pub const MAX_LINE_BYTES: usize = 4 << 20;
+
+/// One labelled prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Prompt {
+    /// Unique id (a JSON string or integer in the file; integers are kept as their decimal text).
+    pub id: String,
+    /// The text, verbatim.
+    pub text: String,
+    /// The label (a JSON string, integer or boolean in the file, as text), if the file has one.
+    pub label: Option<String>,
+}
+
+impl Prompt {
+    /// A prompt from parts.
+    pub fn new(id: impl Into<String>, text: impl Into<String>, label: Option<String>) -> Self {
+        Self { id: id.into(), text: text.into(), label }
+    }
+}
+
+/// Which fields a prompt file must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PromptFormat {
+    /// Every line needs an `id` (otherwise a missing id becomes the line number).
+    pub require_id: bool,
+    /// Every line needs a `label`, and there must be at least two classes.
+    pub require_label: bool,
+}
+
+impl PromptFormat {
+    /// `id`, `text` and `label` all required: the sweep's format.
+    pub fn labelled() -> Self {
+        Self { require_id: true, require_label: true }
+    }
+    /// Only `text` required; `id` defaults to the line number (extraction and generation inputs).
+    pub fn texts() -> Self {
+        Self { require_id: false, require_label: false }
+    }
+}
+
+/// A loaded prompt set, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PromptSet {
+    /// The set's name (the file stem, slugged): names cache folders.
+    pub name: String,
+    /// The prompts, in file order.
+    pub prompts: Vec<Prompt>,
+}
+
+impl PromptSet {
+    /// A prompt set from parts; `name` is slugged.
+    pub fn new(name: &str, prompts: Vec<Prompt>) -> Self {
+        Self { name: slug(name), prompts }
+    }
+
+    /// Reads and checks a JSON-lines prompt file.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `file:line` and the bad value for: an unreadable or
+    /// empty file, invalid UTF-8, a line over [`MAX_LINE_BYTES`], a line that is not a JSON
+    /// object, a missing or mistyped field, an empty text, a duplicate id, or (when labels
+    /// are required) fewer than two classes.
+    pub fn load(path: &Path, format: PromptFormat) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::invalid("prompt file", format!("{}: cannot be read: {e}", path.display())))?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Self::parse(&name, &path.display().to_string(), &bytes, format)
+    }
+
+    /// Parses JSON lines; `origin` names the source in messages. See [`PromptSet::load`].
+    ///
+    /// # Errors
+    /// As [`PromptSet::load`].
+    pub fn parse(name: &str, origin: &str, bytes: &[u8], format: PromptFormat) -> Result<Self> {
+        let bad = |line: usize, msg: String| Error::invalid("prompt file", format!("{origin}:{line}: {msg}"));
+        let mut prompts = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+            let line_no = i + 1;
+            if raw.len() > MAX_LINE_BYTES {
+                return Err(bad(line_no, format!("line is {} bytes, over the limit of {MAX_LINE_BYTES}", raw.len())));
+            }
+            let text = std::str::from_utf8(raw)
+                .map_err(|e| bad(line_no, format!("invalid UTF-8 at byte {} of the line", e.valid_up_to())))?;
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            if text.trim().is_empty() {
+                continue;
+            }
+            let value: Value = serde_json::from_str(text)
+                .map_err(|e| bad(line_no, format!("not valid JSON ({e}): {}", clip(text))))?;
+            let Value::Object(obj) = value else {
+                return Err(bad(line_no, format!("expected a JSON object, found {}", clip(text))));
+            };
+            let text_field = match obj.get("text") {
+                Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                Some(Value::String(_)) => return Err(bad(line_no, "field \"text\" is empty".into())),
+                Some(other) => {
+                    return Err(bad(
+                        line_no,
+                        format!("field \"text\" must be a string, found {}", clip(&other.to_string())),
+                    ));
+                }
+                None => return Err(bad(line_no, "missing field \"text\"".into())),
+            };
+            let id = match obj.get("id") {
+                Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+                Some(other) => {
+                    return Err(bad(
+                        line_no,
+                        format!(
+                            "field \"id\" must be a non-empty string or an integer, found {}",
+                            clip(&other.to_string())
+                        ),
+                    ));
+                }
+                None if format.require_id => return Err(bad(line_no, "missing field \"id\"".into())),
+                None => line_no.to_string(),
+            };
+            let label = match obj.get("label") {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+                Some(Value::Bool(b)) => Some(b.to_string()),
+                Some(Value::Null) | None if format.require_label => {
+                    return Err(bad(line_no, "missing field \"label\"".into()));
+                }
+                Some(Value::Null) | None => None,
+                Some(other) => {
+                    return Err(bad(
+                        line_no,
+                        format!(
+                            "field \"label\" must be a non-empty string, an integer or a boolean, found {}",
+                            clip(&other.to_string())
+                        ),
+                    ));
+                }
+            };
+            if let Some(first) = seen.insert(id.clone(), line_no) {
+                return Err(bad(line_no, format!("duplicate id {id:?} (first on line {first})")));
+            }
+            prompts.push(Prompt { id, text: text_field, label });
+        }
+        if prompts.is_empty() {
+            return Err(Error::invalid("prompt file", format!("{origin}: the file has no prompts")));
+        }
+        let set = Self::new(if name.is_empty() { "prompts" } else { name }, prompts);
+        if format.require_label {
+            let classes = set.classes();
+            if classes.len() < 2 {
+                return Err(Error::invalid(
+                    "prompt file",
+                    format!(
+                        "{origin}: every prompt has the label {:?}; a probe needs at least two classes",
+                        classes.first().map(String::as_str).unwrap_or("")
+                    ),
+                ));
+            }
+        }
+        Ok(set)
+    }
+
+    /// The texts, in order.
+    pub fn texts(&self) -> Vec<String> {
+        self.prompts.iter().map(|p| p.text.clone()).collect()
+    }
+
+    /// The distinct labels, sorted: class `i` is `classes()[i]`.
+    pub fn classes(&self) -> Vec<String> {
+        let mut c: Vec<String> = self.prompts.iter().filter_map(|p| p.label.clone()).collect();
+        c.sort();
+        c.dedup();
+        c
+    }
+
+    /// Number of prompts per label.
+    pub fn class_counts(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for p in &self.prompts {
+            if let Some(l) = &p.label {
+                *m.entry(l.clone()).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+
+    /// The class index of every prompt (into [`PromptSet::classes`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the first prompt without a label.
+    pub fn class_indices(&self) -> Result<Vec<usize>> {
+        let classes = self.classes();
+        self.prompts
+            .iter()
+            .map(|p| match &p.label {
+                Some(l) => Ok(classes.binary_search(l).expect("label is among the classes")),
+                None => Err(Error::invalid("prompt", format!("{:?} has no label", p.id))),
+            })
+            .collect()
+    }
+
+    /// Number of prompts.
+    pub fn len(&self) -> usize {
+        self.prompts.len()
+    }
+
+    /// True when there are no prompts.
+    pub fn is_empty(&self) -> bool {
+        self.prompts.is_empty()
+    }
+}
+
+fn clip(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX { s.to_owned() } else { format!("{}…", s.chars().take(MAX).collect::<String>()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<PromptSet> {
+        PromptSet::parse("p", "p.jsonl", s.as_bytes(), PromptFormat::labelled())
+    }
+
+    #[test]
+    fn parses_ids_texts_labels() {
+        let s =
+            parse("{\"id\":\"a\",\"text\":\"x\",\"label\":1}\n\n{\"id\":7,\"text\":\"y\",\"label\":0}\r\n").unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.prompts[1].id, "7");
+        assert_eq!(s.classes(), vec!["0", "1"]);
+        assert_eq!(s.class_indices().unwrap(), vec![1, 0]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_value() {
+        let e = parse("{\"id\":\"a\",\"text\":\"x\",\"label\":1}\n{\"id\":\"b\",\"label\":0}\n").unwrap_err();
+        assert_eq!(e.to_string(), "invalid prompt file: p.jsonl:2: missing field \"text\"");
+        let e = parse("{\"id\":\"a\",\"text\":\"x\",\"label\":1}\n{\"id\":\"a\",\"text\":\"y\",\"label\":0}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("p.jsonl:2: duplicate id \"a\" (first on line 1)"), "{e}");
+        let e = parse("{\"id\":\"a\",\"text\":\"x\",\"label\":1}\n{\"id\":\"b\",\"text\":\"y\",\"label\":1}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("label \"1\""), "{e}");
+        let e = parse("").unwrap_err();
+        assert!(e.to_string().contains("no prompts"), "{e}");
+        let e = PromptSet::parse("p", "p.jsonl", b"{\"id\":\"a\",\"text\":\"\xff\"}", PromptFormat::labelled())
+            .unwrap_err();
+        assert!(e.to_string().contains("p.jsonl:1: invalid UTF-8"), "{e}");
+        let e = parse("[1,2]").unwrap_err();
+        assert!(e.to_string().contains("expected a JSON object"), "{e}");
+        let e = parse("{\"id\":\"a\",\"text\":3,\"label\":1}").unwrap_err();
+        assert!(e.to_string().contains("\"text\" must be a string, found 3"), "{e}");
+    }
+
+    #[test]
+    fn long_lines_are_refused() {
+        let long = format!("{{\"id\":\"a\",\"text\":\"{}\",\"label\":1}}", "x".repeat(MAX_LINE_BYTES));
+        let e = parse(&long).unwrap_err();
+        assert!(e.to_string().contains("over the limit"), "{e}");
+    }
+
+    #[test]
+    fn texts_format_defaults_ids() {
+        let s = PromptSet::parse("p", "p.jsonl", b"{\"text\":\"x\"}\n{\"text\":\"y\"}", PromptFormat::texts()).unwrap();
+        assert_eq!(s.prompts[0].id, "1");
+        assert_eq!(s.prompts[1].id, "2");
+        assert_eq!(s.prompts[0].label, None);
+    }
+}
