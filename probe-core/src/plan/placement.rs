@@ -329,7 +329,7 @@ fn plan_generation(
             ));
         }
         Some(t) => vec![t],
-        None => [1usize, 2, 4, 8, 16].into_iter().filter(|&t| t <= gpus.len() && spec.num_heads % t == 0).collect(),
+        None => [1usize, 2, 4, 8, 16].into_iter().filter(|&t| t <= gpus.len() && spec.num_heads.is_multiple_of(t)).collect(),
     };
     if k > 1 && v.tensor_parallel_size.is_some_and(|t| t > 1) {
         return Err(Error::invalid("servers per GPU", "several servers per GPU need tensor_parallel_size 1"));
@@ -337,11 +337,17 @@ fn plan_generation(
     let mut last_err = None;
     for &tp in &candidates {
         match servers_for(req, spec, model, w, gpus, tp, util_total, non_torch, peak, max_model_len, max_seqs_wanted) {
-            Ok((servers, cap)) => {
+            Ok((servers, cap, batch)) => {
                 if cap < w.max_new_tokens {
                     notes.push(format!(
-                        "max_new_tokens capped at {cap} (asked {}): {} sequences of {} prompt tokens fill the KV cache",
-                        w.max_new_tokens, w.batch_size, w.prompt_tokens
+                        "max_new_tokens capped at {cap} (asked {}): {batch} sequences of {} prompt tokens fill the KV cache",
+                        w.max_new_tokens, w.prompt_tokens
+                    ));
+                }
+                if batch < w.batch_size {
+                    notes.push(format!(
+                        "generation batch lowered to {batch} sequences per server (asked {}) so that {} + {cap} tokens each fit the KV cache",
+                        w.batch_size, w.prompt_tokens
                     ));
                 }
                 if tp > 1 {
@@ -351,7 +357,7 @@ fn plan_generation(
                     gpus: gpus.to_vec(),
                     servers,
                     prompt_tokens: w.prompt_tokens,
-                    batch_size: w.batch_size,
+                    batch_size: batch,
                     max_new_tokens_requested: w.max_new_tokens,
                     max_new_tokens: cap,
                 });
@@ -376,13 +382,14 @@ fn servers_for(
     peak: u64,
     max_model_len: u64,
     max_seqs_wanted: u64,
-) -> Result<(Vec<VllmServerPlan>, u64)> {
+) -> Result<(Vec<VllmServerPlan>, u64, u64)> {
     let v = &req.vllm;
     let k = v.servers_per_gpu;
     let kv_split = tp.min(spec.num_kv_heads).max(1) as u64;
     let weights = model.weights_bytes.div_ceil(tp as u64);
     let mut servers = Vec::new();
     let mut cap = w.max_new_tokens.min(max_model_len - w.prompt_tokens);
+    let mut batch = w.batch_size;
     for group in gpus.chunks(tp).filter(|g| g.len() == tp) {
         let devs: Vec<&Device> = group.iter().map(|&i| req.inventory.gpu(i)).collect::<Result<_>>()?;
         let small = devs.iter().min_by_key(|d| d.total_bytes).expect("non-empty group");
@@ -430,28 +437,28 @@ fn servers_for(
                 ),
             ));
         }
-        // Largest max_new_tokens such that `batch` sequences fit the KV cache.
-        let fits = |m: u64| w.batch_size * per_seq(w.prompt_tokens + m) <= usable;
-        if !fits(1) {
-            return Err(Error::invalid(
-                "generation batch size",
-                format!(
-                    "{} sequences of {} prompt tokens need {} of KV cache, {} holds {}",
-                    w.batch_size,
-                    w.prompt_tokens,
-                    gib(w.batch_size * per_seq(w.prompt_tokens + 1)),
-                    small.label(),
-                    gib(usable)
-                ),
-            ));
-        }
-        if !fits(cap) {
-            let (mut lo, mut hi) = (1u64, cap);
-            while lo < hi {
-                let mid = lo + (hi - lo).div_ceil(2);
-                if fits(mid) { lo = mid } else { hi = mid - 1 }
+        let fits = |b: u64, m: u64| b * per_seq(w.prompt_tokens + m) <= usable;
+        if w.fixed_batch {
+            // Largest max_new_tokens such that `batch` sequences fit the KV cache.
+            if !fits(batch, 1) {
+                return Err(Error::invalid(
+                    "generation batch size",
+                    format!(
+                        "{} sequences of {} prompt tokens need {} of KV cache, {} holds {}",
+                        batch,
+                        w.prompt_tokens,
+                        gib(batch * per_seq(w.prompt_tokens + 1)),
+                        small.label(),
+                        gib(usable)
+                    ),
+                ));
             }
-            cap = lo;
+            if !fits(batch, cap) {
+                cap = largest(cap, |m| fits(batch, m));
+            }
+        } else if !fits(batch, cap) {
+            // One full-length sequence fits (checked above): shrink the batch instead.
+            batch = largest(batch, |b| fits(b, cap));
         }
         let seqs_fit = (usable / per_seq(w.prompt_tokens + cap).max(1)).max(1);
         for _ in 0..k {
@@ -474,7 +481,17 @@ fn servers_for(
     if servers.is_empty() {
         return Err(Error::invalid("generation GPUs", format!("{} GPUs cannot form a group of {tp}", gpus.len())));
     }
-    Ok((servers, cap))
+    Ok((servers, cap, batch))
+}
+
+/// Largest `x` in `1..=max` with `ok(x)`, for `ok` true from 1 up to some point.
+fn largest(max: u64, ok: impl Fn(u64) -> bool) -> u64 {
+    let (mut lo, mut hi) = (1u64, max.max(1));
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if ok(mid) { lo = mid } else { hi = mid - 1 }
+    }
+    lo
 }
 
 fn device_uses(

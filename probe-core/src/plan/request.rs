@@ -70,6 +70,54 @@ impl Default for VllmSettings {
     }
 }
 
+impl VllmSettings {
+    /// Sets `gpu_memory_utilization`.
+    pub fn with_gpu_memory_utilization(mut self, u: f64) -> Self {
+        self.gpu_memory_utilization = Some(u);
+        self
+    }
+    /// Sets the block size.
+    pub fn with_block_size(mut self, n: u64) -> Self {
+        self.block_size = n;
+        self
+    }
+    /// Sets `max_model_len`.
+    pub fn with_max_model_len(mut self, n: u64) -> Self {
+        self.max_model_len = Some(n);
+        self
+    }
+    /// Sets the `max_num_seqs` upper bound.
+    pub fn with_max_num_seqs(mut self, n: u64) -> Self {
+        self.max_num_seqs = Some(n);
+        self
+    }
+    /// Sets `max_num_batched_tokens`.
+    pub fn with_max_num_batched_tokens(mut self, n: u64) -> Self {
+        self.max_num_batched_tokens = Some(n);
+        self
+    }
+    /// Overrides the activation peak with a measured one.
+    pub fn with_activation_peak(mut self, bytes: u64) -> Self {
+        self.activation_peak_bytes = Some(bytes);
+        self
+    }
+    /// Overrides the non-torch memory with a measured one.
+    pub fn with_non_torch(mut self, bytes: u64) -> Self {
+        self.non_torch_bytes = Some(bytes);
+        self
+    }
+    /// Sets the servers per GPU.
+    pub fn with_servers_per_gpu(mut self, k: usize) -> Self {
+        self.servers_per_gpu = k;
+        self
+    }
+    /// Sets the tensor-parallel size.
+    pub fn with_tensor_parallel_size(mut self, t: usize) -> Self {
+        self.tensor_parallel_size = Some(t);
+        self
+    }
+}
+
 /// The generation phase's workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -78,13 +126,17 @@ pub struct GenerationWorkload {
     pub prompt_tokens: u64,
     /// Wanted `max_new_tokens`; the plan may cap it.
     pub max_new_tokens: u64,
-    /// Sequences in flight per server.
+    /// Sequences in flight per server (at most; see `fixed_batch`).
     pub batch_size: u64,
+    /// Keep `batch_size` and cap `max_new_tokens` to fit; by default the batch shrinks
+    /// first (it changes speed only) and `max_new_tokens` is capped only when one
+    /// sequence cannot hold it (it changes the completions).
+    pub fixed_batch: bool,
 }
 
 impl Default for GenerationWorkload {
     fn default() -> Self {
-        Self { prompt_tokens: 512, max_new_tokens: 512, batch_size: 64 }
+        Self { prompt_tokens: 512, max_new_tokens: 512, batch_size: 64, fixed_batch: false }
     }
 }
 
@@ -205,7 +257,12 @@ impl PlanRequest {
 impl GenerationWorkload {
     /// A workload of `batch_size` sequences of `prompt_tokens` + `max_new_tokens`.
     pub fn new(prompt_tokens: u64, max_new_tokens: u64, batch_size: u64) -> Self {
-        Self { prompt_tokens, max_new_tokens, batch_size }
+        Self { prompt_tokens, max_new_tokens, batch_size, fixed_batch: false }
+    }
+    /// Keeps the batch and caps `max_new_tokens` instead.
+    pub fn with_fixed_batch(mut self, fixed: bool) -> Self {
+        self.fixed_batch = fixed;
+        self
     }
 }
 
@@ -293,7 +350,7 @@ pub struct GenerationPlan {
     pub servers: Vec<VllmServerPlan>,
     /// Prompt tokens planned for.
     pub prompt_tokens: u64,
-    /// Sequences in flight per server.
+    /// Sequences in flight per server (≤ the workload's).
     pub batch_size: u64,
     /// `max_new_tokens` asked for.
     pub max_new_tokens_requested: u64,
