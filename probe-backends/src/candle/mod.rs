@@ -1,1 +1,39 @@
-//! The candle backend (in progress).
+//! The candle backend: a Hugging Face model folder loaded in process, pure Rust on the CPU
+//! (CUDA with `candle-cuda`), implementing both [`probe_core::ActivationExtractor`] and
+//! [`probe_core::Generator`].
+//!
+//! One generic decoder serves every supported architecture; what differs between them is
+//! data (a small spec per `model_type`): Llama (with Llama 3 RoPE scaling), Mistral (sliding
+//! window), Qwen2 (q/k/v bias) and Gemma 2 (scaled embeddings, `1 + w` norms, sandwich norms,
+//! soft-capping, alternating sliding window). Other architectures (Qwen3, Gemma 3, Phi-3 …)
+//! are refused with [`probe_core::Error::NotSupported`] listing the supported ones.
+//!
+//! Extraction runs one forward pass per batch that stops after the deepest requested layer
+//! and never computes logits; layers are numbered as transformers' `output_hidden_states`.
+//! Generation decodes prompts one after another with a KV cache, the `n` samples of a prompt
+//! as one batch.
+//!
+//! ```no_run
+//! # async fn demo() -> probe_core::Result<()> {
+//! use probe_backends::candle::{CandleBackend, CandleOptions};
+//! use probe_core::{ActivationExtractor, ActivationRequest};
+//! let model = CandleBackend::load(std::path::Path::new("fixtures/models/llama"), CandleOptions::default())?;
+//! let acts = model.extract(ActivationRequest::texts(vec!["Hello".into()], vec![0, 2, 4])).await?;
+//! assert_eq!(acts.layers.len(), 3);
+//! # Ok(()) }
+//! ```
+
+mod backend;
+mod config;
+mod extract;
+mod generate;
+mod model;
+mod options;
+
+pub use backend::CandleBackend;
+pub use options::{CandleDType, CandleDevice, CandleOptions};
+
+/// The `model_type`s this backend has a spec for.
+pub fn supported_architectures() -> Vec<&'static str> {
+    config::SPECS.iter().map(|s| s.name).collect()
+}

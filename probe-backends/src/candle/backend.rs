@@ -1,0 +1,259 @@
+//! [`CandleBackend`]: loading a Hugging Face model folder, and the trait implementations.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use candle_nn::VarBuilder;
+use probe_core::{
+    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Generation, GenerationRequest, Generator,
+    ModelId, ModelInfo, Result,
+};
+use sha2::{Digest, Sha256};
+use tokenizers::Tokenizer;
+
+use super::config::{ModelConfig, generation_eos};
+use super::model::Decoder;
+use super::options::CandleOptions;
+
+/// A model loaded in process with candle: extracts hidden states and generates text.
+///
+/// Cheap to clone (the model is shared). Compute runs on tokio's blocking pool.
+#[derive(Clone)]
+pub struct CandleBackend {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: ModelId,
+    pub(crate) info: ModelInfo,
+    pub(crate) decoder: Decoder,
+    pub(crate) tokenizer: Tokenizer,
+    pub(crate) eos: Vec<u32>,
+    pub(crate) options: CandleOptions,
+}
+
+impl std::fmt::Debug for CandleBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CandleBackend")
+            .field("model", &self.inner.id.id)
+            .field("revision", &self.inner.id.revision)
+            .field("architecture", &self.inner.info.architecture)
+            .field("dtype", &self.inner.info.dtype)
+            .field("device", &self.inner.options.device)
+            .finish()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path.display(), e))
+}
+
+/// The weight files of a folder: those of `model.safetensors.index.json`, else `model.safetensors`,
+/// else every `*.safetensors`, sorted.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = read(&index)?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| Error::invalid(format!("{}", index.display()), e.to_string()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::invalid(format!("weight_map in {}", index.display()), "missing or not an object"))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        files.sort();
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir.display(), e))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::invalid("model folder", format!("{} has no *.safetensors weights", dir.display())));
+    }
+    Ok(files)
+}
+
+/// The header of a safetensors file (8-byte length + JSON), read without the tensors.
+fn safetensors_header(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path.display(), e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| Error::io(path.display(), e))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return Err(Error::invalid("safetensors header", format!("{} declares {n} header bytes", path.display())));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path.display(), e))?;
+    Ok([len.to_vec(), header].concat())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl CandleBackend {
+    /// Loads the model folder `dir` (`config.json`, `model.safetensors` or shards with
+    /// `model.safetensors.index.json`, `tokenizer.json`).
+    ///
+    /// The model id is `dir` as given; the revision is the sha256 of `config.json` and the
+    /// safetensors headers (names, dtypes, shapes and offsets of every tensor).
+    ///
+    /// # Errors
+    /// [`Error::Io`] for unreadable files, [`Error::InvalidInput`] for a bad `config.json`,
+    /// tokenizer or missing tensor (named), [`Error::NotSupported`] for an architecture
+    /// without a spec, [`Error::DeviceUnavailable`] for a device that cannot be opened.
+    pub fn load(dir: &Path, options: CandleOptions) -> Result<CandleBackend> {
+        let config_path = dir.join("config.json");
+        let config_bytes = read(&config_path)?;
+        let config_text = String::from_utf8_lossy(&config_bytes);
+        let cfg = ModelConfig::parse(&config_text, &config_path)?;
+        let files = weight_files(dir)?;
+
+        let mut rev = Sha256::new();
+        rev.update(&config_bytes);
+        for f in &files {
+            rev.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+            rev.update(safetensors_header(f)?);
+        }
+        let revision = hex(&rev.finalize());
+
+        let tok_path = dir.join("tokenizer.json");
+        let tok_bytes = read(&tok_path)?;
+        let tokenizer = Tokenizer::from_bytes(&tok_bytes)
+            .map_err(|e| Error::invalid(format!("tokenizer {}", tok_path.display()), e))?;
+        let tokenizer_desc = format!("add_special_tokens=true;sha256={}", hex(&Sha256::digest(&tok_bytes)));
+
+        let mut eos = cfg.eos_token_ids.clone();
+        if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
+            for id in generation_eos(&text) {
+                if !eos.contains(&id) {
+                    eos.push(id);
+                }
+            }
+        }
+
+        let device = options.device.open()?;
+        let dtype = options.dtype.to_candle();
+        // SAFETY: the weight files are memory-mapped read-only; like every mmap-based loader,
+        // this requires that they are not modified while the backend is alive.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }
+            .map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?;
+        let info = ModelInfo::new(
+            ModelId::new(dir.to_string_lossy(), revision.clone()),
+            cfg.spec.name,
+            cfg.num_layers,
+            cfg.hidden_size,
+            cfg.vocab_size,
+        )
+        .with_dtype(options.dtype.as_str())
+        .with_tokenizer(tokenizer_desc);
+        let decoder =
+            Decoder::load(&vb, cfg).map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?;
+        let id = ModelId::new(dir.to_string_lossy(), revision);
+        Ok(CandleBackend { inner: Arc::new(Inner { id, info, decoder, tokenizer, eos, options }) })
+    }
+
+    /// The options the backend was loaded with.
+    pub fn options(&self) -> &CandleOptions {
+        &self.inner.options
+    }
+
+    /// Tokenises `text` as extraction and generation do (special tokens added).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the tokenizer fails on `text`.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner.tokenize(text)
+    }
+}
+
+impl Inner {
+    pub(crate) fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.tokenizer.encode(text, true).map_err(|e| Error::invalid("text", format!("{text:?}: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Refuses sequences longer than the rotary table.
+    pub(crate) fn check_length(&self, i: usize, len: usize) -> Result<()> {
+        let max = self.decoder.cfg.max_position_embeddings;
+        if len == 0 {
+            return Err(Error::invalid("inputs", format!("input #{i} has no tokens")));
+        }
+        if len > max {
+            return Err(Error::invalid(
+                "inputs",
+                format!("input #{i} needs {len} positions, more than the model's max_position_embeddings = {max}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::backend("candle", e))?
+}
+
+#[async_trait]
+impl ActivationExtractor for CandleBackend {
+    async fn extract(&self, request: ActivationRequest) -> Result<Activations> {
+        request.validate(&self.inner.info)?;
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.extract(&request)).await
+    }
+
+    fn model_info(&self) -> ModelInfo {
+        self.inner.info.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::none();
+        c.token_id_input = true;
+        c.all_positions = true;
+        c.early_stop = true;
+        c
+    }
+}
+
+#[async_trait]
+impl Generator for CandleBackend {
+    async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
+        request.validate()?;
+        if request.model != self.inner.id.id {
+            return Err(Error::invalid(
+                "model",
+                format!("{:?} is not served here (this backend serves {:?})", request.model, self.inner.id.id),
+            ));
+        }
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.generate(&request)).await
+    }
+
+    fn model_id(&self) -> ModelId {
+        self.inner.id.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::none();
+        c.sampling = true;
+        c.seeded_sampling = true;
+        c.stop_strings = true;
+        c.token_ids = true;
+        c.multiple_samples = true;
+        c
+    }
+}

@@ -1,0 +1,109 @@
+//! Extraction: tokenise, sort by length, right-pad into batches, one forward pass per batch
+//! that stops at the deepest requested layer, reduce each captured layer on the device.
+
+use candle_core::{DType, Tensor};
+use probe_core::{ActivationRequest, Activations, Error, Inputs, LayerActivations, Positions, Result};
+
+use super::backend::Inner;
+
+fn be(e: candle_core::Error) -> Error {
+    Error::backend("candle", e)
+}
+
+impl Inner {
+    pub(crate) fn extract(&self, request: &ActivationRequest) -> Result<Activations> {
+        let ids: Vec<Vec<u32>> = match &request.inputs {
+            Inputs::Texts(texts) => texts.iter().map(|t| self.tokenize(t)).collect::<Result<_>>()?,
+            Inputs::TokenIds(ids) => ids.clone(),
+        };
+        for (i, seq) in ids.iter().enumerate() {
+            self.check_length(i, seq.len())?;
+        }
+        let layers = request.sorted_layers();
+        let deepest = *layers.last().ok_or_else(|| Error::invalid("layers", "no layers requested"))?;
+        let n = ids.len();
+        let hidden = self.decoder.cfg.hidden_size;
+        let positions = request.positions;
+        let max_len = ids.iter().map(Vec::len).max().unwrap_or(0);
+        let row_width = match positions {
+            Positions::All => max_len * hidden,
+            Positions::Last | Positions::Mean => hidden,
+        };
+        let mut out: Vec<Vec<f32>> = layers.iter().map(|_| vec![0f32; n * row_width]).collect();
+        let slot = |layer: usize| layers.binary_search(&layer).ok();
+
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+        let batch = request.batch_size.unwrap_or(self.options.default_batch_size).max(1);
+        let device = self.decoder.device().clone();
+        let pad = self.decoder.cfg.pad_token_id.filter(|&p| (p as usize) < self.decoder.cfg.vocab_size).unwrap_or(0);
+
+        for chunk in order.chunks(batch) {
+            let lens: Vec<usize> = chunk.iter().map(|&i| ids[i].len()).collect();
+            let s = lens.iter().copied().max().unwrap_or(1);
+            let b = chunk.len();
+            let mut flat = Vec::with_capacity(b * s);
+            for &i in chunk {
+                flat.extend_from_slice(&ids[i]);
+                flat.extend(std::iter::repeat_n(pad, s - ids[i].len()));
+            }
+            let input = Tensor::from_vec(flat, (b, s), &device).map_err(be)?;
+            // Reduction helpers on the device: last-token row indices and a 0/1 mask.
+            let last_idx: Vec<u32> = lens.iter().enumerate().map(|(r, &l)| (r * s + l - 1) as u32).collect();
+            let last_idx = Tensor::from_vec(last_idx, b, &device).map_err(be)?;
+            let mask01: Vec<f32> =
+                lens.iter().flat_map(|&l| (0..s).map(move |j| if j < l { 1.0 } else { 0.0 })).collect();
+            let mask01 = Tensor::from_vec(mask01, (b, s, 1), &device).map_err(be)?;
+            let counts: Vec<f32> = lens.iter().map(|&l| l as f32).collect();
+            let counts = Tensor::from_vec(counts, (b, 1), &device).map_err(be)?;
+
+            let mut visit = |layer: usize, h: &Tensor| -> Result<()> {
+                let Some(k) = slot(layer) else { return Ok(()) };
+                let h = h.to_dtype(DType::F32).map_err(be)?;
+                let rows: Vec<f32> = match positions {
+                    Positions::Last => h
+                        .reshape((b * s, hidden))
+                        .and_then(|h| h.index_select(&last_idx, 0))
+                        .and_then(|t| t.flatten_all()?.to_vec1())
+                        .map_err(be)?,
+                    Positions::Mean => h
+                        .broadcast_mul(&mask01)
+                        .and_then(|t| t.sum(1))
+                        .and_then(|t| t.broadcast_div(&counts))
+                        .and_then(|t| t.flatten_all()?.to_vec1())
+                        .map_err(be)?,
+                    Positions::All => h.flatten_all().and_then(|t| t.to_vec1()).map_err(be)?,
+                };
+                let width = rows.len() / b;
+                for (r, &i) in chunk.iter().enumerate() {
+                    let dst = &mut out[k][i * row_width..i * row_width + width];
+                    dst.copy_from_slice(&rows[r * width..(r + 1) * width]);
+                    if positions == Positions::All {
+                        // Padding positions of this row are zero, whatever the model computed there.
+                        let real = lens[r] * hidden;
+                        dst[real..].fill(0.0);
+                    }
+                }
+                Ok(())
+            };
+            self.decoder.hidden_states(&input, &lens, deepest, &mut visit)?;
+        }
+
+        let shape = match positions {
+            Positions::All => vec![n, max_len, hidden],
+            Positions::Last | Positions::Mean => vec![n, hidden],
+        };
+        let tensors = layers
+            .iter()
+            .zip(out)
+            .map(|(&layer, data)| LayerActivations { layer, tensor: probe_core::Tensor::new(shape.clone(), data) })
+            .collect();
+        let token_counts: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let mask = (positions == Positions::All).then(|| {
+            let data =
+                token_counts.iter().flat_map(|&l| (0..max_len).map(move |j| if j < l { 1.0 } else { 0.0 })).collect();
+            probe_core::Tensor::new(vec![n, max_len], data)
+        });
+        Ok(Activations::new(tensors, positions, mask, token_counts))
+    }
+}

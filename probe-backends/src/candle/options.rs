@@ -1,0 +1,144 @@
+//! [`CandleOptions`]: compute dtype, device and default batch size of a [`super::CandleBackend`].
+
+use probe_core::{Error, Result};
+
+/// The dtype weights are loaded in and the model computes in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CandleDType {
+    /// 32-bit float (the default; what the fidelity tests check).
+    #[default]
+    F32,
+    /// bfloat16 (norms and softmax still accumulate in f32).
+    BF16,
+    /// IEEE half precision.
+    F16,
+}
+
+impl CandleDType {
+    /// The name used in [`probe_core::ModelInfo::dtype`] and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CandleDType::F32 => "f32",
+            CandleDType::BF16 => "bf16",
+            CandleDType::F16 => "f16",
+        }
+    }
+
+    pub(crate) fn to_candle(self) -> candle_core::DType {
+        match self {
+            CandleDType::F32 => candle_core::DType::F32,
+            CandleDType::BF16 => candle_core::DType::BF16,
+            CandleDType::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for CandleDType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(CandleDType::F32),
+            "bf16" | "bfloat16" => Ok(CandleDType::BF16),
+            "f16" | "float16" => Ok(CandleDType::F16),
+            other => Err(Error::invalid("dtype", format!("{other:?} (expected f32, bf16 or f16)"))),
+        }
+    }
+}
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CandleDevice {
+    /// The CPU (the default).
+    #[default]
+    Cpu,
+    /// A CUDA GPU by ordinal; needs the `candle-cuda` feature.
+    Cuda(usize),
+}
+
+impl CandleDevice {
+    pub(crate) fn open(self) -> Result<candle_core::Device> {
+        match self {
+            CandleDevice::Cpu => Ok(candle_core::Device::Cpu),
+            CandleDevice::Cuda(i) => candle_core::Device::new_cuda(i)
+                .map_err(|e| Error::DeviceUnavailable(format!("cuda:{i} for candle: {e}"))),
+        }
+    }
+}
+
+impl std::fmt::Display for CandleDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CandleDevice::Cpu => f.write_str("cpu"),
+            CandleDevice::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl std::str::FromStr for CandleDevice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "cpu" {
+            return Ok(CandleDevice::Cpu);
+        }
+        if s == "cuda" {
+            return Ok(CandleDevice::Cuda(0));
+        }
+        match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(CandleDevice::Cuda(i)),
+            _ => Err(Error::invalid("device", format!("{s:?} (expected cpu, cuda or cuda:N)"))),
+        }
+    }
+}
+
+/// How a [`super::CandleBackend`] loads and runs its model. `Default` is f32 on the CPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CandleOptions {
+    /// Compute dtype.
+    pub dtype: CandleDType,
+    /// Device.
+    pub device: CandleDevice,
+    /// Inputs per forward pass when a request leaves `batch_size` unset.
+    pub default_batch_size: usize,
+}
+
+impl Default for CandleOptions {
+    fn default() -> Self {
+        Self { dtype: CandleDType::F32, device: CandleDevice::Cpu, default_batch_size: 16 }
+    }
+}
+
+impl CandleOptions {
+    /// Sets the dtype.
+    pub fn with_dtype(mut self, dtype: CandleDType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+    /// Sets the device.
+    pub fn with_device(mut self, device: CandleDevice) -> Self {
+        self.device = device;
+        self
+    }
+    /// Sets the default batch size (values below 1 count as 1).
+    pub fn with_default_batch_size(mut self, n: usize) -> Self {
+        self.default_batch_size = n.max(1);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse() {
+        assert_eq!("bf16".parse::<CandleDType>().expect("bf16"), CandleDType::BF16);
+        assert_eq!("cuda:1".parse::<CandleDevice>().expect("cuda:1"), CandleDevice::Cuda(1));
+        assert_eq!("cpu".parse::<CandleDevice>().expect("cpu").to_string(), "cpu");
+        assert!("f8".parse::<CandleDType>().expect_err("f8").to_string().contains("f8"));
+        assert!("gpu".parse::<CandleDevice>().is_err());
+        assert_eq!(CandleOptions::default().dtype, CandleDType::F32);
+    }
+}

@@ -1,0 +1,208 @@
+//! The candle backend against transformers on the fixture models (PROBE_FIXTURES, made by
+//! scripts/python/make_fixtures.py): every layer at `last` and `mean`, greedy tokens, the
+//! conformance suites, and the layer-range and seed contracts.
+#![cfg(feature = "candle")]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use probe_backends::candle::{CandleBackend, CandleOptions};
+use probe_core::testing::{extractor_conformance, generator_conformance, require_service};
+use probe_core::{
+    ActivationExtractor, ActivationRequest, Error, FinishReason, GenerationRequest, Generator, Positions,
+    SamplingParams,
+};
+use serde::Deserialize;
+
+const ARCHS: &[&str] = &["llama", "llama3", "mistral", "qwen2", "gemma2"];
+
+#[derive(Deserialize)]
+struct Reference {
+    num_layers: usize,
+    hidden_size: usize,
+    prompts: Vec<String>,
+    token_ids: Vec<Vec<u32>>,
+    generated_ids: Vec<Vec<u32>>,
+    max_new_tokens: u32,
+}
+
+fn fixtures() -> Option<PathBuf> {
+    require_service("PROBE_FIXTURES").map(PathBuf::from)
+}
+
+fn load(root: &Path, arch: &str) -> CandleBackend {
+    CandleBackend::load(&root.join("models").join(arch), CandleOptions::default())
+        .unwrap_or_else(|e| panic!("load {arch}: {e}"))
+}
+
+fn reference(root: &Path, arch: &str) -> (Reference, HashMap<String, Vec<f32>>) {
+    let dir = root.join("reference").join(arch);
+    let meta: Reference =
+        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).expect("reference.json")).expect("json");
+    let bytes = std::fs::read(dir.join("reference.safetensors")).expect("reference.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name} is f32");
+            let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            (name, data)
+        })
+        .collect();
+    (meta, tensors)
+}
+
+/// max |a - b| / max |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "same length");
+    let num = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let den = b.iter().map(|y| y.abs()).fold(0f32, f32::max).max(1e-12);
+    num / den
+}
+
+#[tokio::test]
+async fn every_layer_matches_transformers() {
+    let Some(root) = fixtures() else { return };
+    let mut worst_all = 0f32;
+    for arch in ARCHS {
+        let model = load(&root, arch);
+        let (meta, tensors) = reference(&root, arch);
+        let info = model.model_info();
+        assert_eq!((info.num_layers, info.hidden_size), (meta.num_layers, meta.hidden_size), "{arch} shape");
+        for (i, prompt) in meta.prompts.iter().enumerate() {
+            assert_eq!(model.tokenize(prompt).expect("tokenize"), meta.token_ids[i], "{arch}: tokens of {prompt:?}");
+        }
+        let layers: Vec<usize> = (0..=meta.num_layers).collect();
+        let mut worst = (0f32, String::new());
+        for positions in [Positions::Last, Positions::Mean] {
+            // Batched (padded) texts, so padding and masks are part of what is checked.
+            let req = ActivationRequest::texts(meta.prompts.clone(), layers.clone()).with_positions(positions);
+            let acts = model.extract(req).await.unwrap_or_else(|e| panic!("{arch} extract: {e}"));
+            for la in &acts.layers {
+                let name = format!("{positions}.{}", la.layer);
+                let want = &tensors[&name];
+                let err = rel_err(&la.tensor.data, want);
+                assert!(err <= 1e-4, "{arch} {name}: max relative error {err:e} > 1e-4");
+                if err > worst.0 {
+                    worst = (err, name);
+                }
+            }
+        }
+        println!("{arch}: worst max relative error {:.2e} at {}", worst.0, worst.1);
+        worst_all = worst_all.max(worst.0);
+    }
+    println!("all architectures: worst max relative error {worst_all:.2e}");
+}
+
+#[tokio::test]
+async fn greedy_tokens_equal_transformers_generate() {
+    let Some(root) = fixtures() else { return };
+    for arch in ARCHS {
+        let model = load(&root, arch);
+        let (meta, _) = reference(&root, arch);
+        let id = model.model_id().id;
+        let req =
+            GenerationRequest::new(id, meta.prompts.clone()).with_sampling(SamplingParams::greedy(meta.max_new_tokens));
+        let out = model.generate(req).await.unwrap_or_else(|e| panic!("{arch} generate: {e}"));
+        for (g, want) in out.iter().zip(&meta.generated_ids) {
+            assert_eq!(g.token_ids.as_ref(), Some(want), "{arch}: greedy tokens of {:?}", g.prompt);
+            let reason =
+                if want.len() < meta.max_new_tokens as usize { FinishReason::Stop } else { FinishReason::Length };
+            assert_eq!(g.finish_reason, reason, "{arch}: finish reason of {:?}", g.prompt);
+        }
+        println!("{arch}: greedy tokens equal transformers' for {} prompts", out.len());
+    }
+}
+
+#[tokio::test]
+async fn conformance_suites_pass() {
+    let Some(root) = fixtures() else { return };
+    for arch in ARCHS {
+        let model = load(&root, arch);
+        extractor_conformance(
+            &model,
+            &["Hello", "The cat sat on the mat.", "A quick brown fox jumps over the lazy dog."],
+        )
+        .await;
+        let id = model.model_id().id;
+        generator_conformance(&model, &id, &["The cat", "Paris is the capital of"]).await;
+    }
+}
+
+#[tokio::test]
+async fn layer_above_the_last_is_refused_naming_it() {
+    let Some(root) = fixtures() else { return };
+    let model = load(&root, "llama");
+    let l = model.model_info().num_layers;
+    let err = model.extract(ActivationRequest::texts(vec!["x".into()], vec![1, l + 1])).await.expect_err("L+1");
+    assert!(matches!(err, Error::InvalidInput { .. }) && err.to_string().contains(&(l + 1).to_string()), "{err}");
+    let acts = model.extract(ActivationRequest::texts(vec!["x".into()], vec![l])).await.expect("layer L");
+    assert_eq!(acts.layers[0].layer, l);
+}
+
+#[tokio::test]
+async fn token_ids_and_texts_agree_and_all_positions_match_last() {
+    let Some(root) = fixtures() else { return };
+    let model = load(&root, "gemma2");
+    let (meta, _) = reference(&root, "gemma2");
+    let layers = vec![0, 2, meta.num_layers];
+    let by_text = model.extract(ActivationRequest::texts(meta.prompts.clone(), layers.clone())).await.expect("texts");
+    let by_ids =
+        model.extract(ActivationRequest::token_ids(meta.token_ids.clone(), layers.clone())).await.expect("token ids");
+    assert_eq!(by_text.token_counts, by_ids.token_counts);
+    for (a, b) in by_text.layers.iter().zip(&by_ids.layers) {
+        assert!(rel_err(&a.tensor.data, &b.tensor.data) <= 1e-5, "texts and their ids agree at layer {}", a.layer);
+    }
+    let all = model
+        .extract(ActivationRequest::texts(meta.prompts.clone(), layers.clone()).with_positions(Positions::All))
+        .await
+        .expect("all positions");
+    let h = meta.hidden_size;
+    let seq = all.mask.as_ref().expect("mask").shape[1];
+    for (la, last) in all.layers.iter().zip(&by_text.layers) {
+        for (i, &count) in all.token_counts.iter().enumerate() {
+            let at = (i * seq + count - 1) * h;
+            let err = rel_err(&la.tensor.data[at..at + h], last.tensor.row(i));
+            assert!(err <= 1e-4, "all-positions row {i} at its last token equals `last` (layer {}): {err}", la.layer);
+            assert!(la.tensor.data[(i * seq + count) * h..(i + 1) * seq * h].iter().all(|&v| v == 0.0), "padding is 0");
+        }
+    }
+}
+
+#[tokio::test]
+async fn sampling_is_deterministic_per_seed_and_stop_strings_cut() {
+    let Some(root) = fixtures() else { return };
+    let model = load(&root, "llama3");
+    let id = model.model_id().id;
+    let prompts = vec!["The cat".to_string(), "Paris is".to_string()];
+    let s = |seed| SamplingParams::greedy(10).with_temperature(1.5).with_top_k(50).with_seed(seed).with_n(3);
+    let a = model.generate(GenerationRequest::new(&id, prompts.clone()).with_sampling(s(1))).await.expect("seed 1");
+    let b =
+        model.generate(GenerationRequest::new(&id, prompts.clone()).with_sampling(s(1))).await.expect("seed 1 again");
+    let c = model.generate(GenerationRequest::new(&id, prompts.clone()).with_sampling(s(2))).await.expect("seed 2");
+    assert_eq!(a, b, "same seed, same samples");
+    assert_ne!(a, c, "another seed, other samples");
+    assert_eq!(a.len(), 6);
+    let distinct: std::collections::BTreeSet<_> = a[..3].iter().map(|g| g.token_ids.clone()).collect();
+    assert!(distinct.len() > 1, "the n samples of a prompt differ");
+
+    // A stop string taken from a greedy completion: the completion ends right before it.
+    let greedy = model
+        .generate(GenerationRequest::new(&id, vec!["The cat".into()]).with_sampling(SamplingParams::greedy(12)))
+        .await
+        .expect("greedy");
+    let text = greedy[0].completion.clone();
+    let cut = text.char_indices().nth(text.chars().count() / 2).map(|(i, _)| i).expect("non-empty completion");
+    let stop: String = text[cut..].chars().take(2).collect();
+    let stopped = model
+        .generate(
+            GenerationRequest::new(&id, vec!["The cat".into()])
+                .with_sampling(SamplingParams::greedy(12).with_stop(vec![stop.clone()])),
+        )
+        .await
+        .expect("with a stop string");
+    let first = text.find(&stop).expect("stop string occurs");
+    assert_eq!(stopped[0].completion, text[..first], "completion cut before {stop:?}");
+    assert_eq!(stopped[0].finish_reason, FinishReason::Stop);
+}
