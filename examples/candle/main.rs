@@ -1,0 +1,67 @@
+//! Extracts chosen layers of a Hugging Face model folder with the candle backend and prints
+//! each layer's shape and first values.
+//!
+//! ```text
+//! cargo run -p probe-examples --example candle -- MODEL_DIR [LAYERS] [TEXT ...]
+//! cargo run -p probe-examples --example candle -- fixtures/models/llama 0,2,4 "Hello" "Paris is"
+//! ```
+//! `LAYERS` is a comma-separated list in Hugging Face `output_hidden_states` numbering
+//! (0 = embeddings, L = after the final norm); by default every layer.
+
+use std::path::PathBuf;
+
+use probe_backends::candle::{CandleBackend, CandleOptions};
+use probe_core::{
+    ActivationExtractor, ActivationRequest, Error, GenerationRequest, Generator, Positions, SamplingParams,
+};
+
+#[tokio::main]
+async fn main() -> probe_core::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let dir = PathBuf::from(
+        args.next()
+            .ok_or_else(|| Error::invalid("arguments", "usage: candle MODEL_DIR [LAYERS e.g. 0,2,4] [TEXT ...]"))?,
+    );
+    let model = CandleBackend::load(&dir, CandleOptions::default())?;
+    let info = model.model_info();
+    println!(
+        "{}: {} with {} layers, hidden {}, vocab {}, {} (revision {}…)",
+        info.id.id,
+        info.architecture,
+        info.num_layers,
+        info.hidden_size,
+        info.vocab_size,
+        info.dtype,
+        &info.id.revision[..12]
+    );
+    let layers: Vec<usize> = match args.next() {
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().parse().map_err(|_| Error::invalid("layer", format!("{s:?} is not a number"))))
+            .collect::<probe_core::Result<_>>()?,
+        None => (0..=info.num_layers).collect(),
+    };
+    let mut texts: Vec<String> = args.collect();
+    if texts.is_empty() {
+        texts = vec!["The cat sat on the mat.".into(), "Paris is the capital of".into()];
+    }
+
+    for positions in [Positions::Last, Positions::Mean, Positions::All] {
+        let req = ActivationRequest::texts(texts.clone(), layers.clone()).with_positions(positions);
+        let acts = model.extract(req).await?;
+        println!("\npositions = {positions} (tokens per text: {:?})", acts.token_counts);
+        for la in &acts.layers {
+            let first: Vec<String> = la.tensor.data.iter().take(4).map(|v| format!("{v:+.4}")).collect();
+            println!("  layer {:>3}: shape {:?}, first values [{}]", la.layer, la.tensor.shape, first.join(", "));
+        }
+    }
+
+    let gens = model
+        .generate(GenerationRequest::new(info.id.id.clone(), texts).with_sampling(SamplingParams::greedy(8)))
+        .await?;
+    println!();
+    for g in gens {
+        println!("greedy: {:?} → {:?} ({:?})", g.prompt, g.completion, g.finish_reason);
+    }
+    Ok(())
+}
