@@ -1,1 +1,36 @@
-//! The vllm backend (in progress).
+//! The vLLM backend: a [`probe_core::Generator`] over many OpenAI-compatible servers
+//! ([`VllmGenerator`]) and a launcher that starts and stops vLLM server processes
+//! ([`VllmLauncher`]).
+//!
+//! ```no_run
+//! # async fn demo() -> probe_core::Result<()> {
+//! use probe_backends::vllm::VllmGenerator;
+//! use probe_core::{GenerationRequest, Generator, SamplingParams};
+//!
+//! let g = VllmGenerator::builder()
+//!     .urls(["http://127.0.0.1:8000", "http://127.0.0.1:8001"])
+//!     .model("my-model")
+//!     .api_key_from_env("VLLM_API_KEY")
+//!     .build()?;
+//! let req = GenerationRequest::new("my-model", vec!["Paris is".into()]).with_sampling(SamplingParams::greedy(16));
+//! for g in g.generate(req).await? {
+//!     println!("{} -> {}", g.prompt, g.completion);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod config;
+mod launcher;
+mod pool;
+mod process;
+mod wire;
+
+pub use client::{ClientStats, VllmGenerator};
+pub use config::{ApiKey, RetryPolicy, VllmGeneratorBuilder};
+pub use launcher::{
+    LaunchCommand, LaunchedServer, ServerDevice, ServerGroup, ServerSpec, VllmLauncher, VllmLauncherBuilder,
+};
+
+/// The backend name used in errors.
+pub(crate) const BACKEND: &str = "vllm";
