@@ -1,0 +1,135 @@
+//! `probe.toml`: the settings file (see `probe.example.toml` at the repository root).
+//! Command-line flags override it; an unknown key is an error naming the key.
+
+use std::path::{Path, PathBuf};
+
+use probe_core::{Error, Result};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProbeToml {
+    #[serde(default)]
+    pub(crate) devices: Devices,
+    #[serde(default)]
+    pub(crate) vllm: Vllm,
+    #[serde(default)]
+    pub(crate) extraction: Extraction,
+    #[serde(default)]
+    pub(crate) generation: Generation,
+    #[serde(default)]
+    pub(crate) cache: Cache,
+}
+
+/// `[devices]`: which GPUs serve which phase.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Devices {
+    pub(crate) generation_gpus: Option<Vec<usize>>,
+    pub(crate) extraction_gpus: Option<Vec<usize>>,
+}
+
+/// `[vllm]`: generation servers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Vllm {
+    pub(crate) servers: Option<usize>,
+    pub(crate) gpu_memory_utilization: Option<f64>,
+    pub(crate) urls: Option<Vec<String>>,
+}
+
+/// `[extraction]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Extraction {
+    pub(crate) batch_size: Option<usize>,
+    pub(crate) positions: Option<String>,
+}
+
+/// `[generation]`: sampling of the completions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Generation {
+    pub(crate) max_tokens: Option<u32>,
+    pub(crate) temperature: Option<f32>,
+    pub(crate) top_p: Option<f32>,
+    pub(crate) seed: Option<u64>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Cache {
+    pub(crate) url: Option<String>,
+}
+
+impl ProbeToml {
+    /// Reads `path`, or `./probe.toml` when no path is given and that file exists.
+    pub(crate) fn load(path: Option<&Path>) -> Result<Self> {
+        let path: PathBuf = match path {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let default = PathBuf::from("probe.toml");
+                if !default.is_file() {
+                    return Ok(Self::default());
+                }
+                default
+            }
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::invalid("config file", format!("{}: cannot be read: {e}", path.display())))?;
+        let cfg = Self::parse(&text, &path.display().to_string())?;
+        cfg.validate(&path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; `origin` names the file in messages.
+    pub(crate) fn parse(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = e.message().replace('\n', " ");
+            let at = line.map(|l| format!(":{l}")).unwrap_or_default();
+            Error::invalid("config file", format!("{origin}{at}: {msg}"))
+        })
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        if let Some(u) = self.vllm.gpu_memory_utilization
+            && !(u > 0.0 && u <= 1.0)
+        {
+            return Err(Error::invalid(
+                "config file",
+                format!("{origin}: [vllm] gpu_memory_utilization = {u} (must be in (0, 1])"),
+            ));
+        }
+        if self.vllm.servers == Some(0) {
+            return Err(Error::invalid("config file", format!("{origin}: [vllm] servers = 0 (must be ≥ 1)")));
+        }
+        if self.extraction.batch_size == Some(0) {
+            return Err(Error::invalid("config file", format!("{origin}: [extraction] batch_size = 0 (must be ≥ 1)")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../../probe.example.toml");
+        let cfg = ProbeToml::parse(text, "probe.example.toml").unwrap();
+        cfg.validate("probe.example.toml").unwrap();
+        assert_eq!(cfg.extraction.batch_size, Some(16));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = ProbeToml::parse("[extraction]\nbatch_size = 4\nbacth = 3\n", "p.toml").unwrap_err().to_string();
+        assert!(e.contains("p.toml:3") && e.contains("bacth"), "{e}");
+        let e = ProbeToml::parse("[gpus]\n", "p.toml").unwrap_err().to_string();
+        assert!(e.contains("gpus"), "{e}");
+    }
+}

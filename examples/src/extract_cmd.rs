@@ -1,0 +1,100 @@
+//! `probe extract`: hidden states of texts to a safetensors file, one `layer.<L>` tensor
+//! `[n_inputs, hidden]` per layer, rows in input order.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::Args;
+use probe_core::sweep::{self, LayerSelection, PromptFormat, PromptSet};
+use probe_core::{Error, Positions, Result, codec};
+
+use crate::backends::BackendKind;
+use crate::config_file::ProbeToml;
+use crate::progress::Bars;
+
+/// Arguments of `probe extract`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ExtractArgs {
+    /// Model folder.
+    #[arg(long)]
+    pub(crate) model: String,
+    /// Inputs: JSON lines with a `text` field (used verbatim; special tokens as the
+    /// tokenizer adds them by default).
+    #[arg(long)]
+    pub(crate) input: PathBuf,
+    /// Layers: `all`, `12`, `3,5,7`, `2..6` (end excluded) or `2..=6`.
+    #[arg(long)]
+    pub(crate) layers: LayerSelection,
+    /// Position reduction: last or mean.
+    #[arg(long)]
+    pub(crate) positions: Positions,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Backend: candle (default), tch, ort, or mock.
+    #[arg(long)]
+    pub(crate) backend: Option<BackendKind>,
+    /// Inputs per forward pass [default: [extraction] batch_size, or 16].
+    #[arg(long)]
+    pub(crate) batch_size: Option<usize>,
+    /// Settings file [default: ./probe.toml when present].
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// `probe extract`.
+pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
+    let file = ProbeToml::load(args.config.as_deref())?;
+    let backend = args.backend.unwrap_or(BackendKind::Candle);
+    if backend == BackendKind::Vllm {
+        return Err(Error::not_supported("activation extraction", "vllm"));
+    }
+    backend.check_available()?;
+    let inputs = PromptSet::load(&args.input, PromptFormat::texts())?;
+    let layers = args.layers.resolve(backend.model_layers(&args.model)?)?;
+    if args.positions == Positions::All {
+        return Err(Error::invalid("positions", "\"all\" is not supported by probe extract: use last or mean"));
+    }
+    let batch_size = args.batch_size.or(file.extraction.batch_size).unwrap_or(16);
+    if batch_size == 0 {
+        return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
+    }
+    if args.out.extension().is_none_or(|e| e != "safetensors") {
+        return Err(Error::invalid("out", format!("{} (expected a .safetensors file)", args.out.display())));
+    }
+    let model = backend.open(&args.model, file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()))?;
+    let bars = Bars::new(quiet);
+    let texts = inputs.texts();
+    let tensors =
+        sweep::extract_all(model.extractor.as_ref(), &bars, &texts, &layers, args.positions, batch_size).await?;
+    let names: Vec<String> = tensors.keys().map(|l| format!("layer.{l}")).collect();
+    let named: Vec<(&str, &probe_core::Tensor)> = names.iter().map(String::as_str).zip(tensors.values()).collect();
+    let info = model.extractor.model_info();
+    let meta: HashMap<String, String> = [
+        ("model", info.id.id.clone()),
+        ("revision", info.id.revision.clone()),
+        ("positions", args.positions.to_string()),
+        (
+            "ids",
+            serde_json::to_string(&inputs.prompts.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let bytes = codec::encode_tensors(&named, Some(meta))?;
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
+    }
+    std::fs::write(&args.out, bytes).map_err(|e| Error::io(args.out.display(), e))?;
+    println!(
+        "wrote {} tensors ({}) of {} inputs × {} to {}",
+        names.len(),
+        names.join(", "),
+        texts.len(),
+        info.hidden_size,
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! `probe generate`: completions of prompts to JSON lines, in input order, optionally cached.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use probe_core::key::generation_key;
+use probe_core::sweep::{PromptFormat, PromptSet};
+use probe_core::{CacheStoreExt, Error, GenerationRequest, PutRequest, Result, SamplingParams, codec};
+
+use crate::backends::BackendKind;
+use crate::config_file::ProbeToml;
+use crate::sweep_cmd::cache_url;
+
+/// Arguments of `probe generate`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct GenerateArgs {
+    /// Model folder (candle) or served model name (vllm).
+    #[arg(long)]
+    pub(crate) model: String,
+    /// Prompts: JSON lines with `text` (and `id`, else the line number).
+    #[arg(long)]
+    pub(crate) prompts: PathBuf,
+    /// Backend: candle (default), vllm, or mock.
+    #[arg(long)]
+    pub(crate) backend: Option<BackendKind>,
+    /// vLLM server URL (repeatable) [default: [vllm] urls].
+    #[arg(long)]
+    pub(crate) url: Vec<String>,
+    /// New tokens per completion [default: 64].
+    #[arg(long)]
+    pub(crate) max_tokens: Option<u32>,
+    /// Sampling temperature; 0 is greedy [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) temperature: Option<f32>,
+    /// Seed of the sampler [default: 0].
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Cache the completions here (and reuse cached ones).
+    #[arg(long)]
+    pub(crate) cache: Option<String>,
+    /// Settings file [default: ./probe.toml when present].
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Output JSON-lines file.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+}
+
+/// `probe generate`.
+pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
+    let file = ProbeToml::load(args.config.as_deref())?;
+    let backend = args.backend.unwrap_or(BackendKind::Candle);
+    if matches!(backend, BackendKind::Tch | BackendKind::Ort) {
+        return Err(Error::invalid("backend", format!("{backend:?} cannot generate (use candle or vllm)")));
+    }
+    backend.check_available()?;
+    let prompts = PromptSet::load(&args.prompts, PromptFormat::texts())?;
+    if backend != BackendKind::Vllm {
+        backend.model_layers(&args.model)?;
+    }
+    let g = &file.generation;
+    let sampling = SamplingParams::greedy(args.max_tokens.or(g.max_tokens).unwrap_or(64))
+        .with_temperature(args.temperature.or(g.temperature).unwrap_or(0.0))
+        .with_top_p(g.top_p.unwrap_or(1.0))
+        .with_seed(args.seed.or(g.seed).unwrap_or(0));
+    sampling.validate()?;
+    if !args.url.is_empty() && backend != BackendKind::Vllm {
+        return Err(Error::invalid("url", format!("{:?} is only used with --backend vllm", args.url[0])));
+    }
+    let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
+    tracing::debug!("vLLM urls: {urls:?}");
+    let cache = match &args.cache {
+        Some(url) => Some(probe_cache::from_url(&cache_url(Some(url), &file))?),
+        None => None,
+    };
+    let model = backend.open(&args.model, file.devices.generation_gpus.as_ref().and_then(|g| g.first().copied()))?;
+    let generator =
+        model.generator.ok_or_else(|| Error::not_supported("generation", format!("{backend:?}").to_lowercase()))?;
+    let texts = prompts.texts();
+    let key = generation_key(&generator.model_id(), &prompts.name, &sampling, &texts);
+    let cached = match &cache {
+        Some(c) => c.get_key(&key).await?.and_then(|e| codec::decode_generations(&e.payload).ok()),
+        None => None,
+    }
+    .filter(|g| g.len() == texts.len());
+    let gens = match cached {
+        Some(g) => {
+            tracing::info!("{} completions read from the cache ({key})", g.len());
+            g
+        }
+        None => {
+            let request = GenerationRequest::new(generator.model_id().id, texts.clone()).with_sampling(sampling);
+            let g = generator.generate(request).await?;
+            if let Some(c) = &cache {
+                c.put(PutRequest::new(key.clone(), codec::encode_generations(&g))).await?;
+            }
+            g
+        }
+    };
+    let mut out = Vec::new();
+    for g in &gens {
+        let line = serde_json::json!({
+            "id": prompts.prompts[g.prompt_index].id,
+            "prompt": g.prompt,
+            "completion": g.completion,
+            "finish_reason": g.finish_reason,
+            "completion_token_ids": g.token_ids,
+        });
+        serde_json::to_writer(&mut out, &line).map_err(|e| Error::backend("json", e))?;
+        out.write_all(b"\n").map_err(|e| Error::io(args.out.display(), e))?;
+    }
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
+    }
+    std::fs::write(&args.out, out).map_err(|e| Error::io(args.out.display(), e))?;
+    println!("wrote {} completions to {}", gens.len(), args.out.display());
+    Ok(())
+}
