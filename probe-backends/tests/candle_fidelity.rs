@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use probe_backends::candle::{CandleBackend, CandleOptions};
+use probe_backends::candle::{CandleBackend, CandleDType, CandleOptions};
 use probe_core::testing::{extractor_conformance, generator_conformance, require_service};
 use probe_core::{
     ActivationExtractor, ActivationRequest, Error, FinishReason, GenerationRequest, Generator, Positions,
@@ -205,4 +205,22 @@ async fn sampling_is_deterministic_per_seed_and_stop_strings_cut() {
     let first = text.find(&stop).expect("stop string occurs");
     assert_eq!(stopped[0].completion, text[..first], "completion cut before {stop:?}");
     assert_eq!(stopped[0].finish_reason, FinishReason::Stop);
+}
+
+#[tokio::test]
+async fn bf16_stays_close_to_the_f32_reference() {
+    let Some(root) = fixtures() else { return };
+    let dir = root.join("models").join("qwen2");
+    let model = CandleBackend::load(&dir, CandleOptions::default().with_dtype(CandleDType::BF16)).expect("bf16 load");
+    assert_eq!(model.model_info().dtype, "bf16");
+    let (meta, tensors) = reference(&root, "qwen2");
+    let layers: Vec<usize> = (0..=meta.num_layers).collect();
+    let acts = model.extract(ActivationRequest::texts(meta.prompts.clone(), layers)).await.expect("bf16 extract");
+    let worst = acts
+        .layers
+        .iter()
+        .map(|la| rel_err(&la.tensor.data, &tensors[&format!("last.{}", la.layer)]))
+        .fold(0f32, f32::max);
+    println!("qwen2 bf16: worst max relative error {worst:.2e} against the f32 reference");
+    assert!(worst <= 5e-2, "bf16 within 5e-2 of f32: {worst}");
 }
