@@ -5,6 +5,7 @@
 //! --non-torch-memory 0.10GiB --max-model-len 8192 --no-extraction` gives vLLM's KV blocks.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -342,8 +343,11 @@ pub(crate) async fn run(args: PlanArgs) -> Result<()> {
     } else {
         to_table(&plan, &detected.message)
     };
-    println!("{text}");
-    Ok(())
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("stdout", e)),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -95,9 +95,9 @@ fn tied_embeddings_counted_once() {
 fn qwen_models_in_bf16() {
     let q72 = spec("qwen2.5-72b-instruct");
     assert!(q72.qkv_bias && !q72.o_bias && q72.sliding_layers() == 0);
-    close("Qwen2.5-72B parameters (B)", param_count(&q72).total() as f64 / 1e9, 72.7, 0.005);
+    assert_eq!(param_count(&q72).total(), 72_706_203_648, "Qwen2.5-72B has 72.7 B parameters");
     let w72 = weight_bytes(&q72, Dtype::Bf16);
-    close("Qwen2.5-72B bf16 weights (GiB)", w72 as f64 / GIB as f64, 135.28, 0.005);
+    close("Qwen2.5-72B bf16 checkpoint (GB)", w72 as f64 / 1e9, 145.41, 0.005);
     assert!(w72 > 80 * GIB, "72B in bf16 does not fit one 80 GiB card");
     assert_eq!(kv_bytes_per_token(&q72, Dtype::Bf16), 320 * 1024, "80 layers × 8 × 128 × 2 × 2");
 

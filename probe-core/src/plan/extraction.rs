@@ -178,9 +178,15 @@ pub(super) fn plan_extraction(
     let offload_ok = req.cpu_offload || gpu_slots.is_empty();
     if offload_ok && let Some(b) = largest(w.max_batch_size, |b| assign(spec, m, &slots, ws(b)).is_some()) {
         let shares = assign(spec, m, &slots, ws(b)).expect("fits");
-        let on_cpu = shares.iter().find(|s| s.gpu.is_none()).map_or(0, |s| s.num_layers);
-        if !gpu_slots.is_empty() {
-            notes.push(format!("{on_cpu} of {} layers offloaded to the CPU for extraction", spec.num_layers));
+        let cpu = shares.iter().find(|s| s.gpu.is_none());
+        if let (Some(cpu), false) = (cpu, gpu_slots.is_empty()) {
+            notes.push(format!(
+                "{} of {} layers{} offloaded to the CPU for extraction ({})",
+                cpu.num_layers,
+                spec.num_layers,
+                if cpu.head { " and the output head" } else { "" },
+                gib(cpu.weights_bytes)
+            ));
         }
         return Ok(plan(vec![ExtractionWorker { shares }], b, !gpu_slots.is_empty()));
     }

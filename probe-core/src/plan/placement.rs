@@ -329,7 +329,9 @@ fn plan_generation(
             ));
         }
         Some(t) => vec![t],
-        None => [1usize, 2, 4, 8, 16].into_iter().filter(|&t| t <= gpus.len() && spec.num_heads.is_multiple_of(t)).collect(),
+        None => {
+            [1usize, 2, 4, 8, 16].into_iter().filter(|&t| t <= gpus.len() && spec.num_heads.is_multiple_of(t)).collect()
+        }
     };
     if k > 1 && v.tensor_parallel_size.is_some_and(|t| t > 1) {
         return Err(Error::invalid("servers per GPU", "several servers per GPU need tensor_parallel_size 1"));
