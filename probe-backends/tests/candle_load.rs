@@ -21,7 +21,7 @@ fn config(model_type: &str) -> String {
 fn embeddings_only(dir: &Path) {
     let mut header =
         r#"{"model.embed_tokens.weight":{"dtype":"F32","shape":[4,8],"data_offsets":[0,128]}}"#.to_string();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(' ');
     }
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
