@@ -12,6 +12,8 @@ struct ServerState {
     outstanding: usize,
     /// Retryable failures in a row.
     consecutive_failures: u32,
+    /// After a failure, other servers are preferred until this instant.
+    avoid_until: Option<Instant>,
     /// Set while the server is out: it gets no requests, only a probe after this instant.
     down_until: Option<Instant>,
     /// Its model list was checked (and lists the model).
@@ -65,7 +67,8 @@ impl Pool {
     }
 
     /// Chooses where the next request goes: among servers that are in and checked, the one
-    /// with the fewest failures in a row, then the fewest outstanding requests (ties rotate);
+    /// with the fewest outstanding requests (ties rotate), servers that failed within the last
+    /// probe interval only when no other is in;
     /// otherwise an unchecked or due server to probe; otherwise when to come back.
     pub(crate) fn pick(&self, now: Instant) -> Pick {
         let mut st = self.lock();
@@ -74,7 +77,7 @@ impl Pool {
         let best = (0..n)
             .map(|k| (start + k) % n)
             .filter(|&i| st[i].verified && st[i].down_until.is_none())
-            .min_by_key(|&i| (st[i].consecutive_failures, st[i].outstanding));
+            .min_by_key(|&i| (st[i].avoid_until.is_some_and(|t| t > now), st[i].outstanding));
         if let Some(i) = best {
             st[i].outstanding += 1;
             return Pick::Use(i);
@@ -101,6 +104,7 @@ impl Pool {
         if ok {
             s.verified = true;
             s.down_until = None;
+            s.avoid_until = None;
             s.consecutive_failures = 0;
         } else {
             s.down_until = Some(now + self.probe_interval);
@@ -121,7 +125,9 @@ impl Pool {
 
     /// Server `i` answered.
     pub(crate) fn success(&self, i: usize) {
-        self.lock()[i].consecutive_failures = 0;
+        let mut st = self.lock();
+        st[i].consecutive_failures = 0;
+        st[i].avoid_until = None;
     }
 
     /// Server `i` failed in a retryable way. Returns true when this took it out.
@@ -129,6 +135,7 @@ impl Pool {
         let mut st = self.lock();
         let s = &mut st[i];
         s.consecutive_failures += 1;
+        s.avoid_until = Some(now + self.probe_interval);
         if s.down_until.is_none() && s.consecutive_failures >= self.failure_threshold {
             s.down_until = Some(now + self.probe_interval);
             true
@@ -206,8 +213,11 @@ mod tests {
         let t0 = Instant::now();
         assert!(!p.failure(0, t0));
         for _ in 0..4 {
-            assert_eq!(p.pick(t0), Pick::Use(1), "a server with a failure in a row is avoided");
+            assert_eq!(p.pick(t0), Pick::Use(1), "a server that just failed is avoided");
         }
+        let after = t0 + Duration::from_secs(6);
+        assert_eq!(p.pick(after), Pick::Use(0), "and used again once its cool-down is over");
+        p.release(0);
         assert!(p.failure(0, t0), "second failure in a row takes it out");
         assert!(p.is_down(0));
         p.failure(1, t0);
