@@ -1,0 +1,268 @@
+//! `probe sweep`, `extract` and `generate` end to end on the mock backend: outputs, cached
+//! reruns, a superset of layers, and a run killed with SIGKILL mid-extraction.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn write_prompts(path: &Path, n: usize) {
+    let a = ["apple", "pear", "plum", "fig", "kiwi"];
+    let b = ["iron", "steel", "tin", "zinc", "lead"];
+    let mut s = String::new();
+    for i in 0..n {
+        let (w, l) = if i % 2 == 0 { (a[i / 2 % 5], "fruit") } else { (b[i / 2 % 5], "metal") };
+        s.push_str(&format!("{{\"id\":\"p{i}\",\"text\":\"item {i} is {w} today\",\"label\":\"{l}\"}}\n"));
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+fn probe(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("PROBE_CACHE")
+        .env_remove("PROBE_MOCK_DELAY_MS")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "probe failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn summary_line(stdout: &str) -> &str {
+    stdout.lines().find(|l| l.starts_with("generations:")).unwrap_or_else(|| panic!("no summary in {stdout}"))
+}
+
+fn sweep_args<'a>(cache: &'a str, out: &'a str, layers: &'a str) -> Vec<&'a str> {
+    vec![
+        "sweep",
+        "--model",
+        "mock-model",
+        "--backend",
+        "mock",
+        "--prompts",
+        "prompts.jsonl",
+        "--layers",
+        layers,
+        "--cache",
+        cache,
+        "--out",
+        out,
+        "--batch-size",
+        "8",
+        "--max-tokens",
+        "4",
+        "--quiet",
+        "--positions",
+        "mean",
+    ]
+}
+
+#[test]
+fn sweep_writes_reports_and_reruns_from_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_prompts(&d.join("prompts.jsonl"), 80);
+    let first = ok(&probe(d, &sweep_args("cache", "out", "1,3,5")));
+    assert_eq!(
+        summary_line(&first),
+        "generations: 80 generated, 0 cached · activations: 3 layers computed, 0 cached (10 batches computed, 0 cached)"
+    );
+    assert!(first.contains("layer  accuracy"), "{first}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/report.json")).unwrap()).unwrap();
+    let layers = report["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3);
+    for (l, want) in layers.iter().zip([1, 3, 5]) {
+        assert_eq!(l["layer"], want);
+        assert_eq!((l["n_train"].as_u64(), l["n_test"].as_u64()), (Some(64), Some(16)));
+        assert!(l["accuracy"].as_f64().unwrap() >= 0.0 && l["auc"].as_f64().unwrap() <= 1.0);
+    }
+    assert!(std::fs::read_to_string(d.join("out/report.md")).unwrap().contains("| layer | accuracy |"));
+    assert!(std::fs::read_to_string(d.join("out/accuracy.svg")).unwrap().starts_with("<svg"));
+
+    let second = ok(&probe(d, &sweep_args("cache", "out2", "1,3,5")));
+    assert_eq!(
+        summary_line(&second),
+        "generations: 0 generated, 80 cached · activations: 0 layers computed, 3 cached (0 batches computed, 0 cached)"
+    );
+    let layers_of = |p: &str| {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join(p)).unwrap()).unwrap();
+        v["layers"].clone()
+    };
+    assert_eq!(layers_of("out/report.json"), layers_of("out2/report.json"), "same scores from the cache");
+
+    let third = ok(&probe(d, &sweep_args("cache", "out3", "0..=5")));
+    assert!(
+        summary_line(&third)
+            .starts_with("generations: 0 generated, 80 cached · activations: 3 layers computed, 3 cached"),
+        "{third}"
+    );
+
+    let mut no_gen = sweep_args("cache", "out4", "1");
+    no_gen.push("--no-generate");
+    let fourth = ok(&probe(d, &no_gen));
+    assert!(
+        summary_line(&fourth).starts_with("generations: off · activations: 1 layers computed, 0 cached"),
+        "{fourth}"
+    );
+}
+
+#[test]
+fn a_sweep_killed_mid_extraction_resumes_with_the_same_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_prompts(&d.join("prompts.jsonl"), 400);
+    // 50 batches of 8, 100 ms each: kill after 5 committed batches.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(sweep_args("cache", "out-killed", "1,2,4"))
+        .current_dir(d)
+        .env("RUST_LOG", "info")
+        .env("PROBE_MOCK_DELAY_MS", "100")
+        .env_remove("PROBE_CACHE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut committed = 0;
+    for line in stderr.lines() {
+        if line.unwrap().contains("committed") {
+            committed += 1;
+            if committed == 5 {
+                break;
+            }
+        }
+    }
+    assert_eq!(committed, 5, "the sweep reached extraction");
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed, not finished");
+    assert!(!d.join("out-killed/report.json").exists());
+
+    let resumed = ok(&probe(d, &sweep_args("cache", "out", "1,2,4")));
+    let line = summary_line(&resumed);
+    assert!(
+        line.starts_with("generations: 0 generated, 400 cached · activations: 3 layers computed, 0 cached ("),
+        "{line}"
+    );
+    let counts: Vec<usize> = line
+        .rsplit('(')
+        .next()
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let (computed, cached) = (counts[0], counts[1]);
+    assert!(cached >= 5, "the batches committed before the kill were reused: {line}");
+    assert_eq!(computed + cached, 50, "{line}");
+
+    let fresh = ok(&probe(d, &sweep_args("fresh-cache", "out-fresh", "1,2,4")));
+    assert!(summary_line(&fresh).contains("(50 batches computed, 0 cached)"));
+    let report = |p: &str| {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join(p)).unwrap()).unwrap();
+        v["layers"].clone()
+    };
+    assert_eq!(report("out/report.json"), report("out-fresh/report.json"), "same report as an uninterrupted run");
+}
+
+#[test]
+fn extract_writes_one_tensor_per_layer_in_input_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_prompts(&d.join("prompts.jsonl"), 10);
+    let args = [
+        "extract",
+        "--model",
+        "m",
+        "--backend",
+        "mock",
+        "--input",
+        "prompts.jsonl",
+        "--layers",
+        "3,1",
+        "--positions",
+        "last",
+        "--batch-size",
+        "3",
+        "--out",
+        "acts/x.safetensors",
+    ];
+    ok(&probe(d, &args));
+    let bytes = std::fs::read(d.join("acts/x.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    assert_eq!(names, vec!["layer.1", "layer.3"]);
+    let t = st.tensor("layer.3").unwrap();
+    assert_eq!(t.shape(), &[10, 32]);
+    assert_eq!(t.dtype(), safetensors::Dtype::F32);
+
+    // Same rows as extracting the inputs one at a time.
+    std::fs::write(
+        d.join("one.jsonl"),
+        std::fs::read_to_string(d.join("prompts.jsonl")).unwrap().lines().nth(7).unwrap(),
+    )
+    .unwrap();
+    let args1 = [
+        "extract",
+        "--model",
+        "m",
+        "--backend",
+        "mock",
+        "--input",
+        "one.jsonl",
+        "--layers",
+        "3",
+        "--positions",
+        "last",
+        "--out",
+        "one.safetensors",
+    ];
+    ok(&probe(d, &args1));
+    let one = std::fs::read(d.join("one.safetensors")).unwrap();
+    let one = safetensors::SafeTensors::deserialize(&one).unwrap();
+    let row = 32 * 4;
+    assert_eq!(&t.data()[7 * row..8 * row], one.tensor("layer.3").unwrap().data());
+}
+
+#[test]
+fn generate_writes_json_lines_in_input_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_prompts(&d.join("prompts.jsonl"), 6);
+    let args = [
+        "generate",
+        "--model",
+        "m",
+        "--backend",
+        "mock",
+        "--prompts",
+        "prompts.jsonl",
+        "--max-tokens",
+        "3",
+        "--cache",
+        "gcache",
+        "--out",
+        "gen.jsonl",
+    ];
+    let stdout = ok(&probe(d, &args));
+    assert!(stdout.contains("wrote 6 completions"), "{stdout}");
+    let text = std::fs::read_to_string(d.join("gen.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["id"], format!("p{i}"));
+        assert!(l["prompt"].as_str().unwrap().starts_with(&format!("item {i} ")));
+        assert!(l["completion"].is_string());
+        assert!(l["finish_reason"] == "length" || l["finish_reason"] == "stop");
+        assert!(l["completion_token_ids"].as_array().unwrap().len() <= 3);
+    }
+    ok(&probe(d, &args));
+    assert_eq!(std::fs::read_to_string(d.join("gen.jsonl")).unwrap(), text, "cached rerun gives the same file");
+}
