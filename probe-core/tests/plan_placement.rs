@@ -117,7 +117,11 @@ fn exclusive_refuses_overlap_and_time_shared_runs_in_turn() {
     let one = inv("1x80GiB", 64);
     assert!(plan(PlanRequest::new(spec("llama-3-8b"), one.clone())).unwrap().time_shared);
     let e = refusal(PlanRequest::new(spec("llama-3-8b"), one).with_mode(ShareMode::Exclusive));
-    assert!(e.contains("GPU 0 is in both"), "{e}");
+    assert!(e.contains("exclusive mode needs at least 2 GPUs"), "{e}");
+    let e = refusal(PlanRequest::new(spec("qwen2.5-72b-instruct"), inv("2x80GiB", 64)).with_mode(ShareMode::Exclusive));
+    assert!(e.contains("takes all 2 GPUs"), "{e}");
+    let p = plan(PlanRequest::new(spec("qwen2.5-72b-instruct"), inv("2x80GiB", 64))).unwrap();
+    assert!(p.time_shared && p.notes.iter().any(|n| n.contains("time-share")));
 }
 
 #[test]

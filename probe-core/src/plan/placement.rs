@@ -203,12 +203,29 @@ fn roles(
             (if r.is_empty() || req.mode == Some(ShareMode::TimeShared) { e.clone() } else { r }, e.clone())
         }
         (None, None) => {
+            if all.len() < 2 && req.mode == Some(ShareMode::Exclusive) {
+                return Err(Error::invalid(
+                    "GPU roles",
+                    "exclusive mode needs at least 2 GPUs (one to generate, one to extract), found 1; use --mode time-shared",
+                ));
+            }
             if all.len() < 2 || req.mode == Some(ShareMode::TimeShared) {
                 (all.clone(), all.clone())
             } else {
                 // Extraction gets the fewest GPUs (from the end) that hold the weights, generation the rest.
                 let k = extraction_gpus_needed(inv, spec, model.weights_bytes, &all);
                 if k >= all.len() {
+                    if req.mode == Some(ShareMode::Exclusive) {
+                        return Err(Error::invalid(
+                            "GPU roles",
+                            format!(
+                                "exclusive mode: extraction needs {} of weights, which takes all {} GPUs and leaves \
+                                 none for generation; use --mode time-shared",
+                                gib(model.weights_bytes),
+                                all.len()
+                            ),
+                        ));
+                    }
                     notes.push(format!(
                         "the weights ({}) need all {} GPUs for extraction: the phases time-share",
                         gib(model.weights_bytes),
