@@ -7,6 +7,8 @@
 
 #[cfg(feature = "candle")]
 pub mod candle;
+#[cfg(any(feature = "tch", feature = "ort"))]
+mod exported;
 #[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(feature = "tch")]

@@ -1,0 +1,331 @@
+//! What the `tch` and `ort` backends share: a folder written by `scripts/python/export_torchscript.py`
+//! or `scripts/python/export_onnx.py` (`export.json`, the model file, the tokenizer and config
+//! files), tokenisation with right padding, and the position reductions.
+//!
+//! Right padding keeps every real token at the positions it has unbatched (positions count from
+//! 0 at the first token) and, with a causal mask, no real token sees a padding token: a batched
+//! result equals the unbatched one.
+
+use std::path::{Path, PathBuf};
+
+use probe_core::{
+    ActivationRequest, Activations, Error, Inputs, LayerActivations, ModelId, ModelInfo, Positions, Result, Tensor,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokenizers::Tokenizer;
+
+/// The fields of `export.json` the backends read.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct ExportMeta {
+    /// `torchscript` or `onnx`.
+    pub(crate) format: String,
+    /// The model file, relative to the folder.
+    pub(crate) file: String,
+    /// `model_type` of the source config.
+    pub(crate) architecture: String,
+    pub(crate) num_layers: usize,
+    pub(crate) hidden_size: usize,
+    pub(crate) vocab_size: usize,
+    /// Weights' dtype (`f32`, `bf16`, `f16`); outputs are always f32.
+    pub(crate) dtype: String,
+    /// The device the export was traced on (`cpu`, `cuda`).
+    pub(crate) device: String,
+    pub(crate) pad_token_id: Option<u32>,
+}
+
+/// An export folder, loaded: metadata, tokenizer and the model's info.
+#[derive(Debug)]
+pub(crate) struct ExportDir {
+    pub(crate) meta: ExportMeta,
+    pub(crate) model_file: PathBuf,
+    pub(crate) info: ModelInfo,
+    tokenizer: Tokenizer,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path.display(), e))
+}
+
+impl ExportDir {
+    /// Reads `dir/export.json` and `dir/tokenizer.json`; `format` is the one the backend runs
+    /// and `script` the export script to name in errors.
+    pub(crate) fn open(dir: &Path, format: &str, script: &str) -> Result<ExportDir> {
+        let meta_path = dir.join("export.json");
+        if !meta_path.exists() {
+            return Err(Error::invalid(
+                "model folder",
+                format!(
+                    "{} has no export.json: make it with `python scripts/python/{script} MODEL_DIR {}`",
+                    dir.display(),
+                    dir.display()
+                ),
+            ));
+        }
+        let meta_bytes = read(&meta_path)?;
+        let meta: ExportMeta = serde_json::from_slice(&meta_bytes)
+            .map_err(|e| Error::invalid(format!("{}", meta_path.display()), e.to_string()))?;
+        if meta.format != format {
+            return Err(Error::invalid(
+                format!("{}", meta_path.display()),
+                format!("format {:?}, expected {format:?} (made by scripts/python/{script})", meta.format),
+            ));
+        }
+        let model_file = dir.join(&meta.file);
+        if !model_file.is_file() {
+            return Err(Error::invalid("model folder", format!("{} is missing", model_file.display())));
+        }
+        let tok_path = dir.join("tokenizer.json");
+        let tok_bytes = read(&tok_path)?;
+        let mut tokenizer = Tokenizer::from_bytes(&tok_bytes)
+            .map_err(|e| Error::invalid(format!("tokenizer {}", tok_path.display()), e))?;
+        tokenizer.with_padding(None);
+        tokenizer.with_truncation(None).map_err(|e| Error::invalid(format!("tokenizer {}", tok_path.display()), e))?;
+        let tokenizer_desc = format!("add_special_tokens=true;sha256={}", hex(&Sha256::digest(&tok_bytes)));
+        let revision = hex(&Sha256::digest(&meta_bytes));
+        let info = ModelInfo::new(
+            ModelId::new(dir.to_string_lossy(), revision),
+            meta.architecture.clone(),
+            meta.num_layers,
+            meta.hidden_size,
+            meta.vocab_size,
+        )
+        .with_dtype(meta.dtype.clone())
+        .with_tokenizer(tokenizer_desc);
+        Ok(ExportDir { meta, model_file, info, tokenizer })
+    }
+
+    /// The token ids of every input (texts tokenised with special tokens), checked non-empty
+    /// and inside the vocabulary.
+    pub(crate) fn token_ids(&self, inputs: &Inputs) -> Result<Vec<Vec<u32>>> {
+        let ids = match inputs {
+            Inputs::TokenIds(ids) => ids.clone(),
+            Inputs::Texts(texts) => texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    self.tokenizer
+                        .encode(t.as_str(), true)
+                        .map(|enc| enc.get_ids().to_vec())
+                        .map_err(|e| Error::invalid(format!("text #{i}"), format!("tokenizer failed: {e}")))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        for (i, seq) in ids.iter().enumerate() {
+            if seq.is_empty() {
+                return Err(Error::invalid("inputs", format!("input #{i} has no tokens")));
+            }
+            if let Some(&t) = seq.iter().find(|&&t| t as usize >= self.info.vocab_size) {
+                return Err(Error::invalid(
+                    "token id",
+                    format!("{t} in input #{i} is outside the vocabulary of {}", self.info.vocab_size),
+                ));
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Validates `request`, tokenises it, runs `forward` once per batch and reduces what it
+    /// returns. `forward(batch, layers)` gets the padded batch and the sorted, deduplicated
+    /// layers and returns, for each of those layers, the `[batch, seq, hidden]` f32 values in
+    /// row-major order.
+    pub(crate) fn extract<F>(
+        &self,
+        request: &ActivationRequest,
+        default_batch: usize,
+        mut forward: F,
+    ) -> Result<Activations>
+    where
+        F: FnMut(&PaddedBatch, &[usize]) -> Result<Vec<Vec<f32>>>,
+    {
+        request.validate(&self.info)?;
+        let ids = self.token_ids(&request.inputs)?;
+        let layers = request.sorted_layers();
+        let batch_size = request.batch_size.unwrap_or(default_batch).max(1);
+        let mut out = Collector::new(request.positions, &layers, self.info.hidden_size, &ids);
+        let pad = self.meta.pad_token_id.unwrap_or(0);
+        for (start, chunk) in (0..ids.len()).step_by(batch_size).map(|s| (s, &ids[s..(s + batch_size).min(ids.len())]))
+        {
+            let batch = PaddedBatch::new(chunk, pad);
+            let values = forward(&batch, &layers)?;
+            if values.len() != layers.len() {
+                return Err(Error::backend(
+                    "exported model",
+                    format!("returned {} hidden states for {} requested layers", values.len(), layers.len()),
+                ));
+            }
+            for (k, v) in values.iter().enumerate() {
+                out.push(k, start, &batch, v)?;
+            }
+        }
+        Ok(out.finish())
+    }
+}
+
+/// Token ids padded on the right into a `[batch, seq]` block, with the attention mask.
+#[derive(Debug, Clone)]
+pub(crate) struct PaddedBatch {
+    /// `[batch, seq]` token ids, padding filled with the pad id.
+    pub(crate) ids: Vec<i64>,
+    /// `[batch, seq]`: 1 for real tokens, 0 for padding.
+    pub(crate) mask: Vec<i64>,
+    /// Real tokens per row.
+    pub(crate) lens: Vec<usize>,
+    pub(crate) batch: usize,
+    pub(crate) seq: usize,
+}
+
+impl PaddedBatch {
+    pub(crate) fn new(seqs: &[Vec<u32>], pad: u32) -> PaddedBatch {
+        let seq = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let batch = seqs.len();
+        let mut ids = vec![i64::from(pad); batch * seq];
+        let mut mask = vec![0i64; batch * seq];
+        for (r, s) in seqs.iter().enumerate() {
+            for (c, &t) in s.iter().enumerate() {
+                ids[r * seq + c] = i64::from(t);
+                mask[r * seq + c] = 1;
+            }
+        }
+        PaddedBatch { ids, mask, lens: seqs.iter().map(Vec::len).collect(), batch, seq }
+    }
+}
+
+/// Accumulates the reduced rows of every requested layer across batches.
+struct Collector {
+    positions: Positions,
+    layers: Vec<usize>,
+    hidden: usize,
+    /// For `All`: the longest input, every row is padded to it.
+    width: usize,
+    counts: Vec<usize>,
+    data: Vec<Vec<f32>>,
+}
+
+impl Collector {
+    fn new(positions: Positions, layers: &[usize], hidden: usize, ids: &[Vec<u32>]) -> Collector {
+        let n = ids.len();
+        let width = ids.iter().map(Vec::len).max().unwrap_or(0);
+        let per_layer = match positions {
+            Positions::Last | Positions::Mean => n * hidden,
+            Positions::All => n * width * hidden,
+        };
+        Collector {
+            positions,
+            layers: layers.to_vec(),
+            hidden,
+            width,
+            counts: ids.iter().map(Vec::len).collect(),
+            data: layers.iter().map(|_| vec![0.0; per_layer]).collect(),
+        }
+    }
+
+    /// Adds layer `k`'s `[batch, seq, hidden]` values for the inputs starting at `start`.
+    fn push(&mut self, k: usize, start: usize, batch: &PaddedBatch, values: &[f32]) -> Result<()> {
+        let (h, seq) = (self.hidden, batch.seq);
+        if values.len() != batch.batch * seq * h {
+            return Err(Error::backend(
+                "exported model",
+                format!(
+                    "hidden state {} has {} values, expected [{}, {seq}, {h}]",
+                    self.layers[k],
+                    values.len(),
+                    batch.batch
+                ),
+            ));
+        }
+        let dst = &mut self.data[k];
+        for (r, &len) in batch.lens.iter().enumerate() {
+            let row = &values[r * seq * h..(r + 1) * seq * h];
+            let i = start + r;
+            match self.positions {
+                Positions::Last => dst[i * h..(i + 1) * h].copy_from_slice(&row[(len - 1) * h..len * h]),
+                Positions::Mean => {
+                    let mut acc = vec![0f64; h];
+                    for t in 0..len {
+                        for (a, &v) in acc.iter_mut().zip(&row[t * h..(t + 1) * h]) {
+                            *a += f64::from(v);
+                        }
+                    }
+                    for (d, a) in dst[i * h..(i + 1) * h].iter_mut().zip(acc) {
+                        *d = (a / len as f64) as f32;
+                    }
+                }
+                Positions::All => {
+                    let w = self.width;
+                    dst[i * w * h..i * w * h + len * h].copy_from_slice(&row[..len * h]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Activations {
+        let n = self.counts.len();
+        let (h, w) = (self.hidden, self.width);
+        let shape = match self.positions {
+            Positions::Last | Positions::Mean => vec![n, h],
+            Positions::All => vec![n, w, h],
+        };
+        let layers = self
+            .layers
+            .iter()
+            .zip(self.data)
+            .map(|(&layer, data)| LayerActivations { layer, tensor: Tensor::new(shape.clone(), data) })
+            .collect();
+        let mask = (self.positions == Positions::All).then(|| {
+            let mut m = vec![0f32; n * w];
+            for (i, &c) in self.counts.iter().enumerate() {
+                m[i * w..i * w + c].fill(1.0);
+            }
+            Tensor::new(vec![n, w], m)
+        });
+        Activations::new(layers, self.positions, mask, self.counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_is_on_the_right_with_a_mask() {
+        let b = PaddedBatch::new(&[vec![5, 6, 7], vec![8]], 0);
+        assert_eq!((b.batch, b.seq), (2, 3));
+        assert_eq!(b.ids, vec![5, 6, 7, 8, 0, 0]);
+        assert_eq!(b.mask, vec![1, 1, 1, 1, 0, 0]);
+        assert_eq!(b.lens, vec![3, 1]);
+    }
+
+    #[test]
+    fn reductions_ignore_padding() {
+        let ids = vec![vec![1, 2], vec![3]];
+        let batch = PaddedBatch::new(&ids, 0);
+        // [2, 2, 1]: row 0 = [1, 3], row 1 = [10, 99 (padding)].
+        let values = [1.0, 3.0, 10.0, 99.0];
+        for (positions, want) in [(Positions::Last, vec![3.0, 10.0]), (Positions::Mean, vec![2.0, 10.0])] {
+            let mut c = Collector::new(positions, &[4], 1, &ids);
+            c.push(0, 0, &batch, &values).unwrap();
+            let acts = c.finish();
+            assert_eq!(acts.layer(4).unwrap().data, want, "{positions}");
+            assert_eq!(acts.token_counts, vec![2, 1]);
+        }
+        let mut c = Collector::new(Positions::All, &[4], 1, &ids);
+        c.push(0, 0, &batch, &values).unwrap();
+        let acts = c.finish();
+        assert_eq!(acts.layer(4).unwrap().data, vec![1.0, 3.0, 10.0, 0.0]);
+        assert_eq!(acts.mask.unwrap().data, vec![1.0, 1.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn a_short_hidden_state_is_an_error_not_a_panic() {
+        let ids = vec![vec![1, 2]];
+        let batch = PaddedBatch::new(&ids, 0);
+        let mut c = Collector::new(Positions::Last, &[0], 4, &ids);
+        assert!(c.push(0, 0, &batch, &[0.0; 3]).is_err());
+    }
+}

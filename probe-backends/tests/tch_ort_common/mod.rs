@@ -1,0 +1,150 @@
+//! What the tch, ort and cross-backend tests share: the fixture folder, exporting a fixture
+//! model with the project's export scripts (into `$PROBE_FIXTURES/exported/<arch>/<format>`,
+//! idempotent), and the transformers reference tensors.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use probe_core::testing::require_service;
+use serde::Deserialize;
+
+/// Every fixture architecture; the export scripts support them all.
+pub const ARCHS: &[&str] = &["llama", "llama3", "mistral", "qwen2", "gemma2"];
+
+/// What `reference.json` holds (the fields these tests read).
+#[derive(Debug, Deserialize)]
+pub struct Reference {
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub prompts: Vec<String>,
+    pub token_ids: Vec<Vec<u32>>,
+}
+
+/// `$PROBE_FIXTURES` (made by scripts/python/make_fixtures.py), or None (skipped) outside scripts/test.
+pub fn fixtures() -> Option<PathBuf> {
+    require_service("PROBE_FIXTURES").map(PathBuf::from)
+}
+
+/// `$PROBE_PYTHON` (the venv's python that runs the export scripts).
+pub fn python() -> Option<String> {
+    require_service("PROBE_PYTHON")
+}
+
+static EXPORT_LOCK: Mutex<()> = Mutex::new(());
+
+/// Exports the fixture model `arch` with `scripts/python/<script>` into
+/// `root/exported/<arch>/<format>` (the script skips the work when it is up to date) and
+/// returns that folder.
+pub fn export(root: &Path, python: &str, arch: &str, format: &str) -> PathBuf {
+    let script = match format {
+        "torchscript" => "export_torchscript.py",
+        "onnx" => "export_onnx.py",
+        other => panic!("unknown export format {other}"),
+    };
+    let _guard = EXPORT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python");
+    let out = root.join("exported").join(arch).join(format);
+    let status = Command::new(python)
+        .arg(scripts.join(script))
+        .arg(root.join("models").join(arch))
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(status.success(), "{script} failed for {arch}: {status}");
+    out
+}
+
+/// The reference of `arch`: its metadata and tensors (`last.<layer>`, `mean.<layer>`, each
+/// `[n_prompts, hidden]`).
+pub fn reference(root: &Path, arch: &str) -> (Reference, HashMap<String, Vec<f32>>) {
+    let dir = root.join("reference").join(arch);
+    let meta: Reference =
+        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).expect("reference.json")).expect("json");
+    let bytes = std::fs::read(dir.join("reference.safetensors")).expect("reference.safetensors");
+    (meta, read_safetensors(&bytes))
+}
+
+/// A minimal safetensors reader for f32 tensors (header length, JSON header, raw data).
+fn read_safetensors(bytes: &[u8]) -> HashMap<String, Vec<f32>> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).expect("header");
+    let data = &bytes[8 + n..];
+    header
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .map(|(name, v)| {
+            assert_eq!(v["dtype"], "F32", "{name} is f32");
+            let off = &v["data_offsets"];
+            let (a, b) = (off[0].as_u64().expect("offset") as usize, off[1].as_u64().expect("offset") as usize);
+            let values = data[a..b].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            (name, values)
+        })
+        .collect()
+}
+
+/// max |a - b| / max |b|.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "same length");
+    let num = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let den = b.iter().map(|y| y.abs()).fold(0f32, f32::max).max(1e-12);
+    num / den
+}
+
+/// Texts of different lengths for the conformance suite.
+pub fn conformance_texts(meta: &Reference) -> Vec<&str> {
+    meta.prompts.iter().map(String::as_str).collect()
+}
+
+/// Checks `e` (a model exported from fixture `arch`) against transformers at every layer at
+/// `last` and `mean`, with the prompts batched by 4 (so padding is exercised), and that
+/// texts tokenise to the reference ids. Returns the worst relative error (≤ 1e-4 asserted).
+pub async fn check_fidelity(e: &dyn probe_core::ActivationExtractor, root: &Path, arch: &str) -> f32 {
+    use probe_core::{ActivationRequest, Positions};
+    let (meta, tensors) = reference(root, arch);
+    let info = e.model_info();
+    assert_eq!((info.num_layers, info.hidden_size), (meta.num_layers, meta.hidden_size), "{arch}: shape");
+    let layers: Vec<usize> = (0..=meta.num_layers).collect();
+    let mut worst = 0f32;
+    for positions in [Positions::Last, Positions::Mean] {
+        let req =
+            ActivationRequest::texts(meta.prompts.clone(), layers.clone()).with_positions(positions).with_batch_size(4);
+        let acts = e.extract(req).await.unwrap_or_else(|err| panic!("{arch} {positions}: {err}"));
+        let counts: Vec<usize> = meta.token_ids.iter().map(Vec::len).collect();
+        assert_eq!(acts.token_counts, counts, "{arch}: texts tokenise to the reference ids");
+        for layer in &layers {
+            let want = &tensors[&format!("{positions}.{layer}")];
+            let got = &acts.layer(*layer).expect("layer").data;
+            let err = rel_err(got, want);
+            assert!(err <= 1e-4, "{arch} {positions} layer {layer}: relative error {err}");
+            worst = worst.max(err);
+        }
+    }
+    // Token-id input gives the same as the texts.
+    let req = ActivationRequest::token_ids(meta.token_ids.clone(), vec![meta.num_layers]);
+    let acts = e.extract(req).await.expect("token ids");
+    let err = rel_err(&acts.layers[0].tensor.data, &tensors[&format!("last.{}", meta.num_layers)]);
+    assert!(err <= 1e-4, "{arch}: token-id input, relative error {err}");
+    worst
+}
+
+/// Checks `Positions::All` rows against `Positions::Last` / the mask on `e`.
+pub async fn check_all_positions(e: &dyn probe_core::ActivationExtractor, texts: &[String]) {
+    use probe_core::{ActivationRequest, Positions};
+    let l = e.model_info().num_layers;
+    let h = e.model_info().hidden_size;
+    let all = e
+        .extract(ActivationRequest::texts(texts.to_vec(), vec![l]).with_positions(Positions::All).with_batch_size(2))
+        .await
+        .expect("all");
+    let last = e.extract(ActivationRequest::texts(texts.to_vec(), vec![l])).await.expect("last");
+    let t = &all.layers[0].tensor;
+    let w = t.shape[1];
+    for (i, &n) in all.token_counts.iter().enumerate() {
+        let row = &t.data[(i * w + n - 1) * h..(i * w + n) * h];
+        assert!(rel_err(row, last.layers[0].tensor.row(i)) <= 1e-5, "row {i}: last real position of `all` is `last`");
+        assert!(t.data[(i * w + n) * h..(i + 1) * w * h].iter().all(|&v| v == 0.0), "row {i}: padding is zero");
+    }
+}
