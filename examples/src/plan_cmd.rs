@@ -265,10 +265,11 @@ fn to_table(plan: &Plan, inventory_message: &str) -> String {
     if let Some(e) = &plan.extraction {
         let _ = writeln!(
             out,
-            "\nextraction on {}: batch {} × {} tokens, {} layers, working set {}, reserve {}{}",
+            "\nextraction on {}: batch {} × {} tokens (longest single input {}), {} layers, working set {}, reserve {}{}",
             if e.gpus.is_empty() { "the CPU".to_string() } else { format!("GPUs {:?}", e.gpus) },
             e.batch_size,
             e.seq_len,
+            e.max_seq_len,
             e.layers,
             gib(e.working_set_bytes),
             gib(e.reserve_bytes),

@@ -52,7 +52,11 @@ fn assert_fits(p: &Plan, inv: &DeviceInventory) {
             let total = inv.gpu(s.gpus[0]).unwrap().total_bytes;
             let requested = (total as f64 * s.gpu_memory_utilization) as u64;
             assert!(s.weights_bytes + s.non_torch_bytes + s.activation_peak_bytes + s.kv_cache_bytes <= requested);
-            assert!(s.kv_tokens >= s.max_model_len, "one full-length sequence fits the KV cache");
+            if p.model.sliding_layers == 0 {
+                assert!(s.kv_tokens >= s.max_model_len, "one full-length sequence fits the KV cache");
+            } else {
+                assert!(s.kv_blocks > 0, "windowed layers hold less than max_model_len tokens each");
+            }
         }
         assert!(g.max_new_tokens >= 1 && g.max_new_tokens <= g.max_new_tokens_requested);
     }
@@ -230,6 +234,16 @@ fn qwen3_32b_on_80_and_40_gb_cards() {
     assert_eq!((g.servers.len(), g.servers[0].tensor_parallel_size), (1, 2));
     assert_eq!(p.extraction.as_ref().unwrap().workers[0].shares.len(), 2);
     assert_fits(&p, &small);
+    // 4096 new tokens do not fit two 40 GB cards at TP 2: the planner time-shares all four (TP 4).
+    let long = PlanRequest::new(spec("qwen3-32b"), small.clone())
+        .with_generation(Some(GenerationWorkload::new(512, 4096, 64)));
+    let p = plan(long.clone()).unwrap();
+    assert!(p.time_shared);
+    assert_eq!(p.generation.as_ref().unwrap().servers[0].tensor_parallel_size, 4);
+    assert!(p.notes.iter().any(|n| n.contains("time-share all GPUs")));
+    assert_fits(&p, &small);
+    let e = refusal(long.with_mode(ShareMode::Exclusive));
+    assert!(e.contains("needs") && e.contains("GPU 0 has"), "{e}");
 }
 
 #[test]
@@ -319,6 +333,16 @@ fn extraction_batch_is_the_largest_that_fits() {
     let shape = |b| probe_core::plan::ExtractionShape::new(b, 2048, 33, Positions::Mean, Dtype::Bf16);
     let next = probe_core::plan::memory::extraction_working_set(&spec("llama-3-8b"), &shape(b + 1));
     assert!(m + next > cap, "batch {} would fit too", b + 1);
+    assert!(e.max_seq_len >= 2048 && e.max_seq_len <= 8192, "{}", e.max_seq_len);
+    let at = |seq| {
+        probe_core::plan::memory::extraction_working_set(
+            &spec("llama-3-8b"),
+            &probe_core::plan::ExtractionShape::new(1, seq, 33, Positions::Mean, Dtype::Bf16),
+        )
+    };
+    if e.max_seq_len < 8192 {
+        assert!(m + at(e.max_seq_len) <= cap && m + at(e.max_seq_len + 1) > cap, "the longest input is the longest");
+    }
     assert_eq!(reserve(24 * GIB), 512 * MIB, "2 % of 24 GiB is below 512 MiB");
     assert_eq!(reserve(80 * GIB), 80 * GIB / 50);
     assert_fits(&p, &i);

@@ -118,12 +118,16 @@ pub(super) fn plan_extraction(
             format!("{layers} (the model has {} hidden states, 0..={})", spec.num_layers + 1, spec.num_layers),
         ));
     }
-    let ws = |b: u64| {
+    let ws_at = |b: u64, seq: u64| {
         extraction_working_set(
             spec,
-            &ExtractionShape::new(b, w.seq_len, layers, w.positions, m.dtype).with_attention(w.attention),
+            &ExtractionShape::new(b, seq, layers, w.positions, m.dtype).with_attention(w.attention),
         )
     };
+    let ws = |b: u64| ws_at(b, w.seq_len);
+    let context = spec.max_position_embeddings.map_or(1 << 20, |c| c as u64);
+    // Longest input that fits one at a time with the same placement.
+    let longest = |ok: &dyn Fn(u64) -> bool| largest(context, ok).unwrap_or(0);
     let inv = &req.inventory;
     let gpu_slots: Vec<Slot> = gpus
         .iter()
@@ -135,11 +139,12 @@ pub(super) fn plan_extraction(
         .collect::<Result<_>>()?;
     let cpu_cap = req.cpu_max_memory.unwrap_or(inv.cpu_bytes / 10 * 9);
     let cpu_slot = Slot { label: "CPU".into(), gpu: None, cap: cpu_cap };
-    let plan = |workers: Vec<ExtractionWorker>, b: u64, offload: bool| ExtractionPlan {
+    let plan = |workers: Vec<ExtractionWorker>, b: u64, offload: bool, max_seq_len: u64| ExtractionPlan {
         gpus: gpus.to_vec(),
         workers,
         batch_size: b,
         seq_len: w.seq_len,
+        max_seq_len,
         layers,
         working_set_bytes: ws(b),
         reserve_bytes: gpus.first().and_then(|&i| inv.gpu(i).ok()).map_or(0, |d| reserve(d.total_bytes)),
@@ -157,7 +162,8 @@ pub(super) fn plan_extraction(
             if workers.len() > 1 {
                 notes.push(format!("extraction chunks go round-robin over {} GPUs", workers.len()));
             }
-            return Ok(plan(workers, b, false));
+            let max_len = longest(&|seq| m.weights_bytes + ws_at(1, seq) <= min_cap);
+            return Ok(plan(workers, b, false, max_len));
         }
     }
     // 2. A layer split over the GPUs.
@@ -170,7 +176,8 @@ pub(super) fn plan_extraction(
             gib(m.weights_bytes),
             shares.len()
         ));
-        return Ok(plan(vec![ExtractionWorker { shares }], b, false));
+        let max_len = longest(&|seq| assign(spec, m, &gpu_slots, ws_at(1, seq)).is_some());
+        return Ok(plan(vec![ExtractionWorker { shares }], b, false, max_len));
     }
     // 3. CPU offload for what the GPUs cannot hold (or the CPU alone without GPUs).
     let mut slots = gpu_slots.clone();
@@ -188,7 +195,8 @@ pub(super) fn plan_extraction(
                 gib(cpu.weights_bytes)
             ));
         }
-        return Ok(plan(vec![ExtractionWorker { shares }], b, !gpu_slots.is_empty()));
+        let max_len = longest(&|seq| assign(spec, m, &slots, ws_at(1, seq)).is_some());
+        return Ok(plan(vec![ExtractionWorker { shares }], b, !gpu_slots.is_empty(), max_len));
     }
     let need = m.weights_bytes + ws(1);
     let have: Vec<String> = gpu_slots.iter().map(|s| format!("{} has {}", s.label, gib(s.cap))).collect();

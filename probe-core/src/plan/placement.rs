@@ -122,9 +122,21 @@ pub fn plan(req: PlanRequest) -> Result<Plan> {
         sliding_layers: spec.sliding_layers(),
     };
     let mut notes = Vec::new();
-    let (gen_gpus, ext_gpus, mode) = roles(&req, &spec, &model, &mut notes)?;
+    let (mut gen_gpus, mut ext_gpus, mut mode) = roles(&req, &spec, &model, &mut notes)?;
     let generation = match (&req.generation, gen_gpus.is_empty()) {
-        (Some(w), false) => Some(plan_generation(&req, &spec, &model, w, &gen_gpus, &mut notes)?),
+        (Some(w), false) => match plan_generation(&req, &spec, &model, w, &gen_gpus, &mut notes) {
+            Ok(g) => Some(g),
+            // The planner's own exclusive split starved generation: time-share every GPU instead.
+            Err(e) if chose_split(&req, mode, &gen_gpus) => {
+                let all = req.inventory.indices();
+                notes.push(format!(
+                    "generation does not fit GPUs {gen_gpus:?} alone ({e}): the phases time-share all GPUs"
+                ));
+                (gen_gpus, ext_gpus, mode) = (all.clone(), all, ShareMode::TimeShared);
+                Some(plan_generation(&req, &spec, &model, w, &gen_gpus, &mut notes)?)
+            }
+            Err(e) => return Err(e),
+        },
         (Some(_), true) => {
             notes.push(
                 "no GPU for generation: no vLLM server planned (generate in-process or on remote servers)".into(),
@@ -147,6 +159,16 @@ pub fn plan(req: PlanRequest) -> Result<Plan> {
         devices,
         notes,
     })
+}
+
+/// True when the planner itself split the GPUs exclusively (no sets, no mode given).
+fn chose_split(req: &PlanRequest, mode: ShareMode, gen_gpus: &[usize]) -> bool {
+    req.mode.is_none()
+        && req.generation_gpus.is_none()
+        && req.extraction_gpus.is_none()
+        && req.extraction.is_some()
+        && mode == ShareMode::Exclusive
+        && gen_gpus.len() < req.inventory.gpus.len()
 }
 
 fn check_set(what: &str, set: &[usize], inv: &DeviceInventory) -> Result<()> {
@@ -346,9 +368,10 @@ fn plan_generation(
             ));
         }
         Some(t) => vec![t],
-        None => {
-            [1usize, 2, 4, 8, 16].into_iter().filter(|&t| t <= gpus.len() && spec.num_heads.is_multiple_of(t)).collect()
-        }
+        None => [1usize, 2, 4, 8, 16]
+            .into_iter()
+            .filter(|&t| t <= gpus.len() && spec.num_heads.is_multiple_of(t) && (k == 1 || t == 1))
+            .collect(),
     };
     if k > 1 && v.tensor_parallel_size.is_some_and(|t| t > 1) {
         return Err(Error::invalid("servers per GPU", "several servers per GPU need tensor_parallel_size 1"));

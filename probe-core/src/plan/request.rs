@@ -400,6 +400,8 @@ pub struct ExtractionPlan {
     pub batch_size: u64,
     /// Padded tokens per input.
     pub seq_len: u64,
+    /// Longest input that fits one at a time (up to the model's context).
+    pub max_seq_len: u64,
     /// Captured layers.
     pub layers: u64,
     /// Working set of one batch.
