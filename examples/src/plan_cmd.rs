@@ -112,9 +112,53 @@ pub(crate) struct PlanArgs {
     /// vLLM --tensor-parallel-size [default: the smallest that fits].
     #[arg(long)]
     pub(crate) tensor_parallel_size: Option<usize>,
+    /// Paged-attention engine (TPU sampler): kernel scratch limit per device ("16MiB"); plans
+    /// max_seqs / max_pages / max_prefill_size instead of vLLM servers.
+    #[arg(long)]
+    pub(crate) scratch_limit: Option<String>,
+    /// Paged engine: device memory for weights and pages ("95GiB") [default: the first GPU's free memory].
+    #[arg(long)]
+    pub(crate) paged_device_memory: Option<String>,
+    /// Paged engine: tokens per page.
+    #[arg(long, default_value_t = 128)]
+    pub(crate) page_size: u64,
+    /// Paged engine: sequences decoded together (halved until they fit).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) max_seqs: u64,
+    /// Paged engine: tokens per prefill step (halved until the kernel scratch fits).
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) max_prefill_size: u64,
+    /// Paged engine: devices the model is sharded over.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) shards: u64,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// The paged-engine plan, when `--scratch-limit` is given.
+fn paged(
+    args: &PlanArgs,
+    spec: &ModelSpec,
+    inventory: &probe_core::plan::DeviceInventory,
+) -> Result<Option<probe_core::plan::paged::PagedPlan>> {
+    use probe_core::plan::paged::{PagedLimits, PagedRequest, plan_paged};
+    let Some(limit) = &args.scratch_limit else { return Ok(None) };
+    let scratch = parse_bytes("scratch limit", limit)?;
+    let device = match &args.paged_device_memory {
+        Some(m) => parse_bytes("paged device memory", m)?,
+        None => inventory.gpus.first().map(|d| d.free_bytes).ok_or_else(|| {
+            Error::invalid("paged device memory", "no GPU declared or found: give --paged-device-memory")
+        })?,
+    };
+    let req =
+        PagedRequest::new(args.max_seqs, args.page_size, args.prompt_tokens + args.max_tokens, args.max_prefill_size)
+            .with_shards(args.shards);
+    let mut limits = PagedLimits::new(device, scratch);
+    if let Some(d) = args.dtype {
+        limits.dtype = d;
+    }
+    plan_paged(spec, &req, &limits).map(Some)
 }
 
 fn parse_attention(s: &str) -> std::result::Result<AttentionKind, String> {
@@ -336,6 +380,27 @@ pub(crate) async fn run(args: PlanArgs) -> Result<()> {
         detected.inventory = detected.inventory.with_cpu_bytes(cpu);
     }
     let planner = probe_core::plan::Planner::new(detected.inventory.clone());
+    if let Some(p) = paged(&args, &spec, &detected.inventory)? {
+        let text = if args.json {
+            serde_json::to_string_pretty(&p).map_err(|e| Error::invalid("plan", format!("cannot serialise: {e}")))?
+        } else {
+            let mut t = format!(
+                "paged engine: max_seqs {} · page_size {} · max_pages {} · max_prefill_size {}\n  weights {} + KV pages {} per device; prefill scratch {:.2} MiB\n",
+                p.max_seqs,
+                p.page_size,
+                p.max_pages,
+                p.max_prefill_size,
+                gib(p.weights_bytes),
+                gib(p.kv_bytes),
+                p.scratch_bytes as f64 / (1u64 << 20) as f64
+            );
+            for step in &p.steps {
+                let _ = writeln!(t, "  halved: {step}");
+            }
+            t
+        };
+        return print(&text);
+    }
     let req = request(&args, spec, planner.inventory()?)?;
     let plan = planner.plan(req)?;
     let text = if args.json {
@@ -344,6 +409,11 @@ pub(crate) async fn run(args: PlanArgs) -> Result<()> {
     } else {
         to_table(&plan, &detected.message)
     };
+    print(&text)
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+fn print(text: &str) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     match writeln!(stdout, "{text}") {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("stdout", e)),
@@ -400,6 +470,29 @@ mod tests {
         assert_eq!(j["params"], 8_030_261_248u64);
         assert!(j["weights_bytes"].as_u64().is_some() && j["devices"].as_array().unwrap().len() == 2);
         assert!(to_table(&p, "declared").contains("blocks"));
+    }
+
+    #[test]
+    fn paged_engine_ladder() {
+        let c = config();
+        let cli = Cli::try_parse_from([
+            "probe",
+            "--model",
+            &c,
+            "--scratch-limit",
+            "16MiB",
+            "--paged-device-memory",
+            "95GiB",
+            "--max-tokens",
+            "4096",
+        ])
+        .unwrap();
+        let spec = ModelSpec::from_path(&cli.plan.model).unwrap();
+        let p = paged(&cli.plan, &spec, &Default::default()).unwrap().expect("paged plan");
+        assert_eq!((p.max_prefill_size, p.max_seqs, p.max_pages), (256, 8, 288));
+        let cli = Cli::try_parse_from(["probe", "--model", &c, "--scratch-limit", "16MiB"]).unwrap();
+        let e = paged(&cli.plan, &spec, &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("--paged-device-memory"), "{e}");
     }
 
     #[test]
