@@ -165,7 +165,10 @@ impl ObjectCacheBuilder {
     pub fn build(self) -> Result<ObjectCache> {
         let o = &self.options;
         if o.part_size < MIN_PART_SIZE {
-            return Err(Error::invalid("part size", format!("{} bytes is below the {MIN_PART_SIZE}-byte minimum", o.part_size)));
+            return Err(Error::invalid(
+                "part size",
+                format!("{} bytes is below the {MIN_PART_SIZE}-byte minimum", o.part_size),
+            ));
         }
         if o.upload_concurrency == 0 {
             return Err(Error::invalid("upload concurrency", "0; use at least 1"));
@@ -173,7 +176,14 @@ impl ObjectCacheBuilder {
         let url = match &self.source {
             Source::Store { store, location, persistent } => {
                 let kind = if *persistent { StoreKind::Persistent } else { StoreKind::Memory };
-                return Ok(ObjectCache::new(store.clone(), Path::default(), location.clone(), kind, None, self.options));
+                return Ok(ObjectCache::new(
+                    store.clone(),
+                    Path::default(),
+                    location.clone(),
+                    kind,
+                    None,
+                    self.options,
+                ));
             }
             Source::Url(url) => url.clone(),
         };
@@ -191,7 +201,14 @@ impl ObjectCacheBuilder {
                 let dir = std::fs::canonicalize(&dir).map_err(|e| Error::io(dir.display(), e))?;
                 let fs = LocalFileSystem::new_with_prefix(&dir).map_err(errors::convert)?.with_automatic_cleanup(true);
                 let location = format!("file://{}", dir.display());
-                Ok(ObjectCache::new(Arc::new(fs), Path::default(), location, StoreKind::Persistent, Some(dir), self.options))
+                Ok(ObjectCache::new(
+                    Arc::new(fs),
+                    Path::default(),
+                    location,
+                    StoreKind::Persistent,
+                    Some(dir),
+                    self.options,
+                ))
             }
             Target::S3 { bucket, prefix } => self.build_s3(&bucket, &prefix),
         }

@@ -54,11 +54,8 @@ pub(crate) fn parse(url: &str) -> Result<Target> {
     }
     if !trimmed.contains("://") {
         let path = PathBuf::from(trimmed);
-        let path = if path.is_absolute() {
-            path
-        } else {
-            std::env::current_dir().map_err(|e| Error::io(".", e))?.join(path)
-        };
+        let path =
+            if path.is_absolute() { path } else { std::env::current_dir().map_err(|e| Error::io(".", e))?.join(path) };
         return Ok(Target::Local(path));
     }
     let parsed = Url::parse(trimmed).map_err(|e| invalid(url, e))?;
@@ -87,9 +84,6 @@ pub(crate) fn parse(url: &str) -> Result<Target> {
             Ok(Target::Local(path))
         }
         "s3" => {
-            if !cfg!(feature = "s3") {
-                return Err(Error::FeatureDisabled { feature: "s3".into() });
-            }
             let bucket = parsed.host_str().unwrap_or_default().to_owned();
             if bucket.is_empty() {
                 return Err(invalid(url, "s3:// URLs name a bucket: s3://bucket/prefix"));
@@ -99,6 +93,9 @@ pub(crate) fn parse(url: &str) -> Result<Target> {
                 if segment.is_empty() || segment == "." || segment == ".." {
                     return Err(invalid(url, format!("the prefix has an empty, `.` or `..` segment ({segment:?})")));
                 }
+            }
+            if !cfg!(feature = "s3") {
+                return Err(Error::FeatureDisabled { feature: "s3".into() });
             }
             Ok(Target::S3 { bucket, prefix: prefix.to_owned() })
         }

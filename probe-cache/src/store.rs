@@ -103,7 +103,7 @@ impl fmt::Debug for ObjectCache {
 }
 
 enum Read {
-    Hit(CacheEntry),
+    Hit(Box<CacheEntry>),
     Miss,
     Corrupt(String),
     /// The payload the metadata names is gone; the metadata may have been replaced since.
@@ -202,14 +202,12 @@ impl ObjectCache {
         };
         let checked = if payload.len() >= BLOCKING_HASH_BYTES {
             let (m, p) = (meta.clone(), payload.clone());
-            tokio::task::spawn_blocking(move || m.verify(&p))
-                .await
-                .map_err(|e| Error::backend("probe-cache", e))?
+            tokio::task::spawn_blocking(move || m.verify(&p)).await.map_err(|e| Error::backend("probe-cache", e))?
         } else {
             meta.verify(&payload)
         };
         Ok(match checked {
-            Ok(()) => (Read::Hit(CacheEntry::new(key.clone(), meta, payload)), sha),
+            Ok(()) => (Read::Hit(Box::new(CacheEntry::new(key.clone(), meta, payload))), sha),
             Err(e) => (Read::Corrupt(e.to_string()), sha),
         })
     }
@@ -257,7 +255,8 @@ impl ObjectCache {
         };
         for obj in listed {
             let Some(name) = obj.location.filename() else { continue };
-            let is_payload = name.starts_with("data-") && obj.location.prefix_match(dir).is_some_and(|p| p.count() == 1);
+            let is_payload =
+                name.starts_with("data-") && obj.location.prefix_match(dir).is_some_and(|p| p.count() == 1);
             if is_payload && name != keep && old(obj.last_modified.into()) {
                 match self.store.delete(&obj.location).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {
@@ -268,7 +267,7 @@ impl ObjectCache {
             }
         }
         if let Some(folder) = self.local_dir(dir) {
-            remove_staging_files(&folder, |t| old(t));
+            remove_staging_files(&folder, old);
         }
     }
 
@@ -283,7 +282,8 @@ fn remove_staging_files(folder: &std::path::Path, old: impl Fn(SystemTime) -> bo
     let Ok(entries) = std::fs::read_dir(folder) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let staging = name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let staging =
+            name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
         let modified = entry.metadata().and_then(|m| m.modified()).ok();
         if staging && modified.is_some_and(&old) {
             let _ = std::fs::remove_file(entry.path());
@@ -302,7 +302,7 @@ impl CacheStore for ObjectCache {
         for _ in 0..4 {
             let (read, sha) = self.read_once(key, &dir).await?;
             match read {
-                Read::Hit(entry) => return Ok(Some(entry)),
+                Read::Hit(entry) => return Ok(Some(*entry)),
                 Read::Miss => return Ok(None),
                 Read::Corrupt(why) => {
                     self.count_corrupt(key, &why);

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use probe_cache::{ObjectCache, ObjectCacheBuilder, from_url};
 use probe_core::testing::cache_conformance;
@@ -135,7 +133,7 @@ async fn secrets_never_show_and_network_failures_are_retryable() {
     let builder = ObjectCacheBuilder::new("s3://bucket/prefix")
         .with_endpoint("http://127.0.0.1:1")
         .with_credentials("AKIDTOPSECRETID", "TOPSECRETKEY")
-        .with_retry(0, Duration::from_secs(2));
+        .with_retry(0, std::time::Duration::from_secs(2));
     let shown = format!("{builder:?}");
     assert!(!shown.contains("TOPSECRET"), "{shown}");
     assert!(shown.contains("******"), "{shown}");

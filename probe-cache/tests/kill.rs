@@ -117,10 +117,8 @@ async fn writer_killed_during_its_first_write_leaves_a_miss() {
     assert_eq!(cache.corrupt_entries(), 0, "an uncommitted write is simply absent");
 
     // The key can be written afterwards, and the leftovers are collected.
-    let repair = ObjectCacheBuilder::new(root.path().to_str().unwrap())
-        .with_garbage_grace(Duration::ZERO)
-        .build()
-        .unwrap();
+    let repair =
+        ObjectCacheBuilder::new(root.path().to_str().unwrap()).with_garbage_grace(Duration::ZERO).build().unwrap();
     repair.put(PutRequest::new(key(), payload(7))).await.unwrap();
     assert_eq!(repair.get_key(&key()).await.unwrap().expect("written after the crash").payload, payload(7));
     assert!(staging_files(&entry_dir).is_empty(), "the dead writer's staging file was collected");
