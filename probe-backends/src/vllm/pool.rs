@@ -82,9 +82,11 @@ impl Pool {
             st[i].outstanding += 1;
             return Pick::Use(i);
         }
-        let due = (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| !st[i].probing && (!st[i].verified || st[i].down_until.is_some_and(|t| t <= now)));
+        let due = (0..n).map(|k| (start + k) % n).find(|&i| {
+            let s = &st[i];
+            let not_resting = s.down_until.is_none_or(|t| t <= now);
+            !s.probing && not_resting && (!s.verified || s.down_until.is_some())
+        });
         if let Some(i) = due {
             st[i].probing = true;
             return Pick::Probe(i);
@@ -243,6 +245,13 @@ mod tests {
         let now = Instant::now();
         assert_eq!(p.pick(now), Pick::Probe(0));
         assert!(matches!(p.pick(now), Pick::Wait { probing: true, .. }), "one probe at a time");
+        p.probe_done(0, false, now);
+        assert!(
+            matches!(p.pick(now), Pick::Wait { probing: false, .. }),
+            "an unchecked server whose probe failed rests until its next probe"
+        );
+        let later = now + Duration::from_secs(2);
+        assert_eq!(p.pick(later), Pick::Probe(0));
         p.probe_done(0, true, now);
         assert_eq!(p.pick(now), Pick::Use(0));
         let lease = Lease::new(&p, 0);
