@@ -62,7 +62,7 @@ impl BackendKind {
             other => {
                 probe_backends::require_feature(other.name())?;
                 Err(Error::not_supported(
-                    format!("running it from the probe CLI (not wired yet; use `--backend candle`)"),
+                    "running it from the probe CLI (not wired yet; use `--backend candle`)",
                     other.name(),
                 ))
             }

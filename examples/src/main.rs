@@ -4,6 +4,7 @@
 //! probe sweep    --model <dir> --prompts <file.jsonl> --layers <list|a..b|all> [...]
 //! probe extract  --model <dir> --input <file.jsonl> --layers <list> --positions last|mean --out <file.safetensors>
 //! probe generate --model <dir|name> --prompts <file.jsonl> --out <file.jsonl> [...]
+//! probe plan     --model <config.json|dir> --gpus 4x80GiB [...]
 //! probe demo
 //! ```
 //!
@@ -16,6 +17,7 @@ mod demo;
 mod extract_cmd;
 mod generate_cmd;
 mod outputs;
+mod plan_cmd;
 mod progress;
 mod sweep_cmd;
 
@@ -45,6 +47,8 @@ enum Command {
     Generate(generate_cmd::GenerateArgs),
     /// Make a small model and prompt set (no download) and run a full sweep on candle.
     Demo(demo::DemoArgs),
+    /// The device and memory plan for a model on some GPUs (roles, vLLM servers, batch sizes).
+    Plan(Box<plan_cmd::PlanArgs>),
 }
 
 /// Exit status of an error: 2 for what the user can fix, 1 for the rest.
@@ -117,6 +121,7 @@ fn main() {
             Command::Extract(a) => extract_cmd::run(a, quiet).await,
             Command::Generate(a) => generate_cmd::run(a).await,
             Command::Demo(a) => demo::run(a, quiet).await,
+            Command::Plan(a) => plan_cmd::run(*a).await,
         }
     });
     if let Err(e) = result {
