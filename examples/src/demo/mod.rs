@@ -91,11 +91,18 @@ pub(crate) async fn run(args: DemoArgs, quiet: bool) -> Result<()> {
         out: args.dir.join("out"),
     };
     let plan = sweep_cmd::plan(&sweep)?;
-    sweep_cmd::execute(plan, quiet).await?;
+    let report = sweep_cmd::execute(plan, quiet).await?;
     println!("model: {} · prompts: {}", model_dir.display(), prompts.display());
+    let s = &report.summary;
+    let all_cached = s.generations_generated == 0 && s.layers_computed == 0;
     println!(
-        "demo finished in {:.1} s; run it again to see everything come from the cache",
-        t0.elapsed().as_secs_f64()
+        "demo finished in {:.1} s{}",
+        t0.elapsed().as_secs_f64(),
+        if all_cached {
+            ": everything came from the cache"
+        } else {
+            "; run it again to see everything come from the cache"
+        }
     );
     Ok(())
 }
