@@ -32,7 +32,8 @@ fn parse() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| Error::invalid("argument", format!("{flag} needs a value")))?;
-        let num = |v: &str| v.parse::<usize>().map_err(|_| Error::invalid(flag.clone(), format!("{v:?} is not a number")));
+        let num =
+            |v: &str| v.parse::<usize>().map_err(|_| Error::invalid(flag.clone(), format!("{v:?} is not a number")));
         match flag.as_str() {
             "--backend" => a.backend = v,
             "--model" => a.model = v.into(),
@@ -65,7 +66,8 @@ fn layers(spec: &str, num_layers: usize) -> Result<Vec<usize>> {
     if spec == "all" {
         return Ok((0..=num_layers).collect());
     }
-    let (a, b) = spec.split_once("..").ok_or_else(|| Error::invalid("layers", format!("{spec:?} (expected all or a..b)")))?;
+    let (a, b) =
+        spec.split_once("..").ok_or_else(|| Error::invalid("layers", format!("{spec:?} (expected all or a..b)")))?;
     let p = |s: &str| s.parse::<usize>().map_err(|_| Error::invalid("layers", format!("{spec:?}")));
     Ok((p(a)?..=p(b)?).collect())
 }
