@@ -1,0 +1,57 @@
+//! Extracts chosen layers with the ort backend (ONNX Runtime) from an ONNX export made by
+//! `scripts/python/export_onnx.py`, and prints each layer's shape and first values.
+//!
+//! ```text
+//! python scripts/python/export_onnx.py fixtures/models/llama /tmp/llama-onnx
+//! ORT_DYLIB_PATH=$(scripts/venv)/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1 \
+//!   cargo run -p probe-examples --features ort --example ort -- /tmp/llama-onnx 0,2,4 "Hello" "Paris is"
+//! ```
+//! `LAYERS` is a comma-separated list in Hugging Face `output_hidden_states` numbering
+//! (0 = embeddings, L = after the final norm); by default every layer.
+
+use std::path::PathBuf;
+
+use probe_backends::ort::{OrtExtractor, OrtOptions};
+use probe_core::{ActivationExtractor, ActivationRequest, Error, Positions};
+
+#[tokio::main]
+async fn main() -> probe_core::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let dir = PathBuf::from(
+        args.next()
+            .ok_or_else(|| Error::invalid("arguments", "usage: ort EXPORT_DIR [LAYERS e.g. 0,2,4] [TEXT ...]"))?,
+    );
+    let model = OrtExtractor::load(&dir, OrtOptions::default())?;
+    let info = model.model_info();
+    println!(
+        "{}: {} with {} layers, hidden {}, {} with {} (revision {}…)",
+        info.id.id,
+        info.architecture,
+        info.num_layers,
+        info.hidden_size,
+        info.dtype,
+        model.provider(),
+        &info.id.revision[..12]
+    );
+    let layers: Vec<usize> = match args.next() {
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().parse().map_err(|_| Error::invalid("layer", format!("{s:?} is not a number"))))
+            .collect::<probe_core::Result<_>>()?,
+        None => (0..=info.num_layers).collect(),
+    };
+    let mut texts: Vec<String> = args.collect();
+    if texts.is_empty() {
+        texts = vec!["The cat sat on the mat.".into(), "Paris is the capital of".into()];
+    }
+    for positions in [Positions::Last, Positions::Mean, Positions::All] {
+        let acts =
+            model.extract(ActivationRequest::texts(texts.clone(), layers.clone()).with_positions(positions)).await?;
+        println!("\npositions = {positions} (tokens per text: {:?})", acts.token_counts);
+        for la in &acts.layers {
+            let first: Vec<String> = la.tensor.data.iter().take(4).map(|v| format!("{v:+.4}")).collect();
+            println!("  layer {:>3}: shape {:?}, first values [{}]", la.layer, la.tensor.shape, first.join(", "));
+        }
+    }
+    Ok(())
+}
