@@ -28,7 +28,7 @@ fn payload(i: u64) -> Bytes {
     Bytes::from(common::pattern(1000 + i, 6 * PART))
 }
 
-/// Child mode: writes through a store that pauses 300 ms before each object or part write,
+/// Child mode: writes through a store that pauses 500 ms before each object or part write,
 /// so a write takes seconds; `once` writes one entry, `loop` overwrites the key forever.
 #[test]
 #[ignore = "run by the kill tests as a child process"]
@@ -38,7 +38,7 @@ fn writer_child() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let fs = LocalFileSystem::new_with_prefix(dir).unwrap();
-        let config = ThrottleConfig { wait_put_per_call: Duration::from_millis(300), ..ThrottleConfig::default() };
+        let config = ThrottleConfig { wait_put_per_call: Duration::from_millis(500), ..ThrottleConfig::default() };
         let store = Arc::new(ThrottledStore::new(fs, config));
         let cache = ObjectCacheBuilder::from_store(store, format!("throttled file://{dir}"), true)
             .with_multipart_threshold(PART)
