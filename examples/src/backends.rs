@@ -59,6 +59,7 @@ impl BackendKind {
         match self {
             Self::Mock => Ok(()),
             Self::Candle => probe_backends::require_feature("candle"),
+            Self::Vllm => probe_backends::require_feature("vllm"),
             other => {
                 probe_backends::require_feature(other.name())?;
                 Err(Error::not_supported(
@@ -101,7 +102,9 @@ impl BackendKind {
 
     /// Loads the model: an extractor and, where the backend generates, a generator.
     /// `gpu` is the CUDA ordinal to extract on (`[devices] extraction_gpus`), `None` for the CPU.
-    pub(crate) fn open(self, model: &str, gpu: Option<usize>) -> Result<Opened> {
+    /// For `vllm`, generation goes to the servers at `urls` (serving `model` under that name)
+    /// and extraction runs in process on candle from the same folder.
+    pub(crate) fn open(self, model: &str, gpu: Option<usize>, urls: &[String]) -> Result<Opened> {
         self.check_available()?;
         match self {
             Self::Mock => {
@@ -115,8 +118,20 @@ impl BackendKind {
                 })
             }
             Self::Candle => open_candle(model, gpu),
+            Self::Vllm => open_vllm(model, gpu, urls),
             _ => unreachable!("check_available refused it"),
         }
+    }
+}
+
+impl BackendKind {
+    /// Only the generator: for `vllm` no model is loaded in process.
+    pub(crate) fn open_generator(self, model: &str, gpu: Option<usize>, urls: &[String]) -> Result<Arc<dyn Generator>> {
+        if self == Self::Vllm {
+            self.check_available()?;
+            return vllm_generator(model, urls);
+        }
+        self.open(model, gpu, urls)?.generator.ok_or_else(|| Error::not_supported("generation", self.name()))
     }
 }
 
@@ -141,6 +156,33 @@ fn open_candle(model: &str, gpu: Option<usize>) -> Result<Opened> {
 #[cfg(not(feature = "candle"))]
 fn open_candle(_model: &str, _gpu: Option<usize>) -> Result<Opened> {
     Err(Error::FeatureDisabled { feature: "candle".into() })
+}
+
+#[cfg(feature = "vllm")]
+fn vllm_generator(model: &str, urls: &[String]) -> Result<Arc<dyn Generator>> {
+    use probe_backends::vllm::VllmGenerator;
+    if urls.is_empty() {
+        return Err(Error::invalid("url", "--backend vllm needs server URLs: --url URL or [vllm] urls in probe.toml"));
+    }
+    let env_key = if std::env::var_os("VLLM_API_KEY").is_some() { "VLLM_API_KEY" } else { "OPENAI_API_KEY" };
+    let generator = VllmGenerator::builder()
+        .urls(urls.to_vec())
+        .model(model)
+        .api_key_from_env(env_key)
+        .request_timeout(Duration::from_secs(600))
+        .build()?;
+    Ok(Arc::new(generator))
+}
+
+#[cfg(not(feature = "vllm"))]
+fn vllm_generator(_model: &str, _urls: &[String]) -> Result<Arc<dyn Generator>> {
+    Err(Error::FeatureDisabled { feature: "vllm".into() })
+}
+
+fn open_vllm(model: &str, gpu: Option<usize>, urls: &[String]) -> Result<Opened> {
+    let generator = vllm_generator(model, urls)?;
+    let extractor = open_candle(model, gpu)?.extractor;
+    Ok(Opened { extractor, generator: Some(generator) })
 }
 
 /// The mock extractor with an optional pause per call (`PROBE_MOCK_DELAY_MS`), so tests can

@@ -59,6 +59,10 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
     if backend != BackendKind::Vllm {
         backend.model_layers(&args.model)?;
     }
+    let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
+    if backend == BackendKind::Vllm && urls.is_empty() {
+        return Err(Error::invalid("url", "--backend vllm needs server URLs: --url URL or [vllm] urls in probe.toml"));
+    }
     let g = &file.generation;
     let sampling = SamplingParams::greedy(args.max_tokens.or(g.max_tokens).unwrap_or(64))
         .with_temperature(args.temperature.or(g.temperature).unwrap_or(0.0))
@@ -68,15 +72,12 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
     if !args.url.is_empty() && backend != BackendKind::Vllm {
         return Err(Error::invalid("url", format!("{:?} is only used with --backend vllm", args.url[0])));
     }
-    let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
-    tracing::debug!("vLLM urls: {urls:?}");
     let cache = match &args.cache {
         Some(url) => Some(probe_cache::from_url(&cache_url(Some(url), &file))?),
         None => None,
     };
-    let model = backend.open(&args.model, file.devices.generation_gpus.as_ref().and_then(|g| g.first().copied()))?;
-    let generator =
-        model.generator.ok_or_else(|| Error::not_supported("generation", format!("{backend:?}").to_lowercase()))?;
+    let gpu = file.devices.generation_gpus.as_ref().and_then(|g| g.first().copied());
+    let generator = backend.open_generator(&args.model, gpu, &urls)?;
     let texts = prompts.texts();
     let key = generation_key(&generator.model_id(), &prompts.name, &sampling, &texts);
     let cached = match &cache {

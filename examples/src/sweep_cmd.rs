@@ -50,6 +50,9 @@ pub(crate) struct SweepArgs {
     /// Probe the prompt texts themselves: no completions.
     #[arg(long)]
     pub(crate) no_generate: bool,
+    /// vLLM server URL for `--backend vllm` (repeatable) [default: [vllm] urls].
+    #[arg(long)]
+    pub(crate) url: Vec<String>,
     /// Settings file [default: ./probe.toml when present].
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
@@ -69,6 +72,8 @@ pub(crate) struct Plan {
     pub(crate) out: PathBuf,
     /// CUDA ordinal for extraction (`[devices] extraction_gpus`, the first one).
     pub(crate) gpu: Option<usize>,
+    /// vLLM servers (`--url`, else `[vllm] urls`).
+    pub(crate) urls: Vec<String>,
 }
 
 /// The cache URL: flag, then the file, then `$PROBE_CACHE`, then `./probe-cache`.
@@ -96,6 +101,9 @@ pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
                 ),
             ));
         }
+    }
+    if !args.url.is_empty() && backend != BackendKind::Vllm {
+        return Err(Error::invalid("url", format!("{:?} is only used with --backend vllm", args.url[0])));
     }
     let num_layers = backend.model_layers(&args.model)?;
     let layers = args.layers.resolve(num_layers)?;
@@ -131,6 +139,7 @@ pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
         cache_url: cache_url(args.cache.as_deref(), &file),
         out: args.out.clone(),
         gpu: file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()),
+        urls: if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() },
     })
 }
 
@@ -138,7 +147,7 @@ pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
 pub(crate) async fn execute(plan: Plan, quiet: bool) -> Result<SweepReport> {
     let cache = probe_cache::from_url(&plan.cache_url)?;
     tracing::info!("loading {} with {:?}", plan.model, plan.backend);
-    let model = plan.backend.open(&plan.model, plan.gpu)?;
+    let model = plan.backend.open(&plan.model, plan.gpu, &plan.urls)?;
     let bars = Bars::new(quiet);
     let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&bars);
     if let Some(g) = model.generator.as_deref() {

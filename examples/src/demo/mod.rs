@@ -87,6 +87,7 @@ pub(crate) async fn run(args: DemoArgs, quiet: bool) -> Result<()> {
         temperature: Some(0.0),
         seed: Some(0),
         no_generate: args.no_generate,
+        url: Vec::new(),
         config: None,
         out: args.dir.join("out"),
     };
