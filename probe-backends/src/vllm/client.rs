@@ -163,7 +163,7 @@ impl VllmGenerator {
         }
         let ids =
             parse_models(&url, &body).map_err(|e| Attempt::Retry { message: e.to_string(), retry_after: None })?;
-        if !ids.iter().any(|m| *m == self.config.model) {
+        if !ids.contains(&self.config.model) {
             return Err(Attempt::Fatal(Error::invalid(
                 "model",
                 format!("{url} serves {ids:?}, not {:?}", self.config.model),

@@ -7,18 +7,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use probe_core::plan::GenerationPlan;
 use probe_core::{Error, Result};
 
 use super::BACKEND;
 use super::process::GroupChild;
 
 /// Where a server runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServerDevice {
     /// The CPU (vLLM's CPU build: `VLLM_TARGET_DEVICE=cpu`, no CUDA device visible).
     Cpu,
     /// A CUDA device by index (`CUDA_VISIBLE_DEVICES=<index>`).
     Gpu(usize),
+    /// Several CUDA devices for one tensor-parallel server (`CUDA_VISIBLE_DEVICES=a,b`,
+    /// `--tensor-parallel-size` = their number).
+    Gpus(Vec<usize>),
 }
 
 impl fmt::Display for ServerDevice {
@@ -26,6 +30,10 @@ impl fmt::Display for ServerDevice {
         match self {
             ServerDevice::Cpu => f.write_str("cpu"),
             ServerDevice::Gpu(i) => write!(f, "cuda:{i}"),
+            ServerDevice::Gpus(g) => {
+                let list: Vec<String> = g.iter().map(|i| format!("cuda:{i}")).collect();
+                f.write_str(&list.join("+"))
+            }
         }
     }
 }
@@ -84,6 +92,46 @@ impl ServerSpec {
     pub fn with_extra_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
         self.extra_args.extend(args.into_iter().map(Into::into));
         self
+    }
+
+    /// One server per entry of the planner's generation plan, on its GPUs (tensor-parallel
+    /// when it has several), with its memory share, `--max-model-len`, `--max-num-seqs` and
+    /// `--block-size`, at ports `base_port`, `base_port + 1`, ….
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a plan without servers, a server without a GPU, or ports
+    /// past 65535.
+    pub fn from_plan(plan: &GenerationPlan, base_port: u16) -> Result<Vec<Self>> {
+        if plan.servers.is_empty() {
+            return Err(Error::invalid("generation plan", "no vLLM server planned"));
+        }
+        if usize::from(base_port) + plan.servers.len() - 1 > usize::from(u16::MAX) {
+            return Err(Error::invalid(
+                "vllm port",
+                format!("{base_port} + {} servers passes 65535", plan.servers.len()),
+            ));
+        }
+        plan.servers
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                let device = match p.gpus.as_slice() {
+                    [] => return Err(Error::invalid("generation plan", format!("server {k} has no GPU"))),
+                    [g] => ServerDevice::Gpu(*g),
+                    many => ServerDevice::Gpus(many.to_vec()),
+                };
+                let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+                let mut s = Self::gpu(0, base_port + k as u16)
+                    .with_gpu_memory_utilization(p.gpu_memory_utilization)
+                    .with_max_model_len(clamp(p.max_model_len))
+                    .with_max_num_seqs(clamp(p.max_num_seqs));
+                s.device = device;
+                if p.block_size > 0 {
+                    s.extra_args.extend(["--block-size".to_owned(), p.block_size.to_string()]);
+                }
+                Ok(s)
+            })
+            .collect()
     }
 
     /// `servers` servers cycled over `gpus` (server `k` on `gpus[k % gpus.len()]`, port
@@ -218,6 +266,9 @@ impl VllmLauncher {
         }
         args.extend(["--host".into(), self.host.clone(), "--port".into(), s.port.to_string()]);
         args.extend(["--gpu-memory-utilization".into(), s.gpu_memory_utilization.to_string()]);
+        if let ServerDevice::Gpus(g) = &s.device {
+            args.extend(["--tensor-parallel-size".into(), g.len().to_string()]);
+        }
         if let Some(n) = s.max_model_len {
             args.extend(["--max-model-len".into(), n.to_string()]);
         }
@@ -226,9 +277,14 @@ impl VllmLauncher {
         }
         args.extend(self.common_args.iter().cloned());
         args.extend(s.extra_args.iter().cloned());
+        let visible = match &s.device {
+            ServerDevice::Gpu(i) => i.to_string(),
+            ServerDevice::Gpus(g) => g.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            ServerDevice::Cpu => String::new(),
+        };
         let mut env: Vec<(String, String)> = match s.device {
-            ServerDevice::Gpu(i) => vec![
-                ("CUDA_VISIBLE_DEVICES".into(), i.to_string()),
+            ServerDevice::Gpu(_) | ServerDevice::Gpus(_) => vec![
+                ("CUDA_VISIBLE_DEVICES".into(), visible),
                 ("PYTORCH_CUDA_ALLOC_CONF".into(), "expandable_segments:True".into()),
             ],
             ServerDevice::Cpu => {
@@ -239,9 +295,10 @@ impl VllmLauncher {
             env.retain(|(e, _)| e != k);
             env.push((k.clone(), v.clone()));
         }
-        let tag = match s.device {
+        let tag = match &s.device {
             ServerDevice::Cpu => "cpu".to_owned(),
             ServerDevice::Gpu(i) => format!("gpu{i}"),
+            ServerDevice::Gpus(g) => format!("gpu{}", g.iter().map(ToString::to_string).collect::<Vec<_>>().join("-")),
         };
         LaunchCommand {
             program: program.clone(),
@@ -526,7 +583,7 @@ mod tests {
     #[test]
     fn cycling_places_servers_round_robin_and_shares_memory() {
         let specs = ServerSpec::cycle(&[2, 3], 5, 8000, 0.9).unwrap();
-        let got: Vec<_> = specs.iter().map(|s| (s.device, s.port, s.gpu_memory_utilization)).collect();
+        let got: Vec<_> = specs.iter().map(|s| (s.device.clone(), s.port, s.gpu_memory_utilization)).collect();
         use ServerDevice::Gpu;
         assert_eq!(
             got,
@@ -544,6 +601,33 @@ mod tests {
         assert!(ServerSpec::cycle(&[0], 0, 1, 0.9).is_err());
         assert!(ServerSpec::cycle(&[0], 1, 1, 1.5).is_err());
         assert!(ServerSpec::cycle(&[0], 3, 65534, 0.9).is_err(), "ports past 65535");
+    }
+
+    #[test]
+    fn specs_from_the_planners_generation_plan() {
+        let server = |gpus: &[usize], u: f64| {
+            serde_json::json!({
+                "gpus": gpus, "tensor_parallel_size": gpus.len(), "gpu_memory_utilization": u,
+                "max_model_len": 4608, "max_num_seqs": 32, "block_size": 16, "weights_bytes": 1,
+                "non_torch_bytes": 1, "activation_peak_bytes": 1, "kv_cache_bytes": 1, "kv_blocks": 1, "kv_tokens": 16
+            })
+        };
+        let plan: GenerationPlan = serde_json::from_value(serde_json::json!({
+            "gpus": [0, 1, 2], "servers": [server(&[0], 0.45), server(&[0], 0.45), server(&[1, 2], 0.9)],
+            "prompt_tokens": 100, "batch_size": 32, "max_new_tokens_requested": 4096, "max_new_tokens": 4096
+        }))
+        .expect("a GenerationPlan in the planner's JSON form");
+        let specs = ServerSpec::from_plan(&plan, 9000).unwrap();
+        assert_eq!(specs.len(), 3);
+        assert_eq!((specs[1].device.clone(), specs[1].port), (ServerDevice::Gpu(0), 9001));
+        assert_eq!(specs[2].device, ServerDevice::Gpus(vec![1, 2]));
+        assert_eq!((specs[0].max_model_len, specs[0].max_num_seqs), (Some(4608), Some(32)));
+        let l = VllmLauncher::builder("m").servers(specs).build().unwrap();
+        let c = &l.dry_run()[2];
+        assert!(c.env.contains(&("CUDA_VISIBLE_DEVICES".into(), "1,2".into())), "{c}");
+        let line = c.to_string();
+        assert!(line.contains("--gpu-memory-utilization 0.9 --tensor-parallel-size 2"), "{line}");
+        assert!(line.contains("--block-size 16") && line.contains("vllm-gpu1-2-port9002.log"), "{line}");
     }
 
     #[test]
