@@ -359,8 +359,8 @@ impl ModelConfig {
             activation,
             windows,
             attn_scale,
-            attn_softcap: raw.attn_logit_softcapping.filter(|_| spec.sandwich_norms),
-            final_softcap: raw.final_logit_softcapping.filter(|_| spec.sandwich_norms),
+            attn_softcap: raw.attn_logit_softcapping,
+            final_softcap: raw.final_logit_softcapping,
             eos_token_ids: raw.eos_token_id.map(OneOrMany::into_vec).unwrap_or_default(),
             pad_token_id: raw.pad_token_id.and_then(|p| p.into_vec().first().copied()),
         })

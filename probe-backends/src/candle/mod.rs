@@ -11,7 +11,12 @@
 //! Extraction runs one forward pass per batch that stops after the deepest requested layer
 //! and never computes logits; layers are numbered as transformers' `output_hidden_states`.
 //! Generation decodes prompts one after another with a KV cache, the `n` samples of a prompt
-//! as one batch.
+//! as one batch (greedy decoding computes one row and copies it `n` times). Each sample draws
+//! from its own RNG stream seeded by (seed, prompt index, sample index), so results do not
+//! depend on batching. A completion ends at an end-of-sequence token (`config.json` or
+//! `generation_config.json` `eos_token_id`; kept in `token_ids`, not in the text), at a stop
+//! string (the text is cut before it; `token_ids` run up to the token that completed it), or
+//! after `max_tokens` tokens. Completion text is decoded with special tokens skipped.
 //!
 //! ```no_run
 //! # async fn demo() -> probe_core::Result<()> {
