@@ -224,3 +224,38 @@ async fn bf16_stays_close_to_the_f32_reference() {
     println!("qwen2 bf16: worst max relative error {worst:.2e} against the f32 reference");
     assert!(worst <= 5e-2, "bf16 within 5e-2 of f32: {worst}");
 }
+
+#[tokio::test]
+async fn sharded_weights_with_an_index_load_the_same_model() {
+    let Some(root) = fixtures() else { return };
+    let src = root.join("models").join("mistral");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).expect("copy");
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).expect("weights");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
+    names.sort();
+    let half = names.len() / 2;
+    let mut weight_map = serde_json::Map::new();
+    for (k, part) in [&names[..half], &names[half..]].into_iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", k + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> =
+            part.iter().map(|n| (n.clone(), st.tensor(n).expect("tensor"))).collect();
+        safetensors::serialize_to_file(views, None, &dir.path().join(&file)).expect("write shard");
+        for n in part {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).expect("index");
+
+    let whole = load(&root, "mistral");
+    let sharded = CandleBackend::load(dir.path(), CandleOptions::default()).expect("sharded load");
+    let req = ActivationRequest::texts(vec!["The cat sat on the mat.".into()], vec![0, 2, 4]);
+    let a = whole.extract(req.clone()).await.expect("whole");
+    let b = sharded.extract(req).await.expect("sharded");
+    assert_eq!(a.layers, b.layers, "the same weights give the same hidden states");
+    assert_ne!(whole.model_info().id.revision, sharded.model_info().id.revision, "other files, other revision");
+}
