@@ -28,7 +28,7 @@ use tracing_subscriber::EnvFilter;
 /// Language-model probing: labelled prompts → completions → hidden states at many layers →
 /// one linear probe per layer, cached, resumable.
 #[derive(Debug, Parser)]
-#[command(name = "probe", version, about)]
+#[command(name = "probe", version)]
 struct Cli {
     /// No progress bars: only log lines (RUST_LOG sets their level; default info).
     #[arg(long, global = true)]
