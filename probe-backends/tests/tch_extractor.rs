@@ -45,7 +45,10 @@ async fn model_info_names_the_folder_and_a_revision() {
     assert_eq!((info.architecture.as_str(), info.dtype.as_str()), ("qwen2", "f32"));
     assert!(info.tokenizer.starts_with("add_special_tokens=true;sha256="), "{}", info.tokenizer);
     assert_eq!(e.device(), "cpu");
-    assert_eq!(e.cuda_available(), tch::Cuda::is_available());
+    assert!(!e.cuda_available(), "with TchDevice::Cpu CUDA is not probed");
+    let auto = TchExtractor::load(&dir, TchOptions::default()).expect("load");
+    assert_eq!(auto.cuda_available(), tch::Cuda::is_available(), "Auto reports what libtorch sees");
+    assert!(format!("{auto:?}").contains("cuda_available"), "Debug shows CUDA availability");
     let other = TchExtractor::load(&export(&root, &py, "llama", "torchscript"), TchOptions::default()).expect("load");
     assert_ne!(other.model_info().id.revision, info.id.revision, "another model, another revision");
 }

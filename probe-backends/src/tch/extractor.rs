@@ -104,6 +104,23 @@ fn torch_error(e: tch::TchError, device: Device) -> Error {
     }
 }
 
+/// Loads `libtorch_cuda.so` (found through `LD_LIBRARY_PATH`) once per process. libtorch keeps
+/// its CUDA backend in that library, and linkers using `--as-needed` drop it from binaries that
+/// reference none of its symbols, so without this `tch::Cuda::is_available()` is false even on
+/// a GPU machine. Returns whether it is loaded; false (CPU only) is not an error.
+fn load_torch_cuda() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        // SAFETY: dlopen with a NUL-terminated name; the handle is kept for the process's life
+        // (never closed), as libtorch expects of its CUDA backend.
+        let handle = unsafe { libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if handle.is_null() {
+            tracing::debug!("tch: libtorch_cuda.so not loaded; CUDA unavailable");
+        }
+        !handle.is_null()
+    })
+}
+
 impl TchExtractor {
     /// Loads the export folder `dir` (`export.json`, `model.pt`, `tokenizer.json`).
     ///
@@ -119,7 +136,7 @@ impl TchExtractor {
     /// [`Error::Backend`] when libtorch cannot load the module.
     pub fn load(dir: &Path, options: TchOptions) -> Result<TchExtractor> {
         let export = ExportDir::open(dir, "torchscript", SCRIPT)?;
-        let cuda_available = tch::Cuda::is_available();
+        let cuda_available = options.device != TchDevice::Cpu && load_torch_cuda() && tch::Cuda::is_available();
         let cuda_count = if cuda_available { tch::Cuda::device_count() as usize } else { 0 };
         let device = match options.device {
             TchDevice::Cpu => Device::Cpu,
@@ -151,7 +168,8 @@ impl TchExtractor {
         Ok(TchExtractor { inner: Arc::new(Inner { export, module, device, cuda_available, options }) })
     }
 
-    /// True when libtorch reported a usable CUDA device at load.
+    /// True when libtorch reported a usable CUDA device at load (not probed, so false, when
+    /// loaded with [`TchDevice::Cpu`]).
     pub fn cuda_available(&self) -> bool {
         self.inner.cuda_available
     }
