@@ -5,6 +5,9 @@
 //! HTTP servers), `tch` (libtorch) and `ort` (ONNX Runtime). A backend whose feature is off
 //! is reported at run time as [`probe_core::Error::FeatureDisabled`] by [`require_feature`].
 
+// The README's library example is compiled as a doctest of this crate.
+#![cfg_attr(all(doctest, feature = "candle"), doc = include_str!("../../README.md"))]
+
 #[cfg(feature = "candle")]
 pub mod candle;
 #[cfg(any(feature = "tch", feature = "ort"))]
@@ -18,18 +21,25 @@ pub mod vllm;
 
 pub mod device;
 
+/// The backend features compiled into this build.
+pub const COMPILED_FEATURES: &[&str] = &[
+    #[cfg(feature = "candle")]
+    "candle",
+    #[cfg(feature = "vllm")]
+    "vllm",
+    #[cfg(feature = "tch")]
+    "tch",
+    #[cfg(feature = "ort")]
+    "ort",
+    #[cfg(feature = "cuda")]
+    "cuda",
+];
+
 /// Fails with [`probe_core::Error::FeatureDisabled`] when `feature` was not compiled in.
 ///
 /// # Errors
 /// [`probe_core::Error::FeatureDisabled`] naming the feature.
 pub fn require_feature(feature: &str) -> probe_core::Result<()> {
-    let on = match feature {
-        "candle" => cfg!(feature = "candle"),
-        "vllm" => cfg!(feature = "vllm"),
-        "tch" => cfg!(feature = "tch"),
-        "ort" => cfg!(feature = "ort"),
-        "cuda" => cfg!(feature = "cuda"),
-        _ => false,
-    };
+    let on = COMPILED_FEATURES.contains(&feature);
     if on { Ok(()) } else { Err(probe_core::Error::FeatureDisabled { feature: feature.to_owned() }) }
 }
