@@ -1,7 +1,7 @@
 //! # probe-backends
 //!
 //! Implementations of probe-core's traits, one module per backend, each behind a cargo
-//! feature of the same name: [`candle`] (in-process, the default), `vllm` (OpenAI-compatible
+//! feature of the same name: `candle` (in-process, the default), `vllm` (OpenAI-compatible
 //! HTTP servers), `tch` (libtorch) and `ort` (ONNX Runtime). A backend whose feature is off
 //! is reported at run time as [`probe_core::Error::FeatureDisabled`] by [`require_feature`].
 
