@@ -105,7 +105,13 @@ impl OrtExtractor {
                 ),
             ));
         }
-        tracing::info!(model = %dir.display(), provider, library = %library.display(), "ort: session ready");
+        tracing::info!(
+            model = %dir.display(),
+            provider,
+            library = %library.display(),
+            exported_on = %export.meta.device,
+            "ort: session ready"
+        );
         Ok(OrtExtractor { inner: Arc::new(Inner { export, session: Mutex::new(session), provider, library, options }) })
     }
 
