@@ -75,6 +75,16 @@ fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
     stops.iter().filter_map(|s| text.find(s.as_str())).min()
 }
 
+/// Drops the replacement characters that end `text` when its last tokens stop in the middle of
+/// a multi-byte character (as vLLM does: an incomplete character is never emitted). The token
+/// ids are unchanged.
+fn drop_incomplete_tail(mut text: String) -> String {
+    while text.ends_with('\u{FFFD}') {
+        text.pop();
+    }
+    text
+}
+
 struct Row {
     ids: Vec<u32>,
     done: Option<FinishReason>,
@@ -154,7 +164,7 @@ impl Inner {
         for row in rows {
             let text = match row.text {
                 Some(t) => t,
-                None => self.decode(&row.ids)?,
+                None => drop_incomplete_tail(self.decode(&row.ids)?),
             };
             done.push((row.ids, row.done.unwrap_or(FinishReason::Length), text));
         }
@@ -187,6 +197,16 @@ mod tests {
         assert!(xs.contains(&1) && xs.contains(&2), "both kept tokens are drawn");
         let p = SamplingParams::greedy(1).with_temperature(1.0).with_top_p(0.5);
         assert!((0..100).all(|_| sample(&logits, &p, &mut a) == 1), "top-p 0.5 keeps only the best here");
+    }
+
+    #[test]
+    fn an_incomplete_final_character_is_dropped() {
+        // "é" is two bytes; a decoder that saw only the first one renders it as U+FFFD.
+        let cut = String::from_utf8_lossy(&"caf\u{e9}".as_bytes()[..4]).into_owned();
+        assert_eq!(cut, "caf\u{FFFD}");
+        assert_eq!(drop_incomplete_tail(cut), "caf");
+        assert_eq!(drop_incomplete_tail("a\u{FFFD}b".into()), "a\u{FFFD}b", "only the tail is dropped");
+        assert_eq!(drop_incomplete_tail("caf\u{e9}".into()), "caf\u{e9}");
     }
 
     #[test]
