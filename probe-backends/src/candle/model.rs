@@ -4,7 +4,7 @@
 //! and used transposed by the matmul (no copy). Grouped-query attention folds the query
 //! heads of one key/value head into the sequence axis, so keys and values are never repeated.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, kv_cache::KvCache};
 
 use super::config::{Activation, ArchSpec, ModelConfig};
@@ -39,6 +39,31 @@ impl Linear {
         out[last] = self.weight.dim(0)?;
         y.reshape(out)
     }
+
+    /// Stacks `parts` along the output axis: one matmul instead of several (a missing bias
+    /// counts as zeros).
+    fn fuse(parts: &[Linear]) -> Result<Self> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let weight = Tensor::cat(&weights, 0)?;
+        let bias = if parts.iter().any(|p| p.bias.is_some()) {
+            let biases = parts
+                .iter()
+                .map(|p| match &p.bias {
+                    Some(b) => Ok(b.clone()),
+                    None => Tensor::zeros(p.weight.dim(0)?, p.weight.dtype(), p.weight.device()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Multiplies the layer's output by `k` (folded into the weights).
+    fn scaled(self, k: f64) -> Result<Self> {
+        Ok(Self { weight: (self.weight * k)?, bias: self.bias.map(|b| b * k).transpose()? })
+    }
 }
 
 /// RMSNorm with the architecture's weight offset folded into `alpha` at load time.
@@ -64,12 +89,11 @@ impl Norm {
 /// One decoder block.
 #[derive(Debug, Clone)]
 struct Block {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v stacked (`[nh·d + 2·nkv·d, h]`), the attention scale folded into q.
+    qkv: Linear,
     o: Linear,
-    gate: Linear,
-    up: Linear,
+    /// gate and up stacked (`[2·intermediate, h]`).
+    gate_up: Linear,
     down: Linear,
     input_norm: Norm,
     /// Gemma 2: normalises the attention output before the residual add.
@@ -108,13 +132,15 @@ impl Block {
         } else {
             (None, norm("post_attention_layernorm")?, None)
         };
+        let q = Linear::load(vb, &format!("{p}.self_attn.q_proj"), nh * d, h, cfg.qkv_bias)?.scaled(cfg.attn_scale)?;
+        let k = Linear::load(vb, &format!("{p}.self_attn.k_proj"), nkv * d, h, cfg.qkv_bias)?;
+        let v = Linear::load(vb, &format!("{p}.self_attn.v_proj"), nkv * d, h, cfg.qkv_bias)?;
+        let gate = Linear::load(vb, &format!("{p}.mlp.gate_proj"), im, h, cfg.mlp_bias)?;
+        let up = Linear::load(vb, &format!("{p}.mlp.up_proj"), im, h, cfg.mlp_bias)?;
         Ok(Self {
-            q: Linear::load(vb, &format!("{p}.self_attn.q_proj"), nh * d, h, cfg.qkv_bias)?,
-            k: Linear::load(vb, &format!("{p}.self_attn.k_proj"), nkv * d, h, cfg.qkv_bias)?,
-            v: Linear::load(vb, &format!("{p}.self_attn.v_proj"), nkv * d, h, cfg.qkv_bias)?,
+            qkv: Linear::fuse(&[q, k, v])?,
             o: Linear::load(vb, &format!("{p}.self_attn.o_proj"), h, nh * d, cfg.o_bias)?,
-            gate: Linear::load(vb, &format!("{p}.mlp.gate_proj"), im, h, cfg.mlp_bias)?,
-            up: Linear::load(vb, &format!("{p}.mlp.up_proj"), im, h, cfg.mlp_bias)?,
+            gate_up: Linear::fuse(&[gate, up])?,
             down: Linear::load(vb, &format!("{p}.mlp.down_proj"), h, im, cfg.mlp_bias)?,
             input_norm: norm("input_layernorm")?,
             post_attn_norm,
@@ -128,10 +154,12 @@ impl Block {
         let cfg = step.cfg;
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let heads = |t: Tensor, n: usize| t.reshape((b, s, n, d))?.transpose(1, 2)?.contiguous();
-        let q = heads(self.q.forward(x)?, nh)?;
-        let k = heads(self.k.forward(x)?, nkv)?;
-        let v = heads(self.v.forward(x)?, nkv)?;
+        // One matmul for q, k and v; each head group is copied once into `[b, heads, s, d]`.
+        let qkv = self.qkv.forward(x)?.reshape((b, s, nh + 2 * nkv, d))?;
+        let heads = |at: usize, n: usize| qkv.narrow(2, at, n)?.transpose(1, 2)?.contiguous();
+        let q = heads(0, nh)?;
+        let k = heads(nh, nkv)?;
+        let v = heads(nh + nkv, nkv)?;
         let q = candle_nn::rotary_emb::rope(&q, &step.cos, &step.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &step.cos, &step.sin)?;
         let (k, v) = match cache {
@@ -145,7 +173,8 @@ impl Block {
         let rep = nh / nkv;
         // [b, nkv, rep·s, d] · [b, nkv, d, t]: the `rep` query heads of a kv head share its keys.
         let scores = q.reshape((b, nkv, rep * s, d))?.matmul(&k.t()?)?;
-        let mut scores = (scores * cfg.attn_scale)?.reshape((b, nh, s, t))?;
+        // The attention scale is folded into q's weights.
+        let mut scores = scores.reshape((b, nh, s, t))?;
         if let Some(cap) = cfg.attn_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
@@ -161,13 +190,15 @@ impl Block {
     }
 
     fn mlp(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        let g = self.gate.forward(x)?;
+        let gu = self.gate_up.forward(x)?;
+        let im = gu.dim(D::Minus1)? / 2;
+        let (g, u) = (gu.narrow(D::Minus1, 0, im)?, gu.narrow(D::Minus1, im, im)?);
         let g = match act {
             Activation::Silu => candle_nn::ops::silu(&g)?,
             Activation::GeluTanh => g.gelu()?,
             Activation::GeluErf => g.gelu_erf()?,
         };
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        self.down.forward(&(g * u)?)
     }
 
     fn forward(&self, x: &Tensor, step: &Step, cache: Option<&mut KvCache>) -> Result<Tensor> {
