@@ -72,7 +72,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
     cfg = model.config
     L = cfg.num_hidden_layers
     g = torch.Generator().manual_seed(0)
