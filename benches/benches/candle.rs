@@ -11,6 +11,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use probe_backends::candle::{CandleBackend, CandleOptions};
 use probe_core::{ActivationExtractor, ActivationRequest};
 
+/// As in the probe binaries: large buffers are reused instead of mapped per op.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const LAYERS: usize = 8;
 const HIDDEN: usize = 512;
 const HEADS: usize = 8;

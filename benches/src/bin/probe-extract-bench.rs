@@ -9,6 +9,11 @@ use std::time::Instant;
 
 use probe_core::{ActivationExtractor, ActivationRequest, Error, Result};
 
+/// mimalloc keeps the forward's large intermediate buffers for reuse, where glibc's malloc
+/// maps and unmaps them on every op (page faults and zeroing in the profile).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     backend: String,
     model: PathBuf,
