@@ -59,14 +59,7 @@ impl BackendKind {
         match self {
             Self::Mock => Ok(()),
             Self::Candle => probe_backends::require_feature("candle"),
-            Self::Vllm => probe_backends::require_feature("vllm"),
-            other => {
-                probe_backends::require_feature(other.name())?;
-                Err(Error::not_supported(
-                    "running it from the probe CLI (not wired yet; use `--backend candle`)",
-                    other.name(),
-                ))
-            }
+            other => probe_backends::require_feature(other.name()),
         }
     }
 
@@ -119,7 +112,8 @@ impl BackendKind {
             }
             Self::Candle => open_candle(model, gpu),
             Self::Vllm => open_vllm(model, gpu, urls),
-            _ => unreachable!("check_available refused it"),
+            Self::Tch => open_tch(model, gpu),
+            Self::Ort => open_ort(model),
         }
     }
 }
@@ -156,6 +150,36 @@ fn open_candle(model: &str, gpu: Option<usize>) -> Result<Opened> {
 #[cfg(not(feature = "candle"))]
 fn open_candle(_model: &str, _gpu: Option<usize>) -> Result<Opened> {
     Err(Error::FeatureDisabled { feature: "candle".into() })
+}
+
+/// tch runs a TorchScript export (`scripts/python/export_torchscript.py MODEL OUT`): `model`
+/// is the export folder. Extraction only.
+#[cfg(feature = "tch")]
+fn open_tch(model: &str, gpu: Option<usize>) -> Result<Opened> {
+    use probe_backends::tch::{TchDevice, TchExtractor, TchOptions};
+    let device = gpu.map_or(TchDevice::Auto, TchDevice::Cuda);
+    let extractor = TchExtractor::load(Path::new(model), TchOptions::default().with_device(device))?;
+    Ok(Opened { extractor: Arc::new(extractor), generator: None })
+}
+
+#[cfg(not(feature = "tch"))]
+fn open_tch(_model: &str, _gpu: Option<usize>) -> Result<Opened> {
+    Err(Error::FeatureDisabled { feature: "tch".into() })
+}
+
+/// ort runs an ONNX export (`scripts/python/export_onnx.py MODEL OUT`): `model` is the export
+/// folder. Extraction only; the CUDA provider when built with `cuda` and a GPU is present.
+#[cfg(feature = "ort")]
+fn open_ort(model: &str) -> Result<Opened> {
+    use probe_backends::ort::{OrtExtractor, OrtOptions};
+    let extractor = OrtExtractor::load(Path::new(model), OrtOptions::default())?;
+    tracing::info!("ONNX Runtime execution provider: {}", extractor.provider());
+    Ok(Opened { extractor: Arc::new(extractor), generator: None })
+}
+
+#[cfg(not(feature = "ort"))]
+fn open_ort(_model: &str) -> Result<Opened> {
+    Err(Error::FeatureDisabled { feature: "ort".into() })
 }
 
 #[cfg(feature = "vllm")]
