@@ -34,7 +34,7 @@ pub(crate) struct ExtractArgs {
     /// Backend: candle (default), tch, ort, or mock.
     #[arg(long)]
     pub(crate) backend: Option<BackendKind>,
-    /// Inputs per forward pass [default: [extraction] batch_size, or 16].
+    /// Inputs per forward pass (default: `[extraction] batch_size` in probe.toml, or 16).
     #[arg(long)]
     pub(crate) batch_size: Option<usize>,
     /// Settings file [default: ./probe.toml when present].

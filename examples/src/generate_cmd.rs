@@ -24,7 +24,7 @@ pub(crate) struct GenerateArgs {
     /// Backend: candle (default), vllm, or mock.
     #[arg(long)]
     pub(crate) backend: Option<BackendKind>,
-    /// vLLM server URL (repeatable) [default: [vllm] urls].
+    /// vLLM server URL (repeatable) (default: `[vllm] urls` in probe.toml).
     #[arg(long)]
     pub(crate) url: Vec<String>,
     /// New tokens per completion [default: 64].

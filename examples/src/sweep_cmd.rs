@@ -29,7 +29,7 @@ pub(crate) struct SweepArgs {
     #[arg(long)]
     pub(crate) backend: Option<BackendKind>,
     /// Cache URL: a folder, file:///abs/path, memory:// or s3://bucket/prefix
-    /// [default: [cache] url, $PROBE_CACHE, ./probe-cache].
+    /// (default: `[cache] url` in probe.toml, then $PROBE_CACHE, then ./probe-cache).
     #[arg(long)]
     pub(crate) cache: Option<String>,
     /// Position reduction: last or mean [default: last].
@@ -50,7 +50,7 @@ pub(crate) struct SweepArgs {
     /// Probe the prompt texts themselves: no completions.
     #[arg(long)]
     pub(crate) no_generate: bool,
-    /// vLLM server URL for `--backend vllm` (repeatable) [default: [vllm] urls].
+    /// vLLM server URL for `--backend vllm` (repeatable) (default: `[vllm] urls` in probe.toml).
     #[arg(long)]
     pub(crate) url: Vec<String>,
     /// Settings file [default: ./probe.toml when present].

@@ -44,8 +44,11 @@ fn candle_tch_and_ort_agree_through_the_cli() {
     export(&python, "export_torchscript.py", &model, &exported.join("torchscript"));
     export(&python, "export_onnx.py", &model, &exported.join("onnx"));
     let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, "{\"id\":\"a\",\"text\":\"hello world\"}\n{\"id\":\"b\",\"text\":\"the cat sat on the mat\"}\n")
-        .expect("write input");
+    std::fs::write(
+        &input,
+        "{\"id\":\"a\",\"text\":\"hello world\"}\n{\"id\":\"b\",\"text\":\"the cat sat on the mat\"}\n",
+    )
+    .expect("write input");
     let reference = extract("candle", &model, &input, &dir.path().join("candle.safetensors"));
     assert_eq!(reference.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["layer.0", "layer.2", "layer.4"]);
     for (backend, folder) in [("tch", "torchscript"), ("ort", "onnx")] {
