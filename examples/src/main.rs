@@ -25,6 +25,9 @@ use clap::{Parser, Subcommand};
 use probe_core::Error;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Language-model probing: labelled prompts → completions → hidden states at many layers →
 /// one linear probe per layer, cached, resumable.
 #[derive(Debug, Parser)]
