@@ -9,10 +9,13 @@
 //! `LAYERS` is a comma-separated list in Hugging Face `output_hidden_states` numbering
 //! (0 = embeddings, L = after the final norm); by default every layer.
 
+#[path = "../common/show.rs"]
+mod show;
+
 use std::path::PathBuf;
 
 use probe_backends::ort::{OrtExtractor, OrtOptions};
-use probe_core::{ActivationExtractor, ActivationRequest, Error, Positions};
+use probe_core::{ActivationExtractor, Error};
 
 #[tokio::main]
 async fn main() -> probe_core::Result<()> {
@@ -33,25 +36,8 @@ async fn main() -> probe_core::Result<()> {
         model.provider(),
         &info.id.revision[..12]
     );
-    let layers: Vec<usize> = match args.next() {
-        Some(list) => list
-            .split(',')
-            .map(|s| s.trim().parse().map_err(|_| Error::invalid("layer", format!("{s:?} is not a number"))))
-            .collect::<probe_core::Result<_>>()?,
-        None => (0..=info.num_layers).collect(),
-    };
-    let mut texts: Vec<String> = args.collect();
-    if texts.is_empty() {
-        texts = vec!["The cat sat on the mat.".into(), "Paris is the capital of".into()];
-    }
-    for positions in [Positions::Last, Positions::Mean, Positions::All] {
-        let acts =
-            model.extract(ActivationRequest::texts(texts.clone(), layers.clone()).with_positions(positions)).await?;
-        println!("\npositions = {positions} (tokens per text: {:?})", acts.token_counts);
-        for la in &acts.layers {
-            let first: Vec<String> = la.tensor.data.iter().take(4).map(|v| format!("{v:+.4}")).collect();
-            println!("  layer {:>3}: shape {:?}, first values [{}]", la.layer, la.tensor.shape, first.join(", "));
-        }
-    }
+    let layers = show::layers_arg(args.next(), info.num_layers)?;
+    let texts = show::texts_arg(args);
+    show::print_layers(&model, &texts, &layers).await?;
     Ok(())
 }
