@@ -7,26 +7,15 @@
 #[allow(dead_code, unreachable_pub)]
 mod exported_model;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use exported_model::{BATCH, LAYERS, SEQ, exported, token_ids};
+use criterion::{Criterion, criterion_group, criterion_main};
+use exported_model::exported;
 use probe_backends::ort::{OrtExtractor, OrtOptions};
-use probe_core::{ActivationExtractor, ActivationRequest};
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let Some(export) = exported(dir.path(), "export_onnx.py") else { return };
     let model = OrtExtractor::load(&export, OrtOptions::default()).expect("load");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let ids = token_ids();
-    let mut group = c.benchmark_group(format!("ort_extract_llama_8x512_{}", model.provider()));
-    group.sample_size(10);
-    group.throughput(Throughput::Elements((BATCH * SEQ) as u64));
-    for (name, layers) in [("capture_1_layer", vec![LAYERS]), ("capture_all_layers", (0..=LAYERS).collect())] {
-        let req = ActivationRequest::token_ids(ids.clone(), layers).with_batch_size(BATCH);
-        // extract returns after the values are copied to the host: the device is synced.
-        group.bench_function(name, |b| b.iter(|| rt.block_on(model.extract(req.clone())).expect("extract")));
-    }
-    group.finish();
+    exported_model::bench_capture(c, format!("ort_extract_llama_8x512_{}", model.provider()), &model);
 }
 
 criterion_group!(benches, bench);

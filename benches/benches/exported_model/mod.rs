@@ -57,3 +57,19 @@ pub fn token_ids() -> Vec<Vec<u32>> {
         })
         .collect()
 }
+
+/// Benchmarks `model` capturing 1 layer vs all layers of the shared model, in a criterion
+/// group named `group`; tokens/s is criterion's throughput.
+pub fn bench_capture(c: &mut criterion::Criterion, group: String, model: &dyn probe_core::ActivationExtractor) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let ids = token_ids();
+    let mut group = c.benchmark_group(group);
+    group.sample_size(10);
+    group.throughput(criterion::Throughput::Elements((BATCH * SEQ) as u64));
+    for (name, layers) in [("capture_1_layer", vec![LAYERS]), ("capture_all_layers", (0..=LAYERS).collect())] {
+        let req = probe_core::ActivationRequest::token_ids(ids.clone(), layers).with_batch_size(BATCH);
+        // extract returns after the values are copied to the host: the device is synced.
+        group.bench_function(name, |b| b.iter(|| rt.block_on(model.extract(req.clone())).expect("extract")));
+    }
+    group.finish();
+}
