@@ -23,7 +23,8 @@
 //! - For each batch the pipeline looks up every requested layer that has no layer entry and
 //!   runs **one** forward pass for the layers still missing. An out-of-memory error halves
 //!   the extractor's batch size and retries the same rows (the cache grid is unchanged).
-//! - A corrupt entry is a miss: it is recomputed.
+//! - A corrupt entry is a miss: it is recomputed, and counted in
+//!   [`SweepSummary::corrupt_entries`] (from [`CacheStore::corrupt_entries`]).
 //!
 //! Everything is validated before any expensive work: layers against
 //! [`crate::ActivationExtractor::model_info`], the batch size, sampling, the probe settings and
@@ -203,6 +204,33 @@ pub fn validate(parts: &SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
     Ok(())
 }
 
+/// The generation phase alone: generates the completions of `prompts` (or finds them in
+/// `cache`) and caches them under the same key [`run`] reads, so a later [`run`] with the same
+/// generator identity, prompts and sampling finds them cached. For running generation and
+/// extraction one after the other on shared devices (stop the generation servers in between)
+/// without loading the extractor first.
+///
+/// Returns the generation counts (`generation`, `generations_generated`,
+/// `generations_cached`; the rest stays 0).
+///
+/// # Errors
+/// [`Error::InvalidInput`] for bad sampling or `n ≠ 1`; then the generator's or store's errors.
+pub async fn generate(
+    generator: &dyn Generator,
+    cache: &dyn CacheStore,
+    observer: &dyn SweepObserver,
+    prompts: &PromptSet,
+    sampling: &SamplingParams,
+) -> Result<SweepSummary> {
+    sampling.validate()?;
+    if sampling.n != 1 {
+        return Err(Error::invalid("n", format!("{} (a sweep probes one completion per prompt)", sampling.n)));
+    }
+    let mut summary = SweepSummary { generation: true, ..SweepSummary::default() };
+    generations::texts_with_completions(generator, cache, observer, prompts, sampling, &mut summary).await?;
+    Ok(summary)
+}
+
 /// Runs a sweep: validates, generates (or reads cached completions), extracts every
 /// requested layer (or reads it from the cache), trains one probe per layer and reports.
 ///
@@ -216,6 +244,7 @@ pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
     layers.sort_unstable();
     layers.dedup();
     let mut summary = SweepSummary { generation: config.sampling.is_some(), ..SweepSummary::default() };
+    let corrupt_before = parts.cache.corrupt_entries();
 
     let (texts, source) = match (&config.sampling, parts.generator) {
         (Some(sampling), Some(generator)) => {
@@ -260,6 +289,7 @@ pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
         parts.observer.on_event(&SweepEvent::Progress { phase: Phase::Probes, done: i + 1 });
     }
     parts.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Probes });
+    summary.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
     tracing::info!("{summary}");
     Ok(SweepReport {
         model: info.id.id.clone(),
