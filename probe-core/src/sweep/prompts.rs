@@ -4,6 +4,7 @@
 //! without reading code: `invalid prompt file: data/p.jsonl:3: missing field "text"`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::BufRead;
 use std::path::Path;
 
 use serde_json::Value;
@@ -70,18 +71,40 @@ impl PromptSet {
         Self { name: slug(name), prompts }
     }
 
-    /// Reads and checks a JSON-lines prompt file.
+    /// The same prompts under a name given by the user (`probe sweep --prompt-set`), which
+    /// names cache folders and so is taken as is or refused, never rewritten.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the value when it is empty, longer than 80 characters,
+    /// starts with `.`, or has a character other than ASCII letters, digits, `.`, `_` and `-`
+    /// (so `..`-only names and `/` can never leave the cache's root).
+    pub fn with_name(mut self, name: &str) -> Result<Self> {
+        let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if name.is_empty() || name.len() > 80 || name.starts_with('.') || !ok_chars || name.contains("..") {
+            return Err(Error::invalid(
+                "prompt set name",
+                format!(
+                    "{name:?}: use 1 to 80 ASCII letters, digits, '.', '_' or '-', not starting with '.' and without '..'"
+                ),
+            ));
+        }
+        self.name = name.to_owned();
+        Ok(self)
+    }
+
+    /// Reads and checks a JSON-lines prompt file, line by line: a line over
+    /// [`MAX_LINE_BYTES`] is refused as soon as the limit is passed, without reading the rest.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming `file:line` and the bad value for: an unreadable or
     /// empty file, invalid UTF-8, a line over [`MAX_LINE_BYTES`], a line that is not a JSON
-    /// object, a missing or mistyped field, an empty text, a duplicate id, or (when labels
-    /// are required) fewer than two classes.
+    /// object, a missing or mistyped field, an empty text, a duplicate id (with the line of
+    /// its first use), or (when labels are required) fewer than two classes.
     pub fn load(path: &Path, format: PromptFormat) -> Result<Self> {
-        let bytes = std::fs::read(path)
+        let file = std::fs::File::open(path)
             .map_err(|e| Error::invalid("prompt file", format!("{}: cannot be read: {e}", path.display())))?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        Self::parse(&name, &path.display().to_string(), &bytes, format)
+        Self::read(&name, &path.display().to_string(), std::io::BufReader::new(file), format)
     }
 
     /// Parses JSON lines; `origin` names the source in messages. See [`PromptSet::load`].
@@ -89,15 +112,35 @@ impl PromptSet {
     /// # Errors
     /// As [`PromptSet::load`].
     pub fn parse(name: &str, origin: &str, bytes: &[u8], format: PromptFormat) -> Result<Self> {
+        Self::read(name, origin, bytes, format)
+    }
+
+    /// Reads JSON lines from `reader`, one line at a time (at most [`MAX_LINE_BYTES`] + 1 bytes of
+    /// a line are ever held). See [`PromptSet::load`].
+    fn read(name: &str, origin: &str, mut reader: impl BufRead, format: PromptFormat) -> Result<Self> {
         let bad = |line: usize, msg: String| Error::invalid("prompt file", format!("{origin}:{line}: {msg}"));
         let mut prompts = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
-        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-            let line_no = i + 1;
-            if raw.len() > MAX_LINE_BYTES {
-                return Err(bad(line_no, format!("line is {} bytes, over the limit of {MAX_LINE_BYTES}", raw.len())));
+        let mut raw = Vec::new();
+        let mut line_no = 0;
+        loop {
+            line_no += 1;
+            match read_line_capped(&mut reader, &mut raw, MAX_LINE_BYTES)
+                .map_err(|e| Error::invalid("prompt file", format!("{origin}:{line_no}: cannot be read: {e}")))?
+            {
+                LineRead::Eof => break,
+                LineRead::TooLong => {
+                    return Err(bad(
+                        line_no,
+                        format!(
+                            "line is over the limit of {MAX_LINE_BYTES} bytes ({} MiB); split or shorten it",
+                            MAX_LINE_BYTES >> 20
+                        ),
+                    ));
+                }
+                LineRead::Line => {}
             }
-            let text = std::str::from_utf8(raw)
+            let text = std::str::from_utf8(&raw)
                 .map_err(|e| bad(line_no, format!("invalid UTF-8 at byte {} of the line", e.valid_up_to())))?;
             let text = text.strip_suffix('\r').unwrap_or(text);
             if text.trim().is_empty() {
@@ -226,6 +269,47 @@ impl PromptSet {
     }
 }
 
+/// What [`read_line_capped`] found.
+enum LineRead {
+    /// End of input: no more lines.
+    Eof,
+    /// A line (without its `\n`) is in the buffer.
+    Line,
+    /// The line has more than the limit of bytes; reading stopped there.
+    TooLong,
+}
+
+/// Reads one line (up to `\n` or the end) into `buf` (cleared first), holding at most
+/// `cap + 1` bytes: a longer line is [`LineRead::TooLong`] as soon as the limit is passed.
+fn read_line_capped(reader: &mut impl BufRead, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<LineRead> {
+    buf.clear();
+    let mut any = false;
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(if any { LineRead::Line } else { LineRead::Eof });
+        }
+        any = true;
+        let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], Some(i + 1)),
+            None => (chunk, None),
+        };
+        if buf.len() + part.len() > cap {
+            return Ok(LineRead::TooLong);
+        }
+        buf.extend_from_slice(part);
+        let used = done.unwrap_or(chunk.len());
+        reader.consume(used);
+        if done.is_some() {
+            return Ok(LineRead::Line);
+        }
+    }
+}
+
 fn clip(s: &str) -> String {
     const MAX: usize = 80;
     if s.chars().count() <= MAX { s.to_owned() } else { format!("{}…", s.chars().take(MAX).collect::<String>()) }
@@ -275,6 +359,49 @@ mod tests {
         let long = format!("{{\"id\":\"a\",\"text\":\"{}\",\"label\":1}}", "x".repeat(MAX_LINE_BYTES));
         let e = parse(&long).unwrap_err();
         assert!(e.to_string().contains("over the limit"), "{e}");
+    }
+
+    #[test]
+    fn a_huge_line_is_refused_without_reading_it_all() {
+        // A reader that yields one endless line: the limit must stop it.
+        struct Endless(u64);
+        impl std::io::Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.0 += buf.len() as u64;
+                assert!(self.0 < 64 << 20, "read far past the line limit");
+                buf.fill(b'x');
+                Ok(buf.len())
+            }
+        }
+        let r = std::io::BufReader::new(Endless(0));
+        let e = PromptSet::read("p", "p.jsonl", r, PromptFormat::labelled()).unwrap_err().to_string();
+        assert!(e.contains("p.jsonl:1: line is over the limit of 4194304 bytes"), "{e}");
+    }
+
+    #[test]
+    fn lines_are_split_across_buffer_boundaries() {
+        let text = "{\"id\":\"a\",\"text\":\"x\",\"label\":1}\n{\"id\":\"b\",\"text\":\"y\",\"label\":0}";
+        let r = std::io::BufReader::with_capacity(5, text.as_bytes());
+        let s = PromptSet::read("p", "p.jsonl", r, PromptFormat::labelled()).unwrap();
+        assert_eq!(s.texts(), vec!["x", "y"]);
+        let e = PromptSet::read(
+            "p",
+            "p.jsonl",
+            std::io::BufReader::with_capacity(5, &b"{\"id\":\"a\",\"text\":\"x\",\"label\":1}\n\n{\"a\xff"[..]),
+            PromptFormat::labelled(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("p.jsonl:3: invalid UTF-8 at byte 3"), "{e}");
+    }
+
+    #[test]
+    fn user_names_are_taken_or_refused_never_rewritten() {
+        let s = parse("{\"id\":\"a\",\"text\":\"x\",\"label\":1}\n{\"id\":\"b\",\"text\":\"y\",\"label\":0}").unwrap();
+        assert_eq!(s.clone().with_name("set-2.v1").unwrap().name, "set-2.v1");
+        for bad in ["../evil", "..", "a/b", ".hidden", "", "a..b", "x y", "é"] {
+            let e = s.clone().with_name(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 
     #[test]
