@@ -23,3 +23,12 @@ pub use store::{META_FILE, ObjectCache, payload_file_name};
 pub fn from_url(url: &str) -> Result<Arc<dyn CacheStore>> {
     Ok(Arc::new(ObjectCache::open(url)?))
 }
+
+/// Checks a cache URL as [`from_url`] would, without opening, creating or contacting anything:
+/// for refusing bad input before any work starts.
+///
+/// # Errors
+/// As [`from_url`] for the URL itself (not for the store behind it).
+pub fn check_url(url: &str) -> Result<()> {
+    location::parse(url).map(|_| ())
+}

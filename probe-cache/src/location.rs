@@ -58,6 +58,11 @@ pub(crate) fn parse(url: &str) -> Result<Target> {
             if path.is_absolute() { path } else { std::env::current_dir().map_err(|e| Error::io(".", e))?.join(path) };
         return Ok(Target::Local(path));
     }
+    // The URL parser resolves `.` and `..` segments (`s3://b/x/../y` becomes `s3://b/y`):
+    // refuse them in the text as given, before it can.
+    if let Some(seg) = raw_path(trimmed).split('/').find(|s| is_dot_segment(s)) {
+        return Err(invalid(url, format!("the path has a `.` or `..` segment ({seg:?})")));
+    }
     let parsed = Url::parse(trimmed).map_err(|e| invalid(url, e))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(invalid(
@@ -103,6 +108,20 @@ pub(crate) fn parse(url: &str) -> Result<Target> {
     }
 }
 
+/// The path part of `url` (after `scheme://authority`, before `?` or `#`), as written.
+fn raw_path(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let rest = &rest[..end];
+    rest.find('/').map_or("", |i| &rest[i..])
+}
+
+/// `.` or `..`, also percent-encoded (`%2e`, `.%2E` …).
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+    decoded == "." || decoded == ".."
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +160,11 @@ mod tests {
             "s3:///nobucket",
             "s3://b/a//c",
             "s3://b/p?token=TOPSECRET",
+            "s3://b/x/../y",
+            "s3://b/../../etc",
+            "s3://b/x/%2e%2E/y",
+            "s3://b/./x",
+            "file:///tmp/a/../b",
             "",
             "ht!tp://x",
         ] {
