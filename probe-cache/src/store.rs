@@ -428,4 +428,8 @@ impl CacheStore for ObjectCache {
     fn location(&self) -> String {
         self.location.clone()
     }
+
+    fn corrupt_entries(&self) -> u64 {
+        self.corrupt.load(Ordering::Relaxed)
+    }
 }

@@ -280,6 +280,9 @@ impl ListRequest {
 /// - `list` returns the keys of committed entries matching the request, sorted.
 /// - `delete` returns whether something was removed.
 /// - Temporary failures are [`Error::Temporary`] (see [`Error::is_retryable`]).
+/// - [`CacheStore::corrupt_entries`] counts the corrupt or truncated entries `get` has met
+///   (and turned into misses) since the store was opened; it never decreases. A store that
+///   cannot tell keeps the provided `0`.
 #[async_trait]
 pub trait CacheStore: Send + Sync + std::fmt::Debug {
     /// Reads an entry.
@@ -311,6 +314,11 @@ pub trait CacheStore: Send + Sync + std::fmt::Debug {
     fn capabilities(&self) -> Capabilities;
     /// Where this store is, for messages (credentials never included).
     fn location(&self) -> String;
+    /// Corrupt or truncated entries met by `get` so far (each read of a bad entry counts
+    /// once); a sweep reports the difference over its run. Default: `0` (not counted).
+    fn corrupt_entries(&self) -> u64 {
+        0
+    }
 }
 
 /// Conveniences over [`CacheStore`], for every store.

@@ -40,6 +40,10 @@ pub struct SweepSummary {
     pub extract_calls: usize,
     /// (layer, batch) entries written.
     pub entries_written: usize,
+    /// Corrupt or truncated cache entries met (failed checksum: treated as misses and
+    /// recomputed), as counted by [`crate::CacheStore::corrupt_entries`] over the run.
+    #[serde(default)]
+    pub corrupt_entries: u64,
 }
 
 impl std::fmt::Display for SweepSummary {
@@ -53,7 +57,16 @@ impl std::fmt::Display for SweepSummary {
             f,
             " · activations: {} layers computed, {} cached ({} batches computed, {} cached)",
             self.layers_computed, self.layers_cached, self.batches_computed, self.batches_cached
-        )
+        )?;
+        let oom_retries = self.extract_calls.saturating_sub(self.batches_computed);
+        if oom_retries > 0 {
+            write!(f, " · {oom_retries} out-of-memory retr{}", if oom_retries == 1 { "y" } else { "ies" })?;
+        }
+        if self.corrupt_entries > 0 {
+            let s = if self.corrupt_entries == 1 { "y" } else { "ies" };
+            write!(f, " · {} corrupt cache entr{s} recomputed", self.corrupt_entries)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,15 +1,18 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::{CacheEntry, CacheKey, CacheStore, Capabilities, EntryMeta, GetRequest, ListRequest, PutRequest, Result};
 
-/// An in-memory [`CacheStore`]. `corrupt` flips a byte of a stored payload, for tests.
+/// An in-memory [`CacheStore`]. `corrupt` flips a byte of a stored payload, for tests;
+/// reads of corrupt entries are counted ([`CacheStore::corrupt_entries`]).
 #[derive(Debug, Default)]
 pub struct MemoryCache {
     entries: Mutex<BTreeMap<CacheKey, (EntryMeta, Bytes)>>,
+    corrupt: AtomicU64,
 }
 
 impl MemoryCache {
@@ -47,6 +50,7 @@ impl CacheStore for MemoryCache {
         Ok(found.and_then(|(meta, payload)| match meta.verify(&payload) {
             Ok(()) => Some(CacheEntry::new(request.key, meta, payload)),
             Err(e) => {
+                self.corrupt.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("{e}; treating it as a miss");
                 None
             }
@@ -77,5 +81,9 @@ impl CacheStore for MemoryCache {
 
     fn location(&self) -> String {
         "memory://".into()
+    }
+
+    fn corrupt_entries(&self) -> u64 {
+        self.corrupt.load(Ordering::Relaxed)
     }
 }

@@ -9,11 +9,13 @@ mod conformance;
 mod memory_cache;
 mod mock_extractor;
 mod mock_generator;
+mod oom_injector;
 
 pub use conformance::{cache_conformance, extractor_conformance, generator_conformance};
 pub use memory_cache::MemoryCache;
 pub use mock_extractor::MockExtractor;
 pub use mock_generator::MockGenerator;
+pub use oom_injector::OomInjector;
 
 /// A 64-bit FNV-1a hash: a stable, dependency-free source of deterministic values.
 pub(crate) fn fnv(parts: &[&[u8]]) -> u64 {
