@@ -94,13 +94,36 @@ struct GenerationSpec<'a> {
     revision: &'a str,
     sampling: &'a SamplingParams,
     prompts: &'a [String],
+    /// Only in block keys: absent (not `null`) in whole-set keys, so their digests are those
+    /// of schema v1 before blocks existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows: Option<(usize, usize)>,
 }
 
 /// The key of a set of generations: model id and revision, every resolved sampling field
 /// and the prompts in order. `prompt_set` only names the folder.
 pub fn generation_key(model: &ModelId, prompt_set: &str, sampling: &SamplingParams, prompts: &[String]) -> CacheKey {
-    let digest =
-        digest_of("generations", &GenerationSpec { model: &model.id, revision: &model.revision, sampling, prompts });
+    let digest = digest_of(
+        "generations",
+        &GenerationSpec { model: &model.id, revision: &model.revision, sampling, prompts, rows: None },
+    );
+    CacheKey::new(EntryKind::Generations, model_slug(&model.id), slug(prompt_set), None, digest)
+}
+
+/// The key of one block of a set of generations: the completions of prompts `[start, end)`
+/// of the set that [`generation_key`] names (same model, sampling and prompts, plus `rows`).
+/// A sweep writes block entries as it generates and folds them into the whole-set entry.
+pub fn generation_block_key(
+    model: &ModelId,
+    prompt_set: &str,
+    sampling: &SamplingParams,
+    prompts: &[String],
+    rows: (usize, usize),
+) -> CacheKey {
+    let digest = digest_of(
+        "generations",
+        &GenerationSpec { model: &model.id, revision: &model.revision, sampling, prompts, rows: Some(rows) },
+    );
     CacheKey::new(EntryKind::Generations, model_slug(&model.id), slug(prompt_set), None, digest)
 }
 
@@ -172,6 +195,19 @@ mod tests {
         assert_eq!(slug("a b\0c"), "a-b-c");
         assert_eq!(model_slug("/tmp/models/tiny-llama/"), "tiny-llama");
         assert_eq!(model_slug("meta-llama/Llama-3-8B"), "meta-llama-Llama-3-8B");
+    }
+
+    #[test]
+    fn generation_block_keys_differ_by_rows_and_from_the_whole_set() {
+        let (m, s) = (ModelId::new("m", "r"), SamplingParams::greedy(4));
+        let prompts = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let whole = generation_key(&m, "set", &s, &prompts);
+        let b0 = generation_block_key(&m, "set", &s, &prompts, (0, 2));
+        let b1 = generation_block_key(&m, "set", &s, &prompts, (2, 3));
+        assert_ne!(b0.digest, whole.digest);
+        assert_ne!(b0.digest, b1.digest);
+        assert_eq!(b0, generation_block_key(&m, "set", &s, &prompts, (0, 2)));
+        assert_eq!(b0.path().rsplit_once('/').unwrap().0, whole.path().rsplit_once('/').unwrap().0);
     }
 
     #[test]

@@ -1,82 +1,269 @@
-//! The generation phase: one cache entry per prompt set and sampling settings.
+//! The generation phase, cached per block of prompts.
+//!
+//! The blocks are the extraction batches (`[0, b)`, `[b, 2b)`, … for the batch size `b`).
+//! Each block's completions go to a *block entry* ([`generation_block_key`]) as soon as they
+//! are generated, so a killed run loses at most the blocks in flight. Once every block
+//! exists, they are folded into the *whole-set entry* ([`generation_key`], the same key as
+//! before blocks existed) and the block entries are deleted where the store can. A run that
+//! finds the whole-set entry uses it whatever the batch size it was made with.
 
-use crate::key::generation_key;
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, TryStreamExt, stream};
+
+use crate::key::{generation_block_key, generation_key};
 use crate::{
-    CacheStore, CacheStoreExt, Error, Generation, GenerationRequest, Generator, PutRequest, Result, SamplingParams,
-    codec,
+    CacheKey, CacheStore, CacheStoreExt, Error, Generation, GenerationRequest, Generator, ModelId, PutRequest, Result,
+    SamplingParams, codec,
 };
 
 use super::{Phase, PromptSet, SweepEvent, SweepObserver, SweepSummary};
 
-/// The texts to probe (prompt + completion, in prompt order) and the digest of the
-/// generation entry they came from.
-pub(super) async fn texts_with_completions(
-    generator: &dyn Generator,
-    cache: &dyn CacheStore,
-    observer: &dyn SweepObserver,
-    prompts: &PromptSet,
-    sampling: &SamplingParams,
-    summary: &mut SweepSummary,
-) -> Result<(Vec<String>, String)> {
-    let texts = prompts.texts();
-    let model = generator.model_id();
-    let key = generation_key(&model, &prompts.name, sampling, &texts);
-    observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Generation, total: texts.len() });
+/// Rows `[start, end)` of one block.
+pub(super) type Rows = (usize, usize);
 
-    let cached = match cache.get_key(&key).await? {
-        Some(entry) => match codec::decode_generations(&entry.payload) {
-            Ok(g) if usable(&g, &texts) => Some(g),
+/// What to generate, and under which keys.
+pub(super) struct GenJob<'a> {
+    /// `None` when nothing may be generated (merging).
+    pub(super) generator: Option<&'a dyn Generator>,
+    pub(super) cache: &'a dyn CacheStore,
+    pub(super) observer: &'a dyn SweepObserver,
+    pub(super) prompts: &'a PromptSet,
+    pub(super) sampling: &'a SamplingParams,
+    /// The model the completions are keyed under (the generator's).
+    pub(super) model: ModelId,
+    /// Every prompt text, in order.
+    pub(super) texts: Vec<String>,
+    /// Block generations in flight at once.
+    pub(super) in_flight: usize,
+}
+
+impl GenJob<'_> {
+    /// The whole-set key.
+    pub(super) fn whole_key(&self) -> CacheKey {
+        generation_key(&self.model, &self.prompts.name, self.sampling, &self.texts)
+    }
+
+    fn block_key(&self, rows: Rows) -> CacheKey {
+        generation_block_key(&self.model, &self.prompts.name, self.sampling, &self.texts, rows)
+    }
+
+    fn put(&self, key: CacheKey, gens: &[Generation], rows: Rows) -> PutRequest {
+        PutRequest::new(key, codec::encode_generations(gens))
+            .with_attr("model", self.model.id.clone())
+            .with_attr("revision", self.model.revision.clone())
+            .with_attr("prompt_set", self.prompts.name.clone())
+            .with_attr("prompts", self.texts.len().to_string())
+            .with_attr("rows", format!("{}..{}", rows.0, rows.1))
+    }
+
+    /// The whole-set entry, if present and usable.
+    async fn load_whole(&self) -> Result<Option<Vec<Generation>>> {
+        self.load(&self.whole_key(), (0, self.texts.len())).await
+    }
+
+    /// An entry holding the completions of `rows` (global prompt indices), if usable.
+    async fn load(&self, key: &CacheKey, rows: Rows) -> Result<Option<Vec<Generation>>> {
+        let Some(entry) = self.cache.get_key(key).await? else { return Ok(None) };
+        match codec::decode_generations(&entry.payload) {
+            Ok(g) if usable(&g, &self.texts, rows) => Ok(Some(g)),
             Ok(g) => {
                 tracing::warn!(
-                    "cached generations {key} hold {} records for {} prompts; regenerating",
+                    "cached generations {key} hold {} records for prompts {}..{}; regenerating",
                     g.len(),
-                    texts.len()
+                    rows.0,
+                    rows.1
                 );
-                None
+                Ok(None)
             }
             Err(e) => {
                 tracing::warn!("{e} (entry {key}); regenerating");
-                None
+                Ok(None)
             }
-        },
-        None => None,
-    };
-    let gens = match cached {
+        }
+    }
+
+    /// Generates one block and commits its entry.
+    async fn generate_block(&self, generator: &dyn Generator, rows: Rows) -> Result<(Rows, Vec<Generation>)> {
+        let (start, end) = rows;
+        let request = GenerationRequest::new(self.model.id.clone(), self.texts[start..end].to_vec())
+            .with_sampling(self.sampling.clone());
+        let mut g = generator.generate(request).await?;
+        g.sort_by_key(|x| x.prompt_index);
+        for x in &mut g {
+            x.prompt_index += start;
+        }
+        if !usable(&g, &self.texts, rows) {
+            return Err(Error::backend(
+                "generator",
+                format!("returned {} generations for {} prompts, or out of order", g.len(), end - start),
+            ));
+        }
+        self.cache.put(self.put(self.block_key(rows), &g, rows)).await?;
+        tracing::debug!("generations of prompts {start}..{end} committed");
+        Ok((rows, g))
+    }
+
+    /// The completions of every block in `blocks`: read from block entries, the missing
+    /// ones generated (up to `in_flight` at once) and committed one by one. Counts into
+    /// `summary`; reports progress in prompts, starting from `done`.
+    async fn fill(
+        &self,
+        generator: &dyn Generator,
+        blocks: &[Rows],
+        done: &mut usize,
+        summary: &mut SweepSummary,
+    ) -> Result<BTreeMap<Rows, Vec<Generation>>> {
+        let mut have = BTreeMap::new();
+        let mut missing = Vec::new();
+        for &rows in blocks {
+            match self.load(&self.block_key(rows), rows).await? {
+                Some(g) => {
+                    summary.generations_cached += g.len();
+                    *done += g.len();
+                    have.insert(rows, g);
+                }
+                None => missing.push(rows),
+            }
+        }
+        if !have.is_empty() {
+            self.observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: *done });
+        }
+        let mut generated = stream::iter(missing.iter().map(|&rows| self.generate_block(generator, rows)))
+            .buffer_unordered(self.in_flight.max(1));
+        while let Some((rows, g)) = generated.try_next().await? {
+            summary.generations_generated += g.len();
+            *done += g.len();
+            self.observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: *done });
+            have.insert(rows, g);
+        }
+        Ok(have)
+    }
+
+    /// Which of `blocks` have a usable block entry, with their completions.
+    #[allow(dead_code)] // used by shards and merge (next commit)
+    async fn load_blocks(&self, blocks: &[Rows]) -> Result<BTreeMap<Rows, Vec<Generation>>> {
+        let mut have = BTreeMap::new();
+        for &rows in blocks {
+            if let Some(g) = self.load(&self.block_key(rows), rows).await? {
+                have.insert(rows, g);
+            }
+        }
+        Ok(have)
+    }
+
+    /// Commits the whole-set entry made of `blocks` (in order) and deletes the block entries
+    /// where the store can.
+    async fn fold(&self, blocks: &BTreeMap<Rows, Vec<Generation>>) -> Result<Vec<Generation>> {
+        let all: Vec<Generation> = blocks.values().flatten().cloned().collect();
+        debug_assert!(usable(&all, &self.texts, (0, self.texts.len())));
+        self.cache.put(self.put(self.whole_key(), &all, (0, self.texts.len()))).await?;
+        if self.cache.capabilities().delete {
+            for &rows in blocks.keys() {
+                if let Err(e) = self.cache.delete_key(&self.block_key(rows)).await {
+                    tracing::warn!("could not delete the generation block entry of prompts {rows:?}: {e}");
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    fn generator(&self) -> Result<&dyn Generator> {
+        self.generator
+            .ok_or_else(|| Error::invalid("generation", "completions were asked for but no generator was given"))
+    }
+}
+
+/// The texts to probe (prompt + completion, in prompt order) and the digest of the
+/// whole-set generation entry they came from: from that entry, else from block entries and
+/// generation of the missing blocks, then folded into the whole-set entry.
+pub(super) async fn texts_with_completions(
+    job: &GenJob<'_>,
+    blocks: &[Rows],
+    summary: &mut SweepSummary,
+) -> Result<(Vec<String>, String)> {
+    let n = job.texts.len();
+    let key = job.whole_key();
+    job.observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Generation, total: n });
+    let gens = match job.load_whole().await? {
         Some(g) => {
-            summary.generations_cached = g.len();
+            summary.generations_cached += g.len();
             g
         }
         None => {
-            let request = GenerationRequest::new(model.id.clone(), texts.clone()).with_sampling(sampling.clone());
-            let mut g = generator.generate(request).await?;
-            if !usable(&g, &texts) {
-                return Err(Error::backend(
-                    "generator",
-                    format!("returned {} generations for {} prompts, or out of order", g.len(), texts.len()),
-                ));
-            }
-            g.sort_by_key(|x| x.prompt_index);
-            let payload = codec::encode_generations(&g);
-            cache
-                .put(
-                    PutRequest::new(key.clone(), payload)
-                        .with_attr("model", model.id.clone())
-                        .with_attr("revision", model.revision.clone())
-                        .with_attr("prompt_set", prompts.name.clone())
-                        .with_attr("prompts", texts.len().to_string()),
-                )
-                .await?;
-            summary.generations_generated = g.len();
-            g
+            let mut done = 0;
+            let have = job.fill(job.generator()?, blocks, &mut done, summary).await?;
+            job.fold(&have).await?
         }
     };
-    observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: texts.len() });
-    observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Generation });
+    job.observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: n });
+    job.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Generation });
     Ok((gens.iter().map(Generation::full_text).collect(), key.digest))
 }
 
-/// One generation per prompt, in order, each carrying its prompt.
-fn usable(gens: &[Generation], texts: &[String]) -> bool {
-    gens.len() == texts.len()
-        && gens.iter().enumerate().all(|(i, g)| g.prompt_index == i && g.sample_index == 0 && g.prompt == texts[i])
+/// The texts of the blocks in `own` only (a shard's part): from the whole-set entry when it
+/// exists, else from block entries, generating and committing the missing blocks. Never
+/// writes the whole-set entry.
+#[allow(dead_code)] // used by shards and merge (next commit)
+pub(super) async fn shard_texts(
+    job: &GenJob<'_>,
+    own: &[Rows],
+    summary: &mut SweepSummary,
+) -> Result<BTreeMap<Rows, Vec<String>>> {
+    let total = own.iter().map(|r| r.1 - r.0).sum();
+    job.observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Generation, total });
+    let texts = |g: &[Generation]| g.iter().map(Generation::full_text).collect::<Vec<_>>();
+    let out = match job.load_whole().await? {
+        Some(all) => {
+            summary.generations_cached += total;
+            own.iter().map(|&(s, e)| ((s, e), texts(&all[s..e]))).collect()
+        }
+        None => {
+            let mut done = 0;
+            let have = job.fill(job.generator()?, own, &mut done, summary).await?;
+            have.iter().map(|(&rows, g)| (rows, texts(g))).collect()
+        }
+    };
+    job.observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: total });
+    job.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Generation });
+    Ok(out)
+}
+
+/// What a merge found: every text (when complete) or the blocks without generations.
+#[allow(dead_code)] // used by shards and merge (next commit)
+pub(super) enum Merged {
+    /// The whole-set entry existed.
+    Whole(Vec<String>),
+    /// Every block entry existed (not yet folded).
+    Blocks(BTreeMap<Rows, Vec<Generation>>),
+    /// These blocks have no entry.
+    Missing(Vec<Rows>),
+}
+
+/// Reads the generations for a merge without generating or writing anything.
+#[allow(dead_code)] // used by shards and merge (next commit)
+pub(super) async fn merge_lookup(job: &GenJob<'_>, blocks: &[Rows]) -> Result<Merged> {
+    if let Some(all) = job.load_whole().await? {
+        return Ok(Merged::Whole(all.iter().map(Generation::full_text).collect()));
+    }
+    let have = job.load_blocks(blocks).await?;
+    let missing: Vec<Rows> = blocks.iter().copied().filter(|r| !have.contains_key(r)).collect();
+    Ok(if missing.is_empty() { Merged::Blocks(have) } else { Merged::Missing(missing) })
+}
+
+/// Folds a merge's complete blocks into the whole-set entry; returns the texts.
+#[allow(dead_code)] // used by shards and merge (next commit)
+pub(super) async fn merge_fold(job: &GenJob<'_>, blocks: &BTreeMap<Rows, Vec<Generation>>) -> Result<Vec<String>> {
+    Ok(job.fold(blocks).await?.iter().map(Generation::full_text).collect())
+}
+
+/// One generation per prompt of `rows`, in order, each carrying its prompt and its global index.
+fn usable(gens: &[Generation], texts: &[String], rows: Rows) -> bool {
+    let (start, end) = rows;
+    end <= texts.len()
+        && gens.len() == end - start
+        && gens
+            .iter()
+            .enumerate()
+            .all(|(i, g)| g.prompt_index == start + i && g.sample_index == 0 && g.prompt == texts[start + i])
 }

@@ -7,8 +7,13 @@
 //!
 //! # Cache layout and resumption
 //!
-//! - **Generations**: one entry per prompt set and sampling settings
-//!   ([`crate::key::generation_key`]), JSON lines ([`crate::codec::encode_generations`]).
+//! - **Generations**, JSON lines ([`crate::codec::encode_generations`]), two granularities:
+//!   a *block entry* per rows `[start, end)` of the batch grid
+//!   ([`crate::key::generation_block_key`]), written as soon as the block is generated, and
+//!   the *whole-set entry* per prompt set and sampling settings
+//!   ([`crate::key::generation_key`]), assembled once every block exists (the block entries
+//!   are then deleted where the store can). A later run finds the whole-set entry whatever
+//!   its batch size.
 //! - **Activations**, two granularities, both keyed with [`crate::key::activation_key`]:
 //!   - a *batch entry* per (layer, rows `[start, end)`) — `rows = Some((start, end))` —
 //!     written right after the batch's forward pass, so a killed run loses at most the
@@ -31,6 +36,8 @@
 //! the labels (at least two examples per class).
 
 mod activations;
+#[cfg(test)]
+mod block_tests;
 mod generations;
 pub mod layers;
 pub mod linear;
@@ -64,6 +71,10 @@ pub struct SweepConfig {
     pub sampling: Option<SamplingParams>,
     /// Probe training and split.
     pub probe: ProbeConfig,
+    /// Blocks of completions requested from the generator at once (each block is
+    /// `batch_size` prompts, committed to the cache as soon as it is done); more than 1 keeps
+    /// several servers busy. Default 1.
+    pub generation_in_flight: usize,
 }
 
 impl Default for SweepConfig {
@@ -74,6 +85,7 @@ impl Default for SweepConfig {
             batch_size: 16,
             sampling: Some(SamplingParams::default()),
             probe: ProbeConfig::default(),
+            generation_in_flight: 1,
         }
     }
 }
@@ -102,6 +114,11 @@ impl SweepConfig {
     /// Sets the probe settings.
     pub fn with_probe(mut self, p: ProbeConfig) -> Self {
         self.probe = p;
+        self
+    }
+    /// Sets how many blocks of completions are requested at once (0 is taken as 1).
+    pub fn with_generation_in_flight(mut self, n: usize) -> Self {
+        self.generation_in_flight = n.max(1);
         self
     }
 }
@@ -227,8 +244,26 @@ pub async fn generate(
         return Err(Error::invalid("n", format!("{} (a sweep probes one completion per prompt)", sampling.n)));
     }
     let mut summary = SweepSummary { generation: true, ..SweepSummary::default() };
-    generations::texts_with_completions(generator, cache, observer, prompts, sampling, &mut summary).await?;
+    let config = SweepConfig::default();
+    let job = generations::GenJob {
+        generator: Some(generator),
+        cache,
+        observer,
+        prompts,
+        sampling,
+        model: generator.model_id(),
+        texts: prompts.texts(),
+        in_flight: config.generation_in_flight,
+    };
+    generations::texts_with_completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary).await?;
     Ok(summary)
+}
+
+/// The block grid of `n` rows for batch size `b`: `[0, b)`, `[b, 2b)`, …, the last one shorter.
+/// Generation block entries, activation batch entries and shards all use it.
+pub fn blocks(n: usize, b: usize) -> Vec<(usize, usize)> {
+    let b = b.max(1);
+    (0..n).step_by(b).map(|s| (s, (s + b).min(n))).collect()
 }
 
 /// Runs a sweep: validates, generates (or reads cached completions), extracts every
@@ -248,15 +283,19 @@ pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
 
     let (texts, source) = match (&config.sampling, parts.generator) {
         (Some(sampling), Some(generator)) => {
-            let (texts, digest) = generations::texts_with_completions(
-                generator,
-                parts.cache,
-                parts.observer,
+            let job = generations::GenJob {
+                generator: Some(generator),
+                cache: parts.cache,
+                observer: parts.observer,
                 prompts,
                 sampling,
-                &mut summary,
-            )
-            .await?;
+                model: generator.model_id(),
+                texts: prompts.texts(),
+                in_flight: config.generation_in_flight,
+            };
+            let (texts, digest) =
+                generations::texts_with_completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary)
+                    .await?;
             (texts, ActivationSource::Generations(digest))
         }
         _ => {
