@@ -91,15 +91,65 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 fn safetensors_header(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path.display(), e))?;
+    let size = f.metadata().map_err(|e| Error::io(path.display(), e))?.len();
+    if size < 8 {
+        return Err(Error::invalid("safetensors file", format!("{} has {size} bytes, too short", path.display())));
+    }
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(|e| Error::io(path.display(), e))?;
     let n = u64::from_le_bytes(len);
-    if n > 100_000_000 {
-        return Err(Error::invalid("safetensors header", format!("{} declares {n} header bytes", path.display())));
+    if n > 100_000_000 || n > size.saturating_sub(8) {
+        return Err(Error::invalid(
+            "safetensors header",
+            format!("{} declares {n} header bytes; the file has {size} bytes", path.display()),
+        ));
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(|e| Error::io(path.display(), e))?;
     Ok([len.to_vec(), header].concat())
+}
+
+/// Checks a safetensors header against its file: every tensor's `data_offsets` within the
+/// data and, for the common dtypes, matching its shape.
+fn check_safetensors(path: &Path) -> Result<()> {
+    let header = safetensors_header(path)?;
+    let size = std::fs::metadata(path).map_err(|e| Error::io(path.display(), e))?.len();
+    let data_len = size - header.len() as u64;
+    let bad = |why: String| Error::invalid("safetensors header", format!("{}: {why}", path.display()));
+    let v: serde_json::Value = serde_json::from_slice(&header[8..]).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let map = v.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
+    for (name, t) in map.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        let offsets: Option<Vec<u64>> =
+            t.get("data_offsets").and_then(|o| o.as_array()).map(|a| a.iter().filter_map(|x| x.as_u64()).collect());
+        let [start, end] = offsets.as_deref().unwrap_or_default() else {
+            return Err(bad(format!("tensor {name:?} has no valid data_offsets")));
+        };
+        if start > end || *end > data_len {
+            return Err(bad(format!(
+                "tensor {name:?} has data_offsets [{start}, {end}], past the end of the {data_len} data bytes"
+            )));
+        }
+        let elem = match t.get("dtype").and_then(|d| d.as_str()) {
+            Some("F64" | "I64" | "U64") => Some(8),
+            Some("F32" | "I32" | "U32") => Some(4),
+            Some("F16" | "BF16" | "I16" | "U16") => Some(2),
+            Some("U8" | "I8" | "BOOL" | "F8_E4M3" | "F8_E5M2") => Some(1),
+            _ => None,
+        };
+        let shape: Option<Vec<u64>> =
+            t.get("shape").and_then(|s| s.as_array()).map(|a| a.iter().filter_map(|x| x.as_u64()).collect());
+        if let (Some(elem), Some(shape)) = (elem, shape) {
+            let want = shape.iter().try_fold(elem, |acc: u64, &d| acc.checked_mul(d));
+            if want != Some(end - start) {
+                return Err(bad(format!(
+                    "tensor {name:?} of shape {shape:?} needs {} bytes, its data_offsets span {}",
+                    want.map_or("too many".to_owned(), |w| w.to_string()),
+                    end - start
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -166,6 +216,30 @@ impl CandleBackend {
             Decoder::load(&vb, cfg).map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?;
         let id = ModelId::new(dir.to_string_lossy(), revision);
         Ok(CandleBackend { inner: Arc::new(Inner { id, info, decoder, tokenizer, eos, options }) })
+    }
+
+    /// Checks the model folder `dir` as [`CandleBackend::load`] would, reading only
+    /// `config.json` and the safetensors headers (no weights): for refusing a bad folder before
+    /// any work starts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the file: a missing or unreadable `config.json` or
+    /// `tokenizer.json`, a missing or bad field of `config.json`, no weights, a safetensors
+    /// header that is too long for its file or whose offsets lie past its end or disagree with
+    /// a tensor's shape; [`Error::NotSupported`] for an architecture without a spec.
+    pub fn check(dir: &Path) -> Result<()> {
+        let config_path = dir.join("config.json");
+        let config_bytes = std::fs::read(&config_path)
+            .map_err(|e| Error::invalid("model", format!("{}: cannot be read: {e}", config_path.display())))?;
+        ModelConfig::parse(&String::from_utf8_lossy(&config_bytes), &config_path)?;
+        for f in weight_files(dir)? {
+            check_safetensors(&f)?;
+        }
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.is_file() {
+            return Err(Error::invalid("model", format!("{}: missing", tok_path.display())));
+        }
+        Ok(())
     }
 
     /// The options the backend was loaded with.
