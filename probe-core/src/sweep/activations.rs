@@ -17,7 +17,8 @@ pub(super) struct Job<'a> {
     pub(super) info: &'a ModelInfo,
     pub(super) prompt_set: &'a str,
     pub(super) source: &'a ActivationSource,
-    pub(super) texts: &'a [String],
+    /// Number of rows (prompts).
+    pub(super) n: usize,
     /// Sorted, deduplicated.
     pub(super) layers: &'a [usize],
     pub(super) positions: Positions,
@@ -29,13 +30,12 @@ impl Job<'_> {
         activation_key(self.info, self.prompt_set, self.source, layer, self.positions, rows)
     }
 
-    fn batches(&self) -> Vec<(usize, usize)> {
-        let n = self.texts.len();
-        (0..n).step_by(self.batch_size).map(|s| (s, (s + self.batch_size).min(n))).collect()
+    pub(super) fn batches(&self) -> Vec<(usize, usize)> {
+        super::blocks(self.n, self.batch_size)
     }
 
     fn put(&self, layer: usize, rows: Option<(usize, usize)>, tensor: &Tensor) -> Result<PutRequest> {
-        let (start, end) = rows.unwrap_or((0, self.texts.len()));
+        let (start, end) = rows.unwrap_or((0, self.n));
         let meta: HashMap<String, String> = [
             ("model", self.info.id.id.clone()),
             ("revision", self.info.id.revision.clone()),
@@ -130,6 +130,94 @@ fn concat(parts: Vec<Tensor>, hidden: usize) -> Tensor {
     Tensor::new(vec![rows, hidden], data)
 }
 
+/// The requested layers that have a whole-layer entry (with their tensors), and the rest.
+async fn whole_layers(cache: &dyn CacheStore, job: &Job<'_>) -> Result<(BTreeMap<usize, Tensor>, Vec<usize>)> {
+    let mut done: BTreeMap<usize, Tensor> = BTreeMap::new();
+    for &layer in job.layers {
+        if let Some(t) = load(cache, &job.key(layer, None), job.n, job.info.hidden_size).await? {
+            done.insert(layer, t);
+        }
+    }
+    let missing = job.layers.iter().copied().filter(|l| !done.contains_key(l)).collect();
+    Ok((done, missing))
+}
+
+/// One block of the `missing` layers: read from its batch entries, the layers without one
+/// extracted in one forward pass and committed. Returns the tensors by layer; counts into
+/// `summary` and reports the batch.
+#[allow(clippy::too_many_arguments)]
+async fn block(
+    extractor: &dyn ActivationExtractor,
+    cache: &dyn CacheStore,
+    observer: &dyn SweepObserver,
+    job: &Job<'_>,
+    (start, end): (usize, usize),
+    texts: &[String],
+    missing: &[usize],
+    batch_size: &mut usize,
+    summary: &mut SweepSummary,
+) -> Result<BTreeMap<usize, Tensor>> {
+    let hidden = job.info.hidden_size;
+    let mut out = BTreeMap::new();
+    let mut need = Vec::new();
+    for &layer in missing {
+        match load(cache, &job.key(layer, Some((start, end))), end - start, hidden).await? {
+            Some(t) => {
+                out.insert(layer, t);
+            }
+            None => need.push(layer),
+        }
+    }
+    if need.is_empty() {
+        summary.batches_cached += 1;
+    } else {
+        let computed = extract_with_backoff(
+            extractor,
+            observer,
+            texts,
+            &need,
+            job.positions,
+            batch_size,
+            &mut summary.extract_calls,
+        )
+        .await?;
+        for (layer, tensor) in computed {
+            cache.put(job.put(layer, Some((start, end)), &tensor)?).await?;
+            summary.entries_written += 1;
+            out.insert(layer, tensor);
+        }
+        summary.batches_computed += 1;
+    }
+    tracing::debug!("batch rows {start}..{end}: computed layers {need:?}");
+    observer.on_event(&SweepEvent::BatchCommitted { start, end, cached: missing.len() - need.len(), computed: need });
+    Ok(out)
+}
+
+/// Commits the whole-layer entry of each layer's parts (in block order) and deletes its batch
+/// entries where the store can. Returns the tensors by layer.
+async fn fold(
+    cache: &dyn CacheStore,
+    job: &Job<'_>,
+    parts: BTreeMap<usize, Vec<Tensor>>,
+) -> Result<BTreeMap<usize, Tensor>> {
+    let can_delete = cache.capabilities().delete;
+    let batches = job.batches();
+    let mut done = BTreeMap::new();
+    for (layer, layer_parts) in parts {
+        let tensor = concat(layer_parts, job.info.hidden_size);
+        cache.put(job.put(layer, None, &tensor)?).await?;
+        if can_delete {
+            for &rows in &batches {
+                if let Err(e) = cache.delete_key(&job.key(layer, Some(rows))).await {
+                    tracing::warn!("could not delete batch entry of layer {layer} rows {rows:?}: {e}");
+                }
+            }
+        }
+        done.insert(layer, tensor);
+    }
+    Ok(done)
+}
+
 /// Every requested layer's `[n, hidden]` tensor, from the cache where possible, computing
 /// and caching what is missing (see the module documentation of [`crate::sweep`]).
 pub(super) async fn cached_extract(
@@ -137,17 +225,10 @@ pub(super) async fn cached_extract(
     cache: &dyn CacheStore,
     observer: &dyn SweepObserver,
     job: &Job<'_>,
+    texts: &[String],
     summary: &mut SweepSummary,
 ) -> Result<BTreeMap<usize, Tensor>> {
-    let n = job.texts.len();
-    let hidden = job.info.hidden_size;
-    let mut done: BTreeMap<usize, Tensor> = BTreeMap::new();
-    for &layer in job.layers {
-        if let Some(t) = load(cache, &job.key(layer, None), n, hidden).await? {
-            done.insert(layer, t);
-        }
-    }
-    let missing: Vec<usize> = job.layers.iter().copied().filter(|l| !done.contains_key(l)).collect();
+    let (mut done, missing) = whole_layers(cache, job).await?;
     summary.layers_cached = done.len();
     summary.layers_computed = missing.len();
     let batches = job.batches();
@@ -163,57 +244,95 @@ pub(super) async fn cached_extract(
     let mut parts: BTreeMap<usize, Vec<Tensor>> = missing.iter().map(|&l| (l, Vec::new())).collect();
     let mut batch_size = job.batch_size;
     for (b, &(start, end)) in batches.iter().enumerate() {
-        let mut need = Vec::new();
-        for &layer in &missing {
-            match load(cache, &job.key(layer, Some((start, end))), end - start, hidden).await? {
-                Some(t) => parts.get_mut(&layer).expect("missing layer").push(t),
-                None => need.push(layer),
-            }
+        let got = block(
+            extractor,
+            cache,
+            observer,
+            job,
+            (start, end),
+            &texts[start..end],
+            &missing,
+            &mut batch_size,
+            summary,
+        )
+        .await?;
+        for (layer, tensor) in got {
+            parts.get_mut(&layer).expect("missing layer").push(tensor);
         }
-        if need.is_empty() {
-            summary.batches_cached += 1;
-        } else {
-            let computed = extract_with_backoff(
-                extractor,
-                observer,
-                &job.texts[start..end],
-                &need,
-                job.positions,
-                &mut batch_size,
-                &mut summary.extract_calls,
-            )
-            .await?;
-            for (layer, tensor) in computed {
-                cache.put(job.put(layer, Some((start, end)), &tensor)?).await?;
-                summary.entries_written += 1;
-                parts.get_mut(&layer).expect("missing layer").push(tensor);
-            }
-            summary.batches_computed += 1;
-        }
-        tracing::debug!("batch rows {start}..{end}: computed layers {need:?}");
-        observer.on_event(&SweepEvent::BatchCommitted {
-            start,
-            end,
-            cached: missing.len() - need.len(),
-            computed: need,
-        });
         observer.on_event(&SweepEvent::Progress { phase: Phase::Activations, done: b + 1 });
     }
+    done.extend(fold(cache, job, parts).await?);
+    observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Activations });
+    Ok(done)
+}
 
-    let can_delete = cache.capabilities().delete;
-    for (layer, layer_parts) in parts {
-        let tensor = concat(layer_parts, hidden);
-        cache.put(job.put(layer, None, &tensor)?).await?;
-        if can_delete {
-            for &rows in &batches {
-                if let Err(e) = cache.delete_key(&job.key(layer, Some(rows))).await {
-                    tracing::warn!("could not delete batch entry of layer {layer} rows {rows:?}: {e}");
-                }
-            }
+/// A shard's part of the activations: the batch entries of the blocks in `own` (with their
+/// texts) for every requested layer without a whole-layer entry. Writes batch entries only.
+pub(super) async fn shard_extract(
+    extractor: &dyn ActivationExtractor,
+    cache: &dyn CacheStore,
+    observer: &dyn SweepObserver,
+    job: &Job<'_>,
+    own: &BTreeMap<(usize, usize), Vec<String>>,
+    summary: &mut SweepSummary,
+) -> Result<()> {
+    let (done, missing) = whole_layers(cache, job).await?;
+    summary.layers_cached = done.len();
+    summary.layers_computed = missing.len();
+    drop(done);
+    observer.on_event(&SweepEvent::PhaseStarted {
+        phase: Phase::Activations,
+        total: if missing.is_empty() { 0 } else { own.len() },
+    });
+    let mut batch_size = job.batch_size;
+    if !missing.is_empty() {
+        for (b, (&rows, texts)) in own.iter().enumerate() {
+            block(extractor, cache, observer, job, rows, texts, &missing, &mut batch_size, summary).await?;
+            observer.on_event(&SweepEvent::Progress { phase: Phase::Activations, done: b + 1 });
         }
-        done.insert(layer, tensor);
     }
     observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Activations });
+    Ok(())
+}
+
+/// What a merge found for the activations.
+pub(super) struct MergeLookup {
+    /// Layers with a whole-layer entry.
+    pub(super) whole: BTreeMap<usize, Tensor>,
+    /// Layers without one: their batch entries, in block order (complete only when
+    /// `missing` is empty).
+    pub(super) parts: BTreeMap<usize, Vec<Tensor>>,
+    /// (layer, block index) pairs without an entry.
+    pub(super) missing: Vec<(usize, usize)>,
+}
+
+/// Reads every layer entry or batch entry a merge needs, computing and writing nothing.
+pub(super) async fn merge_lookup(cache: &dyn CacheStore, job: &Job<'_>) -> Result<MergeLookup> {
+    let (whole, layers) = whole_layers(cache, job).await?;
+    let mut parts: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for &layer in &layers {
+        let mut got = Vec::new();
+        for (i, &(start, end)) in job.batches().iter().enumerate() {
+            match load(cache, &job.key(layer, Some((start, end))), end - start, job.info.hidden_size).await? {
+                Some(t) => got.push(t),
+                None => missing.push((layer, i)),
+            }
+        }
+        parts.insert(layer, got);
+    }
+    Ok(MergeLookup { whole, parts, missing })
+}
+
+/// Folds a complete [`MergeLookup`] into whole-layer entries; returns every layer's tensor.
+pub(super) async fn merge_fold(
+    cache: &dyn CacheStore,
+    job: &Job<'_>,
+    found: MergeLookup,
+) -> Result<BTreeMap<usize, Tensor>> {
+    debug_assert!(found.missing.is_empty());
+    let mut done = found.whole;
+    done.extend(fold(cache, job, found.parts).await?);
     Ok(done)
 }
 

@@ -141,7 +141,6 @@ impl GenJob<'_> {
     }
 
     /// Which of `blocks` have a usable block entry, with their completions.
-    #[allow(dead_code)] // used by shards and merge (next commit)
     async fn load_blocks(&self, blocks: &[Rows]) -> Result<BTreeMap<Rows, Vec<Generation>>> {
         let mut have = BTreeMap::new();
         for &rows in blocks {
@@ -204,7 +203,6 @@ pub(super) async fn texts_with_completions(
 /// The texts of the blocks in `own` only (a shard's part): from the whole-set entry when it
 /// exists, else from block entries, generating and committing the missing blocks. Never
 /// writes the whole-set entry.
-#[allow(dead_code)] // used by shards and merge (next commit)
 pub(super) async fn shard_texts(
     job: &GenJob<'_>,
     own: &[Rows],
@@ -229,32 +227,29 @@ pub(super) async fn shard_texts(
     Ok(out)
 }
 
-/// What a merge found: every text (when complete) or the blocks without generations.
-#[allow(dead_code)] // used by shards and merge (next commit)
+/// What a merge found for the generations.
 pub(super) enum Merged {
-    /// The whole-set entry existed.
-    Whole(Vec<String>),
-    /// Every block entry existed (not yet folded).
+    /// The whole-set entry exists.
+    Whole,
+    /// Every block entry exists (not yet folded).
     Blocks(BTreeMap<Rows, Vec<Generation>>),
     /// These blocks have no entry.
     Missing(Vec<Rows>),
 }
 
 /// Reads the generations for a merge without generating or writing anything.
-#[allow(dead_code)] // used by shards and merge (next commit)
 pub(super) async fn merge_lookup(job: &GenJob<'_>, blocks: &[Rows]) -> Result<Merged> {
-    if let Some(all) = job.load_whole().await? {
-        return Ok(Merged::Whole(all.iter().map(Generation::full_text).collect()));
+    if job.load_whole().await?.is_some() {
+        return Ok(Merged::Whole);
     }
     let have = job.load_blocks(blocks).await?;
     let missing: Vec<Rows> = blocks.iter().copied().filter(|r| !have.contains_key(r)).collect();
     Ok(if missing.is_empty() { Merged::Blocks(have) } else { Merged::Missing(missing) })
 }
 
-/// Folds a merge's complete blocks into the whole-set entry; returns the texts.
-#[allow(dead_code)] // used by shards and merge (next commit)
-pub(super) async fn merge_fold(job: &GenJob<'_>, blocks: &BTreeMap<Rows, Vec<Generation>>) -> Result<Vec<String>> {
-    Ok(job.fold(blocks).await?.iter().map(Generation::full_text).collect())
+/// Folds a merge's complete blocks into the whole-set entry.
+pub(super) async fn merge_fold(job: &GenJob<'_>, blocks: &BTreeMap<Rows, Vec<Generation>>) -> Result<()> {
+    job.fold(blocks).await.map(|_| ())
 }
 
 /// One generation per prompt of `rows`, in order, each carrying its prompt and its global index.

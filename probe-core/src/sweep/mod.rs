@@ -38,12 +38,15 @@
 mod activations;
 #[cfg(test)]
 mod block_tests;
+#[cfg(test)]
+mod shard_tests;
 mod generations;
 pub mod layers;
 pub mod linear;
 mod observer;
 pub mod prompts;
 mod report;
+mod shard;
 
 use std::collections::BTreeMap;
 
@@ -53,6 +56,7 @@ pub use linear::{LogisticProbe, ProbeConfig, ProbeScore, Split, roc_auc, stratif
 pub use observer::{NoProgress, Phase, SweepEvent, SweepObserver};
 pub use prompts::{Prompt, PromptFormat, PromptSet};
 pub use report::{LayerScore, SweepReport, SweepSummary};
+pub use shard::{Shard, ShardSummary, merge, run_shard};
 
 use crate::key::ActivationSource;
 use crate::{ActivationExtractor, CacheStore, Error, Generator, Positions, Result, SamplingParams, Tensor};
@@ -309,14 +313,29 @@ pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
         info: &info,
         prompt_set: &prompts.name,
         source: &source,
-        texts: &texts,
+        n: texts.len(),
         layers: &layers,
         positions: config.positions,
         batch_size: config.batch_size,
     };
     let features: BTreeMap<usize, Tensor> =
-        activations::cached_extract(parts.extractor, parts.cache, parts.observer, &job, &mut summary).await?;
+        activations::cached_extract(parts.extractor, parts.cache, parts.observer, &job, &texts, &mut summary)
+            .await?;
 
+    summary.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
+    report(&parts, prompts, config, &info, &features, summary)
+}
+
+/// Trains one probe per layer of `features` and makes the report (the last phase of
+/// [`run`] and of [`merge`]).
+pub(super) fn report(
+    parts: &SweepParts<'_>,
+    prompts: &PromptSet,
+    config: &SweepConfig,
+    info: &crate::ModelInfo,
+    features: &BTreeMap<usize, Tensor>,
+    summary: SweepSummary,
+) -> Result<SweepReport> {
     let labels = prompts.class_indices()?;
     let classes = prompts.classes();
     let split = stratified_split(&labels, classes.len(), config.probe.test_fraction, config.probe.seed)?;
@@ -328,7 +347,6 @@ pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
         parts.observer.on_event(&SweepEvent::Progress { phase: Phase::Probes, done: i + 1 });
     }
     parts.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Probes });
-    summary.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
     tracing::info!("{summary}");
     Ok(SweepReport {
         model: info.id.id.clone(),

@@ -1,0 +1,336 @@
+//! Sharded sweeps: `N` workers split the blocks of the batch grid between them, each
+//! generating and extracting only its own blocks into one shared cache, and a merge folds
+//! the block entries into whole entries, trains the probes and reports.
+//!
+//! Block `i` is rows `[i·b, (i+1)·b)` for the batch size `b` (the grid of the generation
+//! block entries and activation batch entries, see [`crate::sweep`]); shard `k` of `N`
+//! (`1 ≤ k ≤ N`) owns the blocks with `i mod N = k − 1`. No two shards write the same
+//! entry, no shard waits for another, and no shard writes a whole-set or whole-layer entry:
+//! [`merge`] does, once every block exists. A plain [`super::run`] over a cache that shards
+//! filled computes only what is missing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::activations::{self, Job};
+use super::generations::{self, GenJob, Merged};
+use super::{PromptSet, SweepConfig, SweepParts, SweepReport, SweepSummary, blocks, validate};
+use crate::key::ActivationSource;
+use crate::{Error, Result};
+
+/// Shard `index` of `count` (1-based: `1 ≤ index ≤ count`), written `k/N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shard {
+    /// Which shard, from 1.
+    pub index: usize,
+    /// How many shards.
+    pub count: usize,
+}
+
+impl Shard {
+    /// Shard `index` of `count`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the value unless `1 ≤ index ≤ count`.
+    pub fn new(index: usize, count: usize) -> Result<Self> {
+        let s = Self { index, count };
+        s.check()?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.count == 0 {
+            return Err(Error::invalid("shard", format!("\"{self}\": the shard count must be at least 1")));
+        }
+        if self.index == 0 || self.index > self.count {
+            return Err(Error::invalid(
+                "shard",
+                format!(
+                    "\"{self}\": the shard number must be between 1 and {} (shards are k/N with 1 ≤ k ≤ N)",
+                    self.count
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether block `i` is this shard's.
+    pub fn owns(&self, block: usize) -> bool {
+        block % self.count == self.index - 1
+    }
+
+    /// The shard (of `count`) that owns block `i`.
+    pub fn owner(block: usize, count: usize) -> Self {
+        Self { index: block % count.max(1) + 1, count: count.max(1) }
+    }
+
+    /// This shard's blocks of `n` rows at batch size `batch`: (block index, rows `[start, end)`).
+    pub fn blocks(&self, n: usize, batch: usize) -> Vec<(usize, (usize, usize))> {
+        blocks(n, batch).into_iter().enumerate().filter(|(i, _)| self.owns(*i)).collect()
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::invalid("shard", format!("{s:?} is not k/N (e.g. 2/8: shard 2 of 8, 1 ≤ k ≤ N)"));
+        let (k, n) = s.trim().split_once('/').ok_or_else(bad)?;
+        let num = |x: &str| x.trim().parse::<usize>().map_err(|_| bad());
+        let (index, count) = (num(k)?, num(n)?);
+        if count == 0 {
+            return Err(Error::invalid("shard", format!("{s:?}: the shard count must be at least 1")));
+        }
+        if index == 0 || index > count {
+            return Err(Error::invalid(
+                "shard",
+                format!("{s:?}: the shard number must be between 1 and {count} (shards are k/N with 1 ≤ k ≤ N)"),
+            ));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+/// What one shard did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ShardSummary {
+    /// Which shard.
+    pub shard: Shard,
+    /// Blocks of the whole grid.
+    pub total_blocks: usize,
+    /// This shard's blocks (indices into the grid).
+    pub blocks: Vec<usize>,
+    /// Prompts in this shard's blocks.
+    pub rows: usize,
+    /// The counts, as for a whole sweep but over this shard's blocks only
+    /// (`batches_computed + batches_cached` is this shard's block count when some layer
+    /// lacked a whole-layer entry).
+    pub work: SweepSummary,
+}
+
+impl std::fmt::Display for ShardSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self.blocks.iter().map(usize::to_string).collect();
+        write!(
+            f,
+            "shard {}: {} of {} blocks ({}; {} prompts) · {}",
+            self.shard,
+            self.blocks.len(),
+            self.total_blocks,
+            if list.is_empty() { "none".to_owned() } else { format!("blocks {}", list.join(",")) },
+            self.rows,
+            self.work
+        )
+    }
+}
+
+/// Runs one shard of a sweep: validates as [`super::run`] does, then generates and extracts
+/// this shard's blocks only (reading what the cache holds), writing block entries only.
+///
+/// # Errors
+/// Validation errors ([`super::validate`], a shard out of range) before any work; then the
+/// generator's, extractor's or store's errors. Committed blocks are kept.
+pub async fn run_shard(
+    parts: SweepParts<'_>,
+    prompts: &PromptSet,
+    config: &SweepConfig,
+    shard: Shard,
+) -> Result<ShardSummary> {
+    shard.check()?;
+    validate(&parts, prompts, config)?;
+    let info = parts.extractor.model_info();
+    let layers = sorted(&config.layers);
+    let n = prompts.len();
+    let mine = shard.blocks(n, config.batch_size);
+    let own_rows: Vec<(usize, usize)> = mine.iter().map(|&(_, r)| r).collect();
+    let mut work = SweepSummary { generation: config.sampling.is_some(), ..SweepSummary::default() };
+    let corrupt_before = parts.cache.corrupt_entries();
+
+    let (own, source) = match (&config.sampling, parts.generator) {
+        (Some(sampling), Some(generator)) => {
+            let job = GenJob {
+                generator: Some(generator),
+                cache: parts.cache,
+                observer: parts.observer,
+                prompts,
+                sampling,
+                model: generator.model_id(),
+                texts: prompts.texts(),
+                in_flight: config.generation_in_flight,
+            };
+            let own = generations::shard_texts(&job, &own_rows, &mut work).await?;
+            (own, ActivationSource::Generations(job.whole_key().digest))
+        }
+        _ => {
+            let texts = prompts.texts();
+            let own = own_rows.iter().map(|&(s, e)| ((s, e), texts[s..e].to_vec())).collect();
+            (own, ActivationSource::texts(&texts))
+        }
+    };
+    let job = Job {
+        info: &info,
+        prompt_set: &prompts.name,
+        source: &source,
+        n,
+        layers: &layers,
+        positions: config.positions,
+        batch_size: config.batch_size,
+    };
+    activations::shard_extract(parts.extractor, parts.cache, parts.observer, &job, &own, &mut work).await?;
+    work.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
+    let summary = ShardSummary {
+        shard,
+        total_blocks: blocks(n, config.batch_size).len(),
+        blocks: mine.iter().map(|&(i, _)| i).collect(),
+        rows: own_rows.iter().map(|r| r.1 - r.0).sum(),
+        work,
+    };
+    tracing::info!("{summary}");
+    Ok(summary)
+}
+
+/// Finishes a sharded sweep: checks that every block the report needs is in the cache
+/// (whole entries or block entries), then folds the block entries into whole entries,
+/// trains the probes and reports — the same report as [`super::run`] over one worker.
+///
+/// The report's summary counts the work of the sharded run: block entries found count as
+/// generated or computed (by the shards), whole entries as cached, and `extract_calls` is
+/// the number of computed batches (out-of-memory retries inside the shards are not seen).
+/// `shards`, when given, names the shards whose blocks are missing in the error.
+///
+/// # Errors
+/// Validation errors; [`Error::NotFound`] naming every missing block (rows, what is
+/// missing, its shard) before anything is written or computed; then the store's errors.
+pub async fn merge(
+    parts: SweepParts<'_>,
+    prompts: &PromptSet,
+    config: &SweepConfig,
+    shards: Option<usize>,
+) -> Result<SweepReport> {
+    validate(&parts, prompts, config)?;
+    let info = parts.extractor.model_info();
+    let layers = sorted(&config.layers);
+    let n = prompts.len();
+    let grid = blocks(n, config.batch_size);
+    let mut summary = SweepSummary { generation: config.sampling.is_some(), ..SweepSummary::default() };
+    let corrupt_before = parts.cache.corrupt_entries();
+
+    // Look everything up first: nothing is written unless every block is there.
+    let mut gen_job = None;
+    let (generations, source) = match (&config.sampling, parts.generator) {
+        (Some(sampling), Some(generator)) => {
+            let job = GenJob {
+                generator: None,
+                cache: parts.cache,
+                observer: parts.observer,
+                prompts,
+                sampling,
+                model: generator.model_id(),
+                texts: prompts.texts(),
+                in_flight: 1,
+            };
+            let found = generations::merge_lookup(&job, &grid).await?;
+            let source = ActivationSource::Generations(job.whole_key().digest);
+            gen_job = Some(job);
+            (Some(found), source)
+        }
+        _ => (None, ActivationSource::texts(&prompts.texts())),
+    };
+    let job = Job {
+        info: &info,
+        prompt_set: &prompts.name,
+        source: &source,
+        n,
+        layers: &layers,
+        positions: config.positions,
+        batch_size: config.batch_size,
+    };
+    let found = activations::merge_lookup(parts.cache, &job).await?;
+
+    let mut missing: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    if let Some(Merged::Missing(rows)) = &generations {
+        for r in rows {
+            missing.entry(r.0 / config.batch_size.max(1)).or_default().push("generations".into());
+        }
+    }
+    let mut by_block: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &(layer, block) in &found.missing {
+        by_block.entry(block).or_default().push(layer);
+    }
+    for (block, layers) in by_block {
+        let list: Vec<String> = layers.iter().map(usize::to_string).collect();
+        missing.entry(block).or_default().push(format!(
+            "layer{} {}",
+            if layers.len() == 1 { "" } else { "s" },
+            list.join(",")
+        ));
+    }
+    if !missing.is_empty() {
+        return Err(Error::NotFound(missing_message(&missing, &grid, shards)));
+    }
+
+    match (generations, &gen_job) {
+        (Some(Merged::Whole), _) => summary.generations_cached = n,
+        (Some(Merged::Blocks(b)), Some(job)) => {
+            generations::merge_fold(job, &b).await?;
+            summary.generations_generated = n;
+        }
+        _ => {}
+    }
+    summary.layers_cached = found.whole.len();
+    summary.layers_computed = found.parts.len();
+    if summary.layers_computed > 0 {
+        summary.batches_computed = grid.len();
+        summary.extract_calls = grid.len();
+        summary.entries_written = grid.len() * summary.layers_computed;
+    }
+    let features = activations::merge_fold(parts.cache, &job, found).await?;
+    summary.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
+    super::report(&parts, prompts, config, &info, &features, summary)
+}
+
+/// "3 of 6 blocks are missing: block 1 (rows 4..8: generations, layers 1,3; shard 2/3), …".
+fn missing_message(missing: &BTreeMap<usize, Vec<String>>, grid: &[(usize, usize)], shards: Option<usize>) -> String {
+    const SHOWN: usize = 12;
+    let mut parts = Vec::new();
+    for (&block, what) in missing.iter().take(SHOWN) {
+        let (s, e) = grid[block];
+        let owner = shards.map(|c| format!("; shard {}", Shard::owner(block, c))).unwrap_or_default();
+        parts.push(format!("block {block} (rows {s}..{e}: {}{owner})", what.join(", ")));
+    }
+    if missing.len() > SHOWN {
+        parts.push(format!("and {} more", missing.len() - SHOWN));
+    }
+    let mut msg =
+        format!("{} of {} blocks are missing from the cache: {}", missing.len(), grid.len(), parts.join(", "));
+    if let Some(c) = shards {
+        let mut owners: Vec<usize> = missing.keys().map(|&b| Shard::owner(b, c).index).collect();
+        owners.dedup();
+        owners.sort_unstable();
+        owners.dedup();
+        let list: Vec<String> = owners.iter().map(|k| format!("{k}/{c}")).collect();
+        msg.push_str(&format!(
+            "; run shard{} {} (or a plain sweep) first",
+            if list.len() == 1 { "" } else { "s" },
+            list.join(", ")
+        ));
+    } else {
+        msg.push_str("; run the missing shards (or a plain sweep) first");
+    }
+    msg
+}
+
+fn sorted(layers: &[usize]) -> Vec<usize> {
+    let mut l = layers.to_vec();
+    l.sort_unstable();
+    l.dedup();
+    l
+}
