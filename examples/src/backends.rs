@@ -64,11 +64,12 @@ impl BackendKind {
     }
 
     /// The number of transformer blocks of `model`, read from its `config.json` without
-    /// loading weights; for the mock, its fixed shape.
+    /// loading weights; for the mock, its fixed shape. For candle and vllm, the whole
+    /// `config.json` and the safetensors headers are checked too (`CandleBackend::check`).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the folder for a missing or unreadable model folder or
-    /// `config.json`.
+    /// [`Error::InvalidInput`] naming the folder or file for a missing or unreadable model
+    /// folder or `config.json`, a bad `config.json` field or a bad safetensors header.
     pub(crate) fn model_layers(self, model: &str) -> Result<usize> {
         if self == Self::Mock {
             return Ok(MOCK_LAYERS);
@@ -90,6 +91,9 @@ impl BackendKind {
             .or_else(|| v.get("text_config").and_then(|t| t.get("num_hidden_layers")))
             .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| Error::invalid("model", format!("{}: no num_hidden_layers", cfg_path.display())))?;
+        if matches!(self, Self::Candle | Self::Vllm) {
+            check_candle_folder(dir)?;
+        }
         Ok(layers as usize)
     }
 
@@ -134,6 +138,17 @@ impl BackendKind {
 pub(crate) struct Opened {
     pub(crate) extractor: Arc<dyn ActivationExtractor>,
     pub(crate) generator: Option<Arc<dyn Generator>>,
+}
+
+/// The whole `config.json` and the safetensors headers, checked without loading weights.
+#[cfg(feature = "candle")]
+fn check_candle_folder(dir: &Path) -> Result<()> {
+    probe_backends::candle::CandleBackend::check(dir)
+}
+
+#[cfg(not(feature = "candle"))]
+fn check_candle_folder(_dir: &Path) -> Result<()> {
+    Ok(())
 }
 
 #[cfg(feature = "candle")]

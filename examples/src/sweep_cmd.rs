@@ -22,6 +22,10 @@ pub(crate) struct SweepArgs {
     /// Prompts: JSON lines with `id`, `text` and `label`.
     #[arg(long)]
     pub(crate) prompts: PathBuf,
+    /// Name of the prompt set in the cache and the report [default: the prompt file's name
+    /// without extension]; ASCII letters, digits, `.`, `_` and `-`.
+    #[arg(long)]
+    pub(crate) prompt_set: Option<String>,
     /// Layers: `all`, `12`, `3,5,7`, `2..6` (end excluded) or `2..=6`.
     #[arg(long)]
     pub(crate) layers: LayerSelection,
@@ -90,7 +94,10 @@ pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
     let file = ProbeToml::load(args.config.as_deref())?;
     let backend = args.backend.unwrap_or(BackendKind::Candle);
     backend.check_available()?;
-    let prompts = PromptSet::load(&args.prompts, PromptFormat::labelled())?;
+    let mut prompts = PromptSet::load(&args.prompts, PromptFormat::labelled())?;
+    if let Some(name) = &args.prompt_set {
+        prompts = prompts.with_name(name)?;
+    }
     for (label, count) in prompts.class_counts() {
         if count < 2 {
             return Err(Error::invalid(
@@ -126,6 +133,8 @@ pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
         .with_top_p(g.top_p.unwrap_or(1.0))
         .with_seed(seed);
     sampling.validate()?;
+    let cache_url = cache_url(args.cache.as_deref(), &file);
+    probe_cache::check_url(&cache_url)?;
     let config = SweepConfig::new(layers)
         .with_positions(positions)
         .with_batch_size(batch_size)
@@ -136,7 +145,7 @@ pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
         model: args.model.clone(),
         prompts,
         config,
-        cache_url: cache_url(args.cache.as_deref(), &file),
+        cache_url,
         out: args.out.clone(),
         gpu: file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()),
         urls: if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() },

@@ -78,6 +78,7 @@ pub(crate) async fn run(args: DemoArgs, quiet: bool) -> Result<()> {
     let sweep = SweepArgs {
         model: if args.backend == BackendKind::Mock { "demo-mock".into() } else { model_dir.display().to_string() },
         prompts: prompts.clone(),
+        prompt_set: None,
         layers: args.layers.clone(),
         backend: Some(args.backend),
         cache: Some(args.dir.join("cache").display().to_string()),

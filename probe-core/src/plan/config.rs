@@ -80,11 +80,12 @@ impl ModelSpec {
     /// Reads `config.json` from a file, or from a folder holding one.
     ///
     /// # Errors
-    /// [`Error::Io`] when it cannot be read, [`Error::InvalidInput`] when it is not valid
-    /// JSON or lacks a required field.
+    /// [`Error::InvalidInput`] naming the file when it cannot be read, is not valid JSON or
+    /// lacks a required field.
     pub fn from_path(path: &Path) -> Result<Self> {
         let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(file.display(), e))?;
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| Error::invalid("model", format!("{}: cannot be read: {e}", file.display())))?;
         Self::from_json(&text).map_err(|e| match e {
             Error::InvalidInput { what, message } => Error::invalid(format!("{what} in {}", file.display()), message),
             other => other,
