@@ -44,7 +44,8 @@ impl std::str::FromStr for BackendKind {
 }
 
 impl BackendKind {
-    fn name(self) -> &'static str {
+    /// The name on the command line.
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Candle => "candle",
             Self::Vllm => "vllm",

@@ -28,6 +28,8 @@ pub(crate) struct ProbeToml {
 pub(crate) struct Devices {
     pub(crate) generation_gpus: Option<Vec<usize>>,
     pub(crate) extraction_gpus: Option<Vec<usize>>,
+    /// "exclusive" or "time-shared" (default: time-shared when the two sets overlap).
+    pub(crate) mode: Option<String>,
 }
 
 /// `[vllm]`: generation servers.
@@ -37,6 +39,16 @@ pub(crate) struct Vllm {
     pub(crate) servers: Option<usize>,
     pub(crate) gpu_memory_utilization: Option<f64>,
     pub(crate) urls: Option<Vec<String>>,
+    /// Program and leading arguments of a launched server (default `["vllm", "serve"]`).
+    pub(crate) command: Option<Vec<String>>,
+    /// Port of the first launched server; the others follow (default 8000).
+    pub(crate) base_port: Option<u16>,
+    /// Folder of the launched servers' logs (default `<out>/vllm-logs`).
+    pub(crate) log_dir: Option<PathBuf>,
+    /// Seconds to wait for the launched servers to be healthy (default 900).
+    pub(crate) health_timeout_s: Option<u64>,
+    /// More arguments for every launched server.
+    pub(crate) args: Option<Vec<String>>,
 }
 
 /// `[extraction]`.

@@ -2,14 +2,16 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 use probe_core::key::generation_key;
 use probe_core::sweep::{PromptFormat, PromptSet};
-use probe_core::{CacheStoreExt, Error, GenerationRequest, PutRequest, Result, SamplingParams, codec};
+use probe_core::{CacheStoreExt, Error, GenerationRequest, Generator, PutRequest, Result, SamplingParams, codec};
 
 use crate::backends::BackendKind;
 use crate::config_file::ProbeToml;
+use crate::servers::{self, OnDemand, Servers};
 use crate::sweep_cmd::cache_url;
 
 /// Arguments of `probe generate`.
@@ -45,6 +47,9 @@ pub(crate) struct GenerateArgs {
     /// Output JSON-lines file.
     #[arg(long)]
     pub(crate) out: PathBuf,
+    /// Print the device roles and vLLM launch commands; start nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 /// `probe generate`.
@@ -60,9 +65,6 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
         backend.model_layers(&args.model)?;
     }
     let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
-    if backend == BackendKind::Vllm && urls.is_empty() {
-        return Err(Error::invalid("url", "--backend vllm needs server URLs: --url URL or [vllm] urls in probe.toml"));
-    }
     let g = &file.generation;
     let sampling = SamplingParams::greedy(args.max_tokens.or(g.max_tokens).unwrap_or(64))
         .with_temperature(args.temperature.or(g.temperature).unwrap_or(0.0))
@@ -72,12 +74,35 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
     if !args.url.is_empty() && backend != BackendKind::Vllm {
         return Err(Error::invalid("url", format!("{:?} is only used with --backend vllm", args.url[0])));
     }
+    let log_dir = args.out.parent().unwrap_or(std::path::Path::new("")).join("vllm-logs");
+    let servers = Servers::plan(&file, backend, &args.model, &urls, true, log_dir, args.dry_run)?;
+    if args.dry_run {
+        servers.dry_run_lines(false).iter().for_each(|l| println!("{l}"));
+        return Ok(());
+    }
+    let launched = servers.on_demand(&args.model)?;
+    servers::with_signals(launched.is_some(), generate(&args, &file, backend, &prompts, sampling, launched)).await
+}
+
+/// Generates (or reads the cache), writes the output; stops launched servers at the end.
+async fn generate(
+    args: &GenerateArgs,
+    file: &ProbeToml,
+    backend: BackendKind,
+    prompts: &PromptSet,
+    sampling: SamplingParams,
+    launched: Option<Arc<OnDemand>>,
+) -> Result<()> {
+    let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
     let cache = match &args.cache {
-        Some(url) => Some(probe_cache::from_url(&cache_url(Some(url), &file))?),
+        Some(url) => Some(probe_cache::from_url(&cache_url(Some(url), file))?),
         None => None,
     };
     let gpu = file.devices.generation_gpus.as_ref().and_then(|g| g.first().copied());
-    let generator = backend.open_generator(&args.model, gpu, &urls)?;
+    let generator = match &launched {
+        Some(g) => g.clone() as Arc<dyn Generator>,
+        None => backend.open_generator(&args.model, gpu, &urls)?,
+    };
     let texts = prompts.texts();
     let key = generation_key(&generator.model_id(), &prompts.name, &sampling, &texts);
     let cached = match &cache {
@@ -115,6 +140,9 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
     }
     std::fs::write(&args.out, out).map_err(|e| Error::io(args.out.display(), e))?;
+    if let Some(g) = &launched {
+        g.stop("after generation").await?;
+    }
     println!("wrote {} completions to {}", gens.len(), args.out.display());
     Ok(())
 }

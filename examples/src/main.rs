@@ -19,6 +19,7 @@ mod generate_cmd;
 mod outputs;
 mod plan_cmd;
 mod progress;
+mod servers;
 mod sweep_cmd;
 
 use clap::{Parser, Subcommand};

@@ -12,6 +12,7 @@ use crate::backends::BackendKind;
 use crate::config_file::ProbeToml;
 use crate::outputs;
 use crate::progress::Bars;
+use crate::servers::{self, Servers};
 
 /// Arguments of `probe sweep`.
 #[derive(Debug, Clone, Args)]
@@ -63,6 +64,9 @@ pub(crate) struct SweepArgs {
     /// Output folder for report.json, report.md and accuracy.svg.
     #[arg(long, default_value = "probe-out")]
     pub(crate) out: PathBuf,
+    /// Print the device roles, time-sharing and vLLM launch commands; start nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 /// Everything resolved and checked, before anything expensive.
@@ -76,8 +80,8 @@ pub(crate) struct Plan {
     pub(crate) out: PathBuf,
     /// CUDA ordinal for extraction (`[devices] extraction_gpus`, the first one).
     pub(crate) gpu: Option<usize>,
-    /// vLLM servers (`--url`, else `[vllm] urls`).
-    pub(crate) urls: Vec<String>,
+    /// Device roles, the vLLM servers given (`--url`, else `[vllm] urls`) or launched.
+    pub(crate) servers: Servers,
 }
 
 /// The cache URL: flag, then the file, then `$PROBE_CACHE`, then `./probe-cache`.
@@ -135,6 +139,7 @@ pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
     sampling.validate()?;
     let cache_url = cache_url(args.cache.as_deref(), &file);
     probe_cache::check_url(&cache_url)?;
+    let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
     let config = SweepConfig::new(layers)
         .with_positions(positions)
         .with_batch_size(batch_size)
@@ -148,21 +153,33 @@ pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
         cache_url,
         out: args.out.clone(),
         gpu: file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()),
-        urls: if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() },
+        servers: Servers::plan(
+            &file,
+            backend,
+            &args.model,
+            &urls,
+            !args.no_generate,
+            args.out.join("vllm-logs"),
+            args.dry_run,
+        )?,
     })
 }
 
 /// Runs a checked plan: opens the cache and the model, sweeps, writes the outputs.
 pub(crate) async fn execute(plan: Plan, quiet: bool) -> Result<SweepReport> {
     let cache = probe_cache::from_url(&plan.cache_url)?;
-    tracing::info!("loading {} with {:?}", plan.model, plan.backend);
-    let model = plan.backend.open(&plan.model, plan.gpu, &plan.urls)?;
     let bars = Bars::new(quiet);
+    let launched = plan.servers.on_demand(&plan.model)?;
+    let (sampling, ld) = (plan.config.sampling.as_ref(), launched.as_deref());
+    let generated = servers::generation_first(ld, &plan.prompts, sampling, cache.as_ref(), &bars).await?;
+    tracing::info!("loading {} with {:?}", plan.model, plan.backend);
+    let model = plan.backend.open(&plan.model, plan.gpu, &plan.servers.urls())?;
     let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&bars);
-    if let Some(g) = model.generator.as_deref() {
+    if let Some(g) = ld.map(|g| g as &dyn probe_core::Generator).or(model.generator.as_deref()) {
         parts = parts.with_generator(g);
     }
-    let report = sweep::run(parts, &plan.prompts, &plan.config).await?;
+    let mut report = sweep::run(parts, &plan.prompts, &plan.config).await?;
+    servers::after_sweep(ld, generated, &mut report).await?;
     let written = outputs::write_all(&report, &plan.out)?;
     print_report(&report, &written, &cache.location());
     Ok(report)
@@ -185,5 +202,9 @@ fn show(p: &Path) -> String {
 /// `probe sweep`.
 pub(crate) async fn run(args: SweepArgs, quiet: bool) -> Result<()> {
     let plan = plan(&args)?;
-    execute(plan, quiet).await.map(|_| ())
+    if args.dry_run {
+        plan.servers.dry_run_lines(true).iter().for_each(|l| println!("{l}"));
+        return Ok(());
+    }
+    servers::with_signals(plan.servers.launches(), execute(plan, quiet)).await.map(|_| ())
 }

@@ -91,6 +91,7 @@ pub(crate) async fn run(args: DemoArgs, quiet: bool) -> Result<()> {
         url: Vec::new(),
         config: None,
         out: args.dir.join("out"),
+        dry_run: false,
     };
     let plan = sweep_cmd::plan(&sweep)?;
     let report = sweep_cmd::execute(plan, quiet).await?;

@@ -1,0 +1,265 @@
+//! `probe sweep` and `probe generate` with `--backend vllm` and no server URL: the CLI launches
+//! its own servers from probe.toml (`[vllm] command` = the stand-in server
+//! scripts/python/openai_stand_in.py, which records its argv, environment, pid and start/stop
+//! events under STAND_IN_RECORD), time-shares the CPU with candle extraction (the servers stop
+//! before extraction starts), and `--dry-run` prints the launch commands without starting
+//! anything.
+
+#![cfg(all(feature = "vllm", feature = "candle"))]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use probe_core::testing::require_service;
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn prompts(dir: &Path) {
+    let mut s = String::new();
+    for i in 0..12 {
+        let (w, l) = if i % 2 == 0 { ("cat", "animal") } else { ("hammer", "tool") };
+        s.push_str(&format!("{{\"id\":\"q{i}\",\"text\":\"The {w} number {i} is\",\"label\":\"{l}\"}}\n"));
+    }
+    std::fs::write(dir.join("p.jsonl"), s).unwrap();
+}
+
+/// A port `p` with `p + 1` also free (the launcher gives consecutive ports).
+fn two_free_ports() -> u16 {
+    for _ in 0..50 {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no two consecutive free ports");
+}
+
+/// probe.toml launching `servers` stand-ins on the CPU from `port`.
+fn config(dir: &Path, python: &str, servers: usize, port: u16) {
+    let script = repo().join("scripts/python/openai_stand_in.py");
+    let text = format!(
+        "[vllm]\nservers = {servers}\nbase_port = {port}\nhealth_timeout_s = 120\ncommand = [{:?}, {:?}]\n",
+        python,
+        script.display().to_string()
+    );
+    std::fs::write(dir.join("probe.toml"), text).unwrap();
+}
+
+fn probe(dir: &Path, record: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(args)
+        .current_dir(dir)
+        .env("STAND_IN_RECORD", record)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output, what: &str) -> (String, String) {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{what} failed ({:?}):\n{stderr}\n{stdout}", out.status);
+    (stdout, stderr)
+}
+
+/// `(time, what, port)` of each line of the stand-ins' events.log.
+fn events(record: &Path) -> Vec<(f64, String, u16)> {
+    let text = std::fs::read_to_string(record.join("events.log")).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].parse().unwrap(), f[1].to_owned(), f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+fn running(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+fn record_of(record: &Path, port: u16) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(record.join(format!("{port}.json"))).unwrap()).unwrap()
+}
+
+/// Index of the first stderr line containing `needle`.
+fn line_of(stderr: &str, needle: &str) -> usize {
+    stderr.lines().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no line with {needle:?} in:\n{stderr}"))
+}
+
+#[test]
+fn sweep_launches_servers_on_the_cpu_and_stops_them_before_extraction() {
+    let (Some(python), Some(fixtures)) = (require_service("PROBE_PYTHON"), require_service("PROBE_FIXTURES")) else {
+        return;
+    };
+    let model = Path::new(&fixtures).join("models/llama").display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, record) = (tmp.path(), tmp.path().join("record"));
+    prompts(d);
+    let port = two_free_ports();
+    config(d, &python, 2, port);
+    let args = [
+        "sweep",
+        "--backend",
+        "vllm",
+        "--model",
+        &model,
+        "--prompts",
+        "p.jsonl",
+        "--layers",
+        "0,2",
+        "--max-tokens",
+        "4",
+        "--cache",
+        "cache",
+        "--out",
+        "out",
+        "--quiet",
+    ];
+    let (stdout, stderr) = ok(&probe(d, &record, &args), "first sweep");
+
+    // Two stand-ins on the CPU at consecutive ports.
+    for p in [port, port + 1] {
+        let r = record_of(&record, p);
+        let argv: Vec<&str> = r["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert_eq!(argv[0], model, "the model folder is the positional argument: {argv:?}");
+        let at = argv.iter().position(|a| *a == "--port").unwrap();
+        assert_eq!(argv[at + 1], p.to_string());
+        assert_eq!(r["env"]["CUDA_VISIBLE_DEVICES"], "", "no GPU visible to a CPU server");
+        assert_eq!(r["env"]["VLLM_TARGET_DEVICE"], "cpu");
+        let pid = r["pid"].as_u64().unwrap();
+        assert!(!running(pid), "server pid {pid} still runs after the sweep");
+        assert!(d.join(format!("out/vllm-logs/vllm-cpu-port{p}.log")).is_file(), "log of the server on {p}");
+    }
+    let ev = events(&record);
+    let starts: Vec<u16> = ev.iter().filter(|e| e.1 == "start").map(|e| e.2).collect();
+    let mut stops: Vec<u16> = ev.iter().filter(|e| e.1 == "stop").map(|e| e.2).collect();
+    stops.sort_unstable();
+    assert_eq!(starts.len(), 2, "{ev:?}");
+    assert_eq!(stops, vec![port, port + 1], "each server was stopped (SIGTERM) by the launcher: {ev:?}");
+
+    // Order: healthy → generation → both stopped → the extraction model loads.
+    let healthy = line_of(&stderr, "vllm: 2 servers healthy at");
+    let stopped = line_of(&stderr, "vllm: stopped 2 servers before extraction (time-shared devices)");
+    let loading = line_of(&stderr, &format!("loading {model} with Vllm"));
+    assert!(healthy < stopped && stopped < loading, "order of the log lines:\n{stderr}");
+    assert!(!stderr.contains("after the sweep"), "time-shared: nothing left to stop at the end:\n{stderr}");
+    assert!(
+        stdout.contains("generations: 12 generated, 0 cached · activations: 2 layers computed, 0 cached"),
+        "{stdout}"
+    );
+    assert!(d.join("out/report.json").is_file() && d.join("out/report.md").is_file());
+
+    // Everything cached: the rerun launches nothing.
+    let (stdout, stderr) = ok(&probe(d, &record, &args), "second sweep");
+    assert_eq!(events(&record).len(), ev.len(), "no server started on the rerun");
+    assert!(stderr.contains("vllm: no server was launched: every completion was cached"), "{stderr}");
+    assert!(
+        stdout.contains("generations: 0 generated, 12 cached · activations: 0 layers computed, 2 cached"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn dry_run_prints_gpu_cycling_ports_and_utilizations_and_starts_nothing() {
+    let Some(fixtures) = require_service("PROBE_FIXTURES") else { return };
+    let model = Path::new(&fixtures).join("models/llama").display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    prompts(d);
+    let record = d.join("record");
+    std::fs::write(
+        d.join("probe.toml"),
+        format!(
+            "[devices]\ngeneration_gpus = [0, 1]\n[vllm]\nservers = 4\nbase_port = 9300\ngpu_memory_utilization = 0.8\n\
+             command = [\"python3\", {:?}]\n",
+            repo().join("scripts/python/openai_stand_in.py").display().to_string()
+        ),
+    )
+    .unwrap();
+    let common = ["--backend", "vllm", "--model", &model, "--prompts", "p.jsonl", "--dry-run"];
+    let sweep: Vec<&str> = ["sweep"]
+        .iter()
+        .chain(&common)
+        .chain(&["--layers", "all", "--cache", "cache", "--out", "out"])
+        .copied()
+        .collect();
+    let (stdout, _) = ok(&probe(d, &record, &sweep), "sweep --dry-run");
+    let servers: Vec<&str> = stdout.lines().filter(|l| l.starts_with("server ")).collect();
+    assert_eq!(servers.len(), 4, "{stdout}");
+    for (k, line) in servers.iter().enumerate() {
+        let port = 9300 + k;
+        assert!(line.starts_with(&format!("server {k}: CUDA_VISIBLE_DEVICES={} ", k % 2)), "{line}");
+        assert!(line.contains("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"), "{line}");
+        assert!(line.contains(&format!("--port {port} --gpu-memory-utilization 0.4 ")), "2 servers per GPU: {line}");
+        assert!(line.ends_with(&format!("out/vllm-logs/vllm-gpu{}-port{port}.log 2>&1", k % 2)), "{line}");
+    }
+    assert!(stdout.contains("generation: 4 vLLM server(s) launched on cuda:0,cuda:1"), "{stdout}");
+    assert!(stdout.contains("extraction: candle in process on cpu"), "{stdout}");
+    assert!(stdout.contains("time-shared: no (derived from the device sets)"), "{stdout}");
+    for nothing in ["record", "cache", "out"] {
+        assert!(!d.join(nothing).exists(), "a dry run created {nothing}");
+    }
+
+    let generate: Vec<&str> = ["generate"].iter().chain(&common).chain(&["--out", "g/g.jsonl"]).copied().collect();
+    let (stdout, _) = ok(&probe(d, &record, &generate), "generate --dry-run");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("server ")).count(), 4, "{stdout}");
+    assert!(stdout.contains("g/vllm-logs/vllm-gpu1-port9303.log"), "{stdout}");
+    assert!(!d.join("record").exists() && !d.join("g").exists(), "a dry run started or wrote something");
+}
+
+#[test]
+fn generate_launches_a_server_writes_completions_and_stops_it() {
+    let (Some(python), Some(fixtures)) = (require_service("PROBE_PYTHON"), require_service("PROBE_FIXTURES")) else {
+        return;
+    };
+    let model = Path::new(&fixtures).join("models/llama").display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, record) = (tmp.path(), tmp.path().join("record"));
+    prompts(d);
+    let port = two_free_ports();
+    config(d, &python, 1, port);
+    let args = [
+        "generate",
+        "--backend",
+        "vllm",
+        "--model",
+        &model,
+        "--prompts",
+        "p.jsonl",
+        "--max-tokens",
+        "3",
+        "--cache",
+        "cache",
+        "--out",
+        "g.jsonl",
+        "--quiet",
+    ];
+    let (stdout, stderr) = ok(&probe(d, &record, &args), "generate");
+    assert!(stdout.contains("wrote 12 completions to g.jsonl"), "{stdout}");
+    let lines: Vec<Value> =
+        std::fs::read_to_string(d.join("g.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 12);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["id"], format!("q{i}"), "prompt order");
+        let words: Vec<&str> = l["completion"].as_str().unwrap().split_whitespace().collect();
+        assert_eq!(words.len(), 3, "the stand-in answers max_tokens words: {l}");
+        assert!(words.iter().all(|w| w.starts_with('w') && w.len() == 5), "{l}");
+    }
+    let pid = record_of(&record, port)["pid"].as_u64().unwrap();
+    assert!(!running(pid), "the server still runs after probe generate");
+    let ev = events(&record);
+    assert_eq!(ev.iter().map(|e| (e.1.as_str(), e.2)).collect::<Vec<_>>(), vec![("start", port), ("stop", port)]);
+    assert!(stderr.contains("vllm: stopped 1 servers after generation"), "{stderr}");
+
+    let (_, stderr) = ok(&probe(d, &record, &args), "generate again");
+    assert_eq!(events(&record).len(), 2, "cached: no server started");
+    assert!(stderr.contains("12 completions read from the cache"), "{stderr}");
+}
