@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use probe_core::testing::{MockExtractor, MockGenerator};
+use probe_core::testing::MockExtractor;
 use probe_core::{
     ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Generator, ModelInfo, Result,
 };
@@ -112,7 +112,7 @@ impl BackendKind {
                         inner: MockExtractor::new(model, MOCK_LAYERS, MOCK_HIDDEN),
                         delay: Duration::from_millis(delay),
                     }),
-                    generator: Some(Arc::new(MockGenerator::new(model))),
+                    generator: Some(crate::faults::mock_generator(model)),
                 })
             }
             Self::Candle => open_candle(model, gpu),

@@ -15,6 +15,7 @@ mod backends;
 mod config_file;
 mod demo;
 mod extract_cmd;
+mod faults;
 mod generate_cmd;
 mod outputs;
 mod plan_cmd;

@@ -173,7 +173,7 @@ pub(crate) async fn execute(plan: Plan, quiet: bool) -> Result<SweepReport> {
     let (sampling, ld) = (plan.config.sampling.as_ref(), launched.as_deref());
     let generated = servers::generation_first(ld, &plan.prompts, sampling, cache.as_ref(), &bars).await?;
     tracing::info!("loading {} with {:?}", plan.model, plan.backend);
-    let model = plan.backend.open(&plan.model, plan.gpu, &plan.servers.urls())?;
+    let model = crate::faults::inject(plan.backend.open(&plan.model, plan.gpu, &plan.servers.urls())?)?;
     let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&bars);
     if let Some(g) = ld.map(|g| g as &dyn probe_core::Generator).or(model.generator.as_deref()) {
         parts = parts.with_generator(g);
