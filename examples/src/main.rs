@@ -21,6 +21,7 @@ mod outputs;
 mod plan_cmd;
 mod progress;
 mod servers;
+mod shard_cmd;
 mod sweep_cmd;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +51,9 @@ enum Command {
     Extract(extract_cmd::ExtractArgs),
     /// Completions of prompts to JSON lines.
     Generate(generate_cmd::GenerateArgs),
+    /// Finish a sharded sweep (`probe sweep --shard k/N`): fold the shards' blocks, train the
+    /// probes, write the report. Same arguments as `probe sweep`.
+    Merge(Box<shard_cmd::MergeArgs>),
     /// Make a small model and prompt set (no download) and run a full sweep on candle.
     Demo(demo::DemoArgs),
     /// The device and memory plan for a model on some GPUs (roles, vLLM servers, batch sizes).
@@ -123,6 +127,7 @@ fn main() {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Sweep(a) => sweep_cmd::run(a, quiet).await,
+            Command::Merge(a) => shard_cmd::run_merge(*a, quiet).await,
             Command::Extract(a) => extract_cmd::run(a, quiet).await,
             Command::Generate(a) => generate_cmd::run(a).await,
             Command::Demo(a) => demo::run(a, quiet).await,

@@ -64,6 +64,10 @@ pub(crate) struct SweepArgs {
     /// Output folder for report.json, report.md and accuracy.svg.
     #[arg(long, default_value = "probe-out")]
     pub(crate) out: PathBuf,
+    /// Run only shard k of N (1 ≤ k ≤ N): its blocks of prompts, generated and extracted into
+    /// the shared cache; no report (`probe merge` makes it once every shard is done).
+    #[arg(long, value_name = "k/N")]
+    pub(crate) shard: Option<probe_core::sweep::Shard>,
     /// Print the device roles, time-sharing and vLLM launch commands; start nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
@@ -137,14 +141,16 @@ pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
         .with_top_p(g.top_p.unwrap_or(1.0))
         .with_seed(seed);
     sampling.validate()?;
+    let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
     let cache_url = cache_url(args.cache.as_deref(), &file);
     probe_cache::check_url(&cache_url)?;
-    let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
     let config = SweepConfig::new(layers)
         .with_positions(positions)
         .with_batch_size(batch_size)
         .with_sampling((!args.no_generate).then_some(sampling))
-        .with_probe(ProbeConfig::default().with_seed(seed));
+        .with_probe(ProbeConfig::default().with_seed(seed))
+        // vLLM: several blocks of completions in flight keep every server busy.
+        .with_generation_in_flight(if backend == BackendKind::Vllm { 4 * urls.len().max(1) } else { 1 });
     Ok(Plan {
         backend,
         model: args.model.clone(),
@@ -185,7 +191,7 @@ pub(crate) async fn execute(plan: Plan, quiet: bool) -> Result<SweepReport> {
     Ok(report)
 }
 
-fn print_report(report: &SweepReport, written: &outputs::Written, cache: &str) {
+pub(crate) fn print_report(report: &SweepReport, written: &outputs::Written, cache: &str) {
     println!("{}", report.table().trim_end());
     if let Some(b) = report.best() {
         println!("best layer: {} (accuracy {:.3}, AUC {:.3})", b.layer, b.accuracy, b.auc);
@@ -202,6 +208,9 @@ fn show(p: &Path) -> String {
 /// `probe sweep`.
 pub(crate) async fn run(args: SweepArgs, quiet: bool) -> Result<()> {
     let plan = plan(&args)?;
+    if let (Some(shard), false) = (args.shard, args.dry_run) {
+        return crate::shard_cmd::run_shard(plan, shard, quiet).await;
+    }
     if args.dry_run {
         plan.servers.dry_run_lines(true).iter().for_each(|l| println!("{l}"));
         return Ok(());

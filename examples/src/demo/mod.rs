@@ -92,6 +92,7 @@ pub(crate) async fn run(args: DemoArgs, quiet: bool) -> Result<()> {
         config: None,
         out: args.dir.join("out"),
         dry_run: false,
+        shard: None,
     };
     let plan = sweep_cmd::plan(&sweep)?;
     let report = sweep_cmd::execute(plan, quiet).await?;
