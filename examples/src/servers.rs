@@ -105,13 +105,13 @@ type Launcher = probe_backends::vllm::VllmLauncher;
 #[cfg(feature = "vllm")]
 type Group = probe_backends::vllm::ServerGroup;
 
-/// Stands for the launcher in builds without `vllm` (never constructed there).
+/// Placeholder in builds without `vllm`, which never launch (`launcher` refuses).
 #[cfg(not(feature = "vllm"))]
+#[allow(dead_code)] // never constructed without the feature
 #[derive(Debug, Clone)]
-enum Launcher {}
+struct Launcher;
 #[cfg(not(feature = "vllm"))]
-#[derive(Debug)]
-enum Group {}
+type Group = ();
 
 /// The devices of a run and the servers it launches, resolved before any work.
 #[derive(Debug)]
@@ -139,7 +139,8 @@ impl Servers {
         dry_run: bool,
     ) -> Result<Self> {
         let roles = Roles::from_devices(&file.devices)?;
-        if !dry_run && !(roles.generation.is_empty() && roles.extraction.is_empty()) {
+        let uses_gpus = !roles.generation.is_empty() || !roles.extraction.is_empty();
+        if uses_gpus && !dry_run {
             let found = probe_backends::device::detect();
             roles.check_exist(found.inventory.gpus.len(), &found.message)?;
         }
@@ -210,7 +211,7 @@ impl Servers {
             None => Ok(None),
             Some(l) => {
                 let inner = self.backend.open_generator(model, None, &self.urls())?;
-                let state = State::NotStarted(l.clone());
+                let state = State::NotStarted(Box::new(l.clone()));
                 Ok(Some(Arc::new(OnDemand { inner, mode: self.roles.mode, state: Mutex::new(state) })))
             }
         }
@@ -260,7 +261,7 @@ pub(crate) async fn after_sweep(
 
 #[derive(Debug)]
 enum State {
-    NotStarted(Launcher),
+    NotStarted(Box<Launcher>),
     Running(Running),
     Stopped,
 }
@@ -344,7 +345,8 @@ impl Running {
 #[cfg(not(feature = "vllm"))]
 impl Running {
     async fn stop(self, _why: &str) -> Result<()> {
-        match self.group {}
+        let () = self.group;
+        Ok(())
     }
 }
 
@@ -382,7 +384,12 @@ fn launcher(file: &ProbeToml, model: &str, roles: &Roles, default_log_dir: PathB
 }
 
 #[cfg(not(feature = "vllm"))]
-fn launcher(_file: &ProbeToml, _model: &str, _roles: &Roles, _default_log_dir: PathBuf) -> Result<Launcher> {
+fn launcher(file: &ProbeToml, _model: &str, _roles: &Roles, _default_log_dir: PathBuf) -> Result<Launcher> {
+    let v = &file.vllm;
+    let keys = [v.command.is_some(), v.base_port.is_some(), v.log_dir.is_some(), v.health_timeout_s.is_some()];
+    if keys.contains(&true) || v.args.is_some() {
+        tracing::warn!("[vllm] launch settings are ignored: this build lacks the vllm feature");
+    }
     Err(Error::FeatureDisabled { feature: "vllm".into() })
 }
 
@@ -402,11 +409,8 @@ fn launch_urls(l: Option<&Launcher>) -> Vec<String> {
 }
 
 #[cfg(not(feature = "vllm"))]
-fn launch_commands(l: Option<&Launcher>) -> Vec<String> {
-    match l {
-        None => Vec::new(),
-        Some(l) => match *l {},
-    }
+fn launch_commands(_l: Option<&Launcher>) -> Vec<String> {
+    Vec::new()
 }
 
 #[cfg(feature = "vllm")]
@@ -420,8 +424,8 @@ async fn start(l: &Launcher, mode: Mode) -> Result<Running> {
 }
 
 #[cfg(not(feature = "vllm"))]
-async fn start(l: &Launcher, _mode: Mode) -> Result<Running> {
-    match *l {}
+async fn start(_l: &Launcher, _mode: Mode) -> Result<Running> {
+    Err(Error::FeatureDisabled { feature: "vllm".into() })
 }
 
 /// Runs `work`; when `on`, Ctrl-C or SIGTERM cancels it instead of killing the process, so

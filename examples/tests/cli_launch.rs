@@ -263,3 +263,106 @@ fn generate_launches_a_server_writes_completions_and_stops_it() {
     assert_eq!(events(&record).len(), 2, "cached: no server started");
     assert!(stderr.contains("12 completions read from the cache"), "{stderr}");
 }
+
+#[test]
+fn exclusive_mode_keeps_the_servers_up_until_the_sweep_ends() {
+    let (Some(python), Some(fixtures)) = (require_service("PROBE_PYTHON"), require_service("PROBE_FIXTURES")) else {
+        return;
+    };
+    let model = Path::new(&fixtures).join("models/llama").display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, record) = (tmp.path(), tmp.path().join("record"));
+    prompts(d);
+    let port = two_free_ports();
+    config(d, &python, 1, port);
+    let mut toml = std::fs::read_to_string(d.join("probe.toml")).unwrap();
+    toml.push_str("[devices]\nmode = \"exclusive\"\n");
+    std::fs::write(d.join("probe.toml"), toml).unwrap();
+    let args = [
+        "sweep",
+        "--backend",
+        "vllm",
+        "--model",
+        &model,
+        "--prompts",
+        "p.jsonl",
+        "--layers",
+        "1",
+        "--max-tokens",
+        "2",
+        "--cache",
+        "cache",
+        "--out",
+        "out",
+        "--quiet",
+    ];
+    let (stdout, stderr) = ok(&probe(d, &record, &args), "exclusive sweep");
+    assert!(stdout.contains("generations: 12 generated, 0 cached"), "{stdout}");
+    let loading = line_of(&stderr, &format!("loading {model} with Vllm"));
+    let stopped = line_of(&stderr, "vllm: stopped 1 servers after the sweep");
+    assert!(loading < stopped, "exclusive: the server stops after extraction:\n{stderr}");
+    assert!(!stderr.contains("before extraction"), "{stderr}");
+    assert!(!running(record_of(&record, port)["pid"].as_u64().unwrap()));
+    assert_eq!(events(&record).iter().filter(|e| e.1 == "stop").count(), 1);
+}
+
+#[test]
+fn ctrl_c_during_generation_stops_the_launched_servers() {
+    let (Some(python), Some(fixtures)) = (require_service("PROBE_PYTHON"), require_service("PROBE_FIXTURES")) else {
+        return;
+    };
+    let model = Path::new(&fixtures).join("models/llama").display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, record) = (tmp.path(), tmp.path().join("record"));
+    prompts(d);
+    let port = two_free_ports();
+    config(d, &python, 2, port);
+    let args = [
+        "sweep",
+        "--backend",
+        "vllm",
+        "--model",
+        &model,
+        "--prompts",
+        "p.jsonl",
+        "--layers",
+        "1",
+        "--max-tokens",
+        "2",
+        "--cache",
+        "cache",
+        "--out",
+        "out",
+        "--quiet",
+    ];
+    let child = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(args)
+        .current_dir(d)
+        .env("STAND_IN_RECORD", &record)
+        .env("STAND_IN_DELAY_MS", "600000") // every completion request hangs
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both servers up (they record themselves once they run), then a moment for the requests.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !(record.join(format!("{port}.json")).is_file() && record.join(format!("{}.json", port + 1)).is_file()) {
+        assert!(std::time::Instant::now() < deadline, "the servers never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "probe exits with an error, not killed by the signal:\n{stderr}");
+    assert!(stderr.contains("interrupted (Ctrl-C); the launched vLLM servers were stopped"), "{stderr}");
+    for p in [port, port + 1] {
+        let pid = record_of(&record, p)["pid"].as_u64().unwrap();
+        assert!(!running(pid), "server {pid} on port {p} outlived probe");
+    }
+    let stops = events(&record).iter().filter(|e| e.1 == "stop").count();
+    assert_eq!(stops, 2, "both servers got SIGTERM: {:?}", events(&record));
+    assert!(!d.join("out/report.json").exists());
+}
