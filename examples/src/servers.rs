@@ -13,10 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use probe_core::sweep::{self, PromptSet, SweepObserver, SweepReport, SweepSummary};
-use probe_core::{
-    CacheStore, Capabilities, Error, Generation, GenerationRequest, Generator, ModelId, Result, SamplingParams,
-};
+use probe_core::sweep::{self, PromptSet, SweepConfig, SweepObserver, SweepReport, SweepSummary};
+use probe_core::{CacheStore, Capabilities, Error, Generation, GenerationRequest, Generator, ModelId, Result};
 use tokio::sync::Mutex;
 
 use crate::backends::BackendKind;
@@ -226,15 +224,15 @@ impl Servers {
 pub(crate) async fn generation_first(
     launched: Option<&OnDemand>,
     prompts: &PromptSet,
-    sampling: Option<&SamplingParams>,
+    config: &SweepConfig,
     cache: &dyn CacheStore,
     observer: &dyn SweepObserver,
 ) -> Result<Option<SweepSummary>> {
-    let (Some(g), Some(sampling)) = (launched, sampling) else { return Ok(None) };
-    if g.mode != Mode::TimeShared {
+    let Some(g) = launched else { return Ok(None) };
+    if g.mode != Mode::TimeShared || config.sampling.is_none() {
         return Ok(None);
     }
-    let counts = sweep::generate(g, cache, observer, prompts, sampling).await?;
+    let counts = sweep::generate(g, cache, observer, prompts, config).await?;
     g.stop("before extraction (time-shared devices)").await?;
     Ok(Some(counts))
 }

@@ -40,30 +40,38 @@ async fn generation_first_then_run_reads_the_cached_completions() {
     let cache = MemoryCache::new();
     let generator = MockGenerator::new("mock-model");
     let sampling = SamplingParams::greedy(4);
+    // A batch grid and blocks in flight unlike the defaults: the run below must still find
+    // every completion.
+    let cfg = SweepConfig::new(vec![1, 2]).with_sampling(Some(sampling)).with_batch_size(5);
+    let cfg = cfg.with_generation_in_flight(3);
 
-    let g = sweep::generate(&generator, &cache, &NoProgress, &set, &sampling).await.unwrap();
+    let g = sweep::generate(&generator, &cache, &NoProgress, &set, &cfg).await.unwrap();
     assert_eq!((g.generation, g.generations_generated, g.generations_cached), (true, 12, 0));
-    assert_eq!(generator.calls(), 1);
+    assert!(generator.calls() >= 1);
+    let calls = generator.calls();
 
-    let again = sweep::generate(&generator, &cache, &NoProgress, &set, &sampling).await.unwrap();
+    let again = sweep::generate(&generator, &cache, &NoProgress, &set, &cfg).await.unwrap();
     assert_eq!((again.generations_generated, again.generations_cached), (0, 12));
-    assert_eq!(generator.calls(), 1, "cached: not generated again");
+    assert_eq!(generator.calls(), calls, "cached: not generated again");
 
     let stopped = Stopped(MockGenerator::new("mock-model"));
     let ext = MockExtractor::new("mock-model", 4, 16);
     let parts = SweepParts::new(&ext, &cache).with_generator(&stopped);
-    let cfg = SweepConfig::new(vec![1, 2]).with_sampling(Some(sampling.clone()));
     let report = sweep::run(parts, &set, &cfg).await.unwrap();
     assert_eq!((report.summary.generations_generated, report.summary.generations_cached), (0, 12));
     assert_eq!(report.layers.len(), 2);
 }
 
 #[tokio::test]
-async fn generation_phase_refuses_several_samples_per_prompt() {
+async fn generation_phase_refuses_several_samples_per_prompt_or_no_sampling() {
     let mut sampling = SamplingParams::greedy(4);
     sampling.n = 2;
-    let e = sweep::generate(&MockGenerator::new("m"), &MemoryCache::new(), &NoProgress, &prompts(), &sampling)
-        .await
-        .unwrap_err();
+    let (g, cache) = (MockGenerator::new("m"), MemoryCache::new());
+    let cfg = SweepConfig::new(vec![1]).with_sampling(Some(sampling));
+    let e = sweep::generate(&g, &cache, &NoProgress, &prompts(), &cfg).await.unwrap_err();
     assert!(matches!(e, Error::InvalidInput { .. }) && e.to_string().contains("one completion per prompt"), "{e}");
+    let none = SweepConfig::new(vec![1]).with_sampling(None);
+    let e = sweep::generate(&g, &cache, &NoProgress, &prompts(), &none).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidInput { .. }), "{e}");
+    assert_eq!(g.calls(), 0);
 }

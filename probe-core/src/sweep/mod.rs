@@ -231,24 +231,31 @@ pub fn validate(parts: &SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
 /// extraction one after the other on shared devices (stop the generation servers in between)
 /// without loading the extractor first.
 ///
-/// Returns the generation counts (`generation`, `generations_generated`,
+/// Uses `config`'s sampling, batch grid and generation blocks in flight (the rest of it is
+/// not looked at). Returns the generation counts (`generation`, `generations_generated`,
 /// `generations_cached`; the rest stays 0).
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for bad sampling or `n ≠ 1`; then the generator's or store's errors.
+/// [`Error::InvalidInput`] when `config` has no sampling, for bad sampling, `n ≠ 1` or a batch
+/// size of 0; then the generator's or store's errors.
 pub async fn generate(
     generator: &dyn Generator,
     cache: &dyn CacheStore,
     observer: &dyn SweepObserver,
     prompts: &PromptSet,
-    sampling: &SamplingParams,
+    config: &SweepConfig,
 ) -> Result<SweepSummary> {
+    let Some(sampling) = &config.sampling else {
+        return Err(Error::invalid("generation", "the sweep settings ask for no completions (sampling is None)"));
+    };
+    if config.batch_size == 0 {
+        return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
+    }
     sampling.validate()?;
     if sampling.n != 1 {
         return Err(Error::invalid("n", format!("{} (a sweep probes one completion per prompt)", sampling.n)));
     }
     let mut summary = SweepSummary { generation: true, ..SweepSummary::default() };
-    let config = SweepConfig::default();
     let job = generations::GenJob {
         generator: Some(generator),
         cache,
