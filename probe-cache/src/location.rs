@@ -24,12 +24,19 @@ pub(crate) fn redact(url: &str) -> String {
         return url.to_owned();
     };
     let (head, rest) = url.split_at(scheme_end + 3);
+    // User info ends at the last `@` of the authority; a secret may hold `/`, `?`, `#` or `@`
+    // unencoded, so look from the first `@` anywhere to the next `/`, `?` or `#` after it, and
+    // redact up to the last `@` before that (over-redacting a path with an `@` at worst).
+    let rest = match rest.find('@') {
+        Some(first) => {
+            let end = rest[first..].find(['/', '?', '#']).map_or(rest.len(), |i| first + i);
+            let last = rest[..end].rfind('@').unwrap_or(first);
+            format!("***{}", &rest[last..])
+        }
+        None => rest.to_owned(),
+    };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => format!("***{}", &authority[at..]),
-        None => authority.to_owned(),
-    };
     let tail = match tail.find('?') {
         Some(q) => format!("{}?***", &tail[..q]),
         None => tail.to_owned(),
@@ -133,6 +140,8 @@ mod tests {
         assert_eq!(redact("http://u:p@h:1/a@b"), "http://***@h:1/a@b");
         assert_eq!(redact("/plain/path"), "/plain/path");
         assert_eq!(redact("weird://a:b@"), "weird://***@");
+        assert_eq!(redact("http://ID:se/cr?e#t@host:9/p"), "http://***@host:9/p");
+        assert_eq!(redact("http://u:p@ss@host/x@y"), "http://***@host/x@y");
     }
 
     #[test]

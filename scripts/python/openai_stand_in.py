@@ -7,6 +7,9 @@ deterministic completions (a function of the prompt, the sample index and, when 
 is not 0, the seed), and runs as a real process, so tests can start it from the launcher, kill it
 mid-run, and check what it was given. Standard library only.
 
+With `--api-key KEY` (as vLLM), every `/v1/` request without `Authorization: Bearer KEY` is
+answered 401.
+
 Environment:
   STAND_IN_RECORD     folder: writes <port>.json (argv, selected env, pid, pgid) on start, and
                       appends "<unix time> start|stop <port>" lines to events.log
@@ -65,6 +68,7 @@ def main():
     served = opts.get("--served-model-name", model)
     record = os.environ.get("STAND_IN_RECORD")
     delay = float(os.environ.get("STAND_IN_DELAY_MS", "0")) / 1000.0
+    api_key = opts.get("--api-key")
 
     def event(what):
         if record:
@@ -95,7 +99,15 @@ def main():
             self.end_headers()
             self.wfile.write(data)
 
+        def refused(self):
+            if api_key and self.path.startswith("/v1/") and self.headers.get("Authorization") != f"Bearer {api_key}":
+                self.reply(401, {"error": "Unauthorized"})
+                return True
+            return False
+
         def do_GET(self):
+            if self.refused():
+                return
             if self.path == "/health":
                 self.reply(200, {})
             elif self.path == "/v1/models":
@@ -105,6 +117,8 @@ def main():
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+            if self.refused():
+                return
             if self.path != "/v1/completions":
                 return self.reply(404, {"detail": "Not Found"})
             if body.get("model") != served:

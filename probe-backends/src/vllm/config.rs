@@ -267,9 +267,11 @@ impl VllmGeneratorBuilder {
 
 /// `http(s)://host[:port][/prefix]` without a trailing `/` or `/v1`.
 pub(crate) fn normalize_url(raw: &str) -> Result<String> {
-    let parsed = reqwest::Url::parse(raw.trim()).map_err(|e| Error::invalid("vllm url", format!("{raw:?}: {e}")))?;
+    // A URL that does not parse may still hold user info (`http://user:se/cret@host`): never echo it.
+    let shown = if raw.contains('@') { "(a URL with user info, not shown)".to_owned() } else { format!("{raw:?}") };
+    let parsed = reqwest::Url::parse(raw.trim()).map_err(|e| Error::invalid("vllm url", format!("{shown}: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(Error::invalid("vllm url", format!("{raw:?} (expected http://host:port)")));
+        return Err(Error::invalid("vllm url", format!("{shown} (expected http://host:port)")));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(Error::invalid("vllm url", "credentials in a URL are not accepted; use the API key setting"));
@@ -329,5 +331,15 @@ mod tests {
         let shown = format!("{g:?} {g:#?}");
         assert!(!shown.contains(secret), "the key leaked: {shown}");
         assert!(shown.contains("******"), "{shown}");
+    }
+
+    #[test]
+    fn urls_with_user_info_are_refused_without_being_echoed() {
+        for url in
+            ["http://u:sk-very-secret@127.0.0.1:1", "http://u:sk-very-secret/x@127.0.0.1:1", "ftp://u:sk-very-secret@h"]
+        {
+            let e = normalize_url(url).unwrap_err().to_string();
+            assert!(!e.contains("very-secret"), "{e}");
+        }
     }
 }
