@@ -261,6 +261,8 @@ pub(crate) async fn after_sweep(
 enum State {
     NotStarted(Box<Launcher>),
     Running(Running),
+    /// The launch failed (its error, for the calls still waiting).
+    Failed(String),
     Stopped,
 }
 
@@ -287,7 +289,7 @@ impl OnDemand {
                 tracing::info!("vllm: no server was launched: every completion was cached");
                 Ok(())
             }
-            State::Stopped => Ok(()),
+            State::Failed(_) | State::Stopped => Ok(()),
         }
     }
 }
@@ -301,9 +303,16 @@ impl Generator for OnDemand {
             let mut state = self.state.lock().await;
             match &*state {
                 State::Running(_) => {}
-                State::NotStarted(l) => {
-                    let running = start(l, self.mode).await?;
-                    *state = State::Running(running);
+                State::NotStarted(l) => match start(l, self.mode).await {
+                    Ok(running) => *state = State::Running(running),
+                    Err(e) => {
+                        // Calls waiting on the lock (blocks in flight) fail at once, not launch again.
+                        *state = State::Failed(e.to_string());
+                        return Err(e);
+                    }
+                },
+                State::Failed(e) => {
+                    return Err(Error::backend("vllm", format!("the launched servers did not start: {e}")));
                 }
                 State::Stopped => {
                     return Err(Error::backend(

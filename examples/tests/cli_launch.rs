@@ -366,3 +366,46 @@ fn ctrl_c_during_generation_stops_the_launched_servers() {
     assert_eq!(stops, 2, "both servers got SIGTERM: {:?}", events(&record));
     assert!(!d.join("out/report.json").exists());
 }
+
+#[test]
+fn a_server_that_exits_before_it_is_healthy_fails_the_run_with_its_log() {
+    let (Some(python), Some(fixtures)) = (require_service("PROBE_PYTHON"), require_service("PROBE_FIXTURES")) else {
+        return;
+    };
+    let model = Path::new(&fixtures).join("models/llama").display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    prompts(d);
+    let port = two_free_ports();
+    let crash = "import sys; print('stand-in: no GPU memory left', flush=True); sys.exit(3)";
+    std::fs::write(
+        d.join("probe.toml"),
+        format!("[vllm]\nservers = 1\nbase_port = {port}\ncommand = [{python:?}, \"-c\", {crash:?}]\n"),
+    )
+    .unwrap();
+    let args = [
+        "sweep",
+        "--backend",
+        "vllm",
+        "--model",
+        &model,
+        "--prompts",
+        "p.jsonl",
+        "--layers",
+        "1",
+        "--max-tokens",
+        "2",
+        "--cache",
+        "cache",
+        "--out",
+        "out",
+        "--quiet",
+    ];
+    let out = probe(d, &d.join("record"), &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: ") && last.contains("exited"), "{stderr}");
+    assert!(last.contains("stand-in: no GPU memory left"), "the end of the server's log is shown: {stderr}");
+    assert!(!d.join("out/report.json").exists());
+}
