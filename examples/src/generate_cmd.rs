@@ -71,6 +71,9 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
         .with_top_p(g.top_p.unwrap_or(1.0))
         .with_seed(args.seed.or(g.seed).unwrap_or(0));
     sampling.validate()?;
+    if let Some(url) = &args.cache {
+        probe_cache::check_url(url)?;
+    }
     if !args.url.is_empty() && backend != BackendKind::Vllm {
         return Err(Error::invalid("url", format!("{:?} is only used with --backend vllm", args.url[0])));
     }
@@ -94,14 +97,15 @@ async fn generate(
     launched: Option<Arc<OnDemand>>,
 ) -> Result<()> {
     let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
-    let cache = match &args.cache {
-        Some(url) => Some(probe_cache::from_url(&cache_url(Some(url), file))?),
-        None => None,
-    };
     let gpu = file.devices.generation_gpus.as_ref().and_then(|g| g.first().copied());
     let generator = match &launched {
         Some(g) => g.clone() as Arc<dyn Generator>,
         None => backend.open_generator(&args.model, gpu, &urls)?,
+    };
+    // Opened (and, on disk, created) only once the generator is: bad input writes nothing.
+    let cache = match &args.cache {
+        Some(url) => Some(probe_cache::from_url(&cache_url(Some(url), file))?),
+        None => None,
     };
     let texts = prompts.texts();
     let key = generation_key(&generator.model_id(), &prompts.name, &sampling, &texts);

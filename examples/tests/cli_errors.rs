@@ -66,7 +66,7 @@ fn bad_inputs_get_one_line_naming_the_value_and_exit_2() {
         Case {
             name: "duplicate id",
             args: sweep("m", &dup, "1", &[]),
-            expect: "dup.jsonl:2: duplicate id \"1\"".into(),
+            expect: "dup.jsonl:2: duplicate id \"1\" (first on line 1)".into(),
         },
         Case { name: "invalid UTF-8", args: sweep("m", &utf8, "1", &[]), expect: "utf8.jsonl:1: invalid UTF-8".into() },
         Case { name: "missing prompt file", args: sweep("m", "nope.jsonl", "1", &[]), expect: "nope.jsonl".into() },
