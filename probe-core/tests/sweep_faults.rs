@@ -3,9 +3,13 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use probe_core::sweep::{self, PromptFormat, PromptSet, SweepConfig, SweepParts};
 use probe_core::testing::{MemoryCache, MockExtractor, MockGenerator, OomInjector};
-use probe_core::{ActivationExtractor, CacheStore, CacheStoreExt, EntryKind, ListRequest, SamplingParams, codec};
+use probe_core::{
+    ActivationExtractor, CacheEntry, CacheKey, CacheStore, CacheStoreExt, Capabilities, EntryKind, EntryMeta, Error,
+    GetRequest, ListRequest, PutRequest, Result, SamplingParams, codec,
+};
 
 fn prompts(n: usize) -> PromptSet {
     let a = ["apple", "pear", "plum", "fig"];
@@ -91,4 +95,50 @@ async fn injected_out_of_memory_errors_leave_the_activations_unchanged() {
         assert_eq!(r.layers, clean.layers);
         assert_eq!(activations(&cache).await, activations(&clean_cache).await, "seed {seed}: same activations");
     }
+}
+
+/// A store whose deletes fail: like a run killed after committing whole entries and before
+/// deleting the block and batch entries they were folded from.
+#[derive(Debug)]
+struct NoDeletes<'a>(&'a MemoryCache);
+
+#[async_trait]
+impl CacheStore for NoDeletes<'_> {
+    async fn get(&self, r: GetRequest) -> Result<Option<CacheEntry>> {
+        self.0.get(r).await
+    }
+    async fn put(&self, r: PutRequest) -> Result<EntryMeta> {
+        self.0.put(r).await
+    }
+    async fn contains(&self, r: GetRequest) -> Result<bool> {
+        self.0.contains(r).await
+    }
+    async fn list(&self, r: ListRequest) -> Result<Vec<CacheKey>> {
+        self.0.list(r).await
+    }
+    async fn delete(&self, _r: GetRequest) -> Result<bool> {
+        Err(Error::Temporary { backend: "test".into(), message: "killed before deleting".into() })
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    fn location(&self) -> String {
+        self.0.location()
+    }
+}
+
+#[tokio::test]
+async fn block_and_batch_entries_left_by_an_interrupted_fold_are_deleted_by_the_next_run() {
+    let set = prompts(40);
+    let ext = MockExtractor::new("mock-model", 6, 16);
+    let generator = MockGenerator::new("mock-model");
+    let cache = MemoryCache::new();
+    let cfg = config(vec![1, 4]);
+    let a = sweep::run(SweepParts::new(&ext, &NoDeletes(&cache)).with_generator(&generator), &set, &cfg).await.unwrap();
+    // 1 whole generations entry + 5 blocks, 2 whole layers + 2 × 5 batches.
+    assert_eq!(cache.len(), 1 + 5 + 2 + 10);
+    let b = sweep::run(SweepParts::new(&ext, &cache).with_generator(&generator), &set, &cfg).await.unwrap();
+    assert_eq!((b.summary.generations_generated, b.summary.layers_computed), (0, 0), "{}", b.summary);
+    assert_eq!(cache.len(), 1 + 2, "only the whole entries are left");
+    assert_eq!(a.layers, b.layers);
 }

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use probe_core::{CacheStoreExt, ListRequest};
 
 /// Writes `n` labelled prompts (fruit / metal words) to `path`.
-pub fn write_prompts(path: &Path, n: usize) {
+pub(crate) fn write_prompts(path: &Path, n: usize) {
     let a = ["apple", "pear", "plum", "fig", "kiwi"];
     let b = ["iron", "steel", "tin", "zinc", "lead"];
     let mut s = String::new();
@@ -22,7 +22,7 @@ pub fn write_prompts(path: &Path, n: usize) {
 }
 
 /// `probe` in `dir` with none of the test knobs inherited from the caller's environment.
-pub fn probe_cmd(dir: &Path) -> Command {
+pub(crate) fn probe_cmd(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_probe"));
     c.current_dir(dir)
         .env_remove("RUST_LOG")
@@ -34,14 +34,14 @@ pub fn probe_cmd(dir: &Path) -> Command {
 }
 
 /// stdout of a successful run (panics with stderr otherwise).
-pub fn ok(out: &Output) -> String {
+pub(crate) fn ok(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "probe failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     stdout
 }
 
 /// The summary line of a sweep's stdout.
-pub fn summary_line(stdout: &str) -> String {
+pub(crate) fn summary_line(stdout: &str) -> String {
     stdout
         .lines()
         .find(|l| l.starts_with("generations:"))
@@ -51,21 +51,21 @@ pub fn summary_line(stdout: &str) -> String {
 
 /// The report of `out/report.json` without its run counts (`summary`), which differ between
 /// a fresh run and a resumed one.
-pub fn report_without_counts(path: &Path) -> serde_json::Value {
+pub(crate) fn report_without_counts(path: &Path) -> serde_json::Value {
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     v.as_object_mut().unwrap().remove("summary");
     v
 }
 
 /// The `summary` object of `out/report.json`.
-pub fn report_counts(path: &Path) -> serde_json::Value {
+pub(crate) fn report_counts(path: &Path) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     v["summary"].clone()
 }
 
 /// Every committed entry of the cache at `url`, read back through probe-cache (which checks
 /// each checksum): key path → payload. Panics when a listed entry does not read back.
-pub fn read_all_entries(url: &str) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn read_all_entries(url: &str) -> BTreeMap<String, Vec<u8>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let cache = probe_cache::from_url(url).unwrap();
@@ -81,7 +81,7 @@ pub fn read_all_entries(url: &str) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// The f32 values of the activations tensor of a cached activation payload.
-pub fn activation_values(payload: &[u8]) -> Vec<f32> {
+pub(crate) fn activation_values(payload: &[u8]) -> Vec<f32> {
     let tensors = probe_core::codec::decode_tensors(payload).unwrap();
     let (_, t) = tensors.into_iter().find(|(n, _)| n == probe_core::codec::ACTIVATIONS_TENSOR).unwrap();
     t.data

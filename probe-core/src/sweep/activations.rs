@@ -207,15 +207,37 @@ async fn fold(
         let tensor = concat(layer_parts, job.info.hidden_size);
         cache.put(job.put(layer, None, &tensor)?).await?;
         if can_delete {
-            for &rows in &batches {
-                if let Err(e) = cache.delete_key(&job.key(layer, Some(rows))).await {
-                    tracing::warn!("could not delete batch entry of layer {layer} rows {rows:?}: {e}");
-                }
-            }
+            delete_batch_entries(cache, job, layer, &batches).await;
         }
         done.insert(layer, tensor);
     }
     Ok(done)
+}
+
+/// Deletes the batch entries of `layer` (already folded into its whole-layer entry), the first
+/// batch's last: a run killed while deleting leaves that one, which the next run looks for.
+async fn delete_batch_entries(cache: &dyn CacheStore, job: &Job<'_>, layer: usize, batches: &[(usize, usize)]) {
+    for &rows in batches.iter().rev() {
+        if let Err(e) = cache.delete_key(&job.key(layer, Some(rows))).await {
+            tracing::warn!("could not delete batch entry of layer {layer} rows {rows:?}: {e}");
+        }
+    }
+}
+
+/// Deletes batch entries left behind by a run killed between committing a whole-layer entry
+/// and deleting its batch entries: one `contains` per whole layer (the first batch's entry).
+async fn delete_leftover_batches(cache: &dyn CacheStore, job: &Job<'_>, whole: &BTreeMap<usize, Tensor>) -> Result<()> {
+    let batches = job.batches();
+    if !cache.capabilities().delete || batches.is_empty() {
+        return Ok(());
+    }
+    for &layer in whole.keys() {
+        if cache.contains_key(&job.key(layer, Some(batches[0]))).await? {
+            tracing::info!("layer {layer}: deleting batch entries left by an interrupted run");
+            delete_batch_entries(cache, job, layer, &batches).await;
+        }
+    }
+    Ok(())
 }
 
 /// Every requested layer's `[n, hidden]` tensor, from the cache where possible, computing
@@ -229,6 +251,7 @@ pub(super) async fn cached_extract(
     summary: &mut SweepSummary,
 ) -> Result<BTreeMap<usize, Tensor>> {
     let (mut done, missing) = whole_layers(cache, job).await?;
+    delete_leftover_batches(cache, job, &done).await?;
     summary.layers_cached = done.len();
     summary.layers_computed = missing.len();
     let batches = job.batches();

@@ -158,13 +158,30 @@ impl GenJob<'_> {
         debug_assert!(usable(&all, &self.texts, (0, self.texts.len())));
         self.cache.put(self.put(self.whole_key(), &all, (0, self.texts.len()))).await?;
         if self.cache.capabilities().delete {
-            for &rows in blocks.keys() {
-                if let Err(e) = self.cache.delete_key(&self.block_key(rows)).await {
-                    tracing::warn!("could not delete the generation block entry of prompts {rows:?}: {e}");
-                }
-            }
+            self.delete_blocks(blocks.keys().copied()).await;
         }
         Ok(all)
+    }
+
+    /// Deletes block entries, the last block's first, so the first block's entry goes last: a
+    /// run killed while deleting leaves that one, which [`Self::delete_leftover_blocks`] finds.
+    async fn delete_blocks(&self, blocks: impl DoubleEndedIterator<Item = Rows>) {
+        for rows in blocks.rev() {
+            if let Err(e) = self.cache.delete_key(&self.block_key(rows)).await {
+                tracing::warn!("could not delete the generation block entry of prompts {rows:?}: {e}");
+            }
+        }
+    }
+
+    /// Deletes block entries left by a run killed between committing the whole-set entry and
+    /// deleting its blocks (one `contains`: the first block's entry).
+    async fn delete_leftover_blocks(&self, blocks: &[Rows]) -> Result<()> {
+        let Some(&first) = blocks.first() else { return Ok(()) };
+        if self.cache.capabilities().delete && self.cache.contains_key(&self.block_key(first)).await? {
+            tracing::info!("deleting generation block entries left by an interrupted run");
+            self.delete_blocks(blocks.iter().copied()).await;
+        }
+        Ok(())
     }
 
     fn generator(&self) -> Result<&dyn Generator> {
@@ -187,6 +204,7 @@ pub(super) async fn texts_with_completions(
     let gens = match job.load_whole().await? {
         Some(g) => {
             summary.generations_cached += g.len();
+            job.delete_leftover_blocks(blocks).await?;
             g
         }
         None => {
