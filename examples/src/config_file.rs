@@ -121,6 +121,27 @@ impl ProbeToml {
         if self.extraction.batch_size == Some(0) {
             return Err(Error::invalid("config file", format!("{origin}: [extraction] batch_size = 0 (must be ≥ 1)")));
         }
+        self.generation.validate(origin)
+    }
+}
+
+impl Generation {
+    /// The sampling settings, named with the file (flags are checked by `SamplingParams`).
+    fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |what: String| Err(Error::invalid("config file", format!("{origin}: [generation] {what}")));
+        if let Some(t) = self.temperature
+            && !(t.is_finite() && t >= 0.0)
+        {
+            return bad(format!("temperature = {t} (must be a finite number ≥ 0)"));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return bad(format!("top_p = {p} (must be in (0, 1])"));
+        }
+        if self.max_tokens == Some(0) {
+            return bad("max_tokens = 0 (must be ≥ 1)".into());
+        }
         Ok(())
     }
 }
@@ -143,5 +164,19 @@ mod tests {
         assert!(e.contains("p.toml:3") && e.contains("bacth"), "{e}");
         let e = ProbeToml::parse("[gpus]\n", "p.toml").unwrap_err().to_string();
         assert!(e.contains("gpus"), "{e}");
+    }
+
+    #[test]
+    fn bad_sampling_values_name_the_file_and_key() {
+        for (text, want) in [
+            ("[generation]\ntemperature = nan\n", "p.toml: [generation] temperature = NaN"),
+            ("[generation]\ntemperature = -0.5\n", "p.toml: [generation] temperature = -0.5"),
+            ("[generation]\ntemperature = inf\n", "p.toml: [generation] temperature = inf"),
+            ("[generation]\ntop_p = 0.0\n", "p.toml: [generation] top_p = 0"),
+            ("[generation]\nmax_tokens = 0\n", "p.toml: [generation] max_tokens = 0"),
+        ] {
+            let e = ProbeToml::parse(text, "p.toml").unwrap().validate("p.toml").unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }

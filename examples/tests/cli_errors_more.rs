@@ -124,7 +124,7 @@ fn device_lists_and_probe_toml_values_are_refused_with_one_line_and_nothing_writ
         Case {
             name: "NaN temperature in probe.toml",
             args: sweep(&good, &["--config", &nan]),
-            expect: strings(&["temperature", "NaN"]),
+            expect: strings(&["nan.toml: [generation] temperature = NaN"]),
         },
         Case {
             name: "batch_size 0 in probe.toml",
