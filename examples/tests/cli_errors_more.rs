@@ -296,8 +296,7 @@ fn command_line_values_prompt_files_and_cache_urls_are_refused_with_one_line_and
     for case in &cases {
         check(case, d);
     }
-    let vllm = cases.iter().find(|c| c.name.starts_with("vLLM URL"));
-    for case in vllm {
+    if let Some(case) = cases.iter().find(|c| c.name.starts_with("vLLM URL")) {
         let stderr = String::from_utf8_lossy(&run(&case.args, d, &d.join("c"), &d.join("o")).stderr).to_string();
         assert!(!stderr.contains("wJalrXUtnFEMI"), "a secret in {stderr:?}");
     }
