@@ -6,6 +6,8 @@ use clap::Args;
 use probe_core::sweep::{self, Shard, SweepParts};
 use probe_core::{Error, Result};
 
+use crate::backends::Opened;
+
 use crate::outputs;
 use crate::progress::Bars;
 use crate::servers;
@@ -70,9 +72,7 @@ pub(crate) async fn run_merge(args: MergeArgs, quiet: bool) -> Result<()> {
     let plan = plan(&args.sweep)?;
     let cache = probe_cache::from_url(&plan.cache_url)?;
     let bars = Bars::new(quiet);
-    tracing::info!("loading {} with {:?}", plan.model, plan.backend);
-    // The generator is only asked for its identity (the cache keys): nothing is generated.
-    let model = plan.backend.open(&plan.model, plan.gpu, &plan.servers.urls())?;
+    let model = identities(&plan)?;
     let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&bars);
     if let Some(g) = model.generator.as_deref() {
         parts = parts.with_generator(g);
@@ -82,4 +82,68 @@ pub(crate) async fn run_merge(args: MergeArgs, quiet: bool) -> Result<()> {
     let written = outputs::write_all(&report, &plan.out)?;
     crate::sweep_cmd::print_report(&report, &written, &cache.location());
     Ok(())
+}
+
+/// What a merge needs of the model: the identities in the cache keys. For candle (and the
+/// candle extractor of `vllm`) they are read from config.json, the safetensors headers and
+/// tokenizer.json without loading any weights, so a merge needs no GPU and little memory;
+/// other backends are opened as for a sweep. Nothing is generated or extracted either way.
+fn identities(plan: &Plan) -> Result<Opened> {
+    #[cfg(feature = "candle")]
+    if matches!(plan.backend, crate::backends::BackendKind::Candle | crate::backends::BackendKind::Vllm) {
+        use std::sync::Arc;
+
+        use identity::Identity;
+        use probe_backends::candle::{CandleBackend, CandleOptions};
+        use probe_core::Generator;
+        let info = CandleBackend::model_info_of(std::path::Path::new(&plan.model), &CandleOptions::default())?;
+        let generator: Arc<dyn Generator> = if plan.backend == crate::backends::BackendKind::Vllm {
+            // Builds the client only: no server is contacted.
+            plan.backend.open_generator(&plan.model, None, &plan.servers.urls())?
+        } else {
+            Arc::new(Identity(info.clone()))
+        };
+        return Ok(Opened { extractor: Arc::new(Identity(info)), generator: Some(generator) });
+    }
+    tracing::info!("loading {} with {:?}", plan.model, plan.backend);
+    plan.backend.open(&plan.model, plan.gpu, &plan.servers.urls())
+}
+
+#[cfg(feature = "candle")]
+mod identity {
+    use async_trait::async_trait;
+    use probe_core::{
+        ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Generation, GenerationRequest,
+        Generator, ModelId, ModelInfo, Result,
+    };
+
+    /// A model's identity and nothing else: computing anything is refused.
+    #[derive(Debug)]
+    pub(super) struct Identity(pub(super) ModelInfo);
+
+    #[async_trait]
+    impl ActivationExtractor for Identity {
+        async fn extract(&self, _request: ActivationRequest) -> Result<Activations> {
+            Err(Error::not_supported("extraction during a merge", "identity-only"))
+        }
+        fn model_info(&self) -> ModelInfo {
+            self.0.clone()
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::none()
+        }
+    }
+
+    #[async_trait]
+    impl Generator for Identity {
+        async fn generate(&self, _request: GenerationRequest) -> Result<Vec<Generation>> {
+            Err(Error::not_supported("generation during a merge", "identity-only"))
+        }
+        fn model_id(&self) -> ModelId {
+            self.0.id.clone()
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::none()
+        }
+    }
 }

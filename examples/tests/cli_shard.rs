@@ -275,3 +275,43 @@ fn s3_entries(url: &str, endpoint: &str) -> std::collections::BTreeMap<String, V
         out
     })
 }
+
+/// Two candle shards on a fixture model, then a merge that reads only the model's identity
+/// (config.json, safetensors headers, tokenizer.json): the single worker's report.
+#[cfg(feature = "candle")]
+#[test]
+fn candle_shards_merge_without_loading_weights_to_the_single_worker_report() {
+    let Some(fixtures) = probe_core::testing::require_service("PROBE_FIXTURES") else { return };
+    let model = format!("{fixtures}/models/llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_prompts(&d.join("p.jsonl"), 12);
+    let args = |cache: &str, out: &str| {
+        strings(&[
+            "--model",
+            &model,
+            "--prompts",
+            "p.jsonl",
+            "--layers",
+            "2",
+            "--batch-size",
+            "4",
+            "--max-tokens",
+            "3",
+            "--quiet",
+            "--cache",
+            cache,
+            "--out",
+            out,
+        ])
+    };
+    let outs = shards_concurrently(d, &with("sweep", args("shared", "unused")), 2, &[]);
+    assert_eq!(outs.iter().map(|o| shard_counts(o).1).sum::<usize>(), 3);
+    let merge = with("merge", args("shared", "merged"));
+    let out = command(d, &merge, &[]).output().unwrap();
+    ok(&merge, &out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("loading"), "the merge loads no model");
+    let single = with("sweep", args("alone", "single"));
+    ok(&single, &command(d, &single, &[]).output().unwrap());
+    assert_eq!(read(d, "merged/report.json"), read(d, "single/report.json"));
+}

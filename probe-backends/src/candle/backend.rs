@@ -168,25 +168,7 @@ impl CandleBackend {
     /// tokenizer or missing tensor (named), [`Error::NotSupported`] for an architecture
     /// without a spec, [`Error::DeviceUnavailable`] for a device that cannot be opened.
     pub fn load(dir: &Path, options: CandleOptions) -> Result<CandleBackend> {
-        let config_path = dir.join("config.json");
-        let config_bytes = read(&config_path)?;
-        let config_text = String::from_utf8_lossy(&config_bytes);
-        let cfg = ModelConfig::parse(&config_text, &config_path)?;
-        let files = weight_files(dir)?;
-
-        let mut rev = Sha256::new();
-        rev.update(&config_bytes);
-        for f in &files {
-            rev.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
-            rev.update(safetensors_header(f)?);
-        }
-        let revision = hex(&rev.finalize());
-
-        let tok_path = dir.join("tokenizer.json");
-        let tok_bytes = read(&tok_path)?;
-        let tokenizer = Tokenizer::from_bytes(&tok_bytes)
-            .map_err(|e| Error::invalid(format!("tokenizer {}", tok_path.display()), e))?;
-        let tokenizer_desc = format!("add_special_tokens=true;sha256={}", hex(&Sha256::digest(&tok_bytes)));
+        let Identity { cfg, files, revision, tokenizer, tokenizer_desc } = Identity::read(dir)?;
 
         let mut eos = cfg.eos_token_ids.clone();
         if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
@@ -216,6 +198,25 @@ impl CandleBackend {
             Decoder::load(&vb, cfg).map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?;
         let id = ModelId::new(dir.to_string_lossy(), revision);
         Ok(CandleBackend { inner: Arc::new(Inner { id, info, decoder, tokenizer, eos, options }) })
+    }
+
+    /// The [`ModelInfo`] that [`CandleBackend::load`] with `options` reports, reading only
+    /// `config.json`, the safetensors headers and `tokenizer.json` (no weights, no device):
+    /// the cache keys of a model without loading it (`probe merge`).
+    ///
+    /// # Errors
+    /// As [`CandleBackend::load`] for the files it reads.
+    pub fn model_info_of(dir: &Path, options: &CandleOptions) -> Result<ModelInfo> {
+        let id = Identity::read(dir)?;
+        Ok(ModelInfo::new(
+            ModelId::new(dir.to_string_lossy(), id.revision),
+            id.cfg.spec.name,
+            id.cfg.num_layers,
+            id.cfg.hidden_size,
+            id.cfg.vocab_size,
+        )
+        .with_dtype(options.dtype.as_str())
+        .with_tokenizer(id.tokenizer_desc))
     }
 
     /// Checks the model folder `dir` as [`CandleBackend::load`] would, reading only
@@ -329,5 +330,41 @@ impl Generator for CandleBackend {
         c.token_ids = true;
         c.multiple_samples = true;
         c
+    }
+}
+
+/// What identifies a model folder: its parsed config, weight files, revision and tokenizer.
+struct Identity {
+    cfg: ModelConfig,
+    files: Vec<std::path::PathBuf>,
+    revision: String,
+    tokenizer: Tokenizer,
+    tokenizer_desc: String,
+}
+
+impl Identity {
+    /// Reads `config.json`, the safetensors headers and `tokenizer.json` of `dir`.
+    fn read(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let config_bytes = read(&config_path)?;
+        let config_text = String::from_utf8_lossy(&config_bytes);
+        let cfg = ModelConfig::parse(&config_text, &config_path)?;
+        let files = weight_files(dir)?;
+
+        let mut rev = Sha256::new();
+        rev.update(&config_bytes);
+        for f in &files {
+            rev.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+            rev.update(safetensors_header(f)?);
+        }
+        let revision = hex(&rev.finalize());
+
+        let tok_path = dir.join("tokenizer.json");
+        let tok_bytes = read(&tok_path)?;
+        let tokenizer = Tokenizer::from_bytes(&tok_bytes)
+            .map_err(|e| Error::invalid(format!("tokenizer {}", tok_path.display()), e))?;
+        let tokenizer_desc = format!("add_special_tokens=true;sha256={}", hex(&Sha256::digest(&tok_bytes)));
+
+        Ok(Self { cfg, files, revision, tokenizer, tokenizer_desc })
     }
 }
