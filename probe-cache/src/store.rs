@@ -168,7 +168,7 @@ impl ObjectCache {
         match got {
             Ok(b) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(convert(e)),
+            Err(e) => Err(self.convert(e)),
         }
     }
 
@@ -212,6 +212,20 @@ impl ObjectCache {
         })
     }
 
+    /// Converts a store error, naming this cache's location (no secrets) in temporary and
+    /// backend errors, so a failure after the retries says which cache it was.
+    fn convert(&self, e: object_store::Error) -> Error {
+        match convert(e) {
+            Error::Temporary { backend, message } => {
+                Error::Temporary { backend: format!("{backend} (cache {})", self.location), message }
+            }
+            Error::Backend { backend, source } => {
+                Error::Backend { backend: format!("{backend} (cache {})", self.location), source }
+            }
+            other => other,
+        }
+    }
+
     fn count_corrupt(&self, key: &CacheKey, why: &str) {
         self.corrupt.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(location = %self.location, key = %key, "corrupt cache entry ({why}); treating it as a miss");
@@ -220,23 +234,23 @@ impl ObjectCache {
     async fn write_payload(&self, path: &Path, payload: Bytes) -> Result<()> {
         let o = &self.options;
         if payload.len() < o.multipart_threshold {
-            self.store.put(path, PutPayload::from_bytes(payload)).await.map_err(convert)?;
+            self.store.put(path, PutPayload::from_bytes(payload)).await.map_err(|e| self.convert(e))?;
             return Ok(());
         }
-        let upload = self.store.put_multipart(path).await.map_err(convert)?;
+        let upload = self.store.put_multipart(path).await.map_err(|e| self.convert(e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, o.part_size);
         let mut offset = 0;
         while offset < payload.len() {
             if let Err(e) = writer.wait_for_capacity(o.upload_concurrency).await {
                 // Best effort: the upload failed anyway, and nothing was committed.
                 let _ = writer.abort().await;
-                return Err(convert(e));
+                return Err(self.convert(e));
             }
             let end = (offset + o.part_size).min(payload.len());
             writer.put(payload.slice(offset..end));
             offset = end;
         }
-        writer.finish().await.map_err(convert)?;
+        writer.finish().await.map_err(|e| self.convert(e))?;
         Ok(())
     }
 
@@ -336,7 +350,7 @@ impl CacheStore for ObjectCache {
         self.write_payload(&dir.clone().join(name.as_str()), payload).await?;
         let mut json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::backend("probe-cache", e))?;
         json.push(b'\n');
-        self.store.put(&dir.clone().join(META_FILE), PutPayload::from(json)).await.map_err(convert)?;
+        self.store.put(&dir.clone().join(META_FILE), PutPayload::from(json)).await.map_err(|e| self.convert(e))?;
         self.collect_garbage(&dir, &name).await;
         Ok(meta)
     }
@@ -350,7 +364,7 @@ impl CacheStore for ObjectCache {
         match self.store.head(&dir.clone().join(name.as_str())).await {
             Ok(obj) => Ok(obj.size == meta.size),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(convert(e)),
+            Err(e) => Err(self.convert(e)),
         }
     }
 
@@ -368,7 +382,7 @@ impl CacheStore for ObjectCache {
         let objects: Vec<_> = match self.store.list(Some(&prefix)).try_collect().await {
             Ok(v) => v,
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
-            Err(e) => return Err(convert(e)),
+            Err(e) => return Err(self.convert(e)),
         };
         let mut keys: Vec<CacheKey> = objects
             .iter()
@@ -392,22 +406,22 @@ impl CacheStore for ObjectCache {
         let existed = match self.store.head(&meta_path).await {
             Ok(_) => true,
             Err(object_store::Error::NotFound { .. }) => false,
-            Err(e) => return Err(convert(e)),
+            Err(e) => return Err(self.convert(e)),
         };
         // Uncommit first, so no reader finds a meta.json whose payload is being deleted.
         match self.store.delete(&meta_path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(convert(e)),
+            Err(e) => return Err(self.convert(e)),
         }
         let objects: Vec<_> = match self.store.list(Some(&dir)).try_collect().await {
             Ok(v) => v,
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
-            Err(e) => return Err(convert(e)),
+            Err(e) => return Err(self.convert(e)),
         };
         for obj in objects {
             match self.store.delete(&obj.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(convert(e)),
+                Err(e) => return Err(self.convert(e)),
             }
         }
         if let Some(folder) = self.local_dir(&dir) {
