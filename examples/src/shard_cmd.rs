@@ -69,7 +69,9 @@ pub(crate) async fn run_merge(args: MergeArgs, quiet: bool) -> Result<()> {
     if args.shards == Some(0) {
         return Err(Error::invalid("shards", "0 (must be ≥ 1)"));
     }
-    let plan = plan(&args.sweep)?;
+    // The merge runs nothing on a device: plan as for a dry run, so that the GPUs of
+    // `[devices]` need not exist on the (often CPU-only) node it runs on.
+    let plan = plan(&SweepArgs { dry_run: true, ..args.sweep.clone() })?;
     let cache = probe_cache::from_url(&plan.cache_url)?;
     let bars = Bars::new(quiet);
     let model = identities(&plan)?;
