@@ -174,6 +174,22 @@ fn a_sweep_killed_at_random_points_ends_with_the_same_report_and_redoes_no_commi
     }
     let entries = read_all_entries(&d.join("cache-baseline").display().to_string());
     assert_eq!(entries.len(), 1 + LAYERS);
+    // The same caches through the stock-Python reader (checksums, safetensors, JSON lines).
+    match std::env::var("PROBE_PYTHON") {
+        Ok(python) if !python.is_empty() => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python/read_cache.py");
+            let check = "import sys, runpy\nm = runpy.run_path(sys.argv[1])\n\
+                         sys.exit(max(m['main']([sys.argv[1], root]) for root in sys.argv[2:]))";
+            let mut c = std::process::Command::new(python);
+            c.args(["-c", check]).arg(&script).arg(d.join("cache-baseline"));
+            for r in 1..=round {
+                c.arg(d.join(format!("cache-{r}")));
+            }
+            let out = c.output().unwrap();
+            assert!(out.status.success(), "read_cache.py: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        _ => eprintln!("read_cache.py not run: PROBE_PYTHON is not set (scripts/test sets it)"),
+    }
 
     let mut by_phase = std::collections::BTreeMap::<&str, usize>::new();
     for (round, ms, phase) in &kills {
