@@ -62,9 +62,11 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
     if args.out.extension().is_none_or(|e| e != "safetensors") {
         return Err(Error::invalid("out", format!("{} (expected a .safetensors file)", args.out.display())));
     }
-    let model = crate::faults::inject(
-        backend.open(&args.model, file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()), &[])?,
-    )?;
+    let model = crate::faults::inject(backend.open(
+        &args.model,
+        file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()),
+        &[],
+    )?)?;
     let bars = Bars::new(quiet);
     let texts = inputs.texts();
     let tensors =

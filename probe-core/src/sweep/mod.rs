@@ -38,8 +38,6 @@
 mod activations;
 #[cfg(test)]
 mod block_tests;
-#[cfg(test)]
-mod shard_tests;
 mod generations;
 pub mod layers;
 pub mod linear;
@@ -47,6 +45,8 @@ mod observer;
 pub mod prompts;
 mod report;
 mod shard;
+#[cfg(test)]
+mod shard_tests;
 
 use std::collections::BTreeMap;
 
@@ -326,8 +326,7 @@ pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
         batch_size: config.batch_size,
     };
     let features: BTreeMap<usize, Tensor> =
-        activations::cached_extract(parts.extractor, parts.cache, parts.observer, &job, &texts, &mut summary)
-            .await?;
+        activations::cached_extract(parts.extractor, parts.cache, parts.observer, &job, &texts, &mut summary).await?;
 
     summary.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
     report(&parts, prompts, config, &info, &features, summary)
