@@ -237,6 +237,28 @@ pub(crate) async fn generation_first(
     Ok(Some(counts))
 }
 
+/// [`generation_first`] for one shard: its blocks' completions through the launched servers,
+/// then the servers stop, before the shard's extraction model loads.
+///
+/// # Errors
+/// The launcher's and the generation phase's errors.
+pub(crate) async fn shard_generation_first(
+    launched: Option<&OnDemand>,
+    prompts: &PromptSet,
+    config: &SweepConfig,
+    cache: &dyn CacheStore,
+    observer: &dyn SweepObserver,
+    shard: sweep::Shard,
+) -> Result<Option<SweepSummary>> {
+    let Some(g) = launched else { return Ok(None) };
+    if g.mode != Mode::TimeShared || config.sampling.is_none() {
+        return Ok(None);
+    }
+    let counts = sweep::generate_shard(g, cache, observer, prompts, config, shard).await?;
+    g.stop("before extraction (time-shared devices)").await?;
+    Ok(Some(counts))
+}
+
 /// After a sweep: stops the launched servers still running and puts the generation phase's
 /// counts into the report (the sweep itself found those completions cached).
 ///

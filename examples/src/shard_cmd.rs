@@ -35,10 +35,12 @@ async fn execute_shard(plan: Plan, shard: Shard, quiet: bool) -> Result<()> {
     let cache = probe_cache::from_url(&plan.cache_url)?;
     let bars = Bars::new(quiet);
     let launched = plan.servers.on_demand(&plan.model)?;
+    let ld = launched.as_deref();
+    let generated =
+        servers::shard_generation_first(ld, &plan.prompts, &plan.config, cache.as_ref(), &bars, shard).await?;
     tracing::info!("loading {} with {:?}", plan.model, plan.backend);
     let model = crate::faults::inject(plan.backend.open(&plan.model, plan.gpu, &plan.servers.urls())?)?;
     let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&bars);
-    let ld = launched.as_deref();
     if let Some(g) = ld.map(|g| g as &dyn probe_core::Generator).or(model.generator.as_deref()) {
         parts = parts.with_generator(g);
     }
@@ -46,7 +48,12 @@ async fn execute_shard(plan: Plan, shard: Shard, quiet: bool) -> Result<()> {
     if let Some(g) = ld {
         g.stop("after the shard").await?;
     }
-    let summary = result?;
+    let mut summary = result?;
+    if let Some(g) = generated {
+        // The shard found the completions of its time-shared generation phase cached.
+        summary.work.generations_generated = g.generations_generated;
+        summary.work.generations_cached = g.generations_cached;
+    }
     drop(bars);
     println!("{summary}");
     println!("cache: {}", cache.location());

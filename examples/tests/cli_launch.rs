@@ -409,3 +409,61 @@ fn a_server_that_exits_before_it_is_healthy_fails_the_run_with_its_log() {
     assert!(last.contains("stand-in: no GPU memory left"), "the end of the server's log is shown: {stderr}");
     assert!(!d.join("out/report.json").exists());
 }
+
+#[test]
+fn a_shard_on_time_shared_devices_stops_its_servers_before_extraction() {
+    let (Some(python), Some(fixtures)) = (require_service("PROBE_PYTHON"), require_service("PROBE_FIXTURES")) else {
+        return;
+    };
+    let model = Path::new(&fixtures).join("models/llama").display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, record) = (tmp.path(), tmp.path().join("record"));
+    prompts(d);
+    let port = two_free_ports();
+    config(d, &python, 2, port);
+    let common = [
+        "--backend",
+        "vllm",
+        "--model",
+        &model,
+        "--prompts",
+        "p.jsonl",
+        "--layers",
+        "1",
+        "--max-tokens",
+        "3",
+        "--batch-size",
+        "4",
+        "--cache",
+        "cache",
+        "--out",
+        "out",
+        "--quiet",
+    ];
+    let shard = |k: &str| -> (String, String) {
+        let args: Vec<&str> = ["sweep", "--shard", k].into_iter().chain(common).collect();
+        ok(&probe(d, &record, &args), k)
+    };
+    let (stdout, stderr) = shard("1/2");
+    // 12 prompts in blocks of 4: shard 1/2 owns blocks 0 and 2 (8 prompts).
+    assert!(
+        stdout.contains("shard 1/2: 2 of 3 blocks (blocks 0,2; 8 prompts) · generations: 8 generated, 0 cached"),
+        "{stdout}"
+    );
+    let healthy = line_of(&stderr, "servers healthy");
+    let stopped = line_of(&stderr, "vllm: stopped 2 servers before extraction (time-shared devices)");
+    let loading = line_of(&stderr, &format!("loading {model} with Vllm"));
+    assert!(healthy < stopped && stopped < loading, "order of the log lines:\n{stderr}");
+    let ev = events(&record);
+    assert_eq!(ev.iter().filter(|e| e.1 == "stop").count(), 2, "both servers stopped: {ev:?}");
+
+    let (stdout, _) = shard("2/2");
+    assert!(
+        stdout.contains("shard 2/2: 1 of 3 blocks (blocks 1; 4 prompts) · generations: 4 generated, 0 cached"),
+        "{stdout}"
+    );
+    let merge: Vec<&str> = ["merge", "--shards", "2"].into_iter().chain(common).collect();
+    let (stdout, _) = ok(&probe(d, &record, &merge), "merge");
+    assert!(stdout.contains("generations: 12 generated, 0 cached"), "{stdout}");
+    assert_eq!(events(&record).iter().filter(|e| e.1 == "start").count(), 4, "the merge launches no server");
+}

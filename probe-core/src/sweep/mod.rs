@@ -56,7 +56,7 @@ pub use linear::{LogisticProbe, ProbeConfig, ProbeScore, Split, roc_auc, stratif
 pub use observer::{NoProgress, Phase, SweepEvent, SweepObserver};
 pub use prompts::{Prompt, PromptFormat, PromptSet};
 pub use report::{LayerScore, SweepReport, SweepSummary};
-pub use shard::{Shard, ShardSummary, merge, run_shard};
+pub use shard::{Shard, ShardSummary, generate_shard, merge, run_shard};
 
 use crate::key::ActivationSource;
 use crate::{ActivationExtractor, CacheStore, Error, Generator, Positions, Result, SamplingParams, Tensor};
@@ -245,16 +245,7 @@ pub async fn generate(
     prompts: &PromptSet,
     config: &SweepConfig,
 ) -> Result<SweepSummary> {
-    let Some(sampling) = &config.sampling else {
-        return Err(Error::invalid("generation", "the sweep settings ask for no completions (sampling is None)"));
-    };
-    if config.batch_size == 0 {
-        return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
-    }
-    sampling.validate()?;
-    if sampling.n != 1 {
-        return Err(Error::invalid("n", format!("{} (a sweep probes one completion per prompt)", sampling.n)));
-    }
+    let sampling = generation_sampling(config)?;
     let mut summary = SweepSummary { generation: true, ..SweepSummary::default() };
     let job = generations::GenJob {
         generator: Some(generator),
@@ -268,6 +259,22 @@ pub async fn generate(
     };
     generations::texts_with_completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary).await?;
     Ok(summary)
+}
+
+/// The sampling of a generation-only phase, checked: set, valid, one completion per prompt,
+/// and a batch grid (batch size ≥ 1).
+fn generation_sampling(config: &SweepConfig) -> Result<&SamplingParams> {
+    let Some(sampling) = &config.sampling else {
+        return Err(Error::invalid("generation", "the sweep settings ask for no completions (sampling is None)"));
+    };
+    if config.batch_size == 0 {
+        return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
+    }
+    sampling.validate()?;
+    if sampling.n != 1 {
+        return Err(Error::invalid("n", format!("{} (a sweep probes one completion per prompt)", sampling.n)));
+    }
+    Ok(sampling)
 }
 
 /// The block grid of `n` rows for batch size `b`: `[0, b)`, `[b, 2b)`, …, the last one shorter.

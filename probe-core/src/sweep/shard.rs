@@ -197,6 +197,41 @@ pub async fn run_shard(
     Ok(summary)
 }
 
+/// The generation phase of one shard alone: generates (or finds cached) the completions of
+/// this shard's blocks and commits them as block entries, so that a later [`run_shard`] of the
+/// same shard finds them cached. For time-shared devices: generation servers stop between the
+/// two calls, before the extraction model loads.
+///
+/// # Errors
+/// A shard out of range, bad sampling (`n ≠ 1`, or no sampling at all) or a batch size of 0,
+/// before any work; then the generator's or store's errors. Committed blocks are kept.
+pub async fn generate_shard(
+    generator: &dyn crate::Generator,
+    cache: &dyn crate::CacheStore,
+    observer: &dyn super::SweepObserver,
+    prompts: &PromptSet,
+    config: &SweepConfig,
+    shard: Shard,
+) -> Result<SweepSummary> {
+    shard.check()?;
+    let sampling = super::generation_sampling(config)?;
+    let own_rows: Vec<(usize, usize)> =
+        shard.blocks(prompts.len(), config.batch_size).into_iter().map(|(_, r)| r).collect();
+    let mut work = SweepSummary { generation: true, ..SweepSummary::default() };
+    let job = GenJob {
+        generator: Some(generator),
+        cache,
+        observer,
+        prompts,
+        sampling,
+        model: generator.model_id(),
+        texts: prompts.texts(),
+        in_flight: config.generation_in_flight,
+    };
+    generations::shard_texts(&job, &own_rows, &mut work).await?;
+    Ok(work)
+}
+
 /// Finishes a sharded sweep: checks that every block the report needs is in the cache
 /// (whole entries or block entries), then folds the block entries into whole entries,
 /// trains the probes and reports — the same report as [`super::run`] over one worker.
