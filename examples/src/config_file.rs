@@ -49,6 +49,9 @@ pub(crate) struct Vllm {
     pub(crate) health_timeout_s: Option<u64>,
     /// More arguments for every launched server.
     pub(crate) args: Option<Vec<String>>,
+    /// GPUs per launched server (vLLM `--tensor-parallel-size`; default 1): the generation
+    /// GPUs are taken in consecutive groups of this many, one server per group.
+    pub(crate) tensor_parallel_size: Option<usize>,
 }
 
 /// `[extraction]`.

