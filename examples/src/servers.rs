@@ -395,7 +395,7 @@ fn launcher(file: &ProbeToml, model: &str, roles: &Roles, default_log_dir: PathB
         specs
     } else {
         let tp = v.tensor_parallel_size.unwrap_or(1);
-        if tp == 0 || roles.generation.len() % tp != 0 {
+        if tp == 0 || !roles.generation.len().is_multiple_of(tp) {
             return Err(Error::invalid(
                 "vllm",
                 format!(
