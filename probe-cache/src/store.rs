@@ -226,6 +226,18 @@ impl ObjectCache {
         }
     }
 
+    /// [`Self::convert`] for a write: a 404 on a put means the place to write to does not
+    /// exist (on S3: the bucket), which a user fixes; it is not an entry that is missing.
+    fn convert_write(&self, e: object_store::Error) -> Error {
+        match e {
+            object_store::Error::NotFound { path, .. } => Error::invalid(
+                "cache",
+                format!("{}: writing {path} answered \"not found\" (does the bucket exist?)", self.location),
+            ),
+            other => self.convert(other),
+        }
+    }
+
     fn count_corrupt(&self, key: &CacheKey, why: &str) {
         self.corrupt.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(location = %self.location, key = %key, "corrupt cache entry ({why}); treating it as a miss");
@@ -234,23 +246,23 @@ impl ObjectCache {
     async fn write_payload(&self, path: &Path, payload: Bytes) -> Result<()> {
         let o = &self.options;
         if payload.len() < o.multipart_threshold {
-            self.store.put(path, PutPayload::from_bytes(payload)).await.map_err(|e| self.convert(e))?;
+            self.store.put(path, PutPayload::from_bytes(payload)).await.map_err(|e| self.convert_write(e))?;
             return Ok(());
         }
-        let upload = self.store.put_multipart(path).await.map_err(|e| self.convert(e))?;
+        let upload = self.store.put_multipart(path).await.map_err(|e| self.convert_write(e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, o.part_size);
         let mut offset = 0;
         while offset < payload.len() {
             if let Err(e) = writer.wait_for_capacity(o.upload_concurrency).await {
                 // Best effort: the upload failed anyway, and nothing was committed.
                 let _ = writer.abort().await;
-                return Err(self.convert(e));
+                return Err(self.convert_write(e));
             }
             let end = (offset + o.part_size).min(payload.len());
             writer.put(payload.slice(offset..end));
             offset = end;
         }
-        writer.finish().await.map_err(|e| self.convert(e))?;
+        writer.finish().await.map_err(|e| self.convert_write(e))?;
         Ok(())
     }
 
@@ -350,7 +362,10 @@ impl CacheStore for ObjectCache {
         self.write_payload(&dir.clone().join(name.as_str()), payload).await?;
         let mut json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::backend("probe-cache", e))?;
         json.push(b'\n');
-        self.store.put(&dir.clone().join(META_FILE), PutPayload::from(json)).await.map_err(|e| self.convert(e))?;
+        self.store
+            .put(&dir.clone().join(META_FILE), PutPayload::from(json))
+            .await
+            .map_err(|e| self.convert_write(e))?;
         self.collect_garbage(&dir, &name).await;
         Ok(meta)
     }

@@ -157,3 +157,22 @@ fn settings_are_checked() {
     let err = ObjectCacheBuilder::new("memory://").with_upload_concurrency(0).build().unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn writing_to_a_bucket_that_does_not_exist_names_the_bucket() {
+    let Some(endpoint) = probe_core::testing::require_service("PROBE_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let url = format!("s3://{}/prefix", common::unique("no-such-bucket"));
+    let cache = ObjectCacheBuilder::new(url.clone())
+        .with_endpoint(endpoint)
+        .with_retry(1, std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let key = CacheKey::new(EntryKind::Generations, "m", "s", None, "k");
+    assert!(cache.get_key(&key).await.unwrap().is_none(), "reading from a missing bucket is a miss");
+    let err = cache.put_bytes(&key, Bytes::from_static(b"x")).await.expect_err("the bucket does not exist");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{msg}");
+    assert!(msg.contains(&url) && msg.contains("does the bucket exist?"), "{msg}");
+}
