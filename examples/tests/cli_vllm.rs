@@ -1,5 +1,5 @@
-//! `probe generate` and `probe sweep` with `--backend vllm` against the real vLLM CPU server
-//! that scripts/test starts (PROBE_TEST_VLLM_URL serving PROBE_TEST_VLLM_MODEL); extraction
+//! `probe generate` and `probe sweep` with `--backend vllm` against the two real vLLM CPU servers
+//! that scripts/test starts (PROBE_TEST_VLLM_URL and _URL2 serving PROBE_TEST_VLLM_MODEL); extraction
 //! for the sweep runs on candle from the same folder.
 
 #![cfg(all(feature = "vllm", feature = "candle"))]
@@ -26,8 +26,11 @@ fn run(dir: &std::path::Path, args: &[&str]) -> String {
 
 #[test]
 fn generate_and_sweep_with_vllm_servers() {
-    let (Some(url), Some(model)) = (require_service("PROBE_TEST_VLLM_URL"), require_service("PROBE_TEST_VLLM_MODEL"))
-    else {
+    let (Some(url), Some(url2), Some(model)) = (
+        require_service("PROBE_TEST_VLLM_URL"),
+        require_service("PROBE_TEST_VLLM_URL2"),
+        require_service("PROBE_TEST_VLLM_MODEL"),
+    ) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -39,6 +42,8 @@ fn generate_and_sweep_with_vllm_servers() {
         "vllm",
         "--url",
         &url,
+        "--url",
+        &url2,
         "--model",
         &model,
         "--prompts",
@@ -61,6 +66,8 @@ fn generate_and_sweep_with_vllm_servers() {
         "vllm",
         "--url",
         &url,
+        "--url",
+        &url2,
         "--model",
         &model,
         "--prompts",
