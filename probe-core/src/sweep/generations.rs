@@ -38,6 +38,30 @@ pub(super) struct GenJob<'a> {
     pub(super) in_flight: usize,
 }
 
+impl<'a> GenJob<'a> {
+    /// The job of generating (or finding) the completions of `prompts` with `generator`,
+    /// `config.generation_in_flight` blocks at a time.
+    pub(super) fn new(
+        generator: &'a dyn Generator,
+        cache: &'a dyn CacheStore,
+        observer: &'a dyn SweepObserver,
+        prompts: &'a PromptSet,
+        sampling: &'a SamplingParams,
+        config: &super::SweepConfig,
+    ) -> Self {
+        Self {
+            generator: Some(generator),
+            cache,
+            observer,
+            prompts,
+            sampling,
+            model: generator.model_id(),
+            texts: prompts.texts(),
+            in_flight: config.generation_in_flight,
+        }
+    }
+}
+
 impl GenJob<'_> {
     /// The whole-set key.
     pub(super) fn whole_key(&self) -> CacheKey {

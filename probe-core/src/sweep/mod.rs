@@ -247,16 +247,7 @@ pub async fn generate(
 ) -> Result<SweepSummary> {
     let sampling = generation_sampling(config)?;
     let mut summary = SweepSummary { generation: true, ..SweepSummary::default() };
-    let job = generations::GenJob {
-        generator: Some(generator),
-        cache,
-        observer,
-        prompts,
-        sampling,
-        model: generator.model_id(),
-        texts: prompts.texts(),
-        in_flight: config.generation_in_flight,
-    };
+    let job = generations::GenJob::new(generator, cache, observer, prompts, sampling, config);
     generations::texts_with_completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary).await?;
     Ok(summary)
 }
@@ -301,16 +292,7 @@ pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
 
     let (texts, source) = match (&config.sampling, parts.generator) {
         (Some(sampling), Some(generator)) => {
-            let job = generations::GenJob {
-                generator: Some(generator),
-                cache: parts.cache,
-                observer: parts.observer,
-                prompts,
-                sampling,
-                model: generator.model_id(),
-                texts: prompts.texts(),
-                in_flight: config.generation_in_flight,
-            };
+            let job = generations::GenJob::new(generator, parts.cache, parts.observer, prompts, sampling, config);
             let (texts, digest) =
                 generations::texts_with_completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary)
                     .await?;

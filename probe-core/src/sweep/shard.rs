@@ -156,16 +156,7 @@ pub async fn run_shard(
 
     let (own, source) = match (&config.sampling, parts.generator) {
         (Some(sampling), Some(generator)) => {
-            let job = GenJob {
-                generator: Some(generator),
-                cache: parts.cache,
-                observer: parts.observer,
-                prompts,
-                sampling,
-                model: generator.model_id(),
-                texts: prompts.texts(),
-                in_flight: config.generation_in_flight,
-            };
+            let job = GenJob::new(generator, parts.cache, parts.observer, prompts, sampling, config);
             let own = generations::shard_texts(&job, &own_rows, &mut work).await?;
             (own, ActivationSource::Generations(job.whole_key().digest))
         }
@@ -218,16 +209,7 @@ pub async fn generate_shard(
     let own_rows: Vec<(usize, usize)> =
         shard.blocks(prompts.len(), config.batch_size).into_iter().map(|(_, r)| r).collect();
     let mut work = SweepSummary { generation: true, ..SweepSummary::default() };
-    let job = GenJob {
-        generator: Some(generator),
-        cache,
-        observer,
-        prompts,
-        sampling,
-        model: generator.model_id(),
-        texts: prompts.texts(),
-        in_flight: config.generation_in_flight,
-    };
+    let job = GenJob::new(generator, cache, observer, prompts, sampling, config);
     generations::shard_texts(&job, &own_rows, &mut work).await?;
     Ok(work)
 }
