@@ -14,17 +14,32 @@ pub(crate) struct Written {
     pub(crate) plot: PathBuf,
 }
 
-/// Writes the three files into `out` (created if needed).
+/// Writes the three files into `out` (created if needed). Each is written under a temporary
+/// name and renamed into place, `report.json` last: a run killed while writing leaves either
+/// no file or a whole one, never a cut-short report.
 pub(crate) fn write_all(report: &SweepReport, out: &Path) -> Result<Written> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out.display(), e))?;
+    let markdown = out.join("report.md");
+    write_atomically(&markdown, |tmp| {
+        std::fs::write(tmp, report.to_markdown()).map_err(|e| Error::io(tmp.display(), e))
+    })?;
+    let plot = out.join("accuracy.svg");
+    write_atomically(&plot, |tmp| plot_accuracy(report, tmp))?;
     let json = out.join("report.json");
     let text = serde_json::to_string_pretty(report).map_err(|e| Error::backend("json", e))?;
-    std::fs::write(&json, text + "\n").map_err(|e| Error::io(json.display(), e))?;
-    let markdown = out.join("report.md");
-    std::fs::write(&markdown, report.to_markdown()).map_err(|e| Error::io(markdown.display(), e))?;
-    let plot = out.join("accuracy.svg");
-    plot_accuracy(report, &plot)?;
+    write_atomically(&json, |tmp| std::fs::write(tmp, text + "\n").map_err(|e| Error::io(tmp.display(), e)))?;
     Ok(Written { json, markdown, plot })
+}
+
+/// Runs `write` on a temporary file next to `path`, then renames it to `path`.
+fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display(), e))
 }
 
 /// Accuracy and AUC per layer, with the chance level.
