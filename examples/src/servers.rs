@@ -216,8 +216,9 @@ impl Servers {
     }
 }
 
-/// For a sweep on time-shared devices: runs the generation phase through the launched
-/// servers, then stops them; returns its counts. Does nothing (`None`) otherwise.
+/// For a sweep (or, with `shard`, one shard) on time-shared devices: runs the generation
+/// phase through the launched servers, then stops them; returns its counts. Does nothing
+/// (`None`) otherwise.
 ///
 /// # Errors
 /// The launcher's and the generation phase's errors.
@@ -227,34 +228,16 @@ pub(crate) async fn generation_first(
     config: &SweepConfig,
     cache: &dyn CacheStore,
     observer: &dyn SweepObserver,
+    shard: Option<sweep::Shard>,
 ) -> Result<Option<SweepSummary>> {
     let Some(g) = launched else { return Ok(None) };
     if g.mode != Mode::TimeShared || config.sampling.is_none() {
         return Ok(None);
     }
-    let counts = sweep::generate(g, cache, observer, prompts, config).await?;
-    g.stop("before extraction (time-shared devices)").await?;
-    Ok(Some(counts))
-}
-
-/// [`generation_first`] for one shard: its blocks' completions through the launched servers,
-/// then the servers stop, before the shard's extraction model loads.
-///
-/// # Errors
-/// The launcher's and the generation phase's errors.
-pub(crate) async fn shard_generation_first(
-    launched: Option<&OnDemand>,
-    prompts: &PromptSet,
-    config: &SweepConfig,
-    cache: &dyn CacheStore,
-    observer: &dyn SweepObserver,
-    shard: sweep::Shard,
-) -> Result<Option<SweepSummary>> {
-    let Some(g) = launched else { return Ok(None) };
-    if g.mode != Mode::TimeShared || config.sampling.is_none() {
-        return Ok(None);
-    }
-    let counts = sweep::generate_shard(g, cache, observer, prompts, config, shard).await?;
+    let counts = match shard {
+        Some(shard) => sweep::generate_shard(g, cache, observer, prompts, config, shard).await?,
+        None => sweep::generate(g, cache, observer, prompts, config).await?,
+    };
     g.stop("before extraction (time-shared devices)").await?;
     Ok(Some(counts))
 }

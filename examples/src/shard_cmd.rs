@@ -37,7 +37,7 @@ async fn execute_shard(plan: Plan, shard: Shard, quiet: bool) -> Result<()> {
     let launched = plan.servers.on_demand(&plan.model)?;
     let ld = launched.as_deref();
     let generated =
-        servers::shard_generation_first(ld, &plan.prompts, &plan.config, cache.as_ref(), &bars, shard).await?;
+        servers::generation_first(ld, &plan.prompts, &plan.config, cache.as_ref(), &bars, Some(shard)).await?;
     tracing::info!("loading {} with {:?}", plan.model, plan.backend);
     let model = crate::faults::inject(plan.backend.open(&plan.model, plan.gpu, &plan.servers.urls())?)?;
     let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&bars);

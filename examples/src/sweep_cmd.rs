@@ -177,7 +177,7 @@ pub(crate) async fn execute(plan: Plan, quiet: bool) -> Result<SweepReport> {
     let bars = Bars::new(quiet);
     let launched = plan.servers.on_demand(&plan.model)?;
     let ld = launched.as_deref();
-    let generated = servers::generation_first(ld, &plan.prompts, &plan.config, cache.as_ref(), &bars).await?;
+    let generated = servers::generation_first(ld, &plan.prompts, &plan.config, cache.as_ref(), &bars, None).await?;
     tracing::info!("loading {} with {:?}", plan.model, plan.backend);
     let model = crate::faults::inject(plan.backend.open(&plan.model, plan.gpu, &plan.servers.urls())?)?;
     let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&bars);

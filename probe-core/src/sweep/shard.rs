@@ -84,17 +84,7 @@ impl std::str::FromStr for Shard {
         let bad = || Error::invalid("shard", format!("{s:?} is not k/N (e.g. 2/8: shard 2 of 8, 1 ≤ k ≤ N)"));
         let (k, n) = s.trim().split_once('/').ok_or_else(bad)?;
         let num = |x: &str| x.trim().parse::<usize>().map_err(|_| bad());
-        let (index, count) = (num(k)?, num(n)?);
-        if count == 0 {
-            return Err(Error::invalid("shard", format!("{s:?}: the shard count must be at least 1")));
-        }
-        if index == 0 || index > count {
-            return Err(Error::invalid(
-                "shard",
-                format!("{s:?}: the shard number must be between 1 and {count} (shards are k/N with 1 ≤ k ≤ N)"),
-            ));
-        }
-        Ok(Self { index, count })
+        Self::new(num(k)?, num(n)?)
     }
 }
 
