@@ -11,26 +11,18 @@
 #[path = "../common/show.rs"]
 mod show;
 
-use std::path::PathBuf;
-
 use probe_backends::candle::{CandleBackend, CandleOptions};
-use probe_core::{ActivationExtractor, Error, GenerationRequest, Generator, SamplingParams};
+use probe_core::{ActivationExtractor, GenerationRequest, Generator, SamplingParams};
 
 #[tokio::main]
 async fn main() -> probe_core::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(
-        args.next()
-            .ok_or_else(|| Error::invalid("arguments", "usage: candle MODEL_DIR [LAYERS e.g. 0,2,4] [TEXT ...]"))?,
-    );
+    let dir = show::dir_arg(&mut args, "candle MODEL_DIR [LAYERS e.g. 0,2,4] [TEXT ...]")?;
     let model = CandleBackend::load(&dir, CandleOptions::default())?;
     let info = model.model_info();
     println!(
-        "{}: {} with {} layers, hidden {}, vocab {}, {} (revision {}…)",
-        info.id.id,
-        info.architecture,
-        info.num_layers,
-        info.hidden_size,
+        "{}, vocab {}, {} (revision {}…)",
+        show::describe(&info),
         info.vocab_size,
         info.dtype,
         &info.id.revision[..12]

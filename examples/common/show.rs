@@ -1,7 +1,21 @@
-//! What the per-backend examples share: their `LAYERS` and `TEXT` arguments, and printing
-//! each layer's shape and first values at every position reduction.
+//! What the per-backend examples share: their `DIR`, `LAYERS` and `TEXT` arguments, the
+//! model's description, and printing each layer's shape and first values at every position
+//! reduction.
 
-use probe_core::{ActivationExtractor, ActivationRequest, Error, Positions, Result};
+use std::path::PathBuf;
+
+use probe_core::{ActivationExtractor, ActivationRequest, Error, ModelInfo, Positions, Result};
+
+/// The first argument, a model or export folder; `usage` is the error when it is missing.
+pub(crate) fn dir_arg(args: &mut impl Iterator<Item = String>, usage: &str) -> Result<PathBuf> {
+    args.next().map(PathBuf::from).ok_or_else(|| Error::invalid("arguments", format!("usage: {usage}")))
+}
+
+/// `"<id>: <architecture> with <n> layers, hidden <h>"`, which each example completes with
+/// its backend's details.
+pub(crate) fn describe(info: &ModelInfo) -> String {
+    format!("{}: {} with {} layers, hidden {}", info.id.id, info.architecture, info.num_layers, info.hidden_size)
+}
 
 /// Parses a comma-separated `LAYERS` argument; every layer `0..=num_layers` when absent.
 pub(crate) fn layers_arg(arg: Option<String>, num_layers: usize) -> Result<Vec<usize>> {

@@ -12,26 +12,18 @@
 #[path = "../common/show.rs"]
 mod show;
 
-use std::path::PathBuf;
-
 use probe_backends::ort::{OrtExtractor, OrtOptions};
-use probe_core::{ActivationExtractor, Error};
+use probe_core::ActivationExtractor;
 
 #[tokio::main]
 async fn main() -> probe_core::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(
-        args.next()
-            .ok_or_else(|| Error::invalid("arguments", "usage: ort EXPORT_DIR [LAYERS e.g. 0,2,4] [TEXT ...]"))?,
-    );
+    let dir = show::dir_arg(&mut args, "ort EXPORT_DIR [LAYERS e.g. 0,2,4] [TEXT ...]")?;
     let model = OrtExtractor::load(&dir, OrtOptions::default())?;
     let info = model.model_info();
     println!(
-        "{}: {} with {} layers, hidden {}, {} with {} (revision {}…)",
-        info.id.id,
-        info.architecture,
-        info.num_layers,
-        info.hidden_size,
+        "{}, {} with {} (revision {}…)",
+        show::describe(&info),
         info.dtype,
         model.provider(),
         &info.id.revision[..12]

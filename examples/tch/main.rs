@@ -11,26 +11,18 @@
 #[path = "../common/show.rs"]
 mod show;
 
-use std::path::PathBuf;
-
 use probe_backends::tch::{TchExtractor, TchOptions};
-use probe_core::{ActivationExtractor, Error};
+use probe_core::ActivationExtractor;
 
 #[tokio::main]
 async fn main() -> probe_core::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(
-        args.next()
-            .ok_or_else(|| Error::invalid("arguments", "usage: tch EXPORT_DIR [LAYERS e.g. 0,2,4] [TEXT ...]"))?,
-    );
+    let dir = show::dir_arg(&mut args, "tch EXPORT_DIR [LAYERS e.g. 0,2,4] [TEXT ...]")?;
     let model = TchExtractor::load(&dir, TchOptions::default())?;
     let info = model.model_info();
     println!(
-        "{}: {} with {} layers, hidden {}, {} on {} (CUDA available: {}, revision {}…)",
-        info.id.id,
-        info.architecture,
-        info.num_layers,
-        info.hidden_size,
+        "{}, {} on {} (CUDA available: {}, revision {}…)",
+        show::describe(&info),
         info.dtype,
         model.device(),
         model.cuda_available(),
