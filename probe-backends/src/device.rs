@@ -4,8 +4,17 @@
 //!
 //! Without `cuda`, or on a machine without an NVIDIA driver, [`detect`] reports the CPU
 //! only and says why in [`Detected::message`].
+//!
+//! [`MemorySampler`] measures a run's memory (NVML per GPU under `cuda`, the process's
+//! resident set on the CPU), phase by phase.
 
-use probe_core::plan::{Device, DeviceInventory, InventorySource, Planner, parse_meminfo};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use probe_core::plan::{
+    Device, DeviceInventory, DeviceMemory, InventorySource, MemoryReport, PhaseMemory, Planner, RunPlan, parse_meminfo,
+};
 use probe_core::{Error, Result};
 
 /// An inventory and a sentence saying where it came from.
@@ -62,6 +71,167 @@ pub fn planner(declared: Option<&str>) -> Result<Planner> {
     let d = inventory(declared)?;
     tracing::info!(devices = %d.inventory.summary(), "{}", d.message);
     Ok(Planner::new(d.inventory))
+}
+
+/// `VmRSS` and `VmHWM` (bytes) of this process, from `/proc/self/status`; `None` where it
+/// cannot be read (not Linux).
+pub fn process_memory() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            let kb: u64 = l.strip_prefix(name)?.trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some(kb * 1024)
+        })
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Samples the used memory of every device a run uses — each GPU through NVML (with the
+/// `cuda` feature and a driver), and the process's resident set for the CPU — when each phase
+/// starts and finishes, and every `interval` on a thread for the peak during a phase.
+///
+/// ```
+/// let s = probe_backends::device::MemorySampler::start(std::time::Duration::from_millis(20));
+/// s.phase_started("extraction");
+/// let v = vec![1u8; 8 << 20];
+/// s.phase_finished("extraction");
+/// let report = s.finish(None);
+/// let cpu = report.devices.iter().find(|d| d.device == "cpu").expect("the CPU is measured");
+/// assert!(cpu.phase("extraction").expect("measured").peak_bytes > 0);
+/// # drop(v);
+/// ```
+#[derive(Debug)]
+pub struct MemorySampler {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    interval: Duration,
+}
+
+#[derive(Debug)]
+struct Shared {
+    stop: AtomicBool,
+    reader: Reader,
+    state: Mutex<Vec<DeviceMemory>>,
+}
+
+/// Reads `(device, used, total)` of every device measured.
+#[derive(Debug)]
+struct Reader {
+    #[cfg(feature = "cuda")]
+    nvml: Option<nvml_wrapper::Nvml>,
+}
+
+impl Reader {
+    fn new() -> Self {
+        Self {
+            #[cfg(feature = "cuda")]
+            nvml: nvml_wrapper::Nvml::init().ok(),
+        }
+    }
+
+    fn source(&self) -> &'static str {
+        #[cfg(feature = "cuda")]
+        if self.nvml.is_some() {
+            return "nvml (GPUs), process rss (cpu)";
+        }
+        "process rss"
+    }
+
+    fn read(&self) -> Vec<(String, u64, u64)> {
+        let mut out = Vec::new();
+        #[cfg(feature = "cuda")]
+        if let Some(nvml) = &self.nvml {
+            out.extend(nvml::used(nvml));
+        }
+        let total = cpu_memory().map(|(t, _)| t).unwrap_or(0);
+        out.push(("cpu".to_owned(), process_memory().map_or(0, |(rss, _)| rss), total));
+        out
+    }
+}
+
+fn lock(m: &Mutex<Vec<DeviceMemory>>) -> std::sync::MutexGuard<'_, Vec<DeviceMemory>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl MemorySampler {
+    /// Takes the first sample and starts the sampling thread.
+    pub fn start(interval: Duration) -> Self {
+        let reader = Reader::new();
+        let devices = reader.read().into_iter().map(|(d, used, total)| DeviceMemory::new(d, total, used)).collect();
+        let shared = Arc::new(Shared { stop: AtomicBool::new(false), reader, state: Mutex::new(devices) });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("probe-memory".into())
+            .spawn(move || {
+                while !s.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(interval);
+                    s.sample(|p, used| p.peak_bytes = p.peak_bytes.max(used));
+                }
+            })
+            .ok();
+        Self { shared, thread, interval }
+    }
+
+    /// Records the used memory as `phase` starts.
+    pub fn phase_started(&self, phase: &str) {
+        let mut state = lock(&self.shared.state);
+        for (d, used) in self.shared.current(&mut state) {
+            d.phases.push(PhaseMemory::started(phase, used));
+        }
+    }
+
+    /// Records the used memory as `phase` finishes.
+    pub fn phase_finished(&self, phase: &str) {
+        self.shared.sample(|p, used| {
+            if p.phase == phase {
+                p.after_bytes = used;
+                p.peak_bytes = p.peak_bytes.max(used);
+            }
+        });
+    }
+
+    /// Stops sampling; the measurements beside `plan`'s predictions.
+    pub fn finish(mut self, plan: Option<&RunPlan>) -> MemoryReport {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let devices = lock(&self.shared.state).clone();
+        let mut report =
+            MemoryReport::new(self.shared.reader.source(), self.interval.as_millis() as u64, devices, plan);
+        report.process_peak_bytes = process_memory().map(|(_, hwm)| hwm);
+        report
+    }
+}
+
+impl Shared {
+    /// Pairs each device with its used memory now.
+    fn current<'a>(&self, state: &'a mut [DeviceMemory]) -> Vec<(&'a mut DeviceMemory, u64)> {
+        let now = self.reader.read();
+        state
+            .iter_mut()
+            .filter_map(|d| {
+                let used = now.iter().find(|(name, ..)| *name == d.device)?.1;
+                Some((d, used))
+            })
+            .collect()
+    }
+
+    /// Applies `f` to the phase in progress (the last one) of every device.
+    fn sample(&self, f: impl Fn(&mut PhaseMemory, u64)) {
+        let mut state = lock(&self.state);
+        for (d, used) in self.current(&mut state) {
+            if let Some(p) = d.phases.last_mut() {
+                f(p, used);
+            }
+        }
+    }
+}
+
+impl Drop for MemorySampler {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -122,6 +292,22 @@ mod nvml {
             out.push(Device::gpu(ordinal, mem.total).with_free(mem.free).with_name(name));
         }
         Ok(out)
+    }
+
+    /// `("cuda:N", used, total)` of every visible GPU (CUDA ordinals); GPUs NVML cannot read
+    /// are left out.
+    pub(super) fn used(nvml: &Nvml) -> Vec<(String, u64, u64)> {
+        let count = nvml.device_count().unwrap_or(0);
+        let physical: Vec<u32> = super::visible_devices().unwrap_or_else(|| (0..count).collect());
+        physical
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, idx)| idx < count)
+            .filter_map(|(ordinal, idx)| {
+                let mem = nvml.device_by_index(idx).ok()?.memory_info().ok()?;
+                Some((format!("cuda:{ordinal}"), mem.used, mem.total))
+            })
+            .collect()
     }
 }
 

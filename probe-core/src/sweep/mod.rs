@@ -79,6 +79,8 @@ pub struct SweepConfig {
     /// `batch_size` prompts, committed to the cache as soon as it is done); more than 1 keeps
     /// several servers busy. Default 1.
     pub generation_in_flight: usize,
+    /// The run's resolved plan ([`crate::plan::resolve_run`]), recorded in the report.
+    pub plan: Option<crate::plan::RunPlan>,
 }
 
 impl Default for SweepConfig {
@@ -90,6 +92,7 @@ impl Default for SweepConfig {
             sampling: Some(SamplingParams::default()),
             probe: ProbeConfig::default(),
             generation_in_flight: 1,
+            plan: None,
         }
     }
 }
@@ -118,6 +121,13 @@ impl SweepConfig {
     /// Sets the probe settings.
     pub fn with_probe(mut self, p: ProbeConfig) -> Self {
         self.probe = p;
+        self
+    }
+    /// Uses a resolved plan: its extraction batch size (planned, or the one the user gave),
+    /// and records it in the report.
+    pub fn with_plan(mut self, plan: crate::plan::RunPlan) -> Self {
+        self.batch_size = plan.batch_size_or(self.batch_size);
+        self.plan = Some(plan);
         self
     }
     /// Sets how many blocks of completions are requested at once (0 is taken as 1).
@@ -353,5 +363,7 @@ pub(super) fn report(
         seed: config.probe.seed,
         layers: scores,
         summary,
+        plan: config.plan.clone(),
+        memory: None,
     })
 }

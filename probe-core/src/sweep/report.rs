@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::plan::{MemoryReport, RunPlan};
+
 /// The held-out score of one layer's probe.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -92,6 +94,13 @@ pub struct SweepReport {
     pub layers: Vec<LayerScore>,
     /// Counts of the run.
     pub summary: SweepSummary,
+    /// The plan the run used (extraction batch size, dtype and placement, launched servers),
+    /// when it was resolved ([`crate::sweep::SweepConfig::with_plan`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<RunPlan>,
+    /// Memory measured during the run, beside the plan's prediction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryReport>,
 }
 
 impl SweepReport {
@@ -135,6 +144,16 @@ impl SweepReport {
         }
         if let Some(b) = self.best() {
             s.push_str(&format!("\nBest layer: {} (accuracy {:.3}, AUC {:.3}).\n", b.layer, b.accuracy, b.auc));
+        }
+        let sections = [
+            ("Plan", self.plan.as_ref().map(RunPlan::lines)),
+            ("Memory", self.memory.as_ref().map(MemoryReport::lines)),
+        ];
+        for (title, lines) in sections {
+            if let Some(lines) = lines.filter(|l| !l.is_empty()) {
+                s.push_str(&format!("\n## {title}\n\n"));
+                lines.iter().for_each(|l| s.push_str(&format!("- {}\n", l.trim_start())));
+            }
         }
         s
     }
