@@ -103,6 +103,12 @@ impl BackendKind {
     /// For `vllm`, generation goes to the servers at `urls` (serving `model` under that name)
     /// and extraction runs in process on candle from the same folder.
     pub(crate) fn open(self, model: &str, gpu: Option<usize>, urls: &[String]) -> Result<Opened> {
+        self.open_as(model, gpu, urls, "f32")
+    }
+
+    /// [`BackendKind::open`] computing in `dtype` (`f32`, `bf16`, `f16`: candle's
+    /// `CandleOptions::dtype`; the exports and the mock ignore it).
+    pub(crate) fn open_as(self, model: &str, gpu: Option<usize>, urls: &[String], dtype: &str) -> Result<Opened> {
         self.check_available()?;
         match self {
             Self::Mock => {
@@ -115,8 +121,8 @@ impl BackendKind {
                     generator: Some(crate::faults::mock_generator(model)),
                 })
             }
-            Self::Candle => open_candle(model, gpu),
-            Self::Vllm => open_vllm(model, gpu, urls),
+            Self::Candle => open_candle(model, gpu, dtype),
+            Self::Vllm => open_vllm(model, gpu, urls, dtype),
             Self::Tch => open_tch(model, gpu),
             Self::Ort => open_ort(model),
         }
@@ -153,9 +159,9 @@ fn check_candle_folder(_dir: &Path) -> Result<()> {
 }
 
 #[cfg(feature = "candle")]
-fn open_candle(model: &str, gpu: Option<usize>) -> Result<Opened> {
+fn open_candle(model: &str, gpu: Option<usize>, dtype: &str) -> Result<Opened> {
     use probe_backends::candle::{CandleBackend, CandleDevice, CandleOptions};
-    let mut options = CandleOptions::default();
+    let mut options = CandleOptions::default().with_dtype(dtype.parse()?);
     if let Some(i) = gpu {
         options = options.with_device(CandleDevice::Cuda(i));
     }
@@ -164,7 +170,7 @@ fn open_candle(model: &str, gpu: Option<usize>) -> Result<Opened> {
 }
 
 #[cfg(not(feature = "candle"))]
-fn open_candle(_model: &str, _gpu: Option<usize>) -> Result<Opened> {
+fn open_candle(_model: &str, _gpu: Option<usize>, _dtype: &str) -> Result<Opened> {
     Err(Error::FeatureDisabled { feature: "candle".into() })
 }
 
@@ -219,9 +225,9 @@ fn vllm_generator(_model: &str, _urls: &[String]) -> Result<Arc<dyn Generator>> 
     Err(Error::FeatureDisabled { feature: "vllm".into() })
 }
 
-fn open_vllm(model: &str, gpu: Option<usize>, urls: &[String]) -> Result<Opened> {
+fn open_vllm(model: &str, gpu: Option<usize>, urls: &[String], dtype: &str) -> Result<Opened> {
     let generator = vllm_generator(model, urls)?;
-    let extractor = open_candle(model, gpu)?.extractor;
+    let extractor = open_candle(model, gpu, dtype)?.extractor;
     Ok(Opened { extractor, generator: Some(generator) })
 }
 

@@ -30,6 +30,10 @@ pub(crate) struct Devices {
     pub(crate) extraction_gpus: Option<Vec<usize>>,
     /// "exclusive" or "time-shared" (default: time-shared when the two sets overlap).
     pub(crate) mode: Option<String>,
+    /// Declared GPUs for the plan, as `--gpus` ("4x80GiB", "80GiB,40GiB").
+    pub(crate) gpus: Option<String>,
+    /// CPU memory for the plan ("64GiB") [default: this machine's].
+    pub(crate) cpu_memory: Option<String>,
 }
 
 /// `[vllm]`: generation servers.
@@ -52,6 +56,10 @@ pub(crate) struct Vllm {
     /// GPUs per launched server (vLLM `--tensor-parallel-size`; default 1): the generation
     /// GPUs are taken in consecutive groups of this many, one server per group.
     pub(crate) tensor_parallel_size: Option<usize>,
+    /// `--max-model-len` of launched servers [default: planned, prompt + max_tokens].
+    pub(crate) max_model_len: Option<u64>,
+    /// `--max-num-seqs` upper bound of launched servers [default: planned].
+    pub(crate) max_num_seqs: Option<u64>,
 }
 
 /// `[extraction]`.
@@ -60,6 +68,8 @@ pub(crate) struct Vllm {
 pub(crate) struct Extraction {
     pub(crate) batch_size: Option<usize>,
     pub(crate) positions: Option<String>,
+    /// Compute dtype: "f32", "bf16" or "f16" (as `--dtype`).
+    pub(crate) dtype: Option<String>,
 }
 
 /// `[generation]`: sampling of the completions.

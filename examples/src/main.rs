@@ -20,6 +20,7 @@ mod generate_cmd;
 mod outputs;
 mod plan_cmd;
 mod progress;
+mod run_plan;
 mod servers;
 mod shard_cmd;
 mod sweep_cmd;

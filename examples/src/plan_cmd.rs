@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::Args;
 use probe_core::plan::units::{gib, parse_bytes};
 use probe_core::plan::{
-    AttentionKind, Dtype, ExtractionWorkload, GenerationWorkload, ModelSpec, Plan, PlanRequest, ShareMode,
+    AttentionKind, Dtype, ExtractionWorkload, GenerationWorkload, ModelSpec, Plan, PlanRequest, RunPlan, ShareMode,
     VllmSettings, parse_gpu_set,
 };
 use probe_core::{DevicePolicy, Error, Positions, Result};
@@ -402,12 +402,15 @@ pub(crate) async fn run(args: PlanArgs) -> Result<()> {
         return print(&text);
     }
     let req = request(&args, spec, planner.inventory()?)?;
-    let plan = planner.plan(req)?;
+    // The same path as a run's plan (`probe sweep --dry-run --json`), from this command's request.
+    let run = RunPlan::from_request(&planner, req, None)?;
+    let plan = &run.detail;
     let text = if args.json {
-        serde_json::to_string_pretty(&to_json(&plan, &detected.message))
-            .map_err(|e| Error::invalid("plan", format!("cannot serialise: {e}")))?
+        let mut v = to_json(plan, &detected.message);
+        v["run"] = serde_json::to_value(&run).map_err(|e| Error::invalid("plan", format!("cannot serialise: {e}")))?;
+        serde_json::to_string_pretty(&v).map_err(|e| Error::invalid("plan", format!("cannot serialise: {e}")))?
     } else {
-        to_table(&plan, &detected.message)
+        to_table(plan, &detected.message)
     };
     print(&text)
 }
@@ -442,7 +445,7 @@ mod tests {
         let spec = ModelSpec::from_path(&cli.plan.model)?;
         let inv = probe_backends::device::inventory(cli.plan.gpus.as_deref())?.inventory;
         let planner = probe_core::plan::Planner::new(inv.clone());
-        planner.plan(request(&cli.plan, spec, inv)?)
+        RunPlan::from_request(&planner, request(&cli.plan, spec, inv)?, None).map(|r| r.detail)
     }
 
     #[test]

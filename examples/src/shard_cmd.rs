@@ -11,7 +11,7 @@ use crate::backends::Opened;
 use crate::outputs;
 use crate::progress::Bars;
 use crate::servers;
-use crate::sweep_cmd::{Plan, SweepArgs, plan};
+use crate::sweep_cmd::{Plan, SweepArgs};
 
 /// Arguments of `probe merge`: those of `probe sweep` (same model, prompts, layers,
 /// settings and cache), plus the shard count for naming missing shards.
@@ -39,7 +39,8 @@ async fn execute_shard(plan: Plan, shard: Shard, quiet: bool) -> Result<()> {
     let generated =
         servers::generation_first(ld, &plan.prompts, &plan.config, cache.as_ref(), &bars, Some(shard)).await?;
     tracing::info!("loading {} with {:?}", plan.model, plan.backend);
-    let model = crate::faults::inject(plan.backend.open(&plan.model, plan.gpu, &plan.servers.urls())?)?;
+    let dtype = crate::run_plan::dtype_name(plan.run_plan.as_ref());
+    let model = crate::faults::inject(plan.backend.open_as(&plan.model, plan.gpu, &plan.servers.urls(), dtype)?)?;
     let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&bars);
     if let Some(g) = ld.map(|g| g as &dyn probe_core::Generator).or(model.generator.as_deref()) {
         parts = parts.with_generator(g);
@@ -78,7 +79,7 @@ pub(crate) async fn run_merge(args: MergeArgs, quiet: bool) -> Result<()> {
     }
     // The merge runs nothing on a device: plan as for a dry run, so that the GPUs of
     // `[devices]` need not exist on the (often CPU-only) node it runs on.
-    let plan = plan(&SweepArgs { dry_run: true, ..args.sweep.clone() })?;
+    let plan = crate::sweep_cmd::plan_merge(&args.sweep)?;
     let cache = probe_cache::from_url(&plan.cache_url)?;
     let bars = Bars::new(quiet);
     let model = identities(&plan)?;
@@ -105,7 +106,10 @@ fn identities(plan: &Plan) -> Result<Opened> {
         use identity::Identity;
         use probe_backends::candle::{CandleBackend, CandleOptions};
         use probe_core::Generator;
-        let info = CandleBackend::model_info_of(std::path::Path::new(&plan.model), &CandleOptions::default())?;
+        let info = CandleBackend::model_info_of(
+            std::path::Path::new(&plan.model),
+            &CandleOptions::default().with_dtype(crate::run_plan::dtype_name(plan.run_plan.as_ref()).parse()?),
+        )?;
         let generator: Arc<dyn Generator> = if plan.backend == crate::backends::BackendKind::Vllm {
             // Builds the client only: no server is contacted.
             plan.backend.open_generator(&plan.model, None, &plan.servers.urls())?

@@ -12,7 +12,9 @@ use crate::backends::BackendKind;
 use crate::config_file::ProbeToml;
 use crate::outputs;
 use crate::progress::Bars;
+use crate::run_plan::{self, PlanFlags, Workload};
 use crate::servers::{self, Servers};
+use probe_backends::device::MemorySampler;
 
 /// Arguments of `probe sweep`.
 #[derive(Debug, Clone, Args)]
@@ -71,6 +73,8 @@ pub(crate) struct SweepArgs {
     /// Print the device roles, time-sharing and vLLM launch commands; start nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    #[command(flatten)]
+    pub(crate) plan: PlanFlags,
 }
 
 /// Everything resolved and checked, before anything expensive.
@@ -86,6 +90,8 @@ pub(crate) struct Plan {
     pub(crate) gpu: Option<usize>,
     /// Device roles, the vLLM servers given (`--url`, else `[vllm] urls`) or launched.
     pub(crate) servers: Servers,
+    /// The resolved plan (`None` for a model without `config.json`).
+    pub(crate) run_plan: Option<probe_core::plan::RunPlan>,
 }
 
 /// The cache URL: flag, then the file, then `$PROBE_CACHE`, then `./probe-cache`.
@@ -99,7 +105,25 @@ pub(crate) fn cache_url(flag: Option<&str>, file: &ProbeToml) -> String {
 /// Resolves flags over the settings file and checks everything that can be checked
 /// without loading the model.
 pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
+    plan_with(args, args.shard.is_some())
+}
+
+/// [`plan`] for `probe merge`: the batch grid of the shards (see [`plan_with`]).
+pub(crate) fn plan_merge(args: &SweepArgs) -> Result<Plan> {
+    plan_with(&SweepArgs { dry_run: true, ..args.clone() }, true)
+}
+
+/// [`plan`]; with `fixed_grid` (shards and their merge) the batch size is `--batch-size`,
+/// `[extraction] batch_size` or 16, never planned, and the dtype `--dtype`,
+/// `[extraction] dtype` or f32: every worker must cut the prompts into the same blocks and
+/// key them alike, whatever devices it has.
+fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
+    run_plan::check_json(&args.plan, args.dry_run)?;
     let file = ProbeToml::load(args.config.as_deref())?;
+    let mut flags = args.plan.clone();
+    if fixed_grid && flags.dtype.is_none() && file.extraction.dtype.is_none() {
+        flags.dtype = Some("f32".into());
+    }
     let backend = args.backend.unwrap_or(BackendKind::Candle);
     backend.check_available()?;
     let mut prompts = PromptSet::load(&args.prompts, PromptFormat::labelled())?;
@@ -130,9 +154,12 @@ pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
     if positions == Positions::All {
         return Err(Error::invalid("positions", "\"all\" (a probe needs one vector per prompt: use last or mean)"));
     }
-    let batch_size = args.batch_size.or(file.extraction.batch_size).unwrap_or(16);
-    if batch_size == 0 {
+    let mut batch_size = args.batch_size.or(file.extraction.batch_size);
+    if batch_size == Some(0) {
         return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
+    }
+    if fixed_grid {
+        batch_size = batch_size.or(Some(16));
     }
     let g = &file.generation;
     let seed = args.seed.or(g.seed).unwrap_or(0);
@@ -144,13 +171,31 @@ pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
     let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
     let cache_url = cache_url(args.cache.as_deref(), &file);
     probe_cache::check_url(&cache_url)?;
-    let config = SweepConfig::new(layers)
+    let servers =
+        Servers::plan(&file, backend, &args.model, &urls, !args.no_generate, args.out.join("vllm-logs"), args.dry_run)?;
+    let work = Workload {
+        backend,
+        model: &args.model,
+        prompts: &prompts,
+        max_new_tokens: (!args.no_generate).then_some(u64::from(sampling.max_tokens)),
+        launches: servers.launches(),
+        in_process: true,
+        batch_size,
+        layers: Some(layers.len() as u64),
+        positions,
+    };
+    let run_plan = run_plan::resolve(&flags, &file, &work)?;
+    let mut config = SweepConfig::new(layers)
         .with_positions(positions)
-        .with_batch_size(batch_size)
+        .with_batch_size(batch_size.unwrap_or(16))
         .with_sampling((!args.no_generate).then_some(sampling))
         .with_probe(ProbeConfig::default().with_seed(seed))
         // vLLM: several blocks of completions in flight keep every server busy.
         .with_generation_in_flight(if backend == BackendKind::Vllm { 4 * urls.len().max(1) } else { 1 });
+    if let Some(p) = &run_plan {
+        config = config.with_plan(p.clone());
+    }
+    let first_gpu = file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied());
     Ok(Plan {
         backend,
         model: args.model.clone(),
@@ -158,34 +203,32 @@ pub(crate) fn plan(args: &SweepArgs) -> Result<Plan> {
         config,
         cache_url,
         out: args.out.clone(),
-        gpu: file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()),
-        servers: Servers::plan(
-            &file,
-            backend,
-            &args.model,
-            &urls,
-            !args.no_generate,
-            args.out.join("vllm-logs"),
-            args.dry_run,
-        )?,
+        gpu: run_plan.as_ref().map_or(first_gpu, |p| p.first_extraction_gpu()),
+        servers,
+        run_plan,
     })
 }
 
 /// Runs a checked plan: opens the cache and the model, sweeps, writes the outputs.
 pub(crate) async fn execute(plan: Plan, quiet: bool) -> Result<SweepReport> {
     let cache = probe_cache::from_url(&plan.cache_url)?;
-    let bars = Bars::new(quiet);
+    let memory = std::sync::Arc::new(MemorySampler::start(MEMORY_INTERVAL));
+    let bars = Bars::new(quiet).with_memory(memory.clone());
     let launched = plan.servers.on_demand(&plan.model)?;
     let ld = launched.as_deref();
     let generated = servers::generation_first(ld, &plan.prompts, &plan.config, cache.as_ref(), &bars, None).await?;
     tracing::info!("loading {} with {:?}", plan.model, plan.backend);
-    let model = crate::faults::inject(plan.backend.open(&plan.model, plan.gpu, &plan.servers.urls())?)?;
+    memory.phase_started("load");
+    let dtype = run_plan::dtype_name(plan.run_plan.as_ref());
+    let model = crate::faults::inject(plan.backend.open_as(&plan.model, plan.gpu, &plan.servers.urls(), dtype)?)?;
+    memory.phase_finished("load");
     let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&bars);
     if let Some(g) = ld.map(|g| g as &dyn probe_core::Generator).or(model.generator.as_deref()) {
         parts = parts.with_generator(g);
     }
     let mut report = sweep::run(parts, &plan.prompts, &plan.config).await?;
     servers::after_sweep(ld, generated, &mut report).await?;
+    report.memory = Some(memory.finish(plan.run_plan.as_ref()));
     let written = outputs::write_all(&report, &plan.out)?;
     print_report(&report, &written, &cache.location());
     Ok(report)
@@ -197,8 +240,32 @@ pub(crate) fn print_report(report: &SweepReport, written: &outputs::Written, cac
         println!("best layer: {} (accuracy {:.3}, AUC {:.3})", b.layer, b.accuracy, b.auc);
     }
     println!("{}", report.summary);
+    if let Some(e) = report.plan.as_ref().and_then(|p| p.extraction.as_ref()) {
+        let how = match e.batch_size_source {
+            probe_core::plan::BatchSource::Planned => "planned".to_owned(),
+            probe_core::plan::BatchSource::Given => format!("given; planned {}", e.planned_batch_size),
+        };
+        let devices: Vec<&str> = e.placement.iter().map(|p| p.device.as_str()).collect();
+        println!("plan: batch size {} ({how}) · dtype {} · on {}", e.batch_size, e.dtype, devices.join(", "));
+    }
+    for line in report.memory.iter().flat_map(|m| m.lines()) {
+        println!("{line}");
+    }
     println!("report: {} · {} · {}", show(&written.json), show(&written.markdown), show(&written.plot));
     println!("cache: {cache}");
+}
+
+/// Milliseconds between memory samples during a run.
+const MEMORY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `--dry-run`: the plan as JSON (`--json`) or as lines; starts nothing, writes nothing.
+fn dry_run(args: &SweepArgs, plan: &Plan) -> Result<()> {
+    if args.plan.json {
+        return run_plan::print_json("sweep", plan.backend, &plan.model, plan.run_plan.as_ref(), &plan.servers.urls());
+    }
+    plan.servers.dry_run_lines(true).iter().for_each(|l| println!("{l}"));
+    plan.run_plan.iter().flat_map(|p| p.lines()).for_each(|l| println!("plan: {l}"));
+    Ok(())
 }
 
 fn show(p: &Path) -> String {
@@ -212,8 +279,7 @@ pub(crate) async fn run(args: SweepArgs, quiet: bool) -> Result<()> {
         return crate::shard_cmd::run_shard(plan, shard, quiet).await;
     }
     if args.dry_run {
-        plan.servers.dry_run_lines(true).iter().for_each(|l| println!("{l}"));
-        return Ok(());
+        return dry_run(&args, &plan);
     }
     servers::with_signals(plan.servers.launches(), execute(plan, quiet)).await.map(|_| ())
 }

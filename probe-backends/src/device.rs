@@ -103,7 +103,7 @@ pub fn process_memory() -> Option<(u64, u64)> {
 #[derive(Debug)]
 pub struct MemorySampler {
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     interval: Duration,
 }
 
@@ -169,7 +169,7 @@ impl MemorySampler {
                 }
             })
             .ok();
-        Self { shared, thread, interval }
+        Self { shared, thread: Mutex::new(thread), interval }
     }
 
     /// Records the used memory as `phase` starts.
@@ -191,9 +191,10 @@ impl MemorySampler {
     }
 
     /// Stops sampling; the measurements beside `plan`'s predictions.
-    pub fn finish(mut self, plan: Option<&RunPlan>) -> MemoryReport {
+    pub fn finish(&self, plan: Option<&RunPlan>) -> MemoryReport {
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        let thread = self.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(t) = thread {
             let _ = t.join();
         }
         let devices = lock(&self.shared.state).clone();

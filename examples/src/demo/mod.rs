@@ -93,6 +93,7 @@ pub(crate) async fn run(args: DemoArgs, quiet: bool) -> Result<()> {
         out: args.dir.join("out"),
         dry_run: false,
         shard: None,
+        plan: Default::default(),
     };
     let plan = sweep_cmd::plan(&sweep)?;
     let report = sweep_cmd::execute(plan, quiet).await?;

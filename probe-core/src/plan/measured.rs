@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::run::RunPlan;
-use super::units::gib;
+use super::units::human;
 
 /// Used memory of one device around one phase.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,25 +102,24 @@ impl MemoryReport {
             for p in &d.phases {
                 let predicted = match p.phase.as_str() {
                     "generation" if d.predicted_generation_bytes > 0 => {
-                        format!("predicted {}", gib(d.predicted_generation_bytes))
+                        format!("predicted {}", human(d.predicted_generation_bytes))
                     }
-                    "extraction" => format!("predicted {}", gib(d.predicted_extraction_bytes)),
+                    "extraction" => format!("predicted {}", human(d.predicted_extraction_bytes)),
                     _ => "no prediction".to_owned(),
                 };
                 out.push(format!(
-                    "memory {} {}: {predicted} · measured peak {} (+{} over the {} at start), {} before, {} after",
+                    "memory {} {}: {predicted} · measured peak {} (+{} since the start), {} → {}",
                     d.device,
                     p.phase,
-                    gib(p.peak_bytes),
-                    gib(p.peak_bytes.saturating_sub(d.start_bytes)),
-                    gib(d.start_bytes),
-                    gib(p.before_bytes),
-                    gib(p.after_bytes)
+                    human(p.peak_bytes),
+                    human(p.peak_bytes.saturating_sub(d.start_bytes)),
+                    human(p.before_bytes),
+                    human(p.after_bytes)
                 ));
             }
         }
         if let Some(h) = self.process_peak_bytes {
-            out.push(format!("memory: process peak resident set {} ({})", gib(h), self.source));
+            out.push(format!("memory: process peak resident set {} ({})", human(h), self.source));
         }
         out
     }

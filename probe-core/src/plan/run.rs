@@ -282,11 +282,26 @@ impl RunPlan {
         req.extraction_gpus = settings.extraction_gpus.clone().filter(|g| !g.is_empty());
         req.mode = settings.mode;
         req.cpu_max_memory = settings.cpu_max_memory;
-        let plan = policy.plan(req)?;
-        check_generation(&plan, settings)?;
-        let extraction = plan.extraction.as_ref().map(|e| extraction_run(e, dtype, settings.batch_size));
+        let mut run = Self::from_request(policy, req, settings.batch_size)?;
+        check_generation(&run.detail, settings)?;
+        run.generation.max_new_tokens = settings.max_new_tokens;
+        run.generation.prompt_tokens = settings.prompt_tokens;
+        Ok(run)
+    }
+
+    /// Plans `request` through `policy` (`probe plan` builds its request from its flags);
+    /// `given_batch` is the user's extraction batch size, if any. A capped `max_new_tokens`
+    /// stays a note here; [`RunPlan::resolve`] refuses it.
+    ///
+    /// # Errors
+    /// The planner's: an impossible plan, with its numbers.
+    pub fn from_request(policy: &dyn DevicePolicy, request: PlanRequest, given_batch: Option<usize>) -> Result<Self> {
+        let inventory = request.inventory.clone();
+        let plan = policy.plan(request)?;
+        let dtype = plan.model.dtype;
+        let extraction = plan.extraction.as_ref().map(|e| extraction_run(e, dtype, given_batch));
         let mut notes = plan.notes.clone();
-        if let (Some(e), Some(given)) = (&extraction, settings.batch_size)
+        if let (Some(e), Some(given)) = (&extraction, given_batch)
             && given as u64 > e.planned_batch_size
         {
             notes.push(format!(
@@ -316,8 +331,8 @@ impl RunPlan {
             extraction,
             generation: GenerationRun {
                 servers,
-                max_new_tokens: settings.max_new_tokens,
-                prompt_tokens: settings.prompt_tokens,
+                max_new_tokens: plan.generation.as_ref().map(|g| g.max_new_tokens),
+                prompt_tokens: plan.generation.as_ref().map_or(0, |g| g.prompt_tokens),
             },
             devices: plan.devices.clone(),
             notes,

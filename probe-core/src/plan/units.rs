@@ -49,6 +49,12 @@ pub fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / GIB as f64)
 }
 
+/// Bytes as GiB with two decimals from 1 GiB up, else as MiB with one: `"14.96 GiB"`,
+/// `"37.5 MiB"`.
+pub fn human(bytes: u64) -> String {
+    if bytes >= GIB { gib(bytes) } else { format!("{:.1} MiB", bytes as f64 / MIB as f64) }
+}
+
 /// Signed bytes as GiB with two decimals (for shortfalls).
 pub fn gib_signed(bytes: i128) -> String {
     format!("{:.2} GiB", bytes as f64 / GIB as f64)
@@ -70,5 +76,6 @@ mod tests {
         assert!(e.contains("gpu memory") && e.contains("80XB"), "{e}");
         assert!(parse_bytes("x", "GiB").is_err());
         assert_eq!(gib(15 * GIB / 2), "7.50 GiB");
+        assert_eq!((human(3 * GIB), human(3 * MIB / 2)), ("3.00 GiB".to_owned(), "1.5 MiB".to_owned()));
     }
 }

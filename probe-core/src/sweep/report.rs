@@ -46,6 +46,10 @@ pub struct SweepSummary {
     /// recomputed), as counted by [`crate::CacheStore::corrupt_entries`] over the run.
     #[serde(default)]
     pub corrupt_entries: u64,
+    /// The extraction batch size the out-of-memory back-off settled on and kept for the rest
+    /// of the run; absent when no batch ran out of memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_batch_size: Option<usize>,
 }
 
 impl std::fmt::Display for SweepSummary {
