@@ -102,11 +102,14 @@ pub struct CandleOptions {
     pub device: CandleDevice,
     /// Inputs per forward pass when a request leaves `batch_size` unset.
     pub default_batch_size: usize,
+    /// A layer split: the blocks of each device, in order from block 0 (empty: every block
+    /// on `device`). The embedding runs on `device`, the final norm on the last share's.
+    pub split: Vec<super::BlockShare>,
 }
 
 impl Default for CandleOptions {
     fn default() -> Self {
-        Self { dtype: CandleDType::F32, device: CandleDevice::Cpu, default_batch_size: 16 }
+        Self { dtype: CandleDType::F32, device: CandleDevice::Cpu, default_batch_size: 16, split: Vec::new() }
     }
 }
 
@@ -119,6 +122,11 @@ impl CandleOptions {
     /// Sets the device.
     pub fn with_device(mut self, device: CandleDevice) -> Self {
         self.device = device;
+        self
+    }
+    /// Splits the blocks over devices (see [`CandleOptions::split`]).
+    pub fn with_split(mut self, split: Vec<super::BlockShare>) -> Self {
+        self.split = split;
         self
     }
     /// Sets the default batch size (values below 1 count as 1).

@@ -1,12 +1,14 @@
 //! The activation phase: per-layer, per-batch cache entries, one forward pass per batch
-//! for the layers still missing, out-of-memory back-off, and assembly of whole-layer entries.
+//! for the layers still missing, out-of-memory back-off ([`Backoff`], the one path), and
+//! assembly of whole-layer entries.
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::key::{ActivationSource, activation_key};
+use crate::plan::Backoff;
 use crate::{
-    ActivationExtractor, ActivationRequest, CacheKey, CacheStore, CacheStoreExt, Error, ModelInfo, Positions,
-    PutRequest, Result, Tensor, codec,
+    ActivationExtractor, ActivationRequest, CacheKey, CacheStore, CacheStoreExt, Error, Inputs, ModelInfo, Positions,
+    PutRequest, Result, SpecialTokens, Tensor, codec,
 };
 
 use super::{Phase, SweepEvent, SweepObserver, SweepSummary};
@@ -23,6 +25,8 @@ pub(super) struct Job<'a> {
     pub(super) layers: &'a [usize],
     pub(super) positions: Positions,
     pub(super) batch_size: usize,
+    /// How texts are tokenised (chat renderings as written).
+    pub(super) special_tokens: SpecialTokens,
 }
 
 impl Job<'_> {
@@ -76,48 +80,53 @@ async fn load(cache: &dyn CacheStore, key: &CacheKey, rows: usize, hidden: usize
     }
 }
 
-/// Runs the extractor on `texts` for `layers`, halving `batch_size` on out-of-memory errors
-/// until it fits (the reduced size is kept for later calls). Returns the tensors by layer.
+/// Runs the extractor on `texts` (texts tokenised with `special`, or token ids) for `layers`
+/// through the run's out-of-memory back-off (the one path: [`Backoff`], halving, the size
+/// that worked kept for later calls). Counts the extractor calls (retries included) into
+/// `calls`. Returns the tensors by layer.
+#[allow(clippy::too_many_arguments)]
 async fn extract_with_backoff(
     extractor: &dyn ActivationExtractor,
     observer: &dyn SweepObserver,
-    texts: &[String],
+    texts: &Inputs,
+    special: SpecialTokens,
     layers: &[usize],
     positions: Positions,
-    batch_size: &mut usize,
+    (batch_size, backoff): (usize, &Backoff),
     calls: &mut usize,
 ) -> Result<BTreeMap<usize, Tensor>> {
-    loop {
-        let request = ActivationRequest::texts(texts.to_vec(), layers.to_vec())
-            .with_positions(positions)
-            .with_batch_size((*batch_size).min(texts.len()).max(1));
-        *calls += 1;
-        match extractor.extract(request).await {
-            Ok(acts) => {
-                let mut out = BTreeMap::new();
-                for &layer in layers {
-                    let t = acts.layer(layer).ok_or_else(|| {
-                        Error::backend("extractor", format!("layer {layer} is missing from the extractor's result"))
-                    })?;
-                    if t.shape.len() != 2 || t.rows() != texts.len() {
-                        return Err(Error::backend(
-                            "extractor",
-                            format!("layer {layer} has shape {:?} for {} inputs", t.shape, texts.len()),
-                        ));
-                    }
-                    out.insert(layer, t.clone());
-                }
-                return Ok(out);
-            }
-            Err(e) if e.is_out_of_memory() && *batch_size > 1 => {
-                let from = (*batch_size).min(texts.len());
-                let to = (from / 2).max(1);
-                tracing::warn!("{e}; retrying the batch with batch size {to}");
-                observer.on_event(&SweepEvent::BatchShrunk { from, to });
-                *batch_size = to;
-            }
-            Err(e) => return Err(e),
+    let request = ActivationRequest::new(texts.clone(), layers.to_vec())
+        .with_special_tokens(special)
+        .with_positions(positions)
+        .with_batch_size(batch_size.min(texts.len()).max(1));
+    let before = backoff.retries();
+    let on_shrink = |from: usize, to: usize| {
+        tracing::warn!("out of memory; retrying with batch size {to}");
+        observer.on_event(&SweepEvent::BatchShrunk { from, to });
+    };
+    let result = backoff.extract(extractor, request, &on_shrink).await;
+    *calls += 1 + backoff.retries() - before;
+    let acts = result?;
+    let mut out = BTreeMap::new();
+    for &layer in layers {
+        let t = acts.layer(layer).ok_or_else(|| {
+            Error::backend("extractor", format!("layer {layer} is missing from the extractor's result"))
+        })?;
+        if t.shape.len() != 2 || t.rows() != texts.len() {
+            return Err(Error::backend(
+                "extractor",
+                format!("layer {layer} has shape {:?} for {} inputs", t.shape, texts.len()),
+            ));
         }
+        out.insert(layer, t.clone());
+    }
+    Ok(out)
+}
+
+/// Records the batch size the back-off settled on, when it shrank.
+fn record_backoff(backoff: &Backoff, summary: &mut SweepSummary) {
+    if backoff.retries() > 0 {
+        summary.backoff_batch_size = Some(backoff.current_batch_size());
     }
 }
 
@@ -152,9 +161,9 @@ async fn block(
     observer: &dyn SweepObserver,
     job: &Job<'_>,
     (start, end): (usize, usize),
-    texts: &[String],
+    texts: &Inputs,
     missing: &[usize],
-    batch_size: &mut usize,
+    backoff: &Backoff,
     summary: &mut SweepSummary,
 ) -> Result<BTreeMap<usize, Tensor>> {
     let hidden = job.info.hidden_size;
@@ -175,9 +184,10 @@ async fn block(
             extractor,
             observer,
             texts,
+            job.special_tokens,
             &need,
             job.positions,
-            batch_size,
+            (job.batch_size, backoff),
             &mut summary.extract_calls,
         )
         .await?;
@@ -247,7 +257,7 @@ pub(super) async fn cached_extract(
     cache: &dyn CacheStore,
     observer: &dyn SweepObserver,
     job: &Job<'_>,
-    texts: &[String],
+    texts: &Inputs,
     summary: &mut SweepSummary,
 ) -> Result<BTreeMap<usize, Tensor>> {
     let (mut done, missing) = whole_layers(cache, job).await?;
@@ -265,25 +275,17 @@ pub(super) async fn cached_extract(
     }
 
     let mut parts: BTreeMap<usize, Vec<Tensor>> = missing.iter().map(|&l| (l, Vec::new())).collect();
-    let mut batch_size = job.batch_size;
+    let backoff = Backoff::halving();
     for (b, &(start, end)) in batches.iter().enumerate() {
-        let got = block(
-            extractor,
-            cache,
-            observer,
-            job,
-            (start, end),
-            &texts[start..end],
-            &missing,
-            &mut batch_size,
-            summary,
-        )
-        .await?;
+        let got =
+            block(extractor, cache, observer, job, (start, end), &texts.slice(start, end), &missing, &backoff, summary)
+                .await?;
         for (layer, tensor) in got {
             parts.get_mut(&layer).expect("missing layer").push(tensor);
         }
         observer.on_event(&SweepEvent::Progress { phase: Phase::Activations, done: b + 1 });
     }
+    record_backoff(&backoff, summary);
     done.extend(fold(cache, job, parts).await?);
     observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Activations });
     Ok(done)
@@ -296,7 +298,7 @@ pub(super) async fn shard_extract(
     cache: &dyn CacheStore,
     observer: &dyn SweepObserver,
     job: &Job<'_>,
-    own: &BTreeMap<(usize, usize), Vec<String>>,
+    own: &BTreeMap<(usize, usize), Inputs>,
     summary: &mut SweepSummary,
 ) -> Result<()> {
     let (done, missing) = whole_layers(cache, job).await?;
@@ -307,13 +309,14 @@ pub(super) async fn shard_extract(
         phase: Phase::Activations,
         total: if missing.is_empty() { 0 } else { own.len() },
     });
-    let mut batch_size = job.batch_size;
+    let backoff = Backoff::halving();
     if !missing.is_empty() {
         for (b, (&rows, texts)) in own.iter().enumerate() {
-            block(extractor, cache, observer, job, rows, texts, &missing, &mut batch_size, summary).await?;
+            block(extractor, cache, observer, job, rows, texts, &missing, &backoff, summary).await?;
             observer.on_event(&SweepEvent::Progress { phase: Phase::Activations, done: b + 1 });
         }
     }
+    record_backoff(&backoff, summary);
     observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Activations });
     Ok(())
 }
@@ -359,8 +362,8 @@ pub(super) async fn merge_fold(
     Ok(done)
 }
 
-/// Extracts `layers` of `texts` without a cache: batches of `batch_size`, halving the batch
-/// size on out-of-memory errors; returns one `[n, hidden]` tensor per layer, rows in input
+/// Extracts `layers` of `texts` without a cache: batches of `batch_size`, through the
+/// out-of-memory back-off ([`Backoff`]); returns one `[n, hidden]` tensor per layer, rows in input
 /// order. Reports [`Phase::Activations`] progress per batch.
 ///
 /// # Errors
@@ -369,6 +372,24 @@ pub async fn extract_all(
     extractor: &dyn ActivationExtractor,
     observer: &dyn SweepObserver,
     texts: &[String],
+    layers: &[usize],
+    positions: Positions,
+    batch_size: usize,
+) -> Result<BTreeMap<usize, Tensor>> {
+    let texts = Inputs::Texts(texts.to_vec());
+    extract_inputs(extractor, observer, &texts, SpecialTokens::Add, layers, positions, batch_size).await
+}
+
+/// [`extract_all`] for any inputs: texts tokenised with `special` (chat renderings as
+/// written), or token ids.
+///
+/// # Errors
+/// As [`extract_all`].
+pub async fn extract_inputs(
+    extractor: &dyn ActivationExtractor,
+    observer: &dyn SweepObserver,
+    texts: &Inputs,
+    special: SpecialTokens,
     layers: &[usize],
     positions: Positions,
     batch_size: usize,
@@ -382,7 +403,7 @@ pub async fn extract_all(
     let mut layers = layers.to_vec();
     layers.sort_unstable();
     layers.dedup();
-    ActivationRequest::texts(texts.to_vec(), layers.clone())
+    ActivationRequest::new(texts.clone(), layers.clone())
         .with_batch_size(batch_size)
         .validate(&extractor.model_info())?;
     let hidden = extractor.model_info().hidden_size;
@@ -390,11 +411,20 @@ pub async fn extract_all(
         (0..texts.len()).step_by(batch_size).map(|s| (s, (s + batch_size).min(texts.len()))).collect();
     observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Activations, total: batches.len() });
     let mut parts: BTreeMap<usize, Vec<Tensor>> = layers.iter().map(|&l| (l, Vec::new())).collect();
-    let (mut current, mut calls) = (batch_size, 0);
+    let (backoff, mut calls) = (Backoff::halving(), 0);
     for (b, &(start, end)) in batches.iter().enumerate() {
-        let out =
-            extract_with_backoff(extractor, observer, &texts[start..end], &layers, positions, &mut current, &mut calls)
-                .await?;
+        let part = texts.slice(start, end);
+        let out = extract_with_backoff(
+            extractor,
+            observer,
+            &part,
+            special,
+            &layers,
+            positions,
+            (batch_size, &backoff),
+            &mut calls,
+        )
+        .await?;
         for (layer, t) in out {
             parts.get_mut(&layer).expect("requested layer").push(t);
         }

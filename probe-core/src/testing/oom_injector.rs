@@ -81,6 +81,10 @@ impl ActivationExtractor for OomInjector {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+
+    fn release_memory(&self) {
+        self.inner.release_memory();
+    }
 }
 
 #[cfg(test)]
