@@ -14,7 +14,19 @@ use probe_core::{
 };
 use serde::Deserialize;
 
-const ARCHS: &[&str] = &["llama", "llama3", "mistral", "qwen2", "gemma2"];
+/// (model folder, reference): the `gemma3` folder is laid out as gemma-3-12b-it ships
+/// (Gemma3ForConditionalGeneration, 4.x config, nested weights, a vision tower beside them)
+/// around the `gemma3_text` fixture's language model, so that reference applies to it.
+const MODELS: &[(&str, &str)] = &[
+    ("llama", "llama"),
+    ("llama3", "llama3"),
+    ("mistral", "mistral"),
+    ("qwen2", "qwen2"),
+    ("gemma2", "gemma2"),
+    ("qwen3", "qwen3"),
+    ("gemma3_text", "gemma3_text"),
+    ("gemma3", "gemma3_text"),
+];
 
 #[derive(Deserialize)]
 struct Reference {
@@ -65,9 +77,9 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 async fn every_layer_matches_transformers() {
     let Some(root) = fixtures() else { return };
     let mut worst_all = 0f32;
-    for arch in ARCHS {
+    for &(arch, refname) in MODELS {
         let model = load(&root, arch);
-        let (meta, tensors) = reference(&root, arch);
+        let (meta, tensors) = reference(&root, refname);
         let info = model.model_info();
         assert_eq!((info.num_layers, info.hidden_size), (meta.num_layers, meta.hidden_size), "{arch} shape");
         for (i, prompt) in meta.prompts.iter().enumerate() {
@@ -98,9 +110,9 @@ async fn every_layer_matches_transformers() {
 #[tokio::test]
 async fn greedy_tokens_equal_transformers_generate() {
     let Some(root) = fixtures() else { return };
-    for arch in ARCHS {
+    for &(arch, refname) in MODELS {
         let model = load(&root, arch);
-        let (meta, _) = reference(&root, arch);
+        let (meta, _) = reference(&root, refname);
         let id = model.model_id().id;
         let req =
             GenerationRequest::new(id, meta.prompts.clone()).with_sampling(SamplingParams::greedy(meta.max_new_tokens));
@@ -118,7 +130,7 @@ async fn greedy_tokens_equal_transformers_generate() {
 #[tokio::test]
 async fn conformance_suites_pass() {
     let Some(root) = fixtures() else { return };
-    for arch in ARCHS {
+    for &(arch, _) in MODELS {
         let model = load(&root, arch);
         extractor_conformance(
             &model,

@@ -14,13 +14,15 @@ pub mod codec;
 mod device;
 mod error;
 mod generation;
+pub mod hf_config;
 pub mod key;
 pub mod plan;
 pub mod sweep;
 pub mod testing;
 
 pub use activation::{
-    ActivationExtractor, ActivationRequest, Activations, Inputs, LayerActivations, ModelInfo, Positions, Tensor,
+    ActivationExtractor, ActivationRequest, Activations, Inputs, LayerActivations, ModelInfo, Positions, SpecialTokens,
+    Tensor,
 };
 pub use cache::{
     CacheEntry, CacheKey, CacheStore, CacheStoreExt, EntryKind, EntryMeta, GetRequest, ListRequest, PutRequest,

@@ -17,7 +17,15 @@ writes, with no network access and deterministically (fixed seeds):
                             generate(do_sample=False, max_new_tokens=12) new token ids per prompt.
 
 Architectures: llama, llama3 (rope_scaling rope_type llama3), mistral (sliding_window),
-qwen2 (q/k/v bias), gemma2 (embedding scale, 1+w norms, soft-capping, alternating window).
+qwen2 (q/k/v bias), gemma2 (embedding scale, 1+w norms, soft-capping, alternating window),
+qwen3 (per-head q/k norms), gemma3_text (q/k norms, local and global RoPE bases, linear scaling
+on global layers, sliding_window_pattern, query_pre_attn_scalar).
+
+Beside them, OUT/models/gemma3/ is laid out as gemma-3-12b-it ships (Gemma3ForConditionalGeneration):
+a transformers-4.x-style config.json (model_type gemma3, the language model in text_config with
+rope_theta / rope_local_base_freq / rope_scaling / sliding_window_pattern), weights under
+language_model.model.* in two shards with an index, and vision-tower tensors beside them. Its
+language model is the gemma3_text fixture's, so OUT/reference/gemma3_text applies to it.
 
 Skips all work when OUT/.complete holds this script's hash (idempotent).
 """
@@ -34,7 +42,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ARCHS = ["llama", "llama3", "mistral", "qwen2", "gemma2"]
+ARCHS = ["llama", "llama3", "mistral", "qwen2", "gemma2", "qwen3", "gemma3_text"]
 
 PROMPTS = [
     "Hello",
@@ -161,6 +169,22 @@ def build_config(arch: str, tok):
             hidden_activation="gelu_pytorch_tanh",
             tie_word_embeddings=True,
         )
+    if arch == "qwen3":
+        return tf.Qwen3Config(**COMMON, **ids, rope_theta=1000000.0, tie_word_embeddings=True)
+    if arch == "gemma3_text":
+        return tf.Gemma3TextConfig(
+            **COMMON,
+            **ids,
+            query_pre_attn_scalar=48,
+            sliding_window=8,
+            sliding_window_pattern=2,
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+            hidden_activation="gelu_pytorch_tanh",
+            tie_word_embeddings=True,
+        )
     raise ValueError(arch)
 
 
@@ -173,6 +197,8 @@ def model_class(arch: str):
         "mistral": tf.MistralForCausalLM,
         "qwen2": tf.Qwen2ForCausalLM,
         "gemma2": tf.Gemma2ForCausalLM,
+        "qwen3": tf.Qwen3ForCausalLM,
+        "gemma3_text": tf.Gemma3ForCausalLM,
     }[arch]
 
 
@@ -188,7 +214,7 @@ def make_model(arch: str, tok, folder: Path):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.copy_((torch.rand_like(p) * 0.5 + 0.75) if arch != "gemma2" else (torch.rand_like(p) * 0.5 - 0.25))
+                p.copy_((torch.rand_like(p) * 0.5 + 0.75) if not arch.startswith("gemma") else (torch.rand_like(p) * 0.5 - 0.25))
             elif name.endswith(".bias"):
                 p.normal_(0.0, 0.1)
     model = model.to(torch.float32).eval()
@@ -210,6 +236,60 @@ def make_model(arch: str, tok, folder: Path):
             else:
                 extra.unlink()
     return model
+
+
+def gemma3_multimodal(text_folder: Path, folder: Path):
+    """A Gemma3ForConditionalGeneration folder (4.x layout) around the gemma3_text fixture."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    text = json.loads((text_folder / "config.json").read_text())
+    rope = text.pop("rope_parameters")
+    text.pop("layer_types")
+    text.pop("dtype", None)
+    text.update(
+        rope_theta=rope["full_attention"]["rope_theta"],
+        rope_local_base_freq=rope["sliding_attention"]["rope_theta"],
+        rope_scaling={"rope_type": "linear", "factor": rope["full_attention"]["factor"]},
+        sliding_window_pattern=2,
+        torch_dtype="float32",
+    )
+    text.pop("architectures", None)
+    config = {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "text_config": text,
+        "vision_config": {
+            "model_type": "siglip_vision_model",
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 16,
+            "patch_size": 4,
+        },
+        "mm_tokens_per_image": 4,
+        "eos_token_id": text["eos_token_id"],
+        "torch_dtype": "float32",
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    weights = load_file(str(text_folder / "model.safetensors"))
+    lm = {k.replace("model.", "language_model.model.", 1): v for k, v in weights.items() if k.startswith("model.")}
+    g = torch.Generator().manual_seed(7)
+    vision = {
+        "vision_tower.vision_model.embeddings.patch_embedding.weight": torch.randn(16, 3, 4, 4, generator=g),
+        "multi_modal_projector.mm_input_projection_weight": torch.randn(16, 128, generator=g),
+    }
+    index = {"metadata": {}, "weight_map": {}}
+    for i, part in enumerate([lm, vision]):
+        name = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file(part, str(folder / name), metadata={"format": "pt"})
+        index["weight_map"].update({k: name for k in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (text_folder / f).exists():
+            shutil.copy(text_folder / f, folder / f)
 
 
 def reference(arch: str, model, tok, folder: Path):
@@ -283,6 +363,8 @@ def main() -> int:
         model = make_model(arch, tok, out / "models" / arch)
         scale = reference(arch, model, tok, out / "reference" / arch)
         print(f"{arch}: model and reference written (max |hidden| {scale:.3f})")
+    gemma3_multimodal(out / "models" / "gemma3_text", out / "models" / "gemma3")
+    print("gemma3: Gemma3ForConditionalGeneration layout around gemma3_text written")
     marker.write_text(h + "\n")
     return 0
 

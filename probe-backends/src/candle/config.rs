@@ -5,8 +5,10 @@
 
 use std::path::Path;
 
+use probe_core::hf_config::HfConfig;
 use probe_core::{Error, Result};
-use serde::Deserialize;
+
+use super::rope::Rope;
 
 /// The MLP activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,17 +35,13 @@ impl Activation {
     }
 }
 
-/// Which layers use sliding-window attention when `config.json` has no `layer_types`.
+/// Norms applied to the queries and keys before RoPE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SlidingDefault {
-    /// No layer (unless `use_sliding_window`, Qwen2 style, from `max_window_layers` on).
-    Qwen2,
-    /// Every layer when `sliding_window` is set (Mistral).
-    All,
-    /// Even layers 0, 2, 4 … (Gemma 2).
-    Even,
-    /// Never.
-    Never,
+pub(crate) enum QkNorm {
+    /// None.
+    None,
+    /// RMSNorm over each head (`q_norm`, `k_norm` of size `head_dim`: Qwen3, Gemma 3).
+    PerHead,
 }
 
 /// The data that makes the generic decoder one architecture.
@@ -55,20 +53,25 @@ pub(crate) struct ArchSpec {
     pub(crate) norm_offset: f32,
     /// Embeddings are multiplied by `sqrt(hidden_size)` (Gemma).
     pub(crate) scale_embeddings: bool,
-    /// Extra norms after attention and around the MLP (Gemma 2: `post_attention_layernorm`
+    /// Extra norms after attention and around the MLP (Gemma 2/3: `post_attention_layernorm`
     /// normalises the attention output, `pre_feedforward_layernorm` / `post_feedforward_layernorm`
     /// wrap the MLP). Without them, `post_attention_layernorm` is the pre-MLP norm.
     pub(crate) sandwich_norms: bool,
     /// q/k/v projections always have biases (Qwen2); otherwise only with `attention_bias`.
     pub(crate) qkv_bias: bool,
+    /// Norms on queries and keys.
+    pub(crate) qk_norm: QkNorm,
     /// Activation when neither `hidden_act` nor `hidden_activation` is given.
     pub(crate) default_activation: Activation,
     /// `tie_word_embeddings` when the config does not say.
     pub(crate) default_tied: bool,
-    /// Sliding-window layers when the config has no `layer_types`.
-    pub(crate) sliding: SlidingDefault,
-    /// Attention scale from `query_pre_attn_scalar` (Gemma 2) rather than `head_dim`.
+    /// Attention scale from `query_pre_attn_scalar` (Gemma 2/3) rather than `head_dim`.
     pub(crate) query_pre_attn_scalar: bool,
+    /// RoPE base when the config gives none.
+    pub(crate) default_rope_theta: f64,
+    /// Sliding layers have their own RoPE (Gemma 3: `rope_local_base_freq`, default 10 000,
+    /// never scaled); `None`: every layer uses the same.
+    pub(crate) local_rope_theta: Option<f64>,
 }
 
 const LLAMA: ArchSpec = ArchSpec {
@@ -77,33 +80,44 @@ const LLAMA: ArchSpec = ArchSpec {
     scale_embeddings: false,
     sandwich_norms: false,
     qkv_bias: false,
+    qk_norm: QkNorm::None,
     default_activation: Activation::Silu,
     default_tied: false,
-    sliding: SlidingDefault::Never,
     query_pre_attn_scalar: false,
+    default_rope_theta: 10_000.0,
+    local_rope_theta: None,
+};
+
+const GEMMA2: ArchSpec = ArchSpec {
+    name: "gemma2",
+    norm_offset: 1.0,
+    scale_embeddings: true,
+    sandwich_norms: true,
+    default_activation: Activation::GeluTanh,
+    default_tied: true,
+    query_pre_attn_scalar: true,
+    ..LLAMA
 };
 
 /// The supported architectures, by `model_type`.
 pub(crate) const SPECS: &[ArchSpec] = &[
     LLAMA,
-    ArchSpec { name: "mistral", sliding: SlidingDefault::All, ..LLAMA },
-    ArchSpec { name: "qwen2", qkv_bias: true, sliding: SlidingDefault::Qwen2, ..LLAMA },
+    ArchSpec { name: "mistral", ..LLAMA },
+    ArchSpec { name: "qwen2", qkv_bias: true, ..LLAMA },
+    GEMMA2,
+    ArchSpec { name: "qwen3", qk_norm: QkNorm::PerHead, ..LLAMA },
     ArchSpec {
-        name: "gemma2",
-        norm_offset: 1.0,
-        scale_embeddings: true,
-        sandwich_norms: true,
-        default_activation: Activation::GeluTanh,
-        default_tied: true,
-        sliding: SlidingDefault::Even,
-        query_pre_attn_scalar: true,
-        ..LLAMA
+        name: "gemma3_text",
+        qk_norm: QkNorm::PerHead,
+        default_rope_theta: 1_000_000.0,
+        local_rope_theta: Some(10_000.0),
+        ..GEMMA2
     },
 ];
 
 /// Architectures known to differ from every spec (named in the error).
 const KNOWN_UNSUPPORTED: &[&str] =
-    &["qwen3", "qwen3_moe", "gemma", "gemma3", "gemma3_text", "phi", "phi3", "mixtral", "qwen2_moe", "olmo2", "cohere"];
+    &["qwen3_moe", "gemma", "gemma3", "phi", "phi3", "mixtral", "qwen2_moe", "olmo2", "cohere", "gpt_neox", "gpt2"];
 
 /// The spec of a `model_type`.
 ///
@@ -120,17 +134,6 @@ pub(crate) fn spec_for(model_type: &str) -> Result<&'static ArchSpec> {
     })
 }
 
-/// Rotary embedding scaling.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum RopeScaling {
-    /// Plain RoPE.
-    None,
-    /// Positions divided by `factor`.
-    Linear { factor: f64 },
-    /// Llama 3's frequency-dependent scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
-}
-
 /// A resolved model configuration: every field the decoder needs, defaults applied.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ModelConfig {
@@ -143,8 +146,10 @@ pub(crate) struct ModelConfig {
     pub(crate) head_dim: usize,
     pub(crate) vocab_size: usize,
     pub(crate) rms_norm_eps: f64,
-    pub(crate) rope_theta: f64,
-    pub(crate) rope_scaling: RopeScaling,
+    /// The rotary embedding of full-attention layers (of every layer without `local_rope`).
+    pub(crate) rope: Rope,
+    /// The rotary embedding of sliding layers, where it differs (Gemma 3).
+    pub(crate) local_rope: Option<Rope>,
     pub(crate) max_position_embeddings: usize,
     pub(crate) tie_word_embeddings: bool,
     pub(crate) qkv_bias: bool,
@@ -161,71 +166,9 @@ pub(crate) struct ModelConfig {
     pub(crate) pad_token_id: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<u32> {
-        match self {
-            OneOrMany::One(x) => vec![x],
-            OneOrMany::Many(v) => v,
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RawRope {
-    rope_type: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    rope_theta: Option<f64>,
-    factor: Option<f64>,
-    low_freq_factor: Option<f64>,
-    high_freq_factor: Option<f64>,
-    original_max_position_embeddings: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawConfig {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    vocab_size: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    rms_norm_eps: Option<f64>,
-    rope_theta: Option<f64>,
-    rope_scaling: Option<RawRope>,
-    rope_parameters: Option<RawRope>,
-    max_position_embeddings: Option<usize>,
-    tie_word_embeddings: Option<bool>,
-    attention_bias: Option<bool>,
-    mlp_bias: Option<bool>,
-    hidden_act: Option<String>,
-    hidden_activation: Option<String>,
-    sliding_window: Option<usize>,
-    use_sliding_window: Option<bool>,
-    max_window_layers: Option<usize>,
-    layer_types: Option<Vec<String>>,
-    query_pre_attn_scalar: Option<f64>,
-    attn_logit_softcapping: Option<f64>,
-    final_logit_softcapping: Option<f64>,
-    eos_token_id: Option<OneOrMany>,
-    pad_token_id: Option<OneOrMany>,
-}
-
 /// The `eos_token_id` of a `generation_config.json`, if it has one.
 pub(crate) fn generation_eos(text: &str) -> Vec<u32> {
-    #[derive(Deserialize)]
-    struct G {
-        eos_token_id: Option<OneOrMany>,
-    }
-    serde_json::from_str::<G>(text).ok().and_then(|g| g.eos_token_id).map(OneOrMany::into_vec).unwrap_or_default()
+    HfConfig::parse(text).map(|g| g.eos_token_ids()).unwrap_or_default()
 }
 
 impl ModelConfig {
@@ -235,26 +178,32 @@ impl ModelConfig {
     /// [`Error::InvalidInput`] naming the file and the missing or bad field;
     /// [`Error::NotSupported`] for an architecture or RoPE type without a spec.
     pub(crate) fn parse(text: &str, file: &Path) -> Result<Self> {
-        let bad = |what: &str, why: String| Error::invalid(format!("{what} in {}", file.display()), why);
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad("JSON", e.to_string()))?;
-        let model_type = value
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| bad("model_type", "missing (expected e.g. \"llama\")".into()))?;
-        let spec = spec_for(model_type)?;
-        let raw: RawConfig = serde_json::from_value(value.clone()).map_err(|e| bad("config", e.to_string()))?;
-        for (name, v) in [
-            ("hidden_size", raw.hidden_size),
-            ("num_hidden_layers", raw.num_hidden_layers),
-            ("num_attention_heads", raw.num_attention_heads),
-            ("vocab_size", raw.vocab_size),
-            ("intermediate_size", raw.intermediate_size),
-        ] {
-            if v == 0 {
-                return Err(bad(name, "0 (must be ≥ 1)".into()));
+        let in_file = |e: Error| match e {
+            Error::InvalidInput { what, message } => {
+                let what = match what.trim_end_matches("config.json").trim_end_matches(" in ") {
+                    "" => "config",
+                    field => field,
+                };
+                Error::invalid(format!("{what} in {}", file.display()), message)
             }
-        }
-        let num_heads = raw.num_attention_heads;
+            other => other,
+        };
+        let raw = HfConfig::parse(text).map_err(in_file)?;
+        Self::from_hf(&raw, file).map_err(in_file)
+    }
+
+    /// Resolves a parsed `config.json` (`file` names it in errors).
+    fn from_hf(raw: &HfConfig, file: &Path) -> Result<Self> {
+        let bad = |what: &str, why: String| Error::invalid(format!("{what} in {}", file.display()), why);
+        let model_type =
+            raw.model_type.as_deref().ok_or_else(|| bad("model_type", "missing (expected e.g. \"llama\")".into()))?;
+        let spec = spec_for(model_type)?;
+        let need = HfConfig::required;
+        let hidden_size = need(raw.hidden_size, "hidden_size")?;
+        let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
+        let layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+        let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        let vocab_size = need(raw.vocab_size, "vocab_size")?;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
         if num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             return Err(bad(
@@ -264,74 +213,28 @@ impl ModelConfig {
         }
         let head_dim = match raw.head_dim {
             Some(d) => d,
-            None if raw.hidden_size.is_multiple_of(num_heads) => raw.hidden_size / num_heads,
+            None if hidden_size.is_multiple_of(num_heads) => hidden_size / num_heads,
             None => return Err(bad("head_dim", "missing, and hidden_size is not a multiple of the heads".into())),
         };
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(bad("head_dim", format!("{head_dim} (must be even and ≥ 2 for rotary embeddings)")));
         }
-        let rope = raw.rope_parameters.or(raw.rope_scaling).unwrap_or_default();
-        let rope_theta = rope.rope_theta.or(raw.rope_theta).unwrap_or(10_000.0);
-        let rope_kind = rope.rope_type.clone().or(rope.kind.clone()).unwrap_or_else(|| "default".into());
-        let need = |field: Option<f64>, name: &str| {
-            field.ok_or_else(|| bad(&format!("rope {name}"), format!("missing for rope_type {rope_kind:?}")))
-        };
-        let rope_scaling = match rope_kind.as_str() {
-            "default" => RopeScaling::None,
-            "linear" => RopeScaling::Linear { factor: need(rope.factor, "factor")? },
-            "llama3" => RopeScaling::Llama3 {
-                factor: need(rope.factor, "factor")?,
-                low_freq_factor: need(rope.low_freq_factor, "low_freq_factor")?,
-                high_freq_factor: need(rope.high_freq_factor, "high_freq_factor")?,
-                original_max_position_embeddings: need(
-                    rope.original_max_position_embeddings,
-                    "original_max_position_embeddings",
-                )?,
-            },
-            other => {
-                return Err(Error::not_supported(
-                    format!("rope_type {other:?} in {} (supported: default, linear, llama3)", file.display()),
-                    "candle",
-                ));
+        let max_position_embeddings = raw.max_position_embeddings.unwrap_or(4096);
+        let rope_of = |params, theta| Rope::new(&params, head_dim, theta, max_position_embeddings, file);
+        let rope = rope_of(raw.rope(false), spec.default_rope_theta)?;
+        let local_rope = match spec.local_rope_theta {
+            Some(theta) => {
+                let mut local = raw.clone();
+                local.rope_local_base_freq = local.rope_local_base_freq.or(Some(theta));
+                Some(rope_of(local.rope(true), theta)?).filter(|l| *l != rope)
             }
+            None => None,
         };
         let activation = match raw.hidden_activation.as_deref().or(raw.hidden_act.as_deref()) {
             Some(name) => Activation::parse(name, file)?,
             None => spec.default_activation,
         };
-        let layers = raw.num_hidden_layers;
-        let windows = match (&raw.layer_types, raw.sliding_window) {
-            (Some(types), window) => {
-                if types.len() != layers {
-                    return Err(bad("layer_types", format!("{} entries for {layers} layers", types.len())));
-                }
-                let mut out = Vec::with_capacity(layers);
-                for (i, t) in types.iter().enumerate() {
-                    out.push(match t.as_str() {
-                        "full_attention" => None,
-                        "sliding_attention" => Some(window.ok_or_else(|| {
-                            bad("sliding_window", format!("missing, but layer {i} is sliding_attention"))
-                        })?),
-                        other => return Err(bad("layer_types", format!("{other:?} at layer {i}"))),
-                    });
-                }
-                out
-            }
-            (None, None) => vec![None; layers],
-            (None, Some(w)) => (0..layers)
-                .map(|i| match spec.sliding {
-                    SlidingDefault::All => Some(w),
-                    SlidingDefault::Even => (i % 2 == 0).then_some(w),
-                    SlidingDefault::Qwen2 => (raw.use_sliding_window == Some(true)
-                        && i >= raw.max_window_layers.unwrap_or(layers))
-                    .then_some(w),
-                    SlidingDefault::Never => None,
-                })
-                .collect(),
-        };
-        if windows.contains(&Some(0)) {
-            return Err(bad("sliding_window", "0 (must be ≥ 1)".into()));
-        }
+        let windows = raw.layer_windows(layers)?;
         let attn_scale = if spec.query_pre_attn_scalar {
             raw.query_pre_attn_scalar.unwrap_or(head_dim as f64).powf(-0.5)
         } else {
@@ -340,17 +243,17 @@ impl ModelConfig {
         let qkv_bias = spec.qkv_bias || raw.attention_bias.unwrap_or(false);
         Ok(Self {
             spec,
-            hidden_size: raw.hidden_size,
-            intermediate_size: raw.intermediate_size,
+            hidden_size,
+            intermediate_size,
             num_layers: layers,
             num_heads,
             num_kv_heads,
             head_dim,
-            vocab_size: raw.vocab_size,
+            vocab_size,
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta,
-            rope_scaling,
-            max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
+            rope,
+            local_rope,
+            max_position_embeddings,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(spec.default_tied),
             qkv_bias,
             // Llama's attention_bias also covers o_proj; Qwen2's q/k/v bias does not.
@@ -361,44 +264,9 @@ impl ModelConfig {
             attn_scale,
             attn_softcap: raw.attn_logit_softcapping,
             final_softcap: raw.final_logit_softcapping,
-            eos_token_ids: raw.eos_token_id.map(OneOrMany::into_vec).unwrap_or_default(),
-            pad_token_id: raw.pad_token_id.and_then(|p| p.into_vec().first().copied()),
+            eos_token_ids: raw.eos_token_ids(),
+            pad_token_id: raw.pad_token(),
         })
-    }
-
-    /// The inverse frequencies of the rotary embedding, as transformers computes them in f32.
-    pub(crate) fn inv_freq(&self) -> Vec<f32> {
-        let dim = self.head_dim;
-        let base = self.rope_theta as f32;
-        let plain: Vec<f32> = (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect();
-        match self.rope_scaling {
-            RopeScaling::None => plain,
-            RopeScaling::Linear { factor } => plain.iter().map(|f| f / factor as f32).collect(),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
-                let (factor, low, high, old) = (
-                    factor as f32,
-                    low_freq_factor as f32,
-                    high_freq_factor as f32,
-                    original_max_position_embeddings as f32,
-                );
-                let low_wavelen = old / low;
-                let high_wavelen = old / high;
-                plain
-                    .iter()
-                    .map(|&f| {
-                        let wavelen = 2.0 * std::f32::consts::PI / f;
-                        let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                        let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
-                        if medium {
-                            let smooth = (old / wavelen - low) / (high - low);
-                            (1.0 - smooth) * scaled / factor + smooth * scaled
-                        } else {
-                            scaled
-                        }
-                    })
-                    .collect()
-            }
-        }
     }
 }
 
@@ -429,9 +297,9 @@ mod tests {
     fn spec_selection() {
         assert!(spec_for("qwen2").expect("qwen2").qkv_bias);
         assert_eq!(spec_for("gemma2").expect("gemma2").norm_offset, 1.0);
-        assert_eq!(spec_for("mistral").expect("mistral").sliding, SlidingDefault::All);
-        let err = spec_for("qwen3").expect_err("qwen3 has no spec").to_string();
-        assert!(err.contains("qwen3") && err.contains("llama, mistral, qwen2, gemma2"), "{err}");
+        assert_eq!(spec_for("qwen3").expect("qwen3").qk_norm, QkNorm::PerHead);
+        let err = spec_for("phi").expect_err("phi has no spec").to_string();
+        assert!(err.contains("phi") && err.contains("llama, mistral, qwen2, gemma2, qwen3"), "{err}");
     }
 
     #[test]
@@ -444,9 +312,9 @@ mod tests {
             .expect_err("bad kv heads")
             .to_string();
         assert!(err.contains("num_key_value_heads"), "{err}");
-        let bad_rope = LLAMA_JSON.replace("\"rope_theta\":10000.0", "\"rope_scaling\":{\"rope_type\":\"yarn\"}");
-        let err = parse(&bad_rope).expect_err("yarn").to_string();
-        assert!(err.contains("yarn"), "{err}");
+        let bad_rope = LLAMA_JSON.replace("\"rope_theta\":10000.0", "\"rope_scaling\":{\"rope_type\":\"dynamic\"}");
+        let err = parse(&bad_rope).expect_err("dynamic").to_string();
+        assert!(err.contains("dynamic"), "{err}");
     }
 
     #[test]
@@ -465,16 +333,25 @@ mod tests {
     }
 
     #[test]
-    fn llama3_rope_scales_low_frequencies_only() {
-        let j = LLAMA_JSON.replace(
+    fn gemma3_text_rope_local_and_global_in_both_config_styles() {
+        let v4 = LLAMA_JSON.replace("\"llama\"", "\"gemma3_text\"").replace(
             "\"rope_theta\":10000.0",
-            "\"rope_parameters\":{\"rope_type\":\"llama3\",\"rope_theta\":500000.0,\"factor\":8.0,\
-             \"low_freq_factor\":1.0,\"high_freq_factor\":4.0,\"original_max_position_embeddings\":64}",
+            "\"rope_theta\":1000000.0,\"rope_local_base_freq\":10000.0,\"sliding_window\":4,\
+             \"sliding_window_pattern\":2,\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":8.0}",
         );
-        let c = parse(&j).expect("llama3");
-        let plain = ModelConfig { rope_scaling: RopeScaling::None, ..c.clone() }.inv_freq();
-        let scaled = c.inv_freq();
-        assert_eq!(plain[0], scaled[0], "the highest frequency is kept");
-        assert!((scaled[7] - plain[7] / 8.0).abs() < 1e-12, "the lowest frequency is divided by the factor");
+        let v5 = LLAMA_JSON.replace("\"llama\"", "\"gemma3_text\"").replace(
+            "\"rope_theta\":10000.0",
+            "\"sliding_window\":4,\"layer_types\":[\"sliding_attention\",\"full_attention\"],\
+             \"rope_parameters\":{\"full_attention\":{\"rope_type\":\"linear\",\"factor\":8.0,\"rope_theta\":1000000.0},\
+             \"sliding_attention\":{\"rope_type\":\"default\",\"rope_theta\":10000.0}}",
+        );
+        let (a, b) = (parse(&v4).expect("4.x"), parse(&v5).expect("5.x"));
+        assert_eq!(a, b, "both styles resolve alike");
+        assert_eq!(a.windows, vec![Some(4), None]);
+        assert_eq!((a.rope.theta, a.rope.scaling), (1e6, crate::candle::rope::RopeScaling::Linear { factor: 8.0 }));
+        let local = a.local_rope.expect("sliding layers have their own rope");
+        assert_eq!((local.theta, local.scaling), (1e4, crate::candle::rope::RopeScaling::None));
+        let nested = format!("{{\"model_type\":\"gemma3\",\"text_config\":{v5}}}");
+        assert_eq!(parse(&nested).expect("nested"), b, "a nested text_config reads as its language model");
     }
 }

@@ -29,14 +29,20 @@
 //! ```
 
 mod backend;
+mod block;
 mod config;
 mod extract;
 mod generate;
+mod layers;
 mod model;
+mod oom;
 mod options;
+mod placement;
+mod rope;
 
 pub use backend::CandleBackend;
 pub use options::{CandleDType, CandleDevice, CandleOptions};
+pub use placement::{BlockShare, CandleReplicas, device_of, open_placement};
 
 /// The `model_type`s this backend has a spec for.
 pub fn supported_architectures() -> Vec<&'static str> {

@@ -1,221 +1,28 @@
-//! The one generic decoder: Llama-family blocks whose differences are data ([`ArchSpec`]).
+//! The one generic decoder: Llama-family blocks whose differences are data
+//! ([`super::config::ArchSpec`]).
 //!
 //! Shapes: activations are `[batch, seq, hidden]`; weights are kept as stored, `[out, in]`,
 //! and used transposed by the matmul (no copy). Grouped-query attention folds the query
 //! heads of one key/value head into the sequence axis, so keys and values are never repeated.
 
-use candle_core::{D, DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, kv_cache::KvCache};
 
-use super::config::{Activation, ArchSpec, ModelConfig};
+use super::block::{Block, RopeRows, Step};
+use super::config::ModelConfig;
+use super::layers::Norm;
+use super::placement::Stages;
+use super::rope::Rope;
 
-/// A linear layer: `x · wᵀ + b` with `w` as stored (`[out, in]`).
-#[derive(Debug, Clone)]
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn load(vb: &VarBuilder, name: &str, out: usize, inp: usize, bias_required: bool) -> Result<Self> {
-        let weight = vb.get((out, inp), &format!("{name}.weight"))?;
-        let bias_name = format!("{name}.bias");
-        let bias = if bias_required || vb.contains_tensor(&bias_name) { Some(vb.get(out, &bias_name)?) } else { None };
-        Ok(Self { weight, bias })
-    }
-
-    /// `x`: `[.., in]` → `[.., out]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let inp = dims[dims.len() - 1];
-        let rows = x.elem_count() / inp;
-        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out = dims;
-        let last = out.len() - 1;
-        out[last] = self.weight.dim(0)?;
-        y.reshape(out)
-    }
-
-    /// Stacks `parts` along the output axis: one matmul instead of several (a missing bias
-    /// counts as zeros).
-    fn fuse(parts: &[Linear]) -> Result<Self> {
-        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
-        let weight = Tensor::cat(&weights, 0)?;
-        let bias = if parts.iter().any(|p| p.bias.is_some()) {
-            let biases = parts
-                .iter()
-                .map(|p| match &p.bias {
-                    Some(b) => Ok(b.clone()),
-                    None => Tensor::zeros(p.weight.dim(0)?, p.weight.dtype(), p.weight.device()),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Some(Tensor::cat(&biases, 0)?)
-        } else {
-            None
-        };
-        Ok(Self { weight, bias })
-    }
-
-    /// Multiplies the layer's output by `k` (folded into the weights).
-    fn scaled(self, k: f64) -> Result<Self> {
-        Ok(Self { weight: (self.weight * k)?, bias: self.bias.map(|b| b * k).transpose()? })
-    }
-}
-
-/// RMSNorm with the architecture's weight offset folded into `alpha` at load time.
-#[derive(Debug, Clone)]
-struct Norm {
-    alpha: Tensor,
-    eps: f32,
-}
-
-impl Norm {
-    fn load(vb: &VarBuilder, name: &str, size: usize, spec: &ArchSpec, eps: f64) -> Result<Self> {
-        // Loaded in f32 so that `1 + w` is exact before any cast to the compute dtype.
-        let w = vb.get_with_hints_dtype(size, &format!("{name}.weight"), Default::default(), DType::F32)?;
-        let alpha = if spec.norm_offset != 0.0 { (w + f64::from(spec.norm_offset))? } else { w };
-        Ok(Self { alpha: alpha.to_dtype(vb.dtype())?, eps: eps as f32 })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(x, &self.alpha, self.eps)
-    }
-}
-
-/// One decoder block.
-#[derive(Debug, Clone)]
-struct Block {
-    /// q, k and v stacked (`[nh·d + 2·nkv·d, h]`), the attention scale folded into q.
-    qkv: Linear,
-    o: Linear,
-    /// gate and up stacked (`[2·intermediate, h]`).
-    gate_up: Linear,
-    down: Linear,
-    input_norm: Norm,
-    /// Gemma 2: normalises the attention output before the residual add.
-    post_attn_norm: Option<Norm>,
-    /// The norm in front of the MLP (`post_attention_layernorm` in Llama's naming).
-    pre_mlp_norm: Norm,
-    /// Gemma 2: normalises the MLP output before the residual add.
-    post_mlp_norm: Option<Norm>,
-    window: Option<usize>,
-}
-
-/// What every block of one forward call shares.
-struct Step<'a> {
-    cfg: &'a ModelConfig,
-    cos: Tensor,
-    sin: Tensor,
-    /// Additive masks `[b or 1, 1, s, t]` for full and sliding layers; `None` = nothing masked.
-    full_mask: Option<Tensor>,
-    sliding_mask: Option<Tensor>,
-}
-
-impl Block {
-    fn load(vb: &VarBuilder, cfg: &ModelConfig, i: usize) -> Result<Self> {
-        let (h, d, nh, nkv, im) =
-            (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size);
-        let p = format!("model.layers.{i}");
-        let spec = cfg.spec;
-        let eps = cfg.rms_norm_eps;
-        let norm = |n: &str| Norm::load(vb, &format!("{p}.{n}"), h, spec, eps);
-        let (post_attn_norm, pre_mlp_norm, post_mlp_norm) = if spec.sandwich_norms {
-            (
-                Some(norm("post_attention_layernorm")?),
-                norm("pre_feedforward_layernorm")?,
-                Some(norm("post_feedforward_layernorm")?),
-            )
-        } else {
-            (None, norm("post_attention_layernorm")?, None)
-        };
-        let q = Linear::load(vb, &format!("{p}.self_attn.q_proj"), nh * d, h, cfg.qkv_bias)?.scaled(cfg.attn_scale)?;
-        let k = Linear::load(vb, &format!("{p}.self_attn.k_proj"), nkv * d, h, cfg.qkv_bias)?;
-        let v = Linear::load(vb, &format!("{p}.self_attn.v_proj"), nkv * d, h, cfg.qkv_bias)?;
-        let gate = Linear::load(vb, &format!("{p}.mlp.gate_proj"), im, h, cfg.mlp_bias)?;
-        let up = Linear::load(vb, &format!("{p}.mlp.up_proj"), im, h, cfg.mlp_bias)?;
-        Ok(Self {
-            qkv: Linear::fuse(&[q, k, v])?,
-            o: Linear::load(vb, &format!("{p}.self_attn.o_proj"), h, nh * d, cfg.o_bias)?,
-            gate_up: Linear::fuse(&[gate, up])?,
-            down: Linear::load(vb, &format!("{p}.mlp.down_proj"), h, im, cfg.mlp_bias)?,
-            input_norm: norm("input_layernorm")?,
-            post_attn_norm,
-            pre_mlp_norm,
-            post_mlp_norm,
-            window: cfg.windows[i],
-        })
-    }
-
-    fn attention(&self, x: &Tensor, step: &Step, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let cfg = step.cfg;
-        let (b, s, _) = x.dims3()?;
-        let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        // One matmul for q, k and v; each head group is copied once into `[b, heads, s, d]`.
-        let qkv = self.qkv.forward(x)?.reshape((b, s, nh + 2 * nkv, d))?;
-        let heads = |at: usize, n: usize| qkv.narrow(2, at, n)?.transpose(1, 2)?.contiguous();
-        let q = heads(0, nh)?;
-        let k = heads(nh, nkv)?;
-        let v = heads(nh + nkv, nkv)?;
-        let q = candle_nn::rotary_emb::rope(&q, &step.cos, &step.sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, &step.cos, &step.sin)?;
-        let (k, v) = match cache {
-            Some(c) => {
-                let (k, v) = c.append(&k, &v)?;
-                (k.contiguous()?, v.contiguous()?)
-            }
-            None => (k, v),
-        };
-        let t = k.dim(2)?;
-        let rep = nh / nkv;
-        // [b, nkv, rep·s, d] · [b, nkv, d, t]: the `rep` query heads of a kv head share its keys.
-        let scores = q.reshape((b, nkv, rep * s, d))?.matmul(&k.t()?)?;
-        // The attention scale is folded into q's weights.
-        let mut scores = scores.reshape((b, nh, s, t))?;
-        if let Some(cap) = cfg.attn_softcap {
-            scores = ((scores / cap)?.tanh()? * cap)?;
-        }
-        let mask = if self.window.is_some() { &step.sliding_mask } else { &step.full_mask };
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        let in_dtype = scores.dtype();
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
-        let out = probs.reshape((b, nkv, rep * s, t))?.matmul(&v)?;
-        let out = out.reshape((b, nh, s, d))?.transpose(1, 2)?.contiguous()?.reshape((b, s, nh * d))?;
-        self.o.forward(&out)
-    }
-
-    fn mlp(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        let gu = self.gate_up.forward(x)?;
-        let im = gu.dim(D::Minus1)? / 2;
-        let (g, u) = (gu.narrow(D::Minus1, 0, im)?, gu.narrow(D::Minus1, im, im)?);
-        let g = match act {
-            Activation::Silu => candle_nn::ops::silu(&g)?,
-            Activation::GeluTanh => g.gelu()?,
-            Activation::GeluErf => g.gelu_erf()?,
-        };
-        self.down.forward(&(g * u)?)
-    }
-
-    fn forward(&self, x: &Tensor, step: &Step, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let a = self.attention(&self.input_norm.forward(x)?, step, cache)?;
-        let a = match &self.post_attn_norm {
-            Some(n) => n.forward(&a)?,
-            None => a,
-        };
-        let x = (x + a)?;
-        let m = self.mlp(&self.pre_mlp_norm.forward(&x)?, step.cfg.activation)?;
-        let m = match &self.post_mlp_norm {
-            Some(n) => n.forward(&m)?,
-            None => m,
-        };
-        x + m
-    }
-}
+/// Where a checkpoint keeps its language model: the prefix of `embed_tokens`, `layers.N` and
+/// `norm`, and the LM head's name. Multimodal checkpoints nest it (`Gemma3ForConditionalGeneration`:
+/// `language_model.model.` as transformers 4.x saves it, `model.language_model.` as 5.x does);
+/// their other weights (the vision tower) are never read.
+const LAYOUTS: &[(&str, &str)] = &[
+    ("model", "lm_head.weight"),
+    ("language_model.model", "language_model.lm_head.weight"),
+    ("model.language_model", "lm_head.weight"),
+];
 
 /// The decoder: embeddings, blocks, final norm and (only for generation) the LM head.
 #[derive(Debug, Clone)]
@@ -225,10 +32,13 @@ pub(crate) struct Decoder {
     blocks: Vec<Block>,
     norm: Norm,
     lm_head: Tensor,
-    cos: Tensor,
-    sin: Tensor,
+    inv_freq: Vec<f32>,
+    /// Sliding layers' inverse frequencies, where they differ.
+    local_inv_freq: Option<Vec<f32>>,
     device: Device,
     dtype: DType,
+    /// The blocks' devices (a layer split; one device by default).
+    stages: Stages,
 }
 
 /// Per-layer key/value caches of one generation.
@@ -239,33 +49,31 @@ pub(crate) struct Cache {
 }
 
 impl Decoder {
-    /// Loads the weights from `vb` (names as transformers saves them).
-    pub(crate) fn load(vb: &VarBuilder, cfg: ModelConfig) -> Result<Self> {
+    /// Loads the weights from `vb` (names as transformers saves them, see [`LAYOUTS`]), each
+    /// block on its stage's device, the final norm and head on the last block's.
+    pub(crate) fn load(vb: &VarBuilder, cfg: ModelConfig, stages: Stages) -> Result<Self> {
         let device = vb.device().clone();
         let dtype = vb.dtype();
-        let embed = vb.get((cfg.vocab_size, cfg.hidden_size), "model.embed_tokens.weight")?;
-        let blocks = (0..cfg.num_layers).map(|i| Block::load(vb, &cfg, i)).collect::<Result<Vec<_>>>()?;
-        let norm = Norm::load(vb, "model.norm", cfg.hidden_size, cfg.spec, cfg.rms_norm_eps)?;
-        let lm_head = if vb.contains_tensor("lm_head.weight") || !cfg.tie_word_embeddings {
-            vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?
+        let (body, head) = LAYOUTS
+            .iter()
+            .find(|(body, _)| vb.contains_tensor(&format!("{body}.embed_tokens.weight")))
+            .copied()
+            .unwrap_or(LAYOUTS[0]);
+        let body = vb.pp(body);
+        let embed = body.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| Block::load(&stages.block_vb(&body, i), &cfg, i))
+            .collect::<Result<Vec<_>>>()?;
+        let tail = body.clone().set_device(stages.last().clone());
+        let norm = Norm::load(&tail, "norm", cfg.hidden_size, cfg.spec, cfg.rms_norm_eps)?;
+        let lm_head = if vb.contains_tensor(head) || !cfg.tie_word_embeddings {
+            vb.clone().set_device(stages.last().clone()).get((cfg.vocab_size, cfg.hidden_size), head)?
         } else {
-            embed.clone()
+            embed.to_device(stages.last())?
         };
-        let inv_freq = cfg.inv_freq();
-        let half = inv_freq.len();
-        let n = cfg.max_position_embeddings;
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in 0..n {
-            for &f in &inv_freq {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-        let cos = Tensor::from_vec(cos, (n, half), &device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (n, half), &device)?.to_dtype(dtype)?;
-        Ok(Self { cfg, embed, blocks, norm, lm_head, cos, sin, device, dtype })
+        let inv_freq = cfg.rope.inv_freq();
+        let local_inv_freq = cfg.local_rope.as_ref().map(|r| r.inv_freq());
+        Ok(Self { cfg, embed, blocks, norm, lm_head, inv_freq, local_inv_freq, device, dtype, stages })
     }
 
     /// The device the weights live on.
@@ -322,10 +130,18 @@ impl Decoder {
 
     fn step(&self, lens: &[usize], s: usize, offset: usize) -> Result<Step<'_>> {
         let window = self.cfg.windows.iter().flatten().copied().min();
+        let rows = |rope: &Rope, inv_freq: &[f32]| -> Result<RopeRows> {
+            let (cos, sin) = rope.tables(inv_freq, offset, s, &self.device, self.dtype)?;
+            Ok(RopeRows { cos, sin })
+        };
+        let local_rope = match (&self.cfg.local_rope, &self.local_inv_freq) {
+            (Some(rope), Some(inv_freq)) => Some(rows(rope, inv_freq)?),
+            _ => None,
+        };
         Ok(Step {
             cfg: &self.cfg,
-            cos: self.cos.narrow(0, offset, s)?,
-            sin: self.sin.narrow(0, offset, s)?,
+            rope: rows(&self.cfg.rope, &self.inv_freq)?,
+            local_rope,
             full_mask: self.mask(lens, s, offset, None)?,
             sliding_mask: if window.is_some() { self.mask(lens, s, offset, window)? } else { None },
         })
@@ -341,9 +157,9 @@ impl Decoder {
         last_layer: usize,
         visit: &mut dyn FnMut(usize, &Tensor) -> probe_core::Result<()>,
     ) -> probe_core::Result<()> {
-        let be = |e: candle_core::Error| probe_core::Error::backend("candle", e);
+        let be = super::oom::error;
         let (_, s) = ids.dims2().map_err(be)?;
-        let step = self.step(lens, s, 0).map_err(be)?;
+        let steps = self.step(lens, s, 0).and_then(|step| self.stages.steps(step)).map_err(be)?;
         let mut x = self.embed(ids).map_err(be)?;
         visit(0, &x)?;
         let l = self.cfg.num_layers;
@@ -351,7 +167,8 @@ impl Decoder {
             if i >= last_layer {
                 break;
             }
-            x = block.forward(&x, &step, None).map_err(be)?;
+            x = self.stages.enter(i, x).map_err(be)?;
+            x = block.forward(&x, self.stages.step_of(&steps, i), None).map_err(be)?;
             if i + 1 < l {
                 visit(i + 1, &x)?;
             } else {
@@ -371,10 +188,10 @@ impl Decoder {
     pub(crate) fn next_logits(&self, ids: &Tensor, cache: &mut Cache) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let offset = cache.len;
-        let step = self.step(&vec![offset + s; b], s, offset)?;
+        let steps = self.stages.steps(self.step(&vec![offset + s; b], s, offset)?)?;
         let mut x = self.embed(ids)?;
-        for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward(&x, &step, Some(kv))?;
+        for (i, (block, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+            x = block.forward(&self.stages.enter(i, x)?, self.stages.step_of(&steps, i), Some(kv))?;
         }
         cache.len += s;
         let last = self.norm.forward(&x.narrow(1, s - 1, 1)?.squeeze(1)?.contiguous()?)?;

@@ -9,32 +9,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::memory::Dtype;
+use crate::hf_config::HfConfig;
 use crate::{Error, Result};
-
-/// The fields of `config.json` the memory model reads; everything else is ignored.
-#[derive(Debug, Clone, Default, Deserialize)]
-struct RawConfig {
-    model_type: Option<String>,
-    hidden_size: Option<usize>,
-    intermediate_size: Option<usize>,
-    num_hidden_layers: Option<usize>,
-    num_attention_heads: Option<usize>,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    vocab_size: Option<usize>,
-    tie_word_embeddings: Option<bool>,
-    attention_bias: Option<bool>,
-    mlp_bias: Option<bool>,
-    max_position_embeddings: Option<usize>,
-    torch_dtype: Option<String>,
-    dtype: Option<String>,
-    sliding_window: Option<serde_json::Value>,
-    use_sliding_window: Option<bool>,
-    max_window_layers: Option<usize>,
-    sliding_window_pattern: Option<usize>,
-    layer_types: Option<Vec<String>>,
-    text_config: Option<Box<RawConfig>>,
-}
 
 /// A decoder-only transformer's shape: everything the memory model needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,35 +75,21 @@ impl ModelSpec {
     /// (`hidden_size`, `num_hidden_layers`, `num_attention_heads`, `vocab_size`,
     /// `intermediate_size`), naming the field.
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: RawConfig =
-            serde_json::from_str(text).map_err(|e| Error::invalid("config.json", format!("not valid: {e}")))?;
-        Self::from_raw(raw)
+        Self::from_hf(&HfConfig::parse(text)?)
     }
 
-    fn from_raw(outer: RawConfig) -> Result<Self> {
-        let raw = match outer.text_config.clone() {
-            Some(inner) => merge(*inner, &outer),
-            None => outer,
-        };
-        let need = |v: Option<usize>, name: &str| {
-            v.ok_or_else(|| Error::invalid("config.json", format!("missing required field `{name}`")))
-        };
+    /// Builds the shape from a parsed `config.json`.
+    ///
+    /// # Errors
+    /// As [`ModelSpec::from_json`], and for a bad `layer_types` or `sliding_window`.
+    pub fn from_hf(raw: &HfConfig) -> Result<Self> {
+        let need = HfConfig::required;
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let num_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
         let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
         let vocab_size = need(raw.vocab_size, "vocab_size")?;
         let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
-        for (name, v) in [
-            ("hidden_size", hidden_size),
-            ("num_hidden_layers", num_layers),
-            ("num_attention_heads", num_heads),
-            ("vocab_size", vocab_size),
-        ] {
-            if v == 0 {
-                return Err(Error::invalid("config.json", format!("`{name}` is 0")));
-            }
-        }
-        let architecture = raw.model_type.clone().unwrap_or_else(|| "unknown".into());
+        let architecture = raw.model_type().to_owned();
         let arch = architecture.as_str();
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads).max(1);
         let head_dim = raw.head_dim.unwrap_or(hidden_size / num_heads).max(1);
@@ -139,8 +101,8 @@ impl ModelSpec {
         let o_bias = !qwen2 && attention_bias;
         let qk_norm = arch.starts_with("qwen3") || arch.starts_with("gemma3") || arch.starts_with("olmo2");
         let norms_per_layer = if arch.starts_with("gemma2") || arch.starts_with("gemma3") { 4 } else { 2 };
-        let layer_windows = windows(&raw, arch, num_layers);
-        let torch_dtype = raw.torch_dtype.as_deref().or(raw.dtype.as_deref()).and_then(|s| s.parse::<Dtype>().ok());
+        let layer_windows = raw.layer_windows(num_layers)?;
+        let torch_dtype = raw.dtype_name().and_then(|s| s.parse::<Dtype>().ok());
         Ok(Self {
             architecture,
             hidden_size,
@@ -166,48 +128,6 @@ impl ModelSpec {
     pub fn sliding_layers(&self) -> usize {
         self.layer_windows.iter().filter(|w| w.is_some()).count()
     }
-}
-
-/// Fields of the outer config fill what a nested `text_config` leaves out.
-fn merge(mut inner: RawConfig, outer: &RawConfig) -> RawConfig {
-    if inner.model_type.is_none() {
-        inner.model_type = outer.model_type.clone();
-    }
-    if inner.tie_word_embeddings.is_none() {
-        inner.tie_word_embeddings = outer.tie_word_embeddings;
-    }
-    if inner.torch_dtype.is_none() {
-        inner.torch_dtype = outer.torch_dtype.clone().or(outer.dtype.clone());
-    }
-    inner
-}
-
-/// The sliding window of each layer, following each family's convention.
-fn windows(raw: &RawConfig, arch: &str, layers: usize) -> Vec<Option<usize>> {
-    let window = raw.sliding_window.as_ref().and_then(serde_json::Value::as_u64).map(|w| w as usize);
-    let Some(w) = window.filter(|&w| w > 0) else { return vec![None; layers] };
-    if let Some(types) = &raw.layer_types {
-        return (0..layers).map(|i| types.get(i).filter(|t| t.as_str() == "sliding_attention").map(|_| w)).collect();
-    }
-    if arch.starts_with("gemma2") {
-        // Gemma 2: even layers slide, odd layers attend globally.
-        return (0..layers).map(|i| (i % 2 == 0).then_some(w)).collect();
-    }
-    if arch.starts_with("gemma3") {
-        // Gemma 3: every `sliding_window_pattern`-th layer (default 6) is global.
-        let p = raw.sliding_window_pattern.unwrap_or(6).max(1);
-        return (0..layers).map(|i| ((i + 1) % p != 0).then_some(w)).collect();
-    }
-    if arch.starts_with("qwen") {
-        // Qwen2/3: only with `use_sliding_window`, on layers from `max_window_layers` on.
-        if !raw.use_sliding_window.unwrap_or(false) {
-            return vec![None; layers];
-        }
-        let from = raw.max_window_layers.unwrap_or(layers);
-        return (0..layers).map(|i| (i >= from).then_some(w)).collect();
-    }
-    // Mistral and others: a window on every layer.
-    vec![Some(w); layers]
 }
 
 #[cfg(test)]

@@ -1,0 +1,182 @@
+//! One decoder block: attention (grouped-query, RoPE, optional q/k norms, sliding window) and
+//! the MLP, with the architecture's norm placement.
+
+use candle_core::{D, DType, Result, Tensor};
+use candle_nn::{VarBuilder, kv_cache::KvCache};
+
+use super::config::{Activation, ModelConfig, QkNorm};
+use super::layers::{Linear, Norm};
+
+/// One decoder block.
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    /// q, k and v stacked (`[nh·d + 2·nkv·d, h]`), the attention scale folded into q (or
+    /// into `q_norm` when there is one).
+    qkv: Linear,
+    o: Linear,
+    /// Per-head RMSNorms of queries and keys before RoPE (Qwen3, Gemma 3).
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
+    /// gate and up stacked (`[2·intermediate, h]`).
+    gate_up: Linear,
+    down: Linear,
+    input_norm: Norm,
+    /// Gemma 2/3: normalises the attention output before the residual add.
+    post_attn_norm: Option<Norm>,
+    /// The norm in front of the MLP (`post_attention_layernorm` in Llama's naming).
+    pre_mlp_norm: Norm,
+    /// Gemma 2/3: normalises the MLP output before the residual add.
+    post_mlp_norm: Option<Norm>,
+    window: Option<usize>,
+}
+
+/// The cos and sin rows (`[s, rotary_dim / 2]`) of one forward step.
+#[derive(Debug)]
+pub(crate) struct RopeRows {
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+}
+
+/// What every block of one forward call shares.
+#[derive(Debug)]
+pub(crate) struct Step<'a> {
+    pub(crate) cfg: &'a ModelConfig,
+    /// RoPE of full-attention layers (of every layer without a local rope).
+    pub(crate) rope: RopeRows,
+    /// RoPE of sliding layers, where it differs (Gemma 3).
+    pub(crate) local_rope: Option<RopeRows>,
+    /// Additive masks `[b or 1, 1, s, t]` for full and sliding layers; `None` = nothing masked.
+    pub(crate) full_mask: Option<Tensor>,
+    pub(crate) sliding_mask: Option<Tensor>,
+}
+
+/// Rotates the first `2 · cos.dim(1)` dimensions of `x` (`[b, heads, s, d]`), rotate-half style;
+/// the rest pass through (partial rotary).
+fn rope(x: &Tensor, rows: &RopeRows) -> Result<Tensor> {
+    let rot = 2 * rows.cos.dim(1)?;
+    let d = x.dim(D::Minus1)?;
+    if rot == d {
+        return candle_nn::rotary_emb::rope(x, &rows.cos, &rows.sin);
+    }
+    let head = candle_nn::rotary_emb::rope(&x.narrow(D::Minus1, 0, rot)?.contiguous()?, &rows.cos, &rows.sin)?;
+    Tensor::cat(&[&head, &x.narrow(D::Minus1, rot, d - rot)?], D::Minus1)?.contiguous()
+}
+
+impl Block {
+    /// Loads block `i` from `vb` (the model body: names relative to `model.`).
+    pub(crate) fn load(vb: &VarBuilder, cfg: &ModelConfig, i: usize) -> Result<Self> {
+        let (h, d, nh, nkv, im) =
+            (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size);
+        let p = format!("layers.{i}");
+        let spec = cfg.spec;
+        let eps = cfg.rms_norm_eps;
+        let norm = |n: &str| Norm::load(vb, &format!("{p}.{n}"), h, spec, eps);
+        let (post_attn_norm, pre_mlp_norm, post_mlp_norm) = if spec.sandwich_norms {
+            (
+                Some(norm("post_attention_layernorm")?),
+                norm("pre_feedforward_layernorm")?,
+                Some(norm("post_feedforward_layernorm")?),
+            )
+        } else {
+            (None, norm("post_attention_layernorm")?, None)
+        };
+        let q = Linear::load(vb, &format!("{p}.self_attn.q_proj"), nh * d, h, cfg.qkv_bias)?;
+        let (q, q_norm, k_norm) = match spec.qk_norm {
+            QkNorm::None => (q.scaled(cfg.attn_scale)?, None, None),
+            QkNorm::PerHead => {
+                let head_norm = |n: &str, k| Norm::load_scaled(vb, &format!("{p}.self_attn.{n}"), d, spec, eps, k);
+                (q, Some(head_norm("q_norm", cfg.attn_scale)?), Some(head_norm("k_norm", 1.0)?))
+            }
+        };
+        let k = Linear::load(vb, &format!("{p}.self_attn.k_proj"), nkv * d, h, cfg.qkv_bias)?;
+        let v = Linear::load(vb, &format!("{p}.self_attn.v_proj"), nkv * d, h, cfg.qkv_bias)?;
+        let gate = Linear::load(vb, &format!("{p}.mlp.gate_proj"), im, h, cfg.mlp_bias)?;
+        let up = Linear::load(vb, &format!("{p}.mlp.up_proj"), im, h, cfg.mlp_bias)?;
+        Ok(Self {
+            qkv: Linear::fuse(&[q, k, v])?,
+            o: Linear::load(vb, &format!("{p}.self_attn.o_proj"), h, nh * d, cfg.o_bias)?,
+            q_norm,
+            k_norm,
+            gate_up: Linear::fuse(&[gate, up])?,
+            down: Linear::load(vb, &format!("{p}.mlp.down_proj"), h, im, cfg.mlp_bias)?,
+            input_norm: norm("input_layernorm")?,
+            post_attn_norm,
+            pre_mlp_norm,
+            post_mlp_norm,
+            window: cfg.windows[i],
+        })
+    }
+
+    fn attention(&self, x: &Tensor, step: &Step, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let cfg = step.cfg;
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        // One matmul for q, k and v; each head group is copied once into `[b, heads, s, d]`.
+        let qkv = self.qkv.forward(x)?.reshape((b, s, nh + 2 * nkv, d))?;
+        let heads = |at: usize, n: usize, norm: &Option<Norm>| {
+            let t = qkv.narrow(2, at, n)?;
+            let t = match norm {
+                Some(norm) => norm.forward(&t.contiguous()?)?,
+                None => t,
+            };
+            t.transpose(1, 2)?.contiguous()
+        };
+        let q = heads(0, nh, &self.q_norm)?;
+        let k = heads(nh, nkv, &self.k_norm)?;
+        let v = heads(nh + nkv, nkv, &None)?;
+        let rows = match (&step.local_rope, self.window) {
+            (Some(local), Some(_)) => local,
+            _ => &step.rope,
+        };
+        let q = rope(&q, rows)?;
+        let k = rope(&k, rows)?;
+        let (k, v) = match cache {
+            Some(c) => {
+                let (k, v) = c.append(&k, &v)?;
+                (k.contiguous()?, v.contiguous()?)
+            }
+            None => (k, v),
+        };
+        let t = k.dim(2)?;
+        let rep = nh / nkv;
+        // [b, nkv, rep·s, d] · [b, nkv, d, t]: the `rep` query heads of a kv head share its keys.
+        let scores = q.reshape((b, nkv, rep * s, d))?.matmul(&k.t()?)?;
+        // The attention scale is folded into q's weights (or its norm).
+        let mut scores = scores.reshape((b, nh, s, t))?;
+        if let Some(cap) = cfg.attn_softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let mask = if self.window.is_some() { &step.sliding_mask } else { &step.full_mask };
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let in_dtype = scores.dtype();
+        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
+        let out = probs.reshape((b, nkv, rep * s, t))?.matmul(&v)?;
+        let out = out.reshape((b, nh, s, d))?.transpose(1, 2)?.contiguous()?.reshape((b, s, nh * d))?;
+        self.o.forward(&out)
+    }
+
+    fn mlp(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        let gu = self.gate_up.forward(x)?;
+        let im = gu.dim(D::Minus1)? / 2;
+        let (g, u) = (gu.narrow(D::Minus1, 0, im)?, gu.narrow(D::Minus1, im, im)?);
+        self.down.forward(&(act.apply(&g)? * u)?)
+    }
+
+    /// `x` (`[b, s, h]`) through the block; `cache` holds earlier keys and values (generation).
+    pub(crate) fn forward(&self, x: &Tensor, step: &Step, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let a = self.attention(&self.input_norm.forward(x)?, step, cache)?;
+        let a = match &self.post_attn_norm {
+            Some(n) => n.forward(&a)?,
+            None => a,
+        };
+        let x = (x + a)?;
+        let m = self.mlp(&self.pre_mlp_norm.forward(&x)?, step.cfg.activation)?;
+        let m = match &self.post_mlp_norm {
+            Some(n) => n.forward(&m)?,
+            None => m,
+        };
+        x + m
+    }
+}

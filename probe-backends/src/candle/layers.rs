@@ -1,0 +1,112 @@
+//! The layers the decoder is built of: linear projections (weights as stored) and norms.
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::{Activation, ArchSpec};
+
+/// A linear layer: `x · wᵀ + b` with `w` as stored (`[out, in]`).
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `{name}.weight` (`[out, in]`) and `{name}.bias` (when required or present).
+    pub(crate) fn load(vb: &VarBuilder, name: &str, out: usize, inp: usize, bias_required: bool) -> Result<Self> {
+        let weight = vb.get((out, inp), &format!("{name}.weight"))?;
+        let bias_name = format!("{name}.bias");
+        let bias = if bias_required || vb.contains_tensor(&bias_name) { Some(vb.get(out, &bias_name)?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    /// `x`: `[.., in]` → `[.., out]`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = dims[dims.len() - 1];
+        let rows = x.elem_count() / inp;
+        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.weight.dim(0)?;
+        y.reshape(out)
+    }
+
+    /// Stacks `parts` along the output axis: one matmul instead of several (a missing bias
+    /// counts as zeros).
+    pub(crate) fn fuse(parts: &[Linear]) -> Result<Self> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let weight = Tensor::cat(&weights, 0)?;
+        let bias = if parts.iter().any(|p| p.bias.is_some()) {
+            let biases = parts
+                .iter()
+                .map(|p| match &p.bias {
+                    Some(b) => Ok(b.clone()),
+                    None => Tensor::zeros(p.weight.dim(0)?, p.weight.dtype(), p.weight.device()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Multiplies the layer's output by `k` (folded into the weights).
+    pub(crate) fn scaled(self, k: f64) -> Result<Self> {
+        Ok(Self { weight: (self.weight * k)?, bias: self.bias.map(|b| b * k).transpose()? })
+    }
+}
+
+/// RMSNorm with the architecture's weight offset folded into `alpha` at load time.
+#[derive(Debug, Clone)]
+pub(crate) struct Norm {
+    alpha: Tensor,
+    eps: f32,
+}
+
+impl Norm {
+    /// Loads `{name}.weight` (`size` values).
+    pub(crate) fn load(vb: &VarBuilder, name: &str, size: usize, spec: &ArchSpec, eps: f64) -> Result<Self> {
+        Self::load_scaled(vb, name, size, spec, eps, 1.0)
+    }
+
+    /// Loads `{name}.weight` with its output multiplied by `k` (an attention scale folded into
+    /// a query norm).
+    pub(crate) fn load_scaled(
+        vb: &VarBuilder,
+        name: &str,
+        size: usize,
+        spec: &ArchSpec,
+        eps: f64,
+        k: f64,
+    ) -> Result<Self> {
+        // Loaded in f32 so that `1 + w` (and the scale) is exact before any cast to the
+        // compute dtype.
+        let w = vb.get_with_hints_dtype(size, &format!("{name}.weight"), Default::default(), DType::F32)?;
+        let alpha = if spec.norm_offset != 0.0 { (w + f64::from(spec.norm_offset))? } else { w };
+        let alpha = if k != 1.0 { (alpha * k)? } else { alpha };
+        Ok(Self { alpha: alpha.to_dtype(vb.dtype())?, eps: eps as f32 })
+    }
+
+    /// Normalises over the last axis (accumulating in f32 whatever the dtype).
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.alpha, self.eps)
+    }
+}
+
+impl Activation {
+    /// Applies the activation elementwise.
+    pub(crate) fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Silu => candle_nn::ops::silu(x),
+            Activation::GeluTanh => x.gelu(),
+            Activation::GeluErf => x.gelu_erf(),
+        }
+    }
+}

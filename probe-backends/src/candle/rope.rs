@@ -1,0 +1,233 @@
+//! Rotary position embeddings: the inverse frequencies as transformers' rope init functions
+//! compute them (`modeling_rope_utils.py`, in f32), and the cos/sin rows of a forward step.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use probe_core::hf_config::RopeParams;
+use probe_core::{Error, Result};
+
+/// Rotary embedding scaling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum RopeScaling {
+    /// Plain RoPE.
+    None,
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3's frequency-dependent scaling.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    /// YaRN: interpolated low frequencies, extrapolated high ones, cos/sin scaled.
+    Yarn { factor: f64, original_max_position_embeddings: f64, beta_fast: f64, beta_slow: f64, truncate: bool },
+}
+
+/// The rotary embedding of one kind of layer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Rope {
+    /// The base θ.
+    pub(crate) theta: f64,
+    pub(crate) scaling: RopeScaling,
+    /// Rotated dimensions of each head (the head dimension, or a fraction of it).
+    pub(crate) dim: usize,
+    /// Multiplier of cos and sin (1 except YaRN).
+    pub(crate) attention_factor: f64,
+}
+
+impl Rope {
+    /// The rope of `params` for heads of `head_dim` (`default_theta` when the config gives no
+    /// base; `max_positions` is the model's `max_position_embeddings`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a missing parameter of the RoPE type, or a rotary dimension
+    /// that is odd or 0; [`Error::NotSupported`] for a RoPE type without an implementation.
+    pub(crate) fn new(
+        params: &RopeParams,
+        head_dim: usize,
+        default_theta: f64,
+        max_positions: usize,
+        file: &Path,
+    ) -> Result<Self> {
+        let kind = params.kind();
+        let need = |field: Option<f64>, name: &str| {
+            field.ok_or_else(|| {
+                Error::invalid(format!("rope {name} in {}", file.display()), format!("missing for rope_type {kind:?}"))
+            })
+        };
+        let fraction = params.partial_rotary_factor.unwrap_or(1.0);
+        let dim = (head_dim as f64 * fraction) as usize;
+        if dim == 0 || !dim.is_multiple_of(2) || dim > head_dim {
+            return Err(Error::invalid(
+                format!("rotary dimension in {}", file.display()),
+                format!("{dim} (head_dim {head_dim} × partial_rotary_factor {fraction}) must be even, ≥ 2, ≤ head_dim"),
+            ));
+        }
+        let mut attention_factor = 1.0;
+        let scaling = match kind {
+            "default" => RopeScaling::None,
+            "linear" => RopeScaling::Linear { factor: need(params.factor, "factor")? },
+            "llama3" => RopeScaling::Llama3 {
+                factor: need(params.factor, "factor")?,
+                low_freq_factor: need(params.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: need(params.high_freq_factor, "high_freq_factor")?,
+                original_max_position_embeddings: need(
+                    params.original_max_position_embeddings,
+                    "original_max_position_embeddings",
+                )?,
+            },
+            "yarn" => {
+                let original = params.original_max_position_embeddings.unwrap_or(max_positions as f64);
+                let factor = params.factor.unwrap_or(max_positions as f64 / original);
+                let mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+                attention_factor = match (params.attention_factor, params.mscale, params.mscale_all_dim) {
+                    (Some(a), _, _) => a,
+                    (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => mscale(factor, m) / mscale(factor, all),
+                    _ => mscale(factor, 1.0),
+                };
+                RopeScaling::Yarn {
+                    factor,
+                    original_max_position_embeddings: original,
+                    beta_fast: params.beta_fast.filter(|&b| b != 0.0).unwrap_or(32.0),
+                    beta_slow: params.beta_slow.filter(|&b| b != 0.0).unwrap_or(1.0),
+                    truncate: params.truncate.unwrap_or(true),
+                }
+            }
+            other => {
+                return Err(Error::not_supported(
+                    format!("rope_type {other:?} in {} (supported: default, linear, llama3, yarn)", file.display()),
+                    "candle",
+                ));
+            }
+        };
+        Ok(Self { theta: params.rope_theta.unwrap_or(default_theta), scaling, dim, attention_factor })
+    }
+
+    /// The inverse frequencies, `dim / 2` of them, as transformers computes them in f32.
+    pub(crate) fn inv_freq(&self) -> Vec<f32> {
+        let dim = self.dim;
+        let base = self.theta as f32;
+        let pos_freq = |i: usize| base.powf((2 * i) as f32 / dim as f32);
+        let plain: Vec<f32> = (0..dim / 2).map(|i| 1.0 / pos_freq(i)).collect();
+        match self.scaling {
+            RopeScaling::None => plain,
+            RopeScaling::Linear { factor } => plain.iter().map(|f| f / factor as f32).collect(),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                let (factor, low, high, old) = (
+                    factor as f32,
+                    low_freq_factor as f32,
+                    high_freq_factor as f32,
+                    original_max_position_embeddings as f32,
+                );
+                let low_wavelen = old / low;
+                let high_wavelen = old / high;
+                plain
+                    .iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                        let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                        if medium {
+                            let smooth = (old / wavelen - low) / (high - low);
+                            (1.0 - smooth) * scaled / factor + smooth * scaled
+                        } else {
+                            scaled
+                        }
+                    })
+                    .collect()
+            }
+            RopeScaling::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, truncate } => {
+                // Python floats (f64) for the correction range, f32 tensors for the rest.
+                let d = dim as f64;
+                let correction = |rot: f64| {
+                    d * (original_max_position_embeddings / (rot * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * self.theta.ln())
+                };
+                let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+                if truncate {
+                    (low, high) = (low.floor(), high.ceil());
+                }
+                let (low, mut high) = (low.max(0.0) as f32, high.min(d - 1.0) as f32);
+                if low == high {
+                    high += 0.001;
+                }
+                (0..dim / 2)
+                    .map(|i| {
+                        let pf = pos_freq(i);
+                        let extrapolation = 1.0 / pf;
+                        let interpolation = 1.0 / (factor as f32 * pf);
+                        let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                        let keep = 1.0 - ramp;
+                        interpolation * (1.0 - keep) + extrapolation * keep
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// cos and sin (`[s, dim / 2]`, in `dtype`) of positions `offset..offset + s`, from
+    /// `inv_freq` (this rope's [`Rope::inv_freq`]).
+    pub(crate) fn tables(
+        &self,
+        inv_freq: &[f32],
+        offset: usize,
+        s: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = inv_freq.len();
+        let k = self.attention_factor as f32;
+        let mut cos = Vec::with_capacity(s * half);
+        let mut sin = Vec::with_capacity(s * half);
+        for p in offset..offset + s {
+            for &f in inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos() * k);
+                sin.push(a.sin() * k);
+            }
+        }
+        let cos = Tensor::from_vec(cos, (s, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (s, half), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rope(json: &str) -> Result<Rope> {
+        let p: RopeParams = serde_json::from_str(json).expect("json");
+        Rope::new(&p, 16, 10_000.0, 4096, Path::new("/m/config.json"))
+    }
+
+    #[test]
+    fn llama3_rope_scales_low_frequencies_only() {
+        let r = rope(
+            r#"{"rope_type":"llama3","rope_theta":500000.0,"factor":8.0,"low_freq_factor":1.0,
+                "high_freq_factor":4.0,"original_max_position_embeddings":64}"#,
+        )
+        .expect("llama3");
+        let plain = Rope { scaling: RopeScaling::None, ..r.clone() }.inv_freq();
+        let scaled = r.inv_freq();
+        assert_eq!(plain[0], scaled[0], "the highest frequency is kept");
+        assert!((scaled[7] - plain[7] / 8.0).abs() < 1e-12, "the lowest frequency is divided by the factor");
+    }
+
+    #[test]
+    fn yarn_interpolates_low_frequencies_and_scales_attention() {
+        let r = rope(r#"{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":1024}"#).expect("yarn");
+        assert!((r.attention_factor - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12);
+        let plain = Rope { scaling: RopeScaling::None, ..r.clone() }.inv_freq();
+        let scaled = r.inv_freq();
+        assert_eq!(plain[0], scaled[0], "the highest frequency is extrapolated");
+        assert!((scaled[7] - plain[7] / 4.0).abs() <= 1e-9 * plain[7], "the lowest is interpolated");
+    }
+
+    #[test]
+    fn unknown_types_and_missing_fields_are_named() {
+        let err = rope(r#"{"rope_type":"dynamic","factor":2.0}"#).expect_err("dynamic").to_string();
+        assert!(err.contains("dynamic") && err.contains("supported"), "{err}");
+        let err = rope(r#"{"rope_type":"linear"}"#).expect_err("no factor").to_string();
+        assert!(err.contains("factor") && err.contains("/m/config.json"), "{err}");
+        let half = rope(r#"{"partial_rotary_factor":0.5}"#).expect("partial");
+        assert_eq!((half.dim, half.inv_freq().len()), (8, 4));
+    }
+}
