@@ -132,11 +132,22 @@ impl BackendKind {
 impl BackendKind {
     /// Only the generator: for `vllm` no model is loaded in process.
     pub(crate) fn open_generator(self, model: &str, gpu: Option<usize>, urls: &[String]) -> Result<Arc<dyn Generator>> {
+        self.open_generator_as(model, gpu, urls, "f32")
+    }
+
+    /// [`BackendKind::open_generator`] computing in `dtype` (candle's `CandleOptions::dtype`).
+    pub(crate) fn open_generator_as(
+        self,
+        model: &str,
+        gpu: Option<usize>,
+        urls: &[String],
+        dtype: &str,
+    ) -> Result<Arc<dyn Generator>> {
         if self == Self::Vllm {
             self.check_available()?;
             return vllm_generator(model, urls);
         }
-        self.open(model, gpu, urls)?.generator.ok_or_else(|| Error::not_supported("generation", self.name()))
+        self.open_as(model, gpu, urls, dtype)?.generator.ok_or_else(|| Error::not_supported("generation", self.name()))
     }
 }
 

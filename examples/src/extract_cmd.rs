@@ -11,6 +11,7 @@ use probe_core::{Error, Positions, Result, codec};
 use crate::backends::BackendKind;
 use crate::config_file::ProbeToml;
 use crate::progress::Bars;
+use crate::run_plan::{self, PlanFlags, Workload};
 
 /// Arguments of `probe extract`.
 #[derive(Debug, Clone, Args)]
@@ -40,10 +41,16 @@ pub(crate) struct ExtractArgs {
     /// Settings file [default: ./probe.toml when present].
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
+    /// Print the plan (batch size, dtype, placement); load nothing, write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    #[command(flatten)]
+    pub(crate) plan: PlanFlags,
 }
 
 /// `probe extract`.
 pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
+    run_plan::check_json(&args.plan, args.dry_run)?;
     let file = ProbeToml::load(args.config.as_deref())?;
     let backend = args.backend.unwrap_or(BackendKind::Candle);
     if backend == BackendKind::Vllm {
@@ -55,18 +62,39 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
     if args.positions == Positions::All {
         return Err(Error::invalid("positions", "\"all\" is not supported by probe extract: use last or mean"));
     }
-    let batch_size = args.batch_size.or(file.extraction.batch_size).unwrap_or(16);
-    if batch_size == 0 {
+    let given = args.batch_size.or(file.extraction.batch_size);
+    if given == Some(0) {
         return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
     }
     if args.out.extension().is_none_or(|e| e != "safetensors") {
         return Err(Error::invalid("out", format!("{} (expected a .safetensors file)", args.out.display())));
     }
-    let model = crate::faults::inject(backend.open(
-        &args.model,
-        file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()),
-        &[],
-    )?)?;
+    let work = Workload {
+        backend,
+        model: &args.model,
+        prompts: &inputs,
+        max_new_tokens: None,
+        launches: false,
+        in_process: true,
+        batch_size: given,
+        layers: Some(layers.len() as u64),
+        positions: args.positions,
+    };
+    let plan = run_plan::resolve(&args.plan, &file, &work)?;
+    if args.dry_run {
+        if args.plan.json {
+            return run_plan::print_json("extract", backend, &args.model, plan.as_ref(), &[]);
+        }
+        plan.iter().flat_map(|p| p.lines()).for_each(|l| println!("plan: {l}"));
+        return Ok(());
+    }
+    let batch_size = plan.as_ref().map_or(given.unwrap_or(16), |p| p.batch_size_or(16));
+    let gpu = match &plan {
+        Some(p) => p.first_extraction_gpu(),
+        None => file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()),
+    };
+    let dtype = run_plan::dtype_name(plan.as_ref());
+    let model = crate::faults::inject(backend.open_as(&args.model, gpu, &[], dtype)?)?;
     let bars = Bars::new(quiet);
     let texts = inputs.texts();
     let tensors =
@@ -78,6 +106,7 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
         ("model", info.id.id.clone()),
         ("revision", info.id.revision.clone()),
         ("positions", args.positions.to_string()),
+        ("dtype", info.dtype.clone()),
         (
             "ids",
             serde_json::to_string(&inputs.prompts.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())

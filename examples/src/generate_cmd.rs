@@ -11,6 +11,7 @@ use probe_core::{CacheStoreExt, Error, GenerationRequest, Generator, PutRequest,
 
 use crate::backends::BackendKind;
 use crate::config_file::ProbeToml;
+use crate::run_plan::{self, PlanFlags, Workload};
 use crate::servers::{self, OnDemand, Servers};
 use crate::sweep_cmd::cache_url;
 
@@ -50,10 +51,13 @@ pub(crate) struct GenerateArgs {
     /// Print the device roles and vLLM launch commands; start nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    #[command(flatten)]
+    pub(crate) plan: PlanFlags,
 }
 
 /// `probe generate`.
 pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
+    run_plan::check_json(&args.plan, args.dry_run)?;
     let file = ProbeToml::load(args.config.as_deref())?;
     let backend = args.backend.unwrap_or(BackendKind::Candle);
     if matches!(backend, BackendKind::Tch | BackendKind::Ort) {
@@ -79,12 +83,29 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
     }
     let log_dir = args.out.parent().unwrap_or(std::path::Path::new("")).join("vllm-logs");
     let servers = Servers::plan(&file, backend, &args.model, &urls, true, log_dir, args.dry_run)?;
+    let work = Workload {
+        backend,
+        model: &args.model,
+        prompts: &prompts,
+        max_new_tokens: Some(u64::from(sampling.max_tokens)),
+        launches: servers.launches(),
+        in_process: backend != BackendKind::Vllm,
+        batch_size: None,
+        layers: Some(1),
+        positions: probe_core::Positions::Last,
+    };
+    let plan = run_plan::resolve(&args.plan, &file, &work)?;
     if args.dry_run {
+        if args.plan.json {
+            return run_plan::print_json("generate", backend, &args.model, plan.as_ref(), &servers.urls());
+        }
         servers.dry_run_lines(false).iter().for_each(|l| println!("{l}"));
+        plan.iter().flat_map(|p| p.lines()).for_each(|l| println!("plan: {l}"));
         return Ok(());
     }
     let launched = servers.on_demand(&args.model)?;
-    servers::with_signals(launched.is_some(), generate(&args, &file, backend, &prompts, sampling, launched)).await
+    let on = launched.is_some();
+    servers::with_signals(on, generate(&args, &file, backend, &prompts, sampling, launched, plan.as_ref())).await
 }
 
 /// Generates (or reads the cache), writes the output; stops launched servers at the end.
@@ -95,12 +116,17 @@ async fn generate(
     prompts: &PromptSet,
     sampling: SamplingParams,
     launched: Option<Arc<OnDemand>>,
+    plan: Option<&probe_core::plan::RunPlan>,
 ) -> Result<()> {
     let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
-    let gpu = file.devices.generation_gpus.as_ref().and_then(|g| g.first().copied());
+    // In process, the model goes where the plan placed it.
+    let gpu = match plan {
+        Some(p) if backend != BackendKind::Vllm => p.first_extraction_gpu(),
+        _ => file.devices.generation_gpus.as_ref().and_then(|g| g.first().copied()),
+    };
     let generator = match &launched {
         Some(g) => g.clone() as Arc<dyn Generator>,
-        None => backend.open_generator(&args.model, gpu, &urls)?,
+        None => backend.open_generator_as(&args.model, gpu, &urls, run_plan::dtype_name(plan))?,
     };
     // Opened (and, on disk, created) only once the generator is: bad input writes nothing.
     let cache = match &args.cache {
