@@ -16,7 +16,8 @@ use serde::Deserialize;
 
 /// (model folder, reference): the `gemma3` folder is laid out as gemma-3-12b-it ships
 /// (Gemma3ForConditionalGeneration, 4.x config, nested weights, a vision tower beside them)
-/// around the `gemma3_text` fixture's language model, so that reference applies to it.
+/// around the `gemma3_text` fixture's language model, so that reference applies to it;
+/// `qwen3_moe_fused` is `qwen3_moe` with its experts stacked as transformers 5 keeps them.
 const MODELS: &[(&str, &str)] = &[
     ("llama", "llama"),
     ("llama3", "llama3"),
@@ -26,6 +27,9 @@ const MODELS: &[(&str, &str)] = &[
     ("qwen3", "qwen3"),
     ("gemma3_text", "gemma3_text"),
     ("gemma3", "gemma3_text"),
+    ("mixtral", "mixtral"),
+    ("qwen3_moe", "qwen3_moe"),
+    ("qwen3_moe_fused", "qwen3_moe"),
 ];
 
 #[derive(Deserialize)]

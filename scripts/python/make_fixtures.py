@@ -19,7 +19,11 @@ writes, with no network access and deterministically (fixed seeds):
 Architectures: llama, llama3 (rope_scaling rope_type llama3), mistral (sliding_window),
 qwen2 (q/k/v bias), gemma2 (embedding scale, 1+w norms, soft-capping, alternating window),
 qwen3 (per-head q/k norms), gemma3_text (q/k norms, local and global RoPE bases, linear scaling
-on global layers, sliding_window_pattern, query_pre_attn_scalar).
+on global layers, sliding_window_pattern, query_pre_attn_scalar), mixtral (sparse MoE, top-2 of
+4 experts, renormalised, sliding window), qwen3_moe (q/k norms, MoE without renormalisation, a
+dense layer from mlp_only_layers). Router weights are scaled up so that no token's top-k is a
+near tie. OUT/models/qwen3_moe_fused/ holds qwen3_moe's weights with the experts stacked as
+transformers 5 keeps them in memory (mlp.experts.gate_up_proj [E, 2I, H], down_proj [E, H, I]).
 
 Beside them, OUT/models/gemma3/ is laid out as gemma-3-12b-it ships (Gemma3ForConditionalGeneration):
 a transformers-4.x-style config.json (model_type gemma3, the language model in text_config with
@@ -42,7 +46,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ARCHS = ["llama", "llama3", "mistral", "qwen2", "gemma2", "qwen3", "gemma3_text"]
+ARCHS = ["llama", "llama3", "mistral", "qwen2", "gemma2", "qwen3", "gemma3_text", "mixtral", "qwen3_moe"]
 
 PROMPTS = [
     "Hello",
@@ -185,6 +189,22 @@ def build_config(arch: str, tok):
             hidden_activation="gelu_pytorch_tanh",
             tie_word_embeddings=True,
         )
+    if arch == "mixtral":
+        return tf.MixtralConfig(
+            **COMMON, **ids, num_local_experts=4, num_experts_per_tok=2, sliding_window=16, tie_word_embeddings=False
+        )
+    if arch == "qwen3_moe":
+        return tf.Qwen3MoeConfig(
+            **COMMON,
+            **ids,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=64,
+            norm_topk_prob=False,
+            mlp_only_layers=[2],
+            rope_theta=1000000.0,
+            tie_word_embeddings=False,
+        )
     raise ValueError(arch)
 
 
@@ -199,6 +219,8 @@ def model_class(arch: str):
         "gemma2": tf.Gemma2ForCausalLM,
         "qwen3": tf.Qwen3ForCausalLM,
         "gemma3_text": tf.Gemma3ForCausalLM,
+        "mixtral": tf.MixtralForCausalLM,
+        "qwen3_moe": tf.Qwen3MoeForCausalLM,
     }[arch]
 
 
@@ -217,6 +239,8 @@ def make_model(arch: str, tok, folder: Path):
                 p.copy_((torch.rand_like(p) * 0.5 + 0.75) if not arch.startswith("gemma") else (torch.rand_like(p) * 0.5 - 0.25))
             elif name.endswith(".bias"):
                 p.normal_(0.0, 0.1)
+            elif name.endswith("mlp.gate.weight") or name.endswith("block_sparse_moe.gate.weight"):
+                p.normal_(0.0, 1.0)  # routers: well-separated top-k choices
     model = model.to(torch.float32).eval()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
@@ -292,6 +316,34 @@ def gemma3_multimodal(text_folder: Path, folder: Path):
             shutil.copy(text_folder / f, folder / f)
 
 
+def qwen3_moe_fused(src: Path, folder: Path):
+    """qwen3_moe's folder with each layer's experts stacked into 3-D tensors."""
+    import re
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(src / "model.safetensors"))
+    out, experts = {}, {}
+    for k, v in weights.items():
+        m = re.fullmatch(r"(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight", k)
+        if m:
+            experts.setdefault(m.group(1), {}).setdefault(m.group(3), {})[int(m.group(2))] = v
+        else:
+            out[k] = v
+    for prefix, parts in experts.items():
+        n = len(parts["gate_proj"])
+        out[f"{prefix}.gate_up_proj"] = torch.stack(
+            [torch.cat([parts["gate_proj"][e], parts["up_proj"][e]]) for e in range(n)]
+        ).contiguous()
+        out[f"{prefix}.down_proj"] = torch.stack([parts["down_proj"][e] for e in range(n)]).contiguous()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (src / f).exists():
+            shutil.copy(src / f, folder / f)
+
+
 def reference(arch: str, model, tok, folder: Path):
     import torch
     from safetensors.torch import save_file
@@ -365,6 +417,8 @@ def main() -> int:
         print(f"{arch}: model and reference written (max |hidden| {scale:.3f})")
     gemma3_multimodal(out / "models" / "gemma3_text", out / "models" / "gemma3")
     print("gemma3: Gemma3ForConditionalGeneration layout around gemma3_text written")
+    qwen3_moe_fused(out / "models" / "qwen3_moe", out / "models" / "qwen3_moe_fused")
+    print("qwen3_moe_fused: qwen3_moe with stacked experts written")
     marker.write_text(h + "\n")
     return 0
 

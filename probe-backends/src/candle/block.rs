@@ -4,8 +4,9 @@
 use candle_core::{D, DType, Result, Tensor};
 use candle_nn::{VarBuilder, kv_cache::KvCache};
 
-use super::config::{Activation, ModelConfig, QkNorm};
+use super::config::{ModelConfig, QkNorm};
 use super::layers::{Linear, Norm};
+use super::moe::Mlp;
 
 /// One decoder block.
 #[derive(Debug, Clone)]
@@ -17,9 +18,8 @@ pub(crate) struct Block {
     /// Per-head RMSNorms of queries and keys before RoPE (Qwen3, Gemma 3).
     q_norm: Option<Norm>,
     k_norm: Option<Norm>,
-    /// gate and up stacked (`[2·intermediate, h]`).
-    gate_up: Linear,
-    down: Linear,
+    /// Dense or mixture of experts.
+    mlp: Mlp,
     input_norm: Norm,
     /// Gemma 2/3: normalises the attention output before the residual add.
     post_attn_norm: Option<Norm>,
@@ -65,8 +65,7 @@ fn rope(x: &Tensor, rows: &RopeRows) -> Result<Tensor> {
 impl Block {
     /// Loads block `i` from `vb` (the model body: names relative to `model.`).
     pub(crate) fn load(vb: &VarBuilder, cfg: &ModelConfig, i: usize) -> Result<Self> {
-        let (h, d, nh, nkv, im) =
-            (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size);
+        let (h, d, nh, nkv) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
         let p = format!("layers.{i}");
         let spec = cfg.spec;
         let eps = cfg.rms_norm_eps;
@@ -90,15 +89,12 @@ impl Block {
         };
         let k = Linear::load(vb, &format!("{p}.self_attn.k_proj"), nkv * d, h, cfg.qkv_bias)?;
         let v = Linear::load(vb, &format!("{p}.self_attn.v_proj"), nkv * d, h, cfg.qkv_bias)?;
-        let gate = Linear::load(vb, &format!("{p}.mlp.gate_proj"), im, h, cfg.mlp_bias)?;
-        let up = Linear::load(vb, &format!("{p}.mlp.up_proj"), im, h, cfg.mlp_bias)?;
         Ok(Self {
             qkv: Linear::fuse(&[q, k, v])?,
             o: Linear::load(vb, &format!("{p}.self_attn.o_proj"), h, nh * d, cfg.o_bias)?,
             q_norm,
             k_norm,
-            gate_up: Linear::fuse(&[gate, up])?,
-            down: Linear::load(vb, &format!("{p}.mlp.down_proj"), h, im, cfg.mlp_bias)?,
+            mlp: Mlp::load(vb, cfg, i)?,
             input_norm: norm("input_layernorm")?,
             post_attn_norm,
             pre_mlp_norm,
@@ -157,13 +153,6 @@ impl Block {
         self.o.forward(&out)
     }
 
-    fn mlp(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        let gu = self.gate_up.forward(x)?;
-        let im = gu.dim(D::Minus1)? / 2;
-        let (g, u) = (gu.narrow(D::Minus1, 0, im)?, gu.narrow(D::Minus1, im, im)?);
-        self.down.forward(&(act.apply(&g)? * u)?)
-    }
-
     /// `x` (`[b, s, h]`) through the block; `cache` holds earlier keys and values (generation).
     pub(crate) fn forward(&self, x: &Tensor, step: &Step, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let a = self.attention(&self.input_norm.forward(x)?, step, cache)?;
@@ -172,7 +161,7 @@ impl Block {
             None => a,
         };
         let x = (x + a)?;
-        let m = self.mlp(&self.pre_mlp_norm.forward(&x)?, step.cfg.activation)?;
+        let m = self.mlp.forward(&self.pre_mlp_norm.forward(&x)?, step.cfg.activation)?;
         let m = match &self.post_mlp_norm {
             Some(n) => n.forward(&m)?,
             None => m,

@@ -44,6 +44,18 @@ pub(crate) enum QkNorm {
     PerHead,
 }
 
+/// Where a sparse-MoE block keeps its router and experts (per-expert layout; the fused 3-D
+/// layout of transformers 5 is always `mlp.experts.gate_up_proj` / `down_proj`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MoeNames {
+    /// The module holding `gate` (the router) and `experts.N` (`block_sparse_moe`, `mlp`).
+    pub(crate) block: &'static str,
+    /// An expert's gate, up and down projections.
+    pub(crate) expert: [&'static str; 3],
+    /// Top-k weights always renormalised (Mixtral); otherwise as `norm_topk_prob` says.
+    pub(crate) always_renormalise: bool,
+}
+
 /// The data that makes the generic decoder one architecture.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct ArchSpec {
@@ -72,6 +84,8 @@ pub(crate) struct ArchSpec {
     /// Sliding layers have their own RoPE (Gemma 3: `rope_local_base_freq`, default 10 000,
     /// never scaled); `None`: every layer uses the same.
     pub(crate) local_rope_theta: Option<f64>,
+    /// Sparse mixture-of-experts MLPs (on the layers `config.json` makes sparse).
+    pub(crate) moe: Option<MoeNames>,
 }
 
 const LLAMA: ArchSpec = ArchSpec {
@@ -86,6 +100,7 @@ const LLAMA: ArchSpec = ArchSpec {
     query_pre_attn_scalar: false,
     default_rope_theta: 10_000.0,
     local_rope_theta: None,
+    moe: None,
 };
 
 const GEMMA2: ArchSpec = ArchSpec {
@@ -113,11 +128,22 @@ pub(crate) const SPECS: &[ArchSpec] = &[
         local_rope_theta: Some(10_000.0),
         ..GEMMA2
     },
+    ArchSpec {
+        name: "mixtral",
+        moe: Some(MoeNames { block: "block_sparse_moe", expert: ["w1", "w3", "w2"], always_renormalise: true }),
+        ..LLAMA
+    },
+    ArchSpec {
+        name: "qwen3_moe",
+        qk_norm: QkNorm::PerHead,
+        moe: Some(MoeNames { block: "mlp", expert: ["gate_proj", "up_proj", "down_proj"], always_renormalise: false }),
+        ..LLAMA
+    },
 ];
 
 /// Architectures known to differ from every spec (named in the error).
 const KNOWN_UNSUPPORTED: &[&str] =
-    &["qwen3_moe", "gemma", "gemma3", "phi", "phi3", "mixtral", "qwen2_moe", "olmo2", "cohere", "gpt_neox", "gpt2"];
+    &["gemma", "gemma3", "phi", "phi3", "qwen2_moe", "olmo2", "cohere", "gpt_neox", "gpt2"];
 
 /// The spec of a `model_type`.
 ///
@@ -164,6 +190,45 @@ pub(crate) struct ModelConfig {
     pub(crate) final_softcap: Option<f64>,
     pub(crate) eos_token_ids: Vec<u32>,
     pub(crate) pad_token_id: Option<u32>,
+    /// The mixture of experts, for architectures with one.
+    pub(crate) moe: Option<MoeConfig>,
+}
+
+/// A sparse mixture of experts, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MoeConfig {
+    pub(crate) num_experts: usize,
+    pub(crate) top_k: usize,
+    /// Each expert's intermediate size.
+    pub(crate) intermediate_size: usize,
+    pub(crate) norm_topk_prob: bool,
+    /// Per layer: whether its MLP is sparse.
+    pub(crate) sparse_layers: Vec<bool>,
+}
+
+impl MoeConfig {
+    /// The MoE of `raw` for `spec` (Mixtral: every layer sparse, each expert `intermediate_size`;
+    /// Qwen: `moe_intermediate_size`, dense on `mlp_only_layers` and off `decoder_sparse_step`).
+    fn resolve(raw: &HfConfig, names: &MoeNames, layers: usize, intermediate: usize) -> Result<Self> {
+        let need = HfConfig::required;
+        let num_experts = need(raw.num_experts, "num_experts")?;
+        let top_k = need(raw.num_experts_per_tok, "num_experts_per_tok")?;
+        if top_k > num_experts {
+            return Err(Error::invalid(
+                "num_experts_per_tok in config.json",
+                format!("{top_k} is more than the {num_experts} experts"),
+            ));
+        }
+        let step = raw.decoder_sparse_step.unwrap_or(1).max(1);
+        let dense = raw.mlp_only_layers.clone().unwrap_or_default();
+        Ok(Self {
+            num_experts,
+            top_k,
+            intermediate_size: raw.moe_intermediate_size.unwrap_or(intermediate),
+            norm_topk_prob: names.always_renormalise || raw.norm_topk_prob.unwrap_or(false),
+            sparse_layers: (0..layers).map(|i| !dense.contains(&i) && (i + 1) % step == 0).collect(),
+        })
+    }
 }
 
 /// The `eos_token_id` of a `generation_config.json`, if it has one.
@@ -266,6 +331,7 @@ impl ModelConfig {
             final_softcap: raw.final_logit_softcapping,
             eos_token_ids: raw.eos_token_ids(),
             pad_token_id: raw.pad_token(),
+            moe: spec.moe.as_ref().map(|n| MoeConfig::resolve(raw, n, layers, intermediate_size)).transpose()?,
         })
     }
 }
@@ -330,6 +396,28 @@ mod tests {
         let typed =
             g.replace("\"vocab_size\"", "\"layer_types\":[\"full_attention\",\"sliding_attention\"],\"vocab_size\"");
         assert_eq!(parse(&typed).expect("layer types").windows, vec![None, Some(4)]);
+    }
+
+    #[test]
+    fn moe_layers_follow_sparse_step_and_mlp_only_layers() {
+        let q = LLAMA_JSON.replace("\"llama\"", "\"qwen3_moe\"").replace(
+            "\"vocab_size\"",
+            "\"num_experts\":4,\"num_experts_per_tok\":2,\"moe_intermediate_size\":8,\"decoder_sparse_step\":1,\
+             \"mlp_only_layers\":[1],\"norm_topk_prob\":true,\"vocab_size\"",
+        );
+        let moe = parse(&q).expect("qwen3_moe").moe.expect("moe");
+        assert_eq!((moe.num_experts, moe.top_k, moe.intermediate_size, moe.norm_topk_prob), (4, 2, 8, true));
+        assert_eq!(moe.sparse_layers, vec![true, false]);
+        let stepped = q.replace("\"decoder_sparse_step\":1", "\"decoder_sparse_step\":2").replace("[1]", "[]");
+        assert_eq!(parse(&stepped).expect("step 2").moe.expect("moe").sparse_layers, vec![false, true]);
+        let m = LLAMA_JSON
+            .replace("\"llama\"", "\"mixtral\"")
+            .replace("\"vocab_size\"", "\"num_local_experts\":4,\"num_experts_per_tok\":2,\"vocab_size\"");
+        let moe = parse(&m).expect("mixtral").moe.expect("moe");
+        assert!(moe.norm_topk_prob, "Mixtral always renormalises");
+        assert_eq!((moe.intermediate_size, moe.sparse_layers), (128, vec![true, true]));
+        let err = parse(&m.replace("\"num_experts_per_tok\":2", "\"num_experts_per_tok\":5")).expect_err("k > n");
+        assert!(err.to_string().contains("num_experts_per_tok"), "{err}");
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //!
 //! One generic decoder serves every supported architecture; what differs between them is
 //! data (a small spec per `model_type`): Llama (with Llama 3 RoPE scaling), Mistral (sliding
-//! window), Qwen2 (q/k/v bias) and Gemma 2 (scaled embeddings, `1 + w` norms, sandwich norms,
-//! soft-capping, alternating sliding window). Other architectures (Qwen3, Gemma 3, Phi-3 …)
-//! are refused with [`probe_core::Error::NotSupported`] listing the supported ones.
+//! window), Qwen2 (q/k/v bias), Gemma 2 (scaled embeddings, `1 + w` norms, sandwich norms,
+//! soft-capping, alternating sliding window), Qwen3 (per-head q/k norms), Gemma 3 (q/k norms,
+//! local and global RoPE, also nested in a `Gemma3ForConditionalGeneration` checkpoint whose
+//! vision tower is never read), Mixtral and Qwen3-MoE (sparse mixtures of experts). Other
+//! architectures are refused with [`probe_core::Error::NotSupported`] listing the supported ones.
 //!
 //! Extraction runs one forward pass per batch that stops after the deepest requested layer
 //! and never computes logits; layers are numbered as transformers' `output_hidden_states`.
@@ -35,6 +37,7 @@ mod extract;
 mod generate;
 mod layers;
 mod model;
+mod moe;
 mod oom;
 mod options;
 mod placement;
