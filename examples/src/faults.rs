@@ -1,64 +1,134 @@
-//! Test-only knobs of the CLI, read from the environment, for fault tests (never needed in use):
+//! The `mock` backend and the test-only knobs of the CLI, compiled with the `testing` feature
+//! only (without it `--backend mock` is refused and the variables are ignored):
 //!
-//! - `PROBE_MOCK_GEN_DELAY_MS=N`: the `mock` backend's generator pauses N ms per `generate`
-//!   call (one call per generation chunk), so a test can interrupt a run mid-generation
-//!   (`PROBE_MOCK_DELAY_MS` does the same for the mock extractor's forward passes).
+//! - `PROBE_MOCK_DELAY_MS=N` / `PROBE_MOCK_GEN_DELAY_MS=N`: the `mock` backend's extractor
+//!   pauses N ms per forward pass, its generator per `generate` call (one call per generation
+//!   chunk), so a test can interrupt a run mid-extraction or mid-generation.
 //! - `PROBE_INJECT_OOM=SEED:PROBABILITY`: every backend's extractor fails seeded pseudo-random
 //!   calls of more than one row with an out-of-memory error
 //!   ([`probe_core::testing::OomInjector`]), so a test can check that the back-off gives the
 //!   same activations.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use async_trait::async_trait;
-use probe_core::testing::{MockGenerator, OomInjector};
-use probe_core::{Capabilities, Generation, GenerationRequest, Generator, ModelId, Result};
+use probe_core::Result;
 
 use crate::backends::Opened;
 
-/// Name of the out-of-memory injection variable.
-pub(crate) const INJECT_OOM_ENV: &str = "PROBE_INJECT_OOM";
-
-/// The `mock` backend's generator, slowed by `PROBE_MOCK_GEN_DELAY_MS` when set.
-pub(crate) fn mock_generator(model: &str) -> Arc<dyn Generator> {
-    let delay = std::env::var("PROBE_MOCK_GEN_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    Arc::new(SlowGenerator { inner: MockGenerator::new(model), delay: Duration::from_millis(delay) })
+/// The `mock` backend: a deterministic extractor and generator, no model.
+///
+/// # Errors
+/// [`probe_core::Error::FeatureDisabled`] (`testing`) in builds without the feature.
+pub(crate) fn mock(model: &str) -> Result<Opened> {
+    #[cfg(feature = "testing")]
+    return Ok(knobs::mock(model));
+    #[cfg(not(feature = "testing"))]
+    {
+        let _ = model;
+        Err(probe_core::Error::FeatureDisabled { feature: "testing".into() })
+    }
 }
 
-/// Wraps the opened model's extractor in an [`OomInjector`] when `PROBE_INJECT_OOM` is set.
+/// Wraps the opened model's extractor in an [`probe_core::testing::OomInjector`] when
+/// `PROBE_INJECT_OOM` is set (`testing` builds only; otherwise returns `opened`).
 ///
 /// # Errors
 /// [`probe_core::Error::InvalidInput`] naming the value when it is not `SEED:PROBABILITY`.
-pub(crate) fn inject(mut opened: Opened) -> Result<Opened> {
-    let Some(spec) = std::env::var(INJECT_OOM_ENV).ok().filter(|v| !v.is_empty()) else {
-        return Ok(opened);
-    };
-    let (seed, probability) = OomInjector::parse_spec(&spec)?;
-    tracing::warn!("{INJECT_OOM_ENV}={spec}: injecting out-of-memory errors into extraction (a test setting)");
-    opened.extractor = Arc::new(OomInjector::new(opened.extractor, seed, probability));
+pub(crate) fn inject(opened: Opened) -> Result<Opened> {
+    #[cfg(feature = "testing")]
+    return knobs::inject(opened);
+    #[cfg(not(feature = "testing"))]
     Ok(opened)
 }
 
-/// The mock generator with an optional pause per call.
-#[derive(Debug)]
-struct SlowGenerator {
-    inner: MockGenerator,
-    delay: Duration,
-}
+#[cfg(feature = "testing")]
+mod knobs {
+    use std::sync::Arc;
+    use std::time::Duration;
 
-#[async_trait]
-impl Generator for SlowGenerator {
-    async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
+    use async_trait::async_trait;
+    use probe_core::testing::{MockExtractor, MockGenerator, OomInjector};
+    use probe_core::{
+        ActivationExtractor, ActivationRequest, Activations, Capabilities, Generation, GenerationRequest, Generator,
+        ModelId, ModelInfo, Result,
+    };
+
+    use crate::backends::{MOCK_LAYERS, Opened};
+
+    /// Hidden size of the `mock` backend's model.
+    const MOCK_HIDDEN: usize = 32;
+
+    /// Name of the out-of-memory injection variable.
+    const INJECT_OOM_ENV: &str = "PROBE_INJECT_OOM";
+
+    fn delay(var: &str) -> Duration {
+        Duration::from_millis(std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    pub(super) fn mock(model: &str) -> Opened {
+        Opened {
+            extractor: Arc::new(SlowMock {
+                inner: MockExtractor::new(model, MOCK_LAYERS, MOCK_HIDDEN),
+                delay: delay("PROBE_MOCK_DELAY_MS"),
+            }),
+            generator: Some(Arc::new(SlowGenerator {
+                inner: MockGenerator::new(model),
+                delay: delay("PROBE_MOCK_GEN_DELAY_MS"),
+            })),
         }
-        self.inner.generate(request).await
     }
-    fn model_id(&self) -> ModelId {
-        self.inner.model_id()
+
+    pub(super) fn inject(mut opened: Opened) -> Result<Opened> {
+        let Some(spec) = std::env::var(INJECT_OOM_ENV).ok().filter(|v| !v.is_empty()) else {
+            return Ok(opened);
+        };
+        let (seed, probability) = OomInjector::parse_spec(&spec)?;
+        tracing::warn!("{INJECT_OOM_ENV}={spec}: injecting out-of-memory errors into extraction (a test setting)");
+        opened.extractor = Arc::new(OomInjector::new(opened.extractor, seed, probability));
+        Ok(opened)
     }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+
+    /// The mock extractor with an optional pause per call.
+    #[derive(Debug)]
+    struct SlowMock {
+        inner: MockExtractor,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl ActivationExtractor for SlowMock {
+        async fn extract(&self, request: ActivationRequest) -> Result<Activations> {
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            self.inner.extract(request).await
+        }
+        fn model_info(&self) -> ModelInfo {
+            self.inner.model_info()
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.inner.capabilities()
+        }
+    }
+
+    /// The mock generator with an optional pause per call.
+    #[derive(Debug)]
+    struct SlowGenerator {
+        inner: MockGenerator,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl Generator for SlowGenerator {
+        async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            self.inner.generate(request).await
+        }
+        fn model_id(&self) -> ModelId {
+            self.inner.model_id()
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.inner.capabilities()
+        }
     }
 }

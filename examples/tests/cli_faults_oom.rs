@@ -7,7 +7,8 @@ mod fault_support;
 use std::path::Path;
 
 use fault_support::{
-    activation_values, ok, probe_cmd, read_all_entries, report_without_counts, summary_line, write_prompts,
+    activation_values, ok, probe_cmd, read_all_entries, report_counts, report_without_counts, summary_line,
+    write_prompts,
 };
 
 /// Runs the same sweep without and with injection; returns the caches' activation entries
@@ -88,4 +89,8 @@ fn injected_out_of_memory_errors_give_the_same_activations_on_candle() {
     }
     eprintln!("candle: largest relative difference with out-of-memory retries: {worst:e}");
     assert!(worst <= 1e-5, "activations differ by {worst:e}");
+    // The size the back-off settled on is kept for the rest of the run and reported.
+    let kept = report_counts(&d.join("out-injected/report.json"))["backoff_batch_size"].as_u64();
+    assert!(kept.is_some_and(|b| (1..8).contains(&b)), "summary.backoff_batch_size: {kept:?}");
+    assert!(report_counts(&d.join("out-clean/report.json")).get("backoff_batch_size").is_none());
 }

@@ -21,16 +21,18 @@
 
 mod client;
 mod config;
+mod group;
 mod launcher;
 mod pool;
 mod process;
+mod spec;
 mod wire;
 
 pub use client::{ClientStats, VllmGenerator};
 pub use config::{ApiKey, RetryPolicy, VllmGeneratorBuilder};
-pub use launcher::{
-    LaunchCommand, LaunchedServer, ServerDevice, ServerGroup, ServerSpec, VllmLauncher, VllmLauncherBuilder,
-};
+pub use group::{LaunchedServer, ServerGroup};
+pub use launcher::{LaunchCommand, VllmLauncher, VllmLauncherBuilder};
+pub use spec::{ServerDevice, ServerSpec};
 
 /// The backend name used in errors.
 pub(crate) const BACKEND: &str = "vllm";
