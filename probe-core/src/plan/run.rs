@@ -282,7 +282,18 @@ impl RunPlan {
         req.extraction_gpus = settings.extraction_gpus.clone().filter(|g| !g.is_empty());
         req.mode = settings.mode;
         req.cpu_max_memory = settings.cpu_max_memory;
-        let mut run = Self::from_request(policy, req, settings.batch_size)?;
+        let one_token = req.generation.map(|g| GenerationWorkload { max_new_tokens: 1, ..g });
+        let short = req.extraction.map(|w| ExtractionWorkload { seq_len: settings.prompt_tokens.max(1) + 1, ..w });
+        let probe = req.clone().with_generation(one_token).with_extraction(short);
+        let mut run = Self::from_request(policy, req, settings.batch_size).map_err(|e| {
+            // Name max_tokens when it is what does not fit (a 1-token plan would).
+            match (&e, new_tokens > 1 && one_token.is_some() && policy.plan(probe).is_ok()) {
+                (Error::InvalidInput { message, .. }, true) => {
+                    Error::invalid("max_tokens", format!("{new_tokens} does not fit: {message}"))
+                }
+                _ => e,
+            }
+        })?;
         check_generation(&run.detail, settings)?;
         run.generation.max_new_tokens = settings.max_new_tokens;
         run.generation.prompt_tokens = settings.prompt_tokens;
