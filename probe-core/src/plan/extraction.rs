@@ -183,7 +183,14 @@ pub(super) fn plan_extraction(
     let mut slots = gpu_slots.clone();
     slots.push(cpu_slot);
     let offload_ok = req.cpu_offload || gpu_slots.is_empty();
-    if offload_ok && let Some(b) = largest(w.max_batch_size, |b| assign(spec, m, &slots, ws(b)).is_some()) {
+    // Blocks (and edges) the GPUs hold at batch `b`: a larger batch must not push weights off them.
+    let on_gpus = |b: u64| {
+        assign(spec, m, &slots, ws(b)).map(|sh| {
+            sh.iter().filter(|s| s.gpu.is_some()).map(|s| s.num_layers + usize::from(s.embedding)).sum::<usize>()
+        })
+    };
+    let most = on_gpus(1);
+    if offload_ok && let Some(b) = largest(w.max_batch_size, |b| on_gpus(b).is_some_and(|n| Some(n) >= most)) {
         let shares = assign(spec, m, &slots, ws(b)).expect("fits");
         let cpu = shares.iter().find(|s| s.gpu.is_none());
         if let (Some(cpu), false) = (cpu, gpu_slots.is_empty()) {

@@ -1,0 +1,95 @@
+//! The library's run plan: `resolve_run` from an inventory, a model spec and settings, used by
+//! `sweep::run` through `SweepConfig::with_plan` (planned batch size, recorded in the
+//! report), on the published configs of Qwen3-32B and gemma-3-12b-it.
+
+use std::path::Path;
+
+use probe_core::plan::{
+    BatchSource, DeviceInventory, Dtype, ModelSpec, Planner, RunPlan, RunSettings, resolve_run, units::GIB,
+};
+use probe_core::sweep::{self, PromptFormat, PromptSet, SweepConfig, SweepParts};
+use probe_core::testing::{MemoryCache, MockExtractor, MockGenerator};
+use probe_core::{DevicePolicy, Error, SamplingParams};
+
+fn spec(name: &str) -> ModelSpec {
+    ModelSpec::from_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/configs").join(name)).unwrap()
+}
+
+fn devices(plan: &RunPlan) -> Vec<(String, [usize; 2])> {
+    plan.extraction.as_ref().unwrap().placement.iter().map(|p| (p.device.clone(), p.layers)).collect()
+}
+
+#[test]
+fn qwen3_32b_placements_follow_the_inventory() {
+    let s = RunSettings::new(512).with_max_new_tokens(Some(256));
+    let one = resolve_run(DeviceInventory::parse_gpus("1x80GiB").unwrap(), spec("qwen3-32b.json"), &s).unwrap();
+    assert_eq!(devices(&one), vec![("cuda:0".to_owned(), [0, 63])]);
+    let e = one.extraction.as_ref().unwrap();
+    assert_eq!((e.dtype, e.batch_size_source), (Dtype::Bf16, BatchSource::Planned));
+    assert_eq!(one.first_extraction_gpu(), Some(0));
+
+    let two = resolve_run(DeviceInventory::parse_gpus("2x40GiB").unwrap(), spec("qwen3-32b.json"), &s).unwrap();
+    let d = devices(&two);
+    assert_eq!((d.len(), d[0].0.as_str(), d[1].0.as_str()), (2, "cuda:0", "cuda:1"));
+    assert_eq!((d[0].1[0], d[0].1[1] + 1, d[1].1[1]), (0, d[1].1[0], 63), "contiguous blocks: {d:?}");
+
+    let inv = DeviceInventory::parse_gpus("1x24GiB").unwrap().with_cpu_bytes(96 * GIB);
+    let off = resolve_run(inv, spec("qwen3-32b.json"), &s).unwrap();
+    assert_eq!(devices(&off).iter().map(|d| d.0.as_str()).collect::<Vec<_>>(), ["cuda:0", "cpu"]);
+    assert!(off.extraction.as_ref().unwrap().cpu_offload);
+
+    let inv = DeviceInventory::parse_gpus("1x24GiB").unwrap().with_cpu_bytes(16 * GIB);
+    let e = resolve_run(inv, spec("qwen3-32b.json"), &s).unwrap_err();
+    assert!(matches!(e, Error::InvalidInput { .. }));
+    assert!(e.to_string().contains("weights 61.02 GiB") && e.to_string().contains("CPU has 14.40 GiB"), "{e}");
+}
+
+#[test]
+fn launched_servers_take_tensor_parallelism_through_the_device_policy() {
+    let planner = Planner::new(DeviceInventory::parse_gpus("4x24GiB").unwrap());
+    assert_eq!(planner.inventory().unwrap().gpus.len(), 4);
+    let s = RunSettings::new(512).with_max_new_tokens(Some(256)).with_launch_servers(true);
+    let p = RunPlan::resolve(&planner, spec("qwen3-32b.json"), &s).unwrap();
+    assert_eq!(p.generation.servers.len(), 1);
+    assert_eq!(p.generation.servers[0].gpus, vec![0, 1, 2, 3]);
+    assert!(p.generation.servers[0].args.windows(2).any(|w| w == ["--tensor-parallel-size", "4"]));
+    // The launcher builds its servers from the planner's own generation plan.
+    assert_eq!(p.detail.generation.as_ref().unwrap().servers[0].tensor_parallel_size, 4);
+}
+
+#[test]
+fn gemma3_12b_it_reads_as_its_language_model() {
+    let s = RunSettings::new(512).with_max_new_tokens(Some(256));
+    let inv = DeviceInventory::parse_gpus("1x16GiB").unwrap().with_cpu_bytes(64 * GIB);
+    let p = resolve_run(inv, spec("gemma-3-12b-it.json"), &s).unwrap();
+    assert_eq!((p.model.layers, p.model.sliding_layers), (48, 40));
+    assert_eq!(devices(&p).iter().map(|d| d.0.as_str()).collect::<Vec<_>>(), ["cuda:0", "cpu"]);
+}
+
+#[tokio::test]
+async fn a_sweep_with_a_plan_runs_with_its_batch_and_records_it() {
+    let mut lines = String::new();
+    for i in 0..100 {
+        let (w, l) = if i % 2 == 0 { ("apple", "fruit") } else { ("iron", "metal") };
+        lines.push_str(&format!("{{\"id\":\"p{i}\",\"text\":\"item {i} is {w}\",\"label\":\"{l}\"}}\n"));
+    }
+    let prompts = PromptSet::parse("set", "set.jsonl", lines.as_bytes(), PromptFormat::labelled()).unwrap();
+    let spec = ModelSpec::from_json(
+        r#"{"model_type":"llama","hidden_size":16,"intermediate_size":32,"num_hidden_layers":4,
+            "num_attention_heads":2,"vocab_size":64,"max_position_embeddings":512}"#,
+    )
+    .unwrap();
+    let mut settings = RunSettings::new(16).with_max_new_tokens(Some(4));
+    settings.max_batch_size = 24;
+    let plan = resolve_run(DeviceInventory::new(vec![], 8 * GIB), spec, &settings).unwrap();
+    assert_eq!(plan.batch_size_or(0), 24, "the largest batch up to the cap fits a tiny model");
+    let (extractor, generator, cache) = (MockExtractor::new("m", 4, 16), MockGenerator::new("m"), MemoryCache::new());
+    let parts = SweepParts::new(&extractor, &cache).with_generator(&generator);
+    let config = SweepConfig::new(vec![1, 3]).with_sampling(Some(SamplingParams::greedy(4))).with_plan(plan.clone());
+    let report = sweep::run(parts, &prompts, &config).await.unwrap();
+    assert_eq!(report.summary.batches_computed, 100usize.div_ceil(24));
+    assert_eq!(report.plan.as_ref(), Some(&plan));
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["plan"]["extraction"]["batch_size"], 24);
+    assert_eq!(json["plan"]["extraction"]["placement"][0]["device"], "cpu");
+}
