@@ -12,85 +12,24 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use probe_core::sweep::{self, PromptSet, SweepConfig, SweepObserver, SweepReport, SweepSummary};
-use probe_core::{CacheStore, Capabilities, Error, Generation, GenerationRequest, Generator, ModelId, Result};
-use tokio::sync::Mutex;
+use probe_core::plan::RunPlan;
+use probe_core::{Error, Result};
 
 use crate::backends::BackendKind;
 use crate::config_file::{Devices, ProbeToml};
 
-/// How generation and extraction share devices (`[devices] mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    /// Launched servers stay up while extraction runs on other devices.
-    Exclusive,
-    /// Generation finishes and the launched servers stop before extraction starts.
-    TimeShared,
-}
+#[cfg(not(feature = "vllm"))]
+pub(crate) use no_vllm::{OnDemand, after_sweep, generation_first};
+pub(crate) use probe_backends::roles::{Mode, Roles};
+#[cfg(feature = "vllm")]
+pub(crate) use probe_backends::vllm::{OnDemand, after_sweep, generation_first};
 
-/// Where each phase runs: CUDA ordinals, an empty list meaning the CPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Roles {
-    pub(crate) generation: Vec<usize>,
-    pub(crate) extraction: Vec<usize>,
-    pub(crate) mode: Mode,
-    /// True when `mode` was derived from the overlap rather than set in the file.
-    pub(crate) derived: bool,
-}
-
-impl Roles {
-    /// The roles of `[devices]`; `mode` defaults to time-shared when the sets overlap.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] for an unknown mode, or `"exclusive"` with a GPU in both sets.
-    pub(crate) fn from_devices(d: &Devices) -> Result<Self> {
-        let generation = d.generation_gpus.clone().unwrap_or_default();
-        let extraction = d.extraction_gpus.clone().unwrap_or_default();
-        let shared = generation.iter().copied().find(|g| extraction.contains(g));
-        let overlap = shared.is_some() || (generation.is_empty() && extraction.is_empty());
-        let (mode, derived) = match d.mode.as_deref() {
-            None => (if overlap { Mode::TimeShared } else { Mode::Exclusive }, true),
-            Some("time-shared") => (Mode::TimeShared, false),
-            Some("exclusive") => {
-                if let Some(g) = shared {
-                    return Err(Error::invalid(
-                        "devices",
-                        format!(
-                            "[devices] mode = \"exclusive\" but GPU {g} is in both generation_gpus and extraction_gpus"
-                        ),
-                    ));
-                }
-                (Mode::Exclusive, false)
-            }
-            Some(other) => {
-                return Err(Error::invalid(
-                    "devices",
-                    format!("[devices] mode = {other:?} (expected \"exclusive\" or \"time-shared\")"),
-                ));
-            }
-        };
-        Ok(Self { generation, extraction, mode, derived })
-    }
-
-    /// Refuses a GPU index this machine does not have (`count` GPUs, `why` says how they were
-    /// found), naming the key, the index and the count.
-    pub(crate) fn check_exist(&self, count: usize, why: &str) -> Result<()> {
-        for (key, list) in [("generation_gpus", &self.generation), ("extraction_gpus", &self.extraction)] {
-            if let Some(&bad) = list.iter().find(|&&g| g >= count) {
-                let have = match count {
-                    0 => "0 GPUs found".to_owned(),
-                    1 => "1 GPU found, 0".to_owned(),
-                    n => format!("{n} GPUs found, 0..={}", n - 1),
-                };
-                return Err(Error::invalid(
-                    "devices",
-                    format!("[devices] {key}: GPU {bad} does not exist ({have}; {why})"),
-                ));
-            }
-        }
-        Ok(())
-    }
+/// The roles of `[devices]`.
+///
+/// # Errors
+/// As [`Roles::new`].
+pub(crate) fn roles(d: &Devices) -> Result<Roles> {
+    Roles::new(d.generation_gpus.clone(), d.extraction_gpus.clone(), d.mode.as_deref())
 }
 
 /// `cpu` or `cuda:0,cuda:1`.
@@ -100,16 +39,12 @@ fn devices(gpus: &[usize]) -> String {
 
 #[cfg(feature = "vllm")]
 type Launcher = probe_backends::vllm::VllmLauncher;
-#[cfg(feature = "vllm")]
-type Group = probe_backends::vllm::ServerGroup;
 
 /// Placeholder in builds without `vllm`, which never launch (`launcher` refuses).
 #[cfg(not(feature = "vllm"))]
 #[allow(dead_code)] // never constructed without the feature
 #[derive(Debug, Clone)]
 struct Launcher;
-#[cfg(not(feature = "vllm"))]
-type Group = ();
 
 /// The devices of a run and the servers it launches, resolved before any work.
 #[derive(Debug)]
@@ -136,7 +71,7 @@ impl Servers {
         default_log_dir: PathBuf,
         dry_run: bool,
     ) -> Result<Self> {
-        let roles = Roles::from_devices(&file.devices)?;
+        let roles = roles(&file.devices)?;
         let uses_gpus = !roles.generation.is_empty() || !roles.extraction.is_empty();
         if uses_gpus && !dry_run {
             let found = probe_backends::device::detect();
@@ -209,157 +144,46 @@ impl Servers {
             None => Ok(None),
             Some(l) => {
                 let inner = self.backend.open_generator(model, None, &self.urls())?;
-                let state = State::NotStarted(Box::new(l.clone()));
-                Ok(Some(Arc::new(OnDemand { inner, mode: self.roles.mode, state: Mutex::new(state) })))
+                on_demand(l, inner, self.roles.mode).map(|g| Some(Arc::new(g)))
             }
         }
     }
-}
 
-/// For a sweep (or, with `shard`, one shard) on time-shared devices: runs the generation
-/// phase through the launched servers, then stops them; returns its counts. Does nothing
-/// (`None`) otherwise.
-///
-/// # Errors
-/// The launcher's and the generation phase's errors.
-pub(crate) async fn generation_first(
-    launched: Option<&OnDemand>,
-    prompts: &PromptSet,
-    config: &SweepConfig,
-    cache: &dyn CacheStore,
-    observer: &dyn SweepObserver,
-    shard: Option<sweep::Shard>,
-) -> Result<Option<SweepSummary>> {
-    let Some(g) = launched else { return Ok(None) };
-    if g.mode != Mode::TimeShared || config.sampling.is_none() {
-        return Ok(None);
-    }
-    let counts = match shard {
-        Some(shard) => sweep::generate_shard(g, cache, observer, prompts, config, shard).await?,
-        None => sweep::generate(g, cache, observer, prompts, config).await?,
-    };
-    g.stop("before extraction (time-shared devices)").await?;
-    Ok(Some(counts))
-}
-
-/// After a sweep: stops the launched servers still running and puts the generation phase's
-/// counts into the report (the sweep itself found those completions cached).
-///
-/// # Errors
-/// When stopping fails.
-pub(crate) async fn after_sweep(
-    launched: Option<&OnDemand>,
-    generated: Option<SweepSummary>,
-    report: &mut SweepReport,
-) -> Result<()> {
-    if let Some(g) = generated {
-        report.summary.generations_generated = g.generations_generated;
-        report.summary.generations_cached = g.generations_cached;
-    }
-    match launched {
-        Some(g) => g.stop("after the sweep").await,
-        None => Ok(()),
-    }
-}
-
-#[derive(Debug)]
-enum State {
-    NotStarted(Box<Launcher>),
-    Running(Running),
-    /// The launch failed (its error, for the calls still waiting).
-    Failed(String),
-    Stopped,
-}
-
-/// A vLLM generator over servers this run launches on its first call; see
-/// [`Servers::on_demand`]. [`OnDemand::stop`] (or dropping it) stops them; a call after
-/// `stop` is an error, never a second launch.
-#[derive(Debug)]
-pub(crate) struct OnDemand {
-    inner: Arc<dyn Generator>,
-    mode: Mode,
-    state: Mutex<State>,
-}
-
-impl OnDemand {
-    /// Stops the servers if they were started (logging `vllm: stopped N servers <why>`).
+    /// Gives the launched servers the plan's arguments: one server per planned server, on its
+    /// GPUs, with its `--gpu-memory-utilization`, `--max-model-len`, `--max-num-seqs`,
+    /// `--tensor-parallel-size` and `--block-size` (the plan applied the `[vllm]` keys).
+    /// Servers on the CPU, and runs without a plan or launch, keep `[vllm]`'s settings.
     ///
     /// # Errors
-    /// When stopping fails.
-    pub(crate) async fn stop(&self, why: &str) -> Result<()> {
-        let state = std::mem::replace(&mut *self.state.lock().await, State::Stopped);
-        match state {
-            State::Running(r) => r.stop(why).await,
-            State::NotStarted(_) => {
-                tracing::info!("vllm: no server was launched: every completion was cached");
-                Ok(())
-            }
-            State::Failed(_) | State::Stopped => Ok(()),
+    /// [`Error::InvalidInput`] for a planned server the launcher refuses.
+    pub(crate) fn use_plan(&mut self, plan: Option<&RunPlan>) -> Result<()> {
+        let planned = plan.and_then(|p| p.detail.generation.as_ref()).filter(|g| !g.servers.is_empty());
+        if let (Some(l), Some(g), false) = (&self.launcher, planned, self.roles.generation.is_empty()) {
+            self.launcher = Some(with_planned_servers(l, g)?);
         }
+        Ok(())
     }
-}
-
-#[async_trait]
-impl Generator for OnDemand {
-    /// Starts the servers on the first call and waits until they are healthy, then generates
-    /// through them.
-    async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
-        {
-            let mut state = self.state.lock().await;
-            match &*state {
-                State::Running(_) => {}
-                State::NotStarted(l) => match start(l, self.mode).await {
-                    Ok(running) => *state = State::Running(running),
-                    Err(e) => {
-                        // Calls waiting on the lock (blocks in flight) fail at once, not launch again.
-                        *state = State::Failed(e.to_string());
-                        return Err(e);
-                    }
-                },
-                State::Failed(e) => {
-                    return Err(Error::backend("vllm", format!("the launched servers did not start: {e}")));
-                }
-                State::Stopped => {
-                    return Err(Error::backend(
-                        "vllm",
-                        "generation was asked for after the launched servers were stopped",
-                    ));
-                }
-            }
-        }
-        self.inner.generate(request).await
-    }
-    fn model_id(&self) -> ModelId {
-        self.inner.model_id()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-}
-
-/// Servers this run started; stopped by [`Running::stop`] or, failing that, when dropped.
-#[derive(Debug)]
-pub(crate) struct Running {
-    group: Group,
 }
 
 #[cfg(feature = "vllm")]
-impl Running {
-    /// Stops exactly these servers and logs it (`why` ends the line).
-    async fn stop(self, why: &str) -> Result<()> {
-        let n = self.group.servers().len();
-        self.group.stop().await?;
-        tracing::info!("vllm: stopped {n} servers {why}");
-        Ok(())
-    }
+fn on_demand(l: &Launcher, inner: Arc<dyn probe_core::Generator>, mode: Mode) -> Result<OnDemand> {
+    Ok(OnDemand::new(l.clone(), inner, mode))
 }
 
 #[cfg(not(feature = "vllm"))]
-impl Running {
-    async fn stop(self, _why: &str) -> Result<()> {
-        let () = self.group;
-        Ok(())
-    }
+fn on_demand(_l: &Launcher, _inner: Arc<dyn probe_core::Generator>, _mode: Mode) -> Result<OnDemand> {
+    Err(Error::FeatureDisabled { feature: "vllm".into() })
+}
+
+#[cfg(feature = "vllm")]
+fn with_planned_servers(l: &Launcher, g: &probe_core::plan::GenerationPlan) -> Result<Launcher> {
+    let base = l.servers().first().map_or(8000, |s| s.port);
+    l.clone().with_servers(probe_backends::vllm::ServerSpec::from_plan(g, base)?)
+}
+
+#[cfg(not(feature = "vllm"))]
+fn with_planned_servers(l: &Launcher, _g: &probe_core::plan::GenerationPlan) -> Result<Launcher> {
+    Ok(l.clone())
 }
 
 #[cfg(feature = "vllm")]
@@ -448,21 +272,6 @@ fn launch_commands(_l: Option<&Launcher>) -> Vec<String> {
     Vec::new()
 }
 
-#[cfg(feature = "vllm")]
-async fn start(l: &Launcher, mode: Mode) -> Result<Running> {
-    let n = l.dry_run().len();
-    let how = if mode == Mode::TimeShared { "time-shared" } else { "exclusive" };
-    tracing::info!("vllm: launching {n} servers ({how} devices)");
-    let group = l.launch().await?;
-    tracing::info!("vllm: {n} servers healthy at {}", group.urls().join(", "));
-    Ok(Running { group })
-}
-
-#[cfg(not(feature = "vllm"))]
-async fn start(_l: &Launcher, _mode: Mode) -> Result<Running> {
-    Err(Error::FeatureDisabled { feature: "vllm".into() })
-}
-
 /// Runs `work`; when `on`, Ctrl-C or SIGTERM cancels it instead of killing the process, so
 /// the launched servers are stopped (their group's drop) before `probe` exits.
 pub(crate) async fn with_signals<T>(on: bool, work: impl Future<Output = Result<T>>) -> Result<T> {
@@ -480,72 +289,59 @@ pub(crate) async fn with_signals<T>(on: bool, work: impl Future<Output = Result<
     Err(Error::backend("probe", format!("interrupted ({signal}); the launched vLLM servers were stopped")))
 }
 
+/// Builds without `vllm` never launch: the types and steps of launched servers, empty.
+#[cfg(not(feature = "vllm"))]
+mod no_vllm {
+    use async_trait::async_trait;
+    use probe_core::sweep::{PromptSet, Shard, SweepConfig, SweepObserver, SweepReport, SweepSummary};
+    use probe_core::{CacheStore, Capabilities, Generation, GenerationRequest, Generator, ModelId, Result};
+
+    /// Never constructed without the feature.
+    #[derive(Debug)]
+    pub(crate) enum OnDemand {}
+
+    impl OnDemand {
+        pub(crate) async fn stop(&self, _why: &str) -> Result<()> {
+            match *self {}
+        }
+    }
+
+    #[async_trait]
+    impl Generator for OnDemand {
+        async fn generate(&self, _request: GenerationRequest) -> Result<Vec<Generation>> {
+            match *self {}
+        }
+        fn model_id(&self) -> ModelId {
+            match *self {}
+        }
+        fn capabilities(&self) -> Capabilities {
+            match *self {}
+        }
+    }
+
+    pub(crate) async fn generation_first(
+        _launched: Option<&OnDemand>,
+        _prompts: &PromptSet,
+        _config: &SweepConfig,
+        _cache: &dyn CacheStore,
+        _observer: &dyn SweepObserver,
+        _shard: Option<Shard>,
+    ) -> Result<Option<SweepSummary>> {
+        Ok(None)
+    }
+
+    pub(crate) async fn after_sweep(
+        _launched: Option<&OnDemand>,
+        _generated: Option<SweepSummary>,
+        _report: &mut SweepReport,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `[devices]` from TOML (robust to fields added to the struct).
-    fn devices(g: Option<Vec<usize>>, e: Option<Vec<usize>>, mode: Option<&str>) -> Devices {
-        let mut text = String::from("[devices]\n");
-        if let Some(g) = g {
-            text.push_str(&format!("generation_gpus = {g:?}\n"));
-        }
-        if let Some(e) = e {
-            text.push_str(&format!("extraction_gpus = {e:?}\n"));
-        }
-        if let Some(m) = mode {
-            text.push_str(&format!("mode = {m:?}\n"));
-        }
-        ProbeToml::parse(&text, "t.toml").unwrap().devices
-    }
-
-    #[test]
-    fn mode_is_derived_from_the_overlap_of_the_device_sets() {
-        let r = Roles::from_devices(&devices(Some(vec![0, 1]), Some(vec![1, 2]), None)).unwrap();
-        assert_eq!((r.mode, r.derived), (Mode::TimeShared, true));
-        let r = Roles::from_devices(&devices(Some(vec![0, 1]), Some(vec![2]), None)).unwrap();
-        assert_eq!(r.mode, Mode::Exclusive, "disjoint GPU sets");
-        let r = Roles::from_devices(&devices(None, None, None)).unwrap();
-        assert_eq!(r.mode, Mode::TimeShared, "both on the CPU");
-        let r = Roles::from_devices(&devices(Some(vec![]), Some(vec![0]), None)).unwrap();
-        assert_eq!(r.mode, Mode::Exclusive, "servers on the CPU, extraction on GPU 0");
-        let r = Roles::from_devices(&devices(Some(vec![0]), None, None)).unwrap();
-        assert_eq!(r.mode, Mode::Exclusive, "servers on GPU 0, extraction on the CPU");
-    }
-
-    #[test]
-    fn mode_set_in_the_file_wins_unless_exclusive_shares_a_gpu() {
-        let r = Roles::from_devices(&devices(Some(vec![0]), Some(vec![1]), Some("time-shared"))).unwrap();
-        assert_eq!((r.mode, r.derived), (Mode::TimeShared, false));
-        let r = Roles::from_devices(&devices(None, None, Some("exclusive"))).unwrap();
-        assert_eq!(r.mode, Mode::Exclusive, "exclusive on the CPU keeps the servers up");
-        let e = Roles::from_devices(&devices(Some(vec![0, 2]), Some(vec![3, 2]), Some("exclusive"))).unwrap_err();
-        assert!(matches!(e, Error::InvalidInput { .. }));
-        assert_eq!(
-            e.to_string(),
-            "invalid devices: [devices] mode = \"exclusive\" but GPU 2 is in both generation_gpus and extraction_gpus"
-        );
-        let e = Roles::from_devices(&devices(None, None, Some("shared"))).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "invalid devices: [devices] mode = \"shared\" (expected \"exclusive\" or \"time-shared\")"
-        );
-    }
-
-    #[test]
-    fn gpu_indices_past_the_count_are_refused_naming_index_and_count() {
-        let r = Roles::from_devices(&devices(Some(vec![0, 1]), Some(vec![3]), None)).unwrap();
-        assert!(r.check_exist(4, "found").is_ok());
-        let e = r.check_exist(2, "2 GPU(s) through NVML").unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "invalid devices: [devices] extraction_gpus: GPU 3 does not exist (2 GPUs found, 0..=1; 2 GPU(s) through \
-             NVML)"
-        );
-        let e = r.check_exist(0, "no GPU").unwrap_err().to_string();
-        assert!(e.contains("generation_gpus: GPU 0 does not exist (0 GPUs found; no GPU)"), "{e}");
-        assert!(Roles::from_devices(&devices(None, None, None)).unwrap().check_exist(0, "").is_ok());
-    }
 
     #[cfg(feature = "vllm")]
     #[test]
@@ -603,5 +399,36 @@ mod tests {
         assert!(!given.launches(), "URLs given: nothing to launch");
         let no_gen = Servers::plan(&file, BackendKind::Vllm, "m", &[], false, "l".into(), false).unwrap();
         assert!(!no_gen.launches(), "--no-generate: nothing to launch");
+    }
+
+    #[cfg(feature = "vllm")]
+    #[test]
+    fn launched_servers_take_the_plans_arguments_and_cpu_servers_keep_the_file_settings() {
+        use probe_core::plan::{DeviceInventory, ModelSpec, RunSettings, resolve_run};
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../probe-core/tests/fixtures/configs/llama-3-8b.json");
+        let spec = ModelSpec::from_path(std::path::Path::new(config)).unwrap();
+        let settings = RunSettings::new(200).with_max_new_tokens(Some(56)).with_launch_servers(true);
+        let plan = resolve_run(DeviceInventory::parse_gpus("2x80GiB").unwrap(), spec, &settings).unwrap();
+        let planned: Vec<&Vec<String>> = plan.generation.servers.iter().map(|s| &s.args).collect();
+        assert!(!planned.is_empty(), "{plan:?}");
+
+        let toml = "[devices]\ngeneration_gpus = [0, 1]\nextraction_gpus = [1]\n[vllm]\nbase_port = 9100\n";
+        let file = ProbeToml::parse(toml, "t.toml").unwrap();
+        let mut s = Servers::plan(&file, BackendKind::Vllm, "m", &[], true, "logs".into(), true).unwrap();
+        s.use_plan(Some(&plan)).unwrap();
+        let lines = s.dry_run_lines(true);
+        let servers: Vec<&String> = lines.iter().filter(|l| l.starts_with("server ")).collect();
+        assert_eq!(servers.len(), planned.len(), "{lines:#?}");
+        for (k, (line, args)) in servers.iter().zip(&planned).enumerate() {
+            assert!(line.contains(&args.join(" ")), "server {k} runs the plan's arguments {args:?}: {line}");
+            assert!(line.contains(&format!("--port {} ", 9100 + k)), "{line}");
+        }
+        assert!(servers[0].contains("--max-model-len 256 "), "prompt 200 + 56 new tokens: {}", servers[0]);
+
+        let cpu = ProbeToml::parse("[vllm]\nservers = 2\n", "t.toml").unwrap();
+        let mut s = Servers::plan(&cpu, BackendKind::Vllm, "m", &[], true, "logs".into(), true).unwrap();
+        let before = s.dry_run_lines(true);
+        s.use_plan(Some(&plan)).unwrap();
+        assert_eq!(s.dry_run_lines(true), before, "servers on the CPU keep [vllm]'s settings");
     }
 }

@@ -98,6 +98,20 @@ impl VllmLauncher {
         }
     }
 
+    /// The servers it starts.
+    pub fn servers(&self) -> &[ServerSpec] {
+        &self.servers
+    }
+
+    /// The same launcher for other servers (e.g. [`ServerSpec::from_plan`]'s), checked as
+    /// [`VllmLauncherBuilder::build`] checks them.
+    ///
+    /// # Errors
+    /// As [`VllmLauncherBuilder::build`].
+    pub fn with_servers(self, servers: Vec<ServerSpec>) -> Result<Self> {
+        VllmLauncherBuilder { inner: self }.servers(servers).build()
+    }
+
     /// The commands this launcher runs, one per server, without starting anything.
     pub fn dry_run(&self) -> Vec<LaunchCommand> {
         self.servers.iter().map(|s| self.command_for(s)).collect()

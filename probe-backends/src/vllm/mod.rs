@@ -23,6 +23,7 @@ mod client;
 mod config;
 mod group;
 mod launcher;
+mod on_demand;
 mod pool;
 mod process;
 mod spec;
@@ -32,6 +33,7 @@ pub use client::{ClientStats, VllmGenerator};
 pub use config::{ApiKey, RetryPolicy, VllmGeneratorBuilder};
 pub use group::{LaunchedServer, ServerGroup};
 pub use launcher::{LaunchCommand, VllmLauncher, VllmLauncherBuilder};
+pub use on_demand::{OnDemand, after_sweep, generation_first};
 pub use spec::{ServerDevice, ServerSpec};
 
 /// The backend name used in errors.
