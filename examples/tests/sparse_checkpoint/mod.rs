@@ -44,7 +44,7 @@ fn write_shards(dir: &Path, tensors: &[Spec], shards: usize) {
             offset = end;
         }
         let mut text = serde_json::to_string(&header).unwrap();
-        while text.len() % 8 != 0 {
+        while !text.len().is_multiple_of(8) {
             text.push(' ');
         }
         let mut f = File::create(dir.join(&name)).unwrap();
