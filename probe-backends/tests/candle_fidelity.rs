@@ -30,6 +30,7 @@ const MODELS: &[(&str, &str)] = &[
     ("mixtral", "mixtral"),
     ("qwen3_moe", "qwen3_moe"),
     ("qwen3_moe_fused", "qwen3_moe"),
+    ("olmo2", "olmo2"),
 ];
 
 #[derive(Deserialize)]

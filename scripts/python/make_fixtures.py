@@ -21,7 +21,8 @@ qwen2 (q/k/v bias), gemma2 (embedding scale, 1+w norms, soft-capping, alternatin
 qwen3 (per-head q/k norms), gemma3_text (q/k norms, local and global RoPE bases, linear scaling
 on global layers, sliding_window_pattern, query_pre_attn_scalar), mixtral (sparse MoE, top-2 of
 4 experts, renormalised, sliding window), qwen3_moe (q/k norms, MoE without renormalisation, a
-dense layer from mlp_only_layers). Router weights are scaled up so that no token's top-k is a
+dense layer from mlp_only_layers), olmo2 (post-norms only, q/k norms over the whole
+projections). Router weights are scaled up so that no token's top-k is a
 near tie. OUT/models/qwen3_moe_fused/ holds qwen3_moe's weights with the experts stacked as
 transformers 5 keeps them in memory (mlp.experts.gate_up_proj [E, 2I, H], down_proj [E, H, I]).
 
@@ -46,7 +47,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ARCHS = ["llama", "llama3", "mistral", "qwen2", "gemma2", "qwen3", "gemma3_text", "mixtral", "qwen3_moe"]
+ARCHS = ["llama", "llama3", "mistral", "qwen2", "gemma2", "qwen3", "gemma3_text", "mixtral", "qwen3_moe", "olmo2"]
 
 PROMPTS = [
     "Hello",
@@ -205,6 +206,8 @@ def build_config(arch: str, tok):
             rope_theta=1000000.0,
             tie_word_embeddings=False,
         )
+    if arch == "olmo2":
+        return tf.Olmo2Config(**COMMON, **ids, rope_theta=500000.0, tie_word_embeddings=False)
     raise ValueError(arch)
 
 
@@ -221,6 +224,7 @@ def model_class(arch: str):
         "gemma3_text": tf.Gemma3ForCausalLM,
         "mixtral": tf.MixtralForCausalLM,
         "qwen3_moe": tf.Qwen3MoeForCausalLM,
+        "olmo2": tf.Olmo2ForCausalLM,
     }[arch]
 
 

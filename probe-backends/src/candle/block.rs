@@ -4,7 +4,7 @@
 use candle_core::{D, DType, Result, Tensor};
 use candle_nn::{VarBuilder, kv_cache::KvCache};
 
-use super::config::{ModelConfig, QkNorm};
+use super::config::{ModelConfig, NormPlacement, QkNorm};
 use super::layers::{Linear, Norm};
 use super::moe::Mlp;
 
@@ -20,11 +20,12 @@ pub(crate) struct Block {
     k_norm: Option<Norm>,
     /// Dense or mixture of experts.
     mlp: Mlp,
-    input_norm: Norm,
-    /// Gemma 2/3: normalises the attention output before the residual add.
+    /// The norm in front of attention (none with post-norms only).
+    input_norm: Option<Norm>,
+    /// Gemma 2/3, OLMo 2: normalises the attention output before the residual add.
     post_attn_norm: Option<Norm>,
     /// The norm in front of the MLP (`post_attention_layernorm` in Llama's naming).
-    pre_mlp_norm: Norm,
+    pre_mlp_norm: Option<Norm>,
     /// Gemma 2/3: normalises the MLP output before the residual add.
     post_mlp_norm: Option<Norm>,
     window: Option<usize>,
@@ -70,21 +71,26 @@ impl Block {
         let spec = cfg.spec;
         let eps = cfg.rms_norm_eps;
         let norm = |n: &str| Norm::load(vb, &format!("{p}.{n}"), h, spec, eps);
-        let (post_attn_norm, pre_mlp_norm, post_mlp_norm) = if spec.sandwich_norms {
-            (
+        let (input_norm, post_attn_norm, pre_mlp_norm, post_mlp_norm) = match spec.norms {
+            NormPlacement::Pre => (Some(norm("input_layernorm")?), None, Some(norm("post_attention_layernorm")?), None),
+            NormPlacement::Sandwich => (
+                Some(norm("input_layernorm")?),
                 Some(norm("post_attention_layernorm")?),
-                norm("pre_feedforward_layernorm")?,
+                Some(norm("pre_feedforward_layernorm")?),
                 Some(norm("post_feedforward_layernorm")?),
-            )
-        } else {
-            (None, norm("post_attention_layernorm")?, None)
+            ),
+            NormPlacement::Post => {
+                (None, Some(norm("post_attention_layernorm")?), None, Some(norm("post_feedforward_layernorm")?))
+            }
         };
         let q = Linear::load(vb, &format!("{p}.self_attn.q_proj"), nh * d, h, cfg.qkv_bias)?;
         let (q, q_norm, k_norm) = match spec.qk_norm {
             QkNorm::None => (q.scaled(cfg.attn_scale)?, None, None),
-            QkNorm::PerHead => {
-                let head_norm = |n: &str, k| Norm::load_scaled(vb, &format!("{p}.self_attn.{n}"), d, spec, eps, k);
-                (q, Some(head_norm("q_norm", cfg.attn_scale)?), Some(head_norm("k_norm", 1.0)?))
+            QkNorm::PerHead | QkNorm::Whole => {
+                let (qs, ks) = if spec.qk_norm == QkNorm::Whole { (nh * d, nkv * d) } else { (d, d) };
+                let qk_norm =
+                    |n: &str, size, k| Norm::load_scaled(vb, &format!("{p}.self_attn.{n}"), size, spec, eps, k);
+                (q, Some(qk_norm("q_norm", qs, cfg.attn_scale)?), Some(qk_norm("k_norm", ks, 1.0)?))
             }
         };
         let k = Linear::load(vb, &format!("{p}.self_attn.k_proj"), nkv * d, h, cfg.qkv_bias)?;
@@ -95,7 +101,7 @@ impl Block {
             q_norm,
             k_norm,
             mlp: Mlp::load(vb, cfg, i)?,
-            input_norm: norm("input_layernorm")?,
+            input_norm,
             post_attn_norm,
             pre_mlp_norm,
             post_mlp_norm,
@@ -109,9 +115,12 @@ impl Block {
         let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         // One matmul for q, k and v; each head group is copied once into `[b, heads, s, d]`.
         let qkv = self.qkv.forward(x)?.reshape((b, s, nh + 2 * nkv, d))?;
+        let whole = cfg.spec.qk_norm == QkNorm::Whole;
         let heads = |at: usize, n: usize, norm: &Option<Norm>| {
             let t = qkv.narrow(2, at, n)?;
             let t = match norm {
+                // Over the whole projection: `[b, s, n·d]`, back to heads after.
+                Some(norm) if whole => norm.forward(&t.reshape((b, s, n * d))?)?.reshape((b, s, n, d))?,
                 Some(norm) => norm.forward(&t.contiguous()?)?,
                 None => t,
             };
@@ -155,13 +164,19 @@ impl Block {
 
     /// `x` (`[b, s, h]`) through the block; `cache` holds earlier keys and values (generation).
     pub(crate) fn forward(&self, x: &Tensor, step: &Step, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let a = self.attention(&self.input_norm.forward(x)?, step, cache)?;
+        let a = match &self.input_norm {
+            Some(n) => self.attention(&n.forward(x)?, step, cache)?,
+            None => self.attention(x, step, cache)?,
+        };
         let a = match &self.post_attn_norm {
             Some(n) => n.forward(&a)?,
             None => a,
         };
         let x = (x + a)?;
-        let m = self.mlp.forward(&self.pre_mlp_norm.forward(&x)?, step.cfg.activation)?;
+        let m = match &self.pre_mlp_norm {
+            Some(n) => self.mlp.forward(&n.forward(&x)?, step.cfg.activation)?,
+            None => self.mlp.forward(&x, step.cfg.activation)?,
+        };
         let m = match &self.post_mlp_norm {
             Some(n) => n.forward(&m)?,
             None => m,

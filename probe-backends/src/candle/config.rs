@@ -42,6 +42,20 @@ pub(crate) enum QkNorm {
     None,
     /// RMSNorm over each head (`q_norm`, `k_norm` of size `head_dim`: Qwen3, Gemma 3).
     PerHead,
+    /// RMSNorm over the whole projection (`heads · head_dim`: OLMo 2).
+    Whole,
+}
+
+/// Where a block's norms sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NormPlacement {
+    /// Before attention (`input_layernorm`) and before the MLP (`post_attention_layernorm`).
+    Pre,
+    /// Gemma 2/3: before and after each (`input_layernorm`, `post_attention_layernorm`,
+    /// `pre_feedforward_layernorm`, `post_feedforward_layernorm`).
+    Sandwich,
+    /// OLMo 2: after each only (`post_attention_layernorm`, `post_feedforward_layernorm`).
+    Post,
 }
 
 /// Where a sparse-MoE block keeps its router and experts (per-expert layout; the fused 3-D
@@ -65,10 +79,8 @@ pub(crate) struct ArchSpec {
     pub(crate) norm_offset: f32,
     /// Embeddings are multiplied by `sqrt(hidden_size)` (Gemma).
     pub(crate) scale_embeddings: bool,
-    /// Extra norms after attention and around the MLP (Gemma 2/3: `post_attention_layernorm`
-    /// normalises the attention output, `pre_feedforward_layernorm` / `post_feedforward_layernorm`
-    /// wrap the MLP). Without them, `post_attention_layernorm` is the pre-MLP norm.
-    pub(crate) sandwich_norms: bool,
+    /// Where the block's norms sit.
+    pub(crate) norms: NormPlacement,
     /// q/k/v projections always have biases (Qwen2); otherwise only with `attention_bias`.
     pub(crate) qkv_bias: bool,
     /// Norms on queries and keys.
@@ -92,7 +104,7 @@ const LLAMA: ArchSpec = ArchSpec {
     name: "llama",
     norm_offset: 0.0,
     scale_embeddings: false,
-    sandwich_norms: false,
+    norms: NormPlacement::Pre,
     qkv_bias: false,
     qk_norm: QkNorm::None,
     default_activation: Activation::Silu,
@@ -107,7 +119,7 @@ const GEMMA2: ArchSpec = ArchSpec {
     name: "gemma2",
     norm_offset: 1.0,
     scale_embeddings: true,
-    sandwich_norms: true,
+    norms: NormPlacement::Sandwich,
     default_activation: Activation::GeluTanh,
     default_tied: true,
     query_pre_attn_scalar: true,
@@ -121,6 +133,7 @@ pub(crate) const SPECS: &[ArchSpec] = &[
     ArchSpec { name: "qwen2", qkv_bias: true, ..LLAMA },
     GEMMA2,
     ArchSpec { name: "qwen3", qk_norm: QkNorm::PerHead, ..LLAMA },
+    ArchSpec { name: "olmo2", qk_norm: QkNorm::Whole, norms: NormPlacement::Post, ..LLAMA },
     ArchSpec {
         name: "gemma3_text",
         qk_norm: QkNorm::PerHead,
@@ -142,8 +155,7 @@ pub(crate) const SPECS: &[ArchSpec] = &[
 ];
 
 /// Architectures known to differ from every spec (named in the error).
-const KNOWN_UNSUPPORTED: &[&str] =
-    &["gemma", "gemma3", "phi", "phi3", "qwen2_moe", "olmo2", "cohere", "gpt_neox", "gpt2"];
+const KNOWN_UNSUPPORTED: &[&str] = &["gemma", "gemma3", "phi", "phi3", "qwen2_moe", "cohere", "gpt_neox", "gpt2"];
 
 /// The spec of a `model_type`.
 ///
