@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use probe_core::key::generation_key;
-use probe_core::sweep::{PromptFormat, PromptSet};
-use probe_core::{CacheStoreExt, Error, GenerationRequest, Generator, PutRequest, Result, SamplingParams, codec};
+use probe_core::sweep::{self, NoProgress, PromptFormat, PromptSet, SweepConfig};
+use probe_core::{Error, Generator, Result, SamplingParams};
 
 use crate::backends::BackendKind;
 use crate::config_file::ProbeToml;
@@ -82,7 +81,7 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
         return Err(Error::invalid("url", format!("{:?} is only used with --backend vllm", args.url[0])));
     }
     let log_dir = args.out.parent().unwrap_or(std::path::Path::new("")).join("vllm-logs");
-    let servers = Servers::plan(&file, backend, &args.model, &urls, true, log_dir, args.dry_run)?;
+    let mut servers = Servers::plan(&file, backend, &args.model, &urls, true, log_dir, args.dry_run)?;
     let work = Workload {
         backend,
         model: &args.model,
@@ -95,6 +94,7 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
         positions: probe_core::Positions::Last,
     };
     let plan = run_plan::resolve(&args.plan, &file, &work)?;
+    servers.use_plan(plan.as_ref())?;
     if args.dry_run {
         if args.plan.json {
             return run_plan::print_json("generate", backend, &args.model, plan.as_ref(), &servers.urls());
@@ -129,35 +129,23 @@ async fn generate(
         None => backend.open_generator_as(&args.model, gpu, &urls, run_plan::dtype_name(plan))?,
     };
     // Opened (and, on disk, created) only once the generator is: bad input writes nothing.
-    let cache = match &args.cache {
-        Some(url) => Some(probe_cache::from_url(&cache_url(Some(url), file))?),
-        None => None,
-    };
-    let texts = prompts.texts();
-    let key = generation_key(&generator.model_id(), &prompts.name, &sampling, &texts);
-    let cached = match &cache {
-        Some(c) => c.get_key(&key).await?.and_then(|e| codec::decode_generations(&e.payload).ok()),
-        None => None,
-    }
-    .filter(|g| g.len() == texts.len());
-    let gens = match cached {
-        Some(g) => {
-            tracing::info!("{} completions read from the cache ({key})", g.len());
-            g
-        }
-        None => {
-            let request = GenerationRequest::new(generator.model_id().id, texts.clone()).with_sampling(sampling);
-            let g = generator.generate(request).await?;
-            if let Some(c) = &cache {
-                c.put(PutRequest::new(key.clone(), codec::encode_generations(&g))).await?;
-            }
-            g
-        }
-    };
+    // Without --cache the completions go through a cache in memory, gone at exit.
+    let url = args.cache.as_deref().map_or_else(|| "memory://".to_owned(), |u| cache_url(Some(u), file));
+    let cache = probe_cache::from_url(&url)?;
+    // The sweep's generation phase: blocks of 16 prompts, cached as they finish, several in
+    // flight on vLLM servers.
+    let in_flight = if backend == BackendKind::Vllm { 4 * urls.len().max(1) } else { 1 };
+    let config = SweepConfig::new(Vec::new()).with_sampling(Some(sampling)).with_generation_in_flight(in_flight);
+    let (gens, counts) = sweep::completions(generator.as_ref(), cache.as_ref(), &NoProgress, prompts, &config).await?;
+    tracing::info!(
+        "{} completions generated, {} read from the cache",
+        counts.generations_generated,
+        counts.generations_cached
+    );
     let mut out = Vec::new();
-    for g in &gens {
+    for (p, g) in prompts.prompts.iter().zip(&gens) {
         let line = serde_json::json!({
-            "id": prompts.prompts[g.prompt_index].id,
+            "id": p.id,
             "prompt": g.prompt,
             "completion": g.completion,
             "finish_reason": g.finish_reason,
