@@ -94,7 +94,7 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
         None => file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()),
     };
     let dtype = run_plan::dtype_name(plan.as_ref());
-    let model = crate::faults::inject(backend.open_as(&args.model, gpu, &[], dtype)?)?;
+    let model = crate::faults::inject(backend.open_planned(&args.model, plan.as_ref(), gpu, &[], dtype)?)?;
     let bars = Bars::new(quiet);
     let texts = inputs.texts();
     let tensors =

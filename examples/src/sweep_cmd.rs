@@ -171,7 +171,7 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
     let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
     let cache_url = cache_url(args.cache.as_deref(), &file);
     probe_cache::check_url(&cache_url)?;
-    let servers =
+    let mut servers =
         Servers::plan(&file, backend, &args.model, &urls, !args.no_generate, args.out.join("vllm-logs"), args.dry_run)?;
     let work = Workload {
         backend,
@@ -185,6 +185,7 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
         positions,
     };
     let run_plan = run_plan::resolve(&flags, &file, &work)?;
+    servers.use_plan(run_plan.as_ref())?;
     let mut config = SweepConfig::new(layers)
         .with_positions(positions)
         .with_batch_size(batch_size.unwrap_or(16))
@@ -220,7 +221,9 @@ pub(crate) async fn execute(plan: Plan, quiet: bool) -> Result<SweepReport> {
     tracing::info!("loading {} with {:?}", plan.model, plan.backend);
     memory.phase_started("load");
     let dtype = run_plan::dtype_name(plan.run_plan.as_ref());
-    let model = crate::faults::inject(plan.backend.open_as(&plan.model, plan.gpu, &plan.servers.urls(), dtype)?)?;
+    let urls = plan.servers.urls();
+    let opened = plan.backend.open_planned(&plan.model, plan.run_plan.as_ref(), plan.gpu, &urls, dtype)?;
+    let model = crate::faults::inject(opened)?;
     memory.phase_finished("load");
     let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&bars);
     if let Some(g) = ld.map(|g| g as &dyn probe_core::Generator).or(model.generator.as_deref()) {
