@@ -51,7 +51,7 @@ def run_transformers(model, ids, depth, iters):
 
 
 def run_probe(binary, backend, model_dir, depth, layers_total, batch, seq, iters, threads):
-    layers = "all" if depth == layers_total else f"0..{depth}"
+    layers = "all" if depth == layers_total else f"0..={depth}"
     out = subprocess.run(
         [binary, "--backend", backend, "--model", model_dir, "--layers", layers, "--batch", str(batch),
          "--seq", str(seq), "--iters", str(iters), "--threads", str(threads)],
@@ -98,7 +98,7 @@ def main():
         if engine == "transformers":  # it always runs every layer and the LM head
             work = forward_flops(cfg, L, a.batch, a.seq) + 2 * a.batch * a.seq * cfg.hidden_size * cfg.vocab_size
         flops = work / (a.batch * a.seq) * tps
-        label = "all" if depth == L else f"0..{depth}"
+        label = "all" if depth == L else f"0..={depth}"
         print(f"| {engine} | {label} | {tps:.0f} | {tps / base_all:.2f}x | {tps / base:.2f}x | {flops / 1e9:.0f} | {100 * flops / peak:.0f}% |")
 
 

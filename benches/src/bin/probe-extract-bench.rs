@@ -1,7 +1,7 @@
 //! Times extraction on a model folder with random token ids and prints one JSON line
 //! `{"tokens_per_s": …}`: the probe side of `benches/peer/run`.
 //!
-//! `probe-extract-bench --backend candle --model DIR --layers all|a..b --batch 16 --seq 128 --iters 3 --threads 2`
+//! `probe-extract-bench --backend candle --model DIR --layers all|a..=b|a..b|3,5,7 --batch 16 --seq 128 --iters 3 --threads 2`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,27 +54,9 @@ fn parse() -> Result<Args> {
 }
 
 fn load(a: &Args) -> Result<Arc<dyn ActivationExtractor>> {
-    match a.backend.as_str() {
-        #[cfg(feature = "candle")]
-        "candle" => Ok(Arc::new(probe_backends::candle::CandleBackend::load(
-            &a.model,
-            probe_backends::candle::CandleOptions::default(),
-        )?)),
-        other => {
-            probe_backends::require_feature(other)?;
-            Err(Error::not_supported("probe-extract-bench", other))
-        }
-    }
-}
-
-fn layers(spec: &str, num_layers: usize) -> Result<Vec<usize>> {
-    if spec == "all" {
-        return Ok((0..=num_layers).collect());
-    }
-    let (a, b) =
-        spec.split_once("..").ok_or_else(|| Error::invalid("layers", format!("{spec:?} (expected all or a..b)")))?;
-    let p = |s: &str| s.parse::<usize>().map_err(|_| Error::invalid("layers", format!("{spec:?}")));
-    Ok((p(a)?..=p(b)?).collect())
+    use probe_backends::registry::{self, OpenOptions};
+    let model = a.model.to_str().ok_or_else(|| Error::invalid("model", format!("{:?} is not UTF-8", a.model)))?;
+    Ok(registry::open(a.backend.parse()?, model, &OpenOptions::default())?.extractor)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -94,7 +76,7 @@ async fn run() -> Result<()> {
     }
     let e = load(&a)?;
     let info = e.model_info();
-    let layers = layers(&a.layers, info.num_layers)?;
+    let layers = a.layers.parse::<probe_core::sweep::LayerSelection>()?.resolve(info.num_layers)?;
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let ids: Vec<Vec<u32>> = (0..a.batch)
         .map(|_| {
