@@ -49,6 +49,31 @@ impl std::fmt::Display for Positions {
     }
 }
 
+/// Whether the tokenizer adds its special tokens (a BOS token …) to a text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecialTokens {
+    /// The tokenizer adds them as it does by default (`add_special_tokens=True`): plain texts.
+    #[default]
+    Add,
+    /// The text already carries them (a rendered chat template): nothing is added
+    /// (`add_special_tokens=False`, as transformers' `apply_chat_template(tokenize=True)`), so
+    /// a template that writes the BOS token never gets a second one.
+    AsWritten,
+}
+
+impl SpecialTokens {
+    /// The tokenizer's `add_special_tokens` flag.
+    pub fn add(self) -> bool {
+        self == SpecialTokens::Add
+    }
+    /// True for [`SpecialTokens::Add`] (serde's `skip_serializing_if`, so keys of plain texts
+    /// keep their digests).
+    pub fn is_add(&self) -> bool {
+        *self == SpecialTokens::Add
+    }
+}
+
 /// What goes into the model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +102,16 @@ impl Inputs {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Inputs `[start, end)`, of the same kind.
+    ///
+    /// # Panics
+    /// When the range is out of bounds.
+    pub fn slice(&self, start: usize, end: usize) -> Inputs {
+        match self {
+            Inputs::Texts(t) => Inputs::Texts(t[start..end].to_vec()),
+            Inputs::TokenIds(t) => Inputs::TokenIds(t[start..end].to_vec()),
+        }
+    }
 }
 
 /// What to extract.
@@ -92,6 +127,9 @@ pub struct ActivationRequest {
     pub positions: Positions,
     /// Largest number of inputs per forward pass; `None` lets the backend choose.
     pub batch_size: Option<usize>,
+    /// How texts are tokenised (token ids are used as they are).
+    #[serde(default, skip_serializing_if = "SpecialTokens::is_add")]
+    pub special_tokens: SpecialTokens,
 }
 
 impl ActivationRequest {
@@ -102,6 +140,15 @@ impl ActivationRequest {
     /// A request for `layers` of pre-tokenised inputs at the last token.
     pub fn token_ids(ids: Vec<Vec<u32>>, layers: Vec<usize>) -> Self {
         Self { inputs: Inputs::TokenIds(ids), layers, ..Self::default() }
+    }
+    /// A request for `layers` of `inputs` (texts or token ids) at the last token.
+    pub fn new(inputs: Inputs, layers: Vec<usize>) -> Self {
+        Self { inputs, layers, ..Self::default() }
+    }
+    /// Sets how texts are tokenised ([`SpecialTokens::AsWritten`] for rendered chat templates).
+    pub fn with_special_tokens(mut self, s: SpecialTokens) -> Self {
+        self.special_tokens = s;
+        self
     }
     /// Sets the position reduction.
     pub fn with_positions(mut self, p: Positions) -> Self {
@@ -299,4 +346,8 @@ pub trait ActivationExtractor: Send + Sync + std::fmt::Debug {
 
     /// What this extractor supports.
     fn capabilities(&self) -> Capabilities;
+
+    /// Gives cached device memory back to the device; called between out-of-memory retries
+    /// ([`crate::plan::Backoff`]). Wrappers forward it. Default: nothing to give back.
+    fn release_memory(&self) {}
 }

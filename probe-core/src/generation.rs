@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{Capabilities, Error, Result};
+use crate::{Capabilities, Error, Result, SpecialTokens};
 
 /// Every sampling field, resolved: nothing is left to a server's defaults, so a cached
 /// result can never change silently.
@@ -114,16 +114,25 @@ pub struct GenerationRequest {
     pub prompts: Vec<String>,
     /// Resolved sampling fields.
     pub sampling: SamplingParams,
+    /// How the prompts are tokenised: [`SpecialTokens::AsWritten`] for prompts rendered with a
+    /// chat template (they carry their BOS token themselves).
+    #[serde(default, skip_serializing_if = "SpecialTokens::is_add")]
+    pub special_tokens: SpecialTokens,
 }
 
 impl GenerationRequest {
     /// A request for `prompts` on `model` with default (greedy) sampling.
     pub fn new(model: impl Into<String>, prompts: Vec<String>) -> Self {
-        Self { model: model.into(), prompts, sampling: SamplingParams::default() }
+        Self { model: model.into(), prompts, sampling: SamplingParams::default(), special_tokens: SpecialTokens::Add }
     }
     /// Sets the sampling fields.
     pub fn with_sampling(mut self, sampling: SamplingParams) -> Self {
         self.sampling = sampling;
+        self
+    }
+    /// Sets how the prompts are tokenised.
+    pub fn with_special_tokens(mut self, s: SpecialTokens) -> Self {
+        self.special_tokens = s;
         self
     }
 
@@ -165,8 +174,12 @@ pub struct Generation {
     pub completion: String,
     /// Why it ended.
     pub finish_reason: FinishReason,
-    /// Token ids of the completion, when the backend gives them.
+    /// Token ids of the completion, when the backend gives them: every generated token, the
+    /// end-of-sequence token or the token that completed a stop string included.
     pub token_ids: Option<Vec<u32>>,
+    /// Token ids of the prompt as the generator tokenised it, when the backend gives them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
 }
 
 impl Generation {
@@ -186,12 +199,27 @@ impl Generation {
             completion: completion.into(),
             finish_reason,
             token_ids,
+            prompt_token_ids: None,
         }
     }
 
-    /// Prompt followed by completion: the text whose activations a sweep probes.
+    /// Sets the prompt's token ids.
+    pub fn with_prompt_token_ids(mut self, ids: Option<Vec<u32>>) -> Self {
+        self.prompt_token_ids = ids;
+        self
+    }
+
+    /// Prompt followed by completion, as text: what a sweep probes when the generator gave no
+    /// token ids (re-tokenised, which is not always the sequence that was generated).
     pub fn full_text(&self) -> String {
         format!("{}{}", self.prompt, self.completion)
+    }
+
+    /// The prompt's token ids followed by the completion's: exactly the sequence the model
+    /// generated, which a sweep probes. `None` unless the generator gave both.
+    pub fn full_token_ids(&self) -> Option<Vec<u32>> {
+        let (p, c) = (self.prompt_token_ids.as_ref()?, self.token_ids.as_ref()?);
+        Some(p.iter().chain(c).copied().collect())
     }
 }
 

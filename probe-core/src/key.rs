@@ -6,7 +6,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheKey, EntryKind};
-use crate::{ModelId, ModelInfo, Positions, SamplingParams};
+use crate::{ModelId, ModelInfo, Positions, SamplingParams, SpecialTokens};
 
 /// Version of the key serialisation; bump it when the canonical form changes.
 pub const KEY_SCHEMA_VERSION: u32 = 1;
@@ -98,16 +98,43 @@ struct GenerationSpec<'a> {
     /// of schema v1 before blocks existed.
     #[serde(skip_serializing_if = "Option::is_none")]
     rows: Option<(usize, usize)>,
+    /// Only for prompts tokenised as written (rendered chat templates): absent for plain
+    /// texts, so their digests are unchanged.
+    #[serde(skip_serializing_if = "SpecialTokens::is_add")]
+    special_tokens: SpecialTokens,
 }
 
 /// The key of a set of generations: model id and revision, every resolved sampling field
 /// and the prompts in order. `prompt_set` only names the folder.
 pub fn generation_key(model: &ModelId, prompt_set: &str, sampling: &SamplingParams, prompts: &[String]) -> CacheKey {
-    let digest = digest_of(
-        "generations",
-        &GenerationSpec { model: &model.id, revision: &model.revision, sampling, prompts, rows: None },
-    );
-    CacheKey::new(EntryKind::Generations, model_slug(&model.id), slug(prompt_set), None, digest)
+    generation_key_with(model, prompt_set, sampling, prompts, SpecialTokens::Add)
+}
+
+/// [`generation_key`] for prompts tokenised with `special` (a chat template's renderings are
+/// [`SpecialTokens::AsWritten`], and the rendered text is in `prompts`, so a changed template
+/// changes the key).
+pub fn generation_key_with(
+    model: &ModelId,
+    prompt_set: &str,
+    sampling: &SamplingParams,
+    prompts: &[String],
+    special: SpecialTokens,
+) -> CacheKey {
+    let spec = GenerationSpec {
+        model: &model.id,
+        revision: &model.revision,
+        sampling,
+        prompts,
+        rows: None,
+        special_tokens: special,
+    };
+    CacheKey::new(
+        EntryKind::Generations,
+        model_slug(&model.id),
+        slug(prompt_set),
+        None,
+        digest_of("generations", &spec),
+    )
 }
 
 /// The key of one block of a set of generations: the completions of prompts `[start, end)`
@@ -120,11 +147,33 @@ pub fn generation_block_key(
     prompts: &[String],
     rows: (usize, usize),
 ) -> CacheKey {
-    let digest = digest_of(
-        "generations",
-        &GenerationSpec { model: &model.id, revision: &model.revision, sampling, prompts, rows: Some(rows) },
-    );
-    CacheKey::new(EntryKind::Generations, model_slug(&model.id), slug(prompt_set), None, digest)
+    generation_block_key_with(model, prompt_set, sampling, prompts, rows, SpecialTokens::Add)
+}
+
+/// [`generation_block_key`] for prompts tokenised with `special` (see [`generation_key_with`]).
+pub fn generation_block_key_with(
+    model: &ModelId,
+    prompt_set: &str,
+    sampling: &SamplingParams,
+    prompts: &[String],
+    rows: (usize, usize),
+    special: SpecialTokens,
+) -> CacheKey {
+    let spec = GenerationSpec {
+        model: &model.id,
+        revision: &model.revision,
+        sampling,
+        prompts,
+        rows: Some(rows),
+        special_tokens: special,
+    };
+    CacheKey::new(
+        EntryKind::Generations,
+        model_slug(&model.id),
+        slug(prompt_set),
+        None,
+        digest_of("generations", &spec),
+    )
 }
 
 /// What the activations were computed from.
@@ -133,14 +182,25 @@ pub fn generation_block_key(
 pub enum ActivationSource {
     /// The texts themselves (digest of the texts in order).
     Texts(String),
-    /// The texts of a cached generation set, by its digest.
+    /// The texts (prompt + completion) of a cached generation set, by its digest: generators
+    /// that give no token ids.
     Generations(String),
+    /// The token ids (prompt ids + completion ids) of a cached generation set, by its digest:
+    /// exactly the sequences that were generated.
+    GeneratedTokens(String),
 }
 
 impl ActivationSource {
     /// The source for raw texts.
     pub fn texts(texts: &[String]) -> Self {
         ActivationSource::Texts(digest_of("texts", &texts))
+    }
+    /// The source for texts tokenised with `special` (chat renderings are tokenised as written).
+    pub fn texts_with(texts: &[String], special: SpecialTokens) -> Self {
+        match special {
+            SpecialTokens::Add => Self::texts(texts),
+            SpecialTokens::AsWritten => ActivationSource::Texts(digest_of("texts-as-written", &texts)),
+        }
     }
 }
 
@@ -208,6 +268,43 @@ mod tests {
         assert_ne!(b0.digest, b1.digest);
         assert_eq!(b0, generation_block_key(&m, "set", &s, &prompts, (0, 2)));
         assert_eq!(b0.path().rsplit_once('/').unwrap().0, whole.path().rsplit_once('/').unwrap().0);
+    }
+
+    #[test]
+    fn chat_renderings_and_generated_tokens_have_their_own_keys() {
+        let (m, s) = (ModelId::new("m", "r"), SamplingParams::greedy(4));
+        let prompts = vec!["<s>a".to_owned()];
+        let plain = generation_key(&m, "set", &s, &prompts);
+        assert_eq!(plain, generation_key_with(&m, "set", &s, &prompts, SpecialTokens::Add));
+        let chat = generation_key_with(&m, "set", &s, &prompts, SpecialTokens::AsWritten);
+        assert_ne!(plain.digest, chat.digest, "the same text tokenised as written is another generation");
+        assert_ne!(
+            generation_block_key(&m, "set", &s, &prompts, (0, 1)).digest,
+            generation_block_key_with(&m, "set", &s, &prompts, (0, 1), SpecialTokens::AsWritten).digest
+        );
+        assert_eq!(ActivationSource::texts(&prompts), ActivationSource::texts_with(&prompts, SpecialTokens::Add));
+        assert_ne!(ActivationSource::texts(&prompts), ActivationSource::texts_with(&prompts, SpecialTokens::AsWritten));
+        let info = ModelInfo::new(m.clone(), "llama", 2, 4, 10);
+        let by_text = activation_key(
+            &info,
+            "set",
+            &ActivationSource::Generations(plain.digest.clone()),
+            1,
+            Positions::Last,
+            None,
+        );
+        let by_ids = activation_key(
+            &info,
+            "set",
+            &ActivationSource::GeneratedTokens(plain.digest.clone()),
+            1,
+            Positions::Last,
+            None,
+        );
+        assert_ne!(
+            by_text.digest, by_ids.digest,
+            "activations of generated ids never reuse those of re-tokenised text"
+        );
     }
 
     #[test]

@@ -101,7 +101,7 @@ proptest! {
             3 => j.tokenizer.push('x'),
             4 => l += 1,
             5 => pos = Positions::Mean,
-            6 => s2 = ActivationSource::Generations(match &src { ActivationSource::Texts(d) => d.clone(), ActivationSource::Generations(d) => d.clone() }),
+            6 => s2 = ActivationSource::Generations(match &src { ActivationSource::Texts(d) => d.clone(), ActivationSource::Generations(d) | ActivationSource::GeneratedTokens(d) => d.clone() }),
             _ => rows = Some((0, 2)),
         }
         prop_assert_ne!(base.digest, activation_key(&j, "set", &s2, l, pos, rows).digest);

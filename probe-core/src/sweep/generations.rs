@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt, stream};
 
-use crate::key::{generation_block_key, generation_key};
+use crate::key::{ActivationSource, generation_block_key_with, generation_key_with};
 use crate::{
-    CacheKey, CacheStore, CacheStoreExt, Error, Generation, GenerationRequest, Generator, ModelId, PutRequest, Result,
-    SamplingParams, codec,
+    CacheKey, CacheStore, CacheStoreExt, Error, Generation, GenerationRequest, Generator, Inputs, ModelId, PutRequest,
+    Result, SamplingParams, codec,
 };
 
 use super::{Phase, PromptSet, SweepEvent, SweepObserver, SweepSummary};
@@ -65,11 +65,12 @@ impl<'a> GenJob<'a> {
 impl GenJob<'_> {
     /// The whole-set key.
     pub(super) fn whole_key(&self) -> CacheKey {
-        generation_key(&self.model, &self.prompts.name, self.sampling, &self.texts)
+        generation_key_with(&self.model, &self.prompts.name, self.sampling, &self.texts, self.prompts.special_tokens)
     }
 
     fn block_key(&self, rows: Rows) -> CacheKey {
-        generation_block_key(&self.model, &self.prompts.name, self.sampling, &self.texts, rows)
+        let special = self.prompts.special_tokens;
+        generation_block_key_with(&self.model, &self.prompts.name, self.sampling, &self.texts, rows, special)
     }
 
     fn put(&self, key: CacheKey, gens: &[Generation], rows: Rows) -> PutRequest {
@@ -111,7 +112,8 @@ impl GenJob<'_> {
     async fn generate_block(&self, generator: &dyn Generator, rows: Rows) -> Result<(Rows, Vec<Generation>)> {
         let (start, end) = rows;
         let request = GenerationRequest::new(self.model.id.clone(), self.texts[start..end].to_vec())
-            .with_sampling(self.sampling.clone());
+            .with_sampling(self.sampling.clone())
+            .with_special_tokens(self.prompts.special_tokens);
         let mut g = generator.generate(request).await?;
         g.sort_by_key(|x| x.prompt_index);
         for x in &mut g {
@@ -214,14 +216,14 @@ impl GenJob<'_> {
     }
 }
 
-/// The texts to probe (prompt + completion, in prompt order) and the digest of the
-/// whole-set generation entry they came from: from that entry, else from block entries and
-/// generation of the missing blocks, then folded into the whole-set entry.
+/// What to probe for every prompt, in prompt order ([`probed`]), and what it came from: the
+/// whole-set generation entry, else block entries and generation of the missing blocks, then
+/// folded into the whole-set entry.
 pub(super) async fn texts_with_completions(
     job: &GenJob<'_>,
     blocks: &[Rows],
     summary: &mut SweepSummary,
-) -> Result<(Vec<String>, String)> {
+) -> Result<(Inputs, ActivationSource)> {
     let n = job.texts.len();
     let key = job.whole_key();
     job.observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Generation, total: n });
@@ -239,40 +241,70 @@ pub(super) async fn texts_with_completions(
     };
     job.observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: n });
     job.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Generation });
-    Ok((gens.iter().map(Generation::full_text).collect(), key.digest))
+    let source = source(&gens, key.digest);
+    Ok((probed(&gens, &source), source))
 }
 
-/// The texts of the blocks in `own` only (a shard's part): from the whole-set entry when it
-/// exists, else from block entries, generating and committing the missing blocks. Never
-/// writes the whole-set entry.
+/// What the activations of generations are computed from: the prompt's and the completion's
+/// token ids, exactly as generated, when every generation carries both
+/// ([`ActivationSource::GeneratedTokens`]); otherwise (a generator that gives no ids) the text
+/// prompt + completion, re-tokenised ([`ActivationSource::Generations`]), said once in the log.
+pub(super) fn source<'g>(gens: impl IntoIterator<Item = &'g Generation>, digest: String) -> ActivationSource {
+    let (mut n, mut without) = (0, 0);
+    for g in gens {
+        n += 1;
+        without += usize::from(g.full_token_ids().is_none());
+    }
+    if without == 0 && n > 0 {
+        return ActivationSource::GeneratedTokens(digest);
+    }
+    tracing::info!(
+        "{without} of {n} completions came without token ids: extraction re-tokenises prompt + completion text, \
+         which is not always the sequence that was generated"
+    );
+    ActivationSource::Generations(digest)
+}
+
+/// The inputs of `gens` for `source` (see [`source`]).
+pub(super) fn probed(gens: &[Generation], source: &ActivationSource) -> Inputs {
+    match source {
+        ActivationSource::GeneratedTokens(_) => {
+            Inputs::TokenIds(gens.iter().map(|g| g.full_token_ids().expect("ids checked by source()")).collect())
+        }
+        _ => Inputs::Texts(gens.iter().map(Generation::full_text).collect()),
+    }
+}
+
+/// The inputs of the blocks in `own` only (a shard's part), and their source (decided on
+/// these blocks' generations): from the whole-set entry when it exists, else from block
+/// entries, generating and committing the missing blocks. Never writes the whole-set entry.
 pub(super) async fn shard_texts(
     job: &GenJob<'_>,
     own: &[Rows],
     summary: &mut SweepSummary,
-) -> Result<BTreeMap<Rows, Vec<String>>> {
+) -> Result<(BTreeMap<Rows, Inputs>, ActivationSource)> {
     let total = own.iter().map(|r| r.1 - r.0).sum();
     job.observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Generation, total });
-    let texts = |g: &[Generation]| g.iter().map(Generation::full_text).collect::<Vec<_>>();
-    let out = match job.load_whole().await? {
+    let gens: BTreeMap<Rows, Vec<Generation>> = match job.load_whole().await? {
         Some(all) => {
             summary.generations_cached += total;
-            own.iter().map(|&(s, e)| ((s, e), texts(&all[s..e]))).collect()
+            own.iter().map(|&(s, e)| ((s, e), all[s..e].to_vec())).collect()
         }
         None => {
             let mut done = 0;
-            let have = job.fill(job.generator()?, own, &mut done, summary).await?;
-            have.iter().map(|(&rows, g)| (rows, texts(g))).collect()
+            job.fill(job.generator()?, own, &mut done, summary).await?
         }
     };
     job.observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: total });
     job.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Generation });
-    Ok(out)
+    let source = source(gens.values().flatten(), job.whole_key().digest);
+    Ok((gens.iter().map(|(&rows, g)| (rows, probed(g, &source))).collect(), source))
 }
 
 /// What a merge found for the generations.
 pub(super) enum Merged {
     /// The whole-set entry exists.
-    Whole,
+    Whole(Vec<Generation>),
     /// Every block entry exists (not yet folded).
     Blocks(BTreeMap<Rows, Vec<Generation>>),
     /// These blocks have no entry.
@@ -281,8 +313,8 @@ pub(super) enum Merged {
 
 /// Reads the generations for a merge without generating or writing anything.
 pub(super) async fn merge_lookup(job: &GenJob<'_>, blocks: &[Rows]) -> Result<Merged> {
-    if job.load_whole().await?.is_some() {
-        return Ok(Merged::Whole);
+    if let Some(all) = job.load_whole().await? {
+        return Ok(Merged::Whole(all));
     }
     let have = job.load_blocks(blocks).await?;
     let missing: Vec<Rows> = blocks.iter().copied().filter(|r| !have.contains_key(r)).collect();

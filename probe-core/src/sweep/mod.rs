@@ -50,11 +50,11 @@ mod shard_tests;
 
 use std::collections::BTreeMap;
 
-pub use activations::extract_all;
+pub use activations::{extract_all, extract_inputs};
 pub use layers::LayerSelection;
 pub use linear::{LogisticProbe, ProbeConfig, ProbeScore, Split, roc_auc, stratified_split};
 pub use observer::{NoProgress, Phase, SweepEvent, SweepObserver};
-pub use prompts::{Prompt, PromptFormat, PromptSet};
+pub use prompts::{ChatMessage, Prompt, PromptFormat, PromptSet};
 pub use report::{LayerScore, SweepReport, SweepSummary};
 pub use shard::{Shard, ShardSummary, generate_shard, merge, run_shard};
 
@@ -186,6 +186,7 @@ impl<'a> SweepParts<'a> {
 /// probe settings, prompts without labels, or a class with fewer than two prompts.
 pub fn validate(parts: &SweepParts<'_>, prompts: &PromptSet, config: &SweepConfig) -> Result<()> {
     let info = parts.extractor.model_info();
+    prompts.check_rendered()?;
     if config.layers.is_empty() {
         return Err(Error::invalid("layers", "no layers requested"));
     }
@@ -256,6 +257,7 @@ pub async fn generate(
     config: &SweepConfig,
 ) -> Result<SweepSummary> {
     let sampling = generation_sampling(config)?;
+    prompts.check_rendered()?;
     let mut summary = SweepSummary { generation: true, ..SweepSummary::default() };
     let job = generations::GenJob::new(generator, cache, observer, prompts, sampling, config);
     generations::texts_with_completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary).await?;
@@ -303,15 +305,12 @@ pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
     let (texts, source) = match (&config.sampling, parts.generator) {
         (Some(sampling), Some(generator)) => {
             let job = generations::GenJob::new(generator, parts.cache, parts.observer, prompts, sampling, config);
-            let (texts, digest) =
-                generations::texts_with_completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary)
-                    .await?;
-            (texts, ActivationSource::Generations(digest))
+            generations::texts_with_completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary).await?
         }
         _ => {
             let texts = prompts.texts();
-            let source = ActivationSource::texts(&texts);
-            (texts, source)
+            let source = ActivationSource::texts_with(&texts, prompts.special_tokens);
+            (crate::Inputs::Texts(texts), source)
         }
     };
 
@@ -323,6 +322,7 @@ pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
         layers: &layers,
         positions: config.positions,
         batch_size: config.batch_size,
+        special_tokens: prompts.special_tokens,
     };
     let features: BTreeMap<usize, Tensor> =
         activations::cached_extract(parts.extractor, parts.cache, parts.observer, &job, &texts, &mut summary).await?;

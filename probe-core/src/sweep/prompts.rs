@@ -1,4 +1,10 @@
-//! Labelled prompt sets: JSON lines with `id`, `text` and `label`.
+//! Labelled prompt sets: JSON lines with `id`, `text` (or `messages`) and `label`.
+//!
+//! A line may carry `messages` — OpenAI-style `[{"role": "system" | "user" | "assistant",
+//! "content": "…"}]` — instead of `text`: such a prompt is rendered with the model's chat
+//! template ([`PromptSet::render_chat`]) before it is generated from or extracted, and its
+//! rendering is tokenised as written ([`SpecialTokens::AsWritten`]). A file uses one or the
+//! other on every line.
 //!
 //! Every error names the file and line and the bad value, so a user can fix the file
 //! without reading code: `invalid prompt file: data/p.jsonl:3: missing field "text"`.
@@ -9,11 +15,33 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use serde::{Deserialize, Serialize};
+
 use crate::key::slug;
-use crate::{Error, Result};
+use crate::{Error, Result, SpecialTokens};
 
 /// Longest line accepted in a prompt file (4 MiB).
 pub const MAX_LINE_BYTES: usize = 4 << 20;
+
+/// The roles a chat message may have.
+pub const CHAT_ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+/// One message of a chat prompt (OpenAI style).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message from parts.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+}
 
 /// One labelled prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,16 +49,23 @@ pub const MAX_LINE_BYTES: usize = 4 << 20;
 pub struct Prompt {
     /// Unique id (a JSON string or integer in the file; integers are kept as their decimal text).
     pub id: String,
-    /// The text, verbatim.
+    /// The text, verbatim; for a chat prompt its rendering (empty until
+    /// [`PromptSet::render_chat`]).
     pub text: String,
     /// The label (a JSON string, integer or boolean in the file, as text), if the file has one.
     pub label: Option<String>,
+    /// The chat messages of a chat prompt (`messages` in the file).
+    pub messages: Option<Vec<ChatMessage>>,
 }
 
 impl Prompt {
     /// A prompt from parts.
     pub fn new(id: impl Into<String>, text: impl Into<String>, label: Option<String>) -> Self {
-        Self { id: id.into(), text: text.into(), label }
+        Self { id: id.into(), text: text.into(), label, messages: None }
+    }
+    /// A chat prompt from parts (to be rendered with [`PromptSet::render_chat`]).
+    pub fn chat(id: impl Into<String>, messages: Vec<ChatMessage>, label: Option<String>) -> Self {
+        Self { id: id.into(), text: String::new(), label, messages: Some(messages) }
     }
 }
 
@@ -63,12 +98,57 @@ pub struct PromptSet {
     pub name: String,
     /// The prompts, in file order.
     pub prompts: Vec<Prompt>,
+    /// How the texts are tokenised: [`SpecialTokens::AsWritten`] once chat prompts are rendered.
+    pub special_tokens: SpecialTokens,
 }
 
 impl PromptSet {
     /// A prompt set from parts; `name` is slugged.
     pub fn new(name: &str, prompts: Vec<Prompt>) -> Self {
-        Self { name: slug(name), prompts }
+        Self { name: slug(name), prompts, special_tokens: SpecialTokens::Add }
+    }
+
+    /// True when the prompts are chat messages (`messages` lines).
+    pub fn is_chat(&self) -> bool {
+        self.prompts.iter().any(|p| p.messages.is_some())
+    }
+
+    /// Renders every chat prompt's messages with `render` (a model's chat template, with the
+    /// generation prompt added) into its text; the texts are then tokenised as written (the
+    /// template writes the special tokens). A set of plain texts is returned unchanged.
+    ///
+    /// # Errors
+    /// The first error of `render`, prefixed with the prompt's id; [`Error::InvalidInput`] when
+    /// a rendering is empty.
+    pub fn render_chat(mut self, render: impl Fn(&[ChatMessage]) -> Result<String>) -> Result<Self> {
+        if !self.is_chat() {
+            return Ok(self);
+        }
+        for p in &mut self.prompts {
+            let Some(messages) = &p.messages else { continue };
+            let text =
+                render(messages).map_err(|e| Error::invalid("chat template", format!("prompt {:?}: {e}", p.id)))?;
+            if text.is_empty() {
+                return Err(Error::invalid("chat template", format!("prompt {:?}: the rendering is empty", p.id)));
+            }
+            p.text = text;
+        }
+        self.special_tokens = SpecialTokens::AsWritten;
+        Ok(self)
+    }
+
+    /// Refuses chat prompts that were not rendered: their text is not known yet.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the first chat prompt without a rendering.
+    pub fn check_rendered(&self) -> Result<()> {
+        match self.prompts.iter().find(|p| p.messages.is_some() && p.text.is_empty()) {
+            Some(p) => Err(Error::invalid(
+                "prompt",
+                format!("{:?} has chat messages that were not rendered with a chat template", p.id),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The same prompts under a name given by the user (`probe sweep --prompt-set`), which
@@ -121,6 +201,8 @@ impl PromptSet {
         let bad = |line: usize, msg: String| Error::invalid("prompt file", format!("{origin}:{line}: {msg}"));
         let mut prompts = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
+        // Whether the file's lines carry `messages`, and the first line that said so.
+        let mut kind: Option<(bool, usize)> = None;
         let mut raw = Vec::new();
         let mut line_no = 0;
         loop {
@@ -151,17 +233,32 @@ impl PromptSet {
             let Value::Object(obj) = value else {
                 return Err(bad(line_no, format!("expected a JSON object, found {}", clip(text))));
             };
-            let text_field = match obj.get("text") {
-                Some(Value::String(s)) if !s.is_empty() => s.clone(),
-                Some(Value::String(_)) => return Err(bad(line_no, "field \"text\" is empty".into())),
-                Some(other) => {
+            let (text_field, messages) = match (obj.get("text"), obj.get("messages")) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(line_no, "has both \"text\" and \"messages\"; give one of them".into()));
+                }
+                (None, Some(m)) => (String::new(), Some(parse_messages(m).map_err(|msg| bad(line_no, msg))?)),
+                (Some(Value::String(s)), None) if !s.is_empty() => (s.clone(), None),
+                (Some(Value::String(_)), None) => return Err(bad(line_no, "field \"text\" is empty".into())),
+                (Some(other), None) => {
                     return Err(bad(
                         line_no,
                         format!("field \"text\" must be a string, found {}", clip(&other.to_string())),
                     ));
                 }
-                None => return Err(bad(line_no, "missing field \"text\"".into())),
+                (None, None) => return Err(bad(line_no, "missing field \"text\"".into())),
             };
+            match kind {
+                None => kind = Some((messages.is_some(), line_no)),
+                Some((chat, first)) if chat != messages.is_some() => {
+                    let (this, that) = if chat { ("text", "messages") } else { ("messages", "text") };
+                    return Err(bad(
+                        line_no,
+                        format!("has \"{this}\" but line {first} has \"{that}\": use one of them on every line"),
+                    ));
+                }
+                Some(_) => {}
+            }
             let id = match obj.get("id") {
                 Some(Value::String(s)) if !s.is_empty() => s.clone(),
                 Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
@@ -198,7 +295,7 @@ impl PromptSet {
             if let Some(first) = seen.insert(id.clone(), line_no) {
                 return Err(bad(line_no, format!("duplicate id {id:?} (first on line {first})")));
             }
-            prompts.push(Prompt { id, text: text_field, label });
+            prompts.push(Prompt { id, text: text_field, label, messages });
         }
         if prompts.is_empty() {
             return Err(Error::invalid("prompt file", format!("{origin}: the file has no prompts")));
@@ -310,6 +407,34 @@ fn read_line_capped(reader: &mut impl BufRead, buf: &mut Vec<u8>, cap: usize) ->
     }
 }
 
+/// A `messages` field: a non-empty list of `{"role", "content"}` objects with a known role.
+fn parse_messages(v: &Value) -> std::result::Result<Vec<ChatMessage>, String> {
+    let Value::Array(items) = v else {
+        return Err(format!("field \"messages\" must be a list of messages, found {}", clip(&v.to_string())));
+    };
+    if items.is_empty() {
+        return Err("field \"messages\" is empty".into());
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = m.get("role").and_then(Value::as_str);
+            let content = m.get("content").and_then(Value::as_str);
+            match (role, content) {
+                (Some(r), Some(c)) if CHAT_ROLES.contains(&r) => Ok(ChatMessage::new(r, c)),
+                (Some(r), Some(_)) => {
+                    Err(format!("message #{i} has role {r:?} (expected one of {})", CHAT_ROLES.join(", ")))
+                }
+                _ => Err(format!(
+                    "message #{i} must be an object with string \"role\" and \"content\", found {}",
+                    clip(&m.to_string())
+                )),
+            }
+        })
+        .collect()
+}
+
 fn clip(s: &str) -> String {
     const MAX: usize = 80;
     if s.chars().count() <= MAX { s.to_owned() } else { format!("{}…", s.chars().take(MAX).collect::<String>()) }
@@ -401,6 +526,46 @@ mod tests {
         for bad in ["../evil", "..", "a/b", ".hidden", "", "a..b", "x y", "é"] {
             let e = s.clone().with_name(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn chat_prompts_are_parsed_checked_and_rendered() {
+        let m = r#"[{"role":"system","content":"S"},{"role":"user","content":"Q"}]"#;
+        let file =
+            format!("{{\"id\":\"a\",\"messages\":{m},\"label\":1}}\n{{\"id\":\"b\",\"messages\":{m},\"label\":0}}");
+        let s = parse(&file).unwrap();
+        assert!(s.is_chat());
+        assert_eq!(s.prompts[0].messages.as_ref().unwrap()[1], ChatMessage::new("user", "Q"));
+        let e = s.check_rendered().unwrap_err().to_string();
+        assert!(e.contains("\"a\" has chat messages that were not rendered"), "{e}");
+        let r = s.render_chat(|ms| Ok(format!("<s>{}", ms.len()))).unwrap();
+        assert_eq!(r.texts(), vec!["<s>2", "<s>2"]);
+        assert_eq!(r.special_tokens, SpecialTokens::AsWritten);
+        r.check_rendered().unwrap();
+        let e = parse(&file).unwrap().render_chat(|_| Err(Error::invalid("x", "no"))).unwrap_err().to_string();
+        assert!(e.contains("prompt \"a\""), "{e}");
+        let plain =
+            parse("{\"id\":\"a\",\"text\":\"x\",\"label\":1}\n{\"id\":\"b\",\"text\":\"y\",\"label\":0}").unwrap();
+        assert_eq!(plain.clone().render_chat(|_| unreachable!()).unwrap(), plain, "plain texts stay as they are");
+    }
+
+    #[test]
+    fn bad_chat_lines_are_refused_with_their_line() {
+        let cases = [
+            (r#"{"id":"a","text":"x","messages":[{"role":"user","content":"x"}],"label":1}"#, "p.jsonl:1: has both"),
+            (r#"{"id":"a","messages":[],"label":1}"#, "p.jsonl:1: field \"messages\" is empty"),
+            (r#"{"id":"a","messages":"hi","label":1}"#, "must be a list of messages"),
+            (r#"{"id":"a","messages":[{"role":"bot","content":"x"}],"label":1}"#, "message #0 has role \"bot\""),
+            (r#"{"id":"a","messages":[{"role":"user"}],"label":1}"#, "message #0 must be an object"),
+            (
+                "{\"id\":\"a\",\"text\":\"x\",\"label\":1}\n{\"id\":\"b\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"label\":0}",
+                "p.jsonl:2: has \"messages\" but line 1 has \"text\"",
+            ),
+        ];
+        for (file, want) in cases {
+            let e = parse(file).unwrap_err().to_string();
+            assert!(e.contains(want), "{file}: {e}");
         }
     }
 

@@ -147,13 +147,12 @@ pub async fn run_shard(
     let (own, source) = match (&config.sampling, parts.generator) {
         (Some(sampling), Some(generator)) => {
             let job = GenJob::new(generator, parts.cache, parts.observer, prompts, sampling, config);
-            let own = generations::shard_texts(&job, &own_rows, &mut work).await?;
-            (own, ActivationSource::Generations(job.whole_key().digest))
+            generations::shard_texts(&job, &own_rows, &mut work).await?
         }
         _ => {
             let texts = prompts.texts();
-            let own = own_rows.iter().map(|&(s, e)| ((s, e), texts[s..e].to_vec())).collect();
-            (own, ActivationSource::texts(&texts))
+            let own = own_rows.iter().map(|&(s, e)| ((s, e), crate::Inputs::Texts(texts[s..e].to_vec()))).collect();
+            (own, ActivationSource::texts_with(&texts, prompts.special_tokens))
         }
     };
     let job = Job {
@@ -164,6 +163,7 @@ pub async fn run_shard(
         layers: &layers,
         positions: config.positions,
         batch_size: config.batch_size,
+        special_tokens: prompts.special_tokens,
     };
     activations::shard_extract(parts.extractor, parts.cache, parts.observer, &job, &own, &mut work).await?;
     work.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
@@ -245,11 +245,16 @@ pub async fn merge(
                 in_flight: 1,
             };
             let found = generations::merge_lookup(&job, &grid).await?;
-            let source = ActivationSource::Generations(job.whole_key().digest);
+            let digest = job.whole_key().digest;
+            let source = match &found {
+                Merged::Whole(all) => generations::source(all, digest),
+                Merged::Blocks(b) => generations::source(b.values().flatten(), digest),
+                Merged::Missing(_) => ActivationSource::Generations(digest),
+            };
             gen_job = Some(job);
             (Some(found), source)
         }
-        _ => (None, ActivationSource::texts(&prompts.texts())),
+        _ => (None, ActivationSource::texts_with(&prompts.texts(), prompts.special_tokens)),
     };
     let job = Job {
         info: &info,
@@ -259,6 +264,7 @@ pub async fn merge(
         layers: &layers,
         positions: config.positions,
         batch_size: config.batch_size,
+        special_tokens: prompts.special_tokens,
     };
     let found = activations::merge_lookup(parts.cache, &job).await?;
 
@@ -285,7 +291,7 @@ pub async fn merge(
     }
 
     match (generations, &gen_job) {
-        (Some(Merged::Whole), _) => summary.generations_cached = n,
+        (Some(Merged::Whole(_)), _) => summary.generations_cached = n,
         (Some(Merged::Blocks(b)), Some(job)) => {
             generations::merge_fold(job, &b).await?;
             summary.generations_generated = n;
