@@ -224,8 +224,19 @@ pub(super) async fn texts_with_completions(
     blocks: &[Rows],
     summary: &mut SweepSummary,
 ) -> Result<(Inputs, ActivationSource)> {
+    let gens = completions(job, blocks, summary).await?;
+    let source = source(&gens, job.whole_key().digest);
+    Ok((probed(&gens, &source), source))
+}
+
+/// Every prompt's completion, in prompt order: the whole-set generation entry, else block
+/// entries and generation of the missing blocks, then folded into the whole-set entry.
+pub(super) async fn completions(
+    job: &GenJob<'_>,
+    blocks: &[Rows],
+    summary: &mut SweepSummary,
+) -> Result<Vec<Generation>> {
     let n = job.texts.len();
-    let key = job.whole_key();
     job.observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Generation, total: n });
     let gens = match job.load_whole().await? {
         Some(g) => {
@@ -241,8 +252,7 @@ pub(super) async fn texts_with_completions(
     };
     job.observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: n });
     job.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Generation });
-    let source = source(&gens, key.digest);
-    Ok((probed(&gens, &source), source))
+    Ok(gens)
 }
 
 /// What the activations of generations are computed from: the prompt's and the completion's

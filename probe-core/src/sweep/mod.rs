@@ -256,12 +256,26 @@ pub async fn generate(
     prompts: &PromptSet,
     config: &SweepConfig,
 ) -> Result<SweepSummary> {
+    completions(generator, cache, observer, prompts, config).await.map(|(_, summary)| summary)
+}
+
+/// [`generate`], also returning every prompt's completion in prompt order (`probe generate`).
+///
+/// # Errors
+/// As [`generate`].
+pub async fn completions(
+    generator: &dyn Generator,
+    cache: &dyn CacheStore,
+    observer: &dyn SweepObserver,
+    prompts: &PromptSet,
+    config: &SweepConfig,
+) -> Result<(Vec<crate::Generation>, SweepSummary)> {
     let sampling = generation_sampling(config)?;
     prompts.check_rendered()?;
     let mut summary = SweepSummary { generation: true, ..SweepSummary::default() };
     let job = generations::GenJob::new(generator, cache, observer, prompts, sampling, config);
-    generations::texts_with_completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary).await?;
-    Ok(summary)
+    let gens = generations::completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary).await?;
+    Ok((gens, summary))
 }
 
 /// The sampling of a generation-only phase, checked: set, valid, one completion per prompt,
