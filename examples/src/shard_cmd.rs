@@ -40,7 +40,9 @@ async fn execute_shard(plan: Plan, shard: Shard, quiet: bool) -> Result<()> {
         servers::generation_first(ld, &plan.prompts, &plan.config, cache.as_ref(), &bars, Some(shard)).await?;
     tracing::info!("loading {} with {:?}", plan.model, plan.backend);
     let dtype = crate::run_plan::dtype_name(plan.run_plan.as_ref());
-    let model = crate::faults::inject(plan.backend.open_as(&plan.model, plan.gpu, &plan.servers.urls(), dtype)?)?;
+    let urls = plan.servers.urls();
+    let opened = plan.backend.open_planned(&plan.model, plan.run_plan.as_ref(), plan.gpu, &urls, dtype)?;
+    let model = crate::faults::inject(opened)?;
     let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&bars);
     if let Some(g) = ld.map(|g| g as &dyn probe_core::Generator).or(model.generator.as_deref()) {
         parts = parts.with_generator(g);
