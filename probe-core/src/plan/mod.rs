@@ -23,7 +23,7 @@ mod request;
 mod run;
 pub mod units;
 
-pub use backoff::{ClearCache, OomBackoff};
+pub use backoff::{Backoff, ClearCache, OomBackoff};
 pub use config::ModelSpec;
 pub use extraction::reserve;
 pub use inventory::{Device, DeviceInventory, InventorySource, parse_gpu_set, parse_meminfo};
@@ -32,11 +32,11 @@ pub use memory::{AttentionKind, Dtype, ExtractionShape, ParamCount, VllmKv, Vllm
 pub use placement::{
     DEFAULT_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, DEFAULT_NON_TORCH, DEFAULT_UTILIZATION, Planner, PlannerBuilder, plan,
 };
-pub use run::{
-    BatchSource, DEFAULT_GENERATION_BATCH, DEFAULT_MAX_EXTRACTION_BATCH, ExtractionRun, GenerationRun, Placement,
-    RunPlan, RunSettings, ServerRun, device_name, resolve_run,
-};
 pub use request::{
     DeviceUse, ExtractionPlan, ExtractionWorker, ExtractionWorkload, GenerationPlan, GenerationWorkload, LayerShare,
     ModelMemory, Plan, PlanRequest, ShareMode, VllmServerPlan, VllmSettings,
+};
+pub use run::{
+    BatchSource, DEFAULT_GENERATION_BATCH, DEFAULT_MAX_EXTRACTION_BATCH, ExtractionRun, GenerationRun, Placement,
+    RunPlan, RunSettings, ServerRun, device_name, resolve_run,
 };
