@@ -41,6 +41,10 @@ pub(crate) struct ExtractArgs {
     /// Settings file [default: ./probe.toml when present].
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
+    /// Chat template for `messages` prompts (a Jinja file) [default: the model folder's
+    /// chat_template.jinja, else tokenizer_config.json's chat_template].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) chat_template: Option<PathBuf>,
     /// Print the plan (batch size, dtype, placement); load nothing, write nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
@@ -59,6 +63,8 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
     backend.check_available()?;
     let inputs = PromptSet::load(&args.input, PromptFormat::texts())?;
     let layers = args.layers.resolve(backend.model_layers(&args.model)?)?;
+    let inputs =
+        probe_backends::chat::render_prompts(inputs, std::path::Path::new(&args.model), args.chat_template.as_deref())?;
     if args.positions == Positions::All {
         return Err(Error::invalid("positions", "\"all\" is not supported by probe extract: use last or mean"));
     }
@@ -96,9 +102,9 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
     let dtype = run_plan::dtype_name(plan.as_ref());
     let model = crate::faults::inject(backend.open_planned(&args.model, plan.as_ref(), gpu, &[], dtype)?)?;
     let bars = Bars::new(quiet);
-    let texts = inputs.texts();
-    let tensors =
-        sweep::extract_all(model.extractor.as_ref(), &bars, &texts, &layers, args.positions, batch_size).await?;
+    let texts = probe_core::Inputs::Texts(inputs.texts());
+    let (extractor, special) = (model.extractor.as_ref(), inputs.special_tokens);
+    let tensors = sweep::extract_inputs(extractor, &bars, &texts, special, &layers, args.positions, batch_size).await?;
     let names: Vec<String> = tensors.keys().map(|l| format!("layer.{l}")).collect();
     let named: Vec<(&str, &probe_core::Tensor)> = names.iter().map(String::as_str).zip(tensors.values()).collect();
     let info = model.extractor.model_info();

@@ -47,6 +47,10 @@ pub(crate) struct GenerateArgs {
     /// Output JSON-lines file.
     #[arg(long)]
     pub(crate) out: PathBuf,
+    /// Chat template for `messages` prompts (a Jinja file) [default: the model folder's
+    /// chat_template.jinja, else tokenizer_config.json's chat_template].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) chat_template: Option<PathBuf>,
     /// Print the device roles and vLLM launch commands; start nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
@@ -67,6 +71,11 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
     if backend != BackendKind::Vllm {
         backend.model_layers(&args.model)?;
     }
+    let prompts = probe_backends::chat::render_prompts(
+        prompts,
+        std::path::Path::new(&args.model),
+        args.chat_template.as_deref(),
+    )?;
     let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
     let g = &file.generation;
     let sampling = SamplingParams::greedy(args.max_tokens.or(g.max_tokens).unwrap_or(64))
@@ -150,6 +159,7 @@ async fn generate(
             "completion": g.completion,
             "finish_reason": g.finish_reason,
             "completion_token_ids": g.token_ids,
+            "prompt_token_ids": g.prompt_token_ids,
         });
         serde_json::to_writer(&mut out, &line).map_err(|e| Error::backend("json", e))?;
         out.write_all(b"\n").map_err(|e| Error::io(args.out.display(), e))?;

@@ -70,6 +70,10 @@ pub(crate) struct SweepArgs {
     /// the shared cache; no report (`probe merge` makes it once every shard is done).
     #[arg(long, value_name = "k/N")]
     pub(crate) shard: Option<probe_core::sweep::Shard>,
+    /// Chat template for `messages` prompts (a Jinja file) [default: the model folder's
+    /// chat_template.jinja, else tokenizer_config.json's chat_template].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) chat_template: Option<PathBuf>,
     /// Print the device roles, time-sharing and vLLM launch commands; start nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
@@ -145,6 +149,11 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
         return Err(Error::invalid("url", format!("{:?} is only used with --backend vllm", args.url[0])));
     }
     let num_layers = backend.model_layers(&args.model)?;
+    let prompts = probe_backends::chat::render_prompts(
+        prompts,
+        std::path::Path::new(&args.model),
+        args.chat_template.as_deref(),
+    )?;
     let layers = args.layers.resolve(num_layers)?;
     let positions = match (args.positions, &file.extraction.positions) {
         (Some(p), _) => p,

@@ -9,7 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use probe_core::{
-    ActivationRequest, Activations, Error, Inputs, LayerActivations, ModelId, ModelInfo, Positions, Result, Tensor,
+    ActivationRequest, Activations, Error, Inputs, LayerActivations, ModelId, ModelInfo, Positions, Result, SpecialTokens,
+    Tensor,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -99,9 +100,9 @@ impl ExportDir {
         Ok(ExportDir { meta, model_file, info, tokenizer })
     }
 
-    /// The token ids of every input (texts tokenised with special tokens), checked non-empty
-    /// and inside the vocabulary.
-    pub(crate) fn token_ids(&self, inputs: &Inputs) -> Result<Vec<Vec<u32>>> {
+    /// The token ids of every input (texts tokenised with special tokens unless `special` says
+    /// they are written in), checked non-empty and inside the vocabulary.
+    pub(crate) fn token_ids(&self, inputs: &Inputs, special: SpecialTokens) -> Result<Vec<Vec<u32>>> {
         let ids = match inputs {
             Inputs::TokenIds(ids) => ids.clone(),
             Inputs::Texts(texts) => texts
@@ -109,7 +110,7 @@ impl ExportDir {
                 .enumerate()
                 .map(|(i, t)| {
                     self.tokenizer
-                        .encode(t.as_str(), true)
+                        .encode(t.as_str(), special.add())
                         .map(|enc| enc.get_ids().to_vec())
                         .map_err(|e| Error::invalid(format!("text #{i}"), format!("tokenizer failed: {e}")))
                 })
@@ -143,7 +144,7 @@ impl ExportDir {
         F: FnMut(&PaddedBatch, &[usize]) -> Result<Vec<Vec<f32>>>,
     {
         request.validate(&self.info)?;
-        let ids = self.token_ids(&request.inputs)?;
+        let ids = self.token_ids(&request.inputs, request.special_tokens)?;
         let layers = request.sorted_layers();
         let batch_size = request.batch_size.unwrap_or(default_batch).max(1);
         let mut out = Collector::new(request.positions, &layers, self.info.hidden_size, &ids);

@@ -19,6 +19,7 @@ pub mod tch;
 #[cfg(feature = "vllm")]
 pub mod vllm;
 
+pub mod chat;
 pub mod device;
 
 /// The backend features compiled into this build.

@@ -93,8 +93,20 @@ impl Backend {
         let cfg = probe_core::hf_config::HfConfig::parse(&text).map_err(named)?;
         let layers =
             probe_core::hf_config::HfConfig::required(cfg.num_hidden_layers, "num_hidden_layers").map_err(named)?;
-        if matches!(self, Self::Candle | Self::Vllm) {
-            check_candle_folder(dir)?;
+        match self {
+            Self::Candle => check_candle_folder(dir)?,
+            // The generation servers would read the folder; the extractor that runs must too.
+            Self::Vllm => check_candle_folder(dir).map_err(|e| match e {
+                Error::NotSupported { operation, .. } => Error::invalid(
+                    "model",
+                    format!(
+                        "{model}: extraction (candle) does not support {operation}; generation (vllm) would serve it, \
+                         but the activations are extracted with candle"
+                    ),
+                ),
+                other => other,
+            })?,
+            _ => {}
         }
         Ok(layers)
     }

@@ -92,6 +92,7 @@ pub(crate) async fn run(args: DemoArgs, quiet: bool) -> Result<()> {
         config: None,
         out: args.dir.join("out"),
         dry_run: false,
+        chat_template: None,
         shard: None,
         plan: Default::default(),
     };

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use candle_nn::VarBuilder;
 use probe_core::{
     ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Generation, GenerationRequest, Generator,
-    ModelId, ModelInfo, Result,
+    ModelId, ModelInfo, Result, SpecialTokens,
 };
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
@@ -259,7 +259,13 @@ impl CandleBackend {
 
 impl Inner {
     pub(crate) fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, true).map_err(|e| Error::invalid("text", format!("{text:?}: {e}")))?;
+        self.tokenize_with(text, SpecialTokens::Add)
+    }
+
+    /// Tokenises `text`, adding the special tokens or not (a chat template's rendering).
+    pub(crate) fn tokenize_with(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>> {
+        let enc =
+            self.tokenizer.encode(text, special.add()).map_err(|e| Error::invalid("text", format!("{text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 

@@ -13,7 +13,9 @@ fn be(e: candle_core::Error) -> Error {
 impl Inner {
     pub(crate) fn extract(&self, request: &ActivationRequest) -> Result<Activations> {
         let ids: Vec<Vec<u32>> = match &request.inputs {
-            Inputs::Texts(texts) => texts.iter().map(|t| self.tokenize(t)).collect::<Result<_>>()?,
+            Inputs::Texts(texts) => {
+                texts.iter().map(|t| self.tokenize_with(t, request.special_tokens)).collect::<Result<_>>()?
+            }
             Inputs::TokenIds(ids) => ids.clone(),
         };
         for (i, seq) in ids.iter().enumerate() {

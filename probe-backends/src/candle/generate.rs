@@ -99,14 +99,17 @@ impl Inner {
 
     pub(crate) fn generate(&self, request: &GenerationRequest) -> Result<Vec<Generation>> {
         let p = &request.sampling;
-        let prompts: Vec<Vec<u32>> = request.prompts.iter().map(|t| self.tokenize(t)).collect::<Result<_>>()?;
+        let prompts: Vec<Vec<u32>> =
+            request.prompts.iter().map(|t| self.tokenize_with(t, request.special_tokens)).collect::<Result<_>>()?;
         for (i, ids) in prompts.iter().enumerate() {
             self.check_length(i, ids.len() + p.max_tokens as usize)?;
         }
         let mut out = Vec::with_capacity(prompts.len() * p.n as usize);
-        for (pi, ids) in prompts.iter().enumerate() {
-            for (si, (ids, reason, text)) in self.generate_one(pi, ids, p)?.into_iter().enumerate() {
-                out.push(Generation::new(pi, si as u32, request.prompts[pi].clone(), text, reason, Some(ids)));
+        for (pi, p_ids) in prompts.iter().enumerate() {
+            for (si, (ids, reason, text)) in self.generate_one(pi, p_ids, p)?.into_iter().enumerate() {
+                let prompt = request.prompts[pi].clone();
+                let g = Generation::new(pi, si as u32, prompt, text, reason, Some(ids));
+                out.push(g.with_prompt_token_ids(Some(p_ids.clone())));
             }
         }
         Ok(out)

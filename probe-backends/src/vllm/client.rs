@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt, stream};
-use probe_core::{Capabilities, Error, Generation, GenerationRequest, Generator, ModelId, Result, SamplingParams};
+use probe_core::{
+    Capabilities, Error, Generation, GenerationRequest, Generator, ModelId, Result, SamplingParams, SpecialTokens,
+};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
@@ -223,8 +225,10 @@ impl VllmGenerator {
         first: usize,
         prompts: &[String],
         s: &SamplingParams,
+        special: SpecialTokens,
     ) -> Result<(usize, Vec<Generation>)> {
-        let body = CompletionBody::new(&self.config.model, prompts, s, self.config.return_token_ids)?;
+        let body =
+            CompletionBody::new(&self.config.model, prompts, s, self.config.return_token_ids)?.special_tokens(special);
         let body = serde_json::to_vec(&body).map_err(|e| Error::backend(BACKEND, e))?;
         let retry = self.config.retry;
         let span = format!("prompts {first}..{}", first + prompts.len());
@@ -352,9 +356,13 @@ impl Generator for VllmGenerator {
         CompletionBody::new(&self.config.model, &[], &request.sampling, false)?;
         let bs = self.config.batch_size;
         let in_flight = self.config.max_in_flight_per_server * self.pool.urls().len();
-        let sampling = &request.sampling;
-        let work: Vec<_> =
-            request.prompts.chunks(bs).enumerate().map(|(c, chunk)| self.run_batch(c * bs, chunk, sampling)).collect();
+        let (sampling, special) = (&request.sampling, request.special_tokens);
+        let work: Vec<_> = request
+            .prompts
+            .chunks(bs)
+            .enumerate()
+            .map(|(c, chunk)| self.run_batch(c * bs, chunk, sampling, special))
+            .collect();
         let mut batches: Vec<(usize, Vec<Generation>)> =
             stream::iter(work).buffer_unordered(in_flight).try_collect().await?;
         batches.sort_unstable_by_key(|(first, _)| *first);

@@ -1,7 +1,7 @@
 //! The JSON of `/v1/completions` and `/v1/models`: what is sent, what comes back, and the
 //! checks that turn a response into [`Generation`]s or a clear error.
 
-use probe_core::{Error, FinishReason, Generation, Result, SamplingParams};
+use probe_core::{Error, FinishReason, Generation, Result, SamplingParams, SpecialTokens};
 use serde::{Deserialize, Serialize};
 
 use super::BACKEND;
@@ -72,6 +72,13 @@ impl<'a> CompletionBody<'a> {
             return_token_ids: token_ids,
         })
     }
+
+    /// Prompts rendered with a chat template carry their special tokens: the server adds none
+    /// (`add_special_tokens: false`, as vLLM's own chat endpoint does).
+    pub(crate) fn special_tokens(mut self, special: SpecialTokens) -> Self {
+        self.add_special_tokens = special.add();
+        self
+    }
 }
 
 /// The part of a completion response probe reads.
@@ -89,6 +96,9 @@ pub(crate) struct Choice {
     pub(crate) finish_reason: Option<String>,
     #[serde(default)]
     pub(crate) token_ids: Option<Vec<i64>>,
+    /// The prompt's token ids (vLLM ≥ 0.10 with `return_token_ids`).
+    #[serde(default)]
+    pub(crate) prompt_token_ids: Option<Vec<i64>>,
 }
 
 /// The `data` list of `GET /v1/models`.
@@ -193,18 +203,22 @@ pub(crate) fn parse_completions(
                 return Err(bad_response(server, format!("choice {} has finish_reason {other:?}", c.index)));
             }
         };
-        let ids = c
-            .token_ids
-            .map(|ids| {
+        let to_u32 = |ids: Option<Vec<i64>>| {
+            ids.map(|ids| {
                 ids.into_iter()
                     .map(|id| {
                         u32::try_from(id).map_err(|_| bad_response(server, format!("token id {id} out of range")))
                     })
                     .collect::<Result<Vec<u32>>>()
             })
-            .transpose()?;
+            .transpose()
+        };
+        let (ids, prompt_ids) = (to_u32(c.token_ids)?, to_u32(c.prompt_token_ids)?);
         let (p, k) = (c.index / n, c.index % n);
-        *slot = Some(Generation::new(first + p, k as u32, prompts[p].clone(), c.text, finish, ids));
+        *slot = Some(
+            Generation::new(first + p, k as u32, prompts[p].clone(), c.text, finish, ids)
+                .with_prompt_token_ids(prompt_ids),
+        );
     }
     // Every slot is filled: `want` distinct in-range indices were seen.
     Ok(slots.into_iter().flatten().collect())
@@ -261,6 +275,21 @@ mod tests {
         assert_eq!(v["stop"][0], "\n");
         let v = serde_json::to_value(CompletionBody::new("m", &p, &s, false).unwrap()).unwrap();
         assert!(v.get("return_token_ids").is_none(), "omitted when not wanted (servers that reject it)");
+        assert_eq!(v["add_special_tokens"], true, "plain prompts get the tokenizer's BOS");
+        let body = CompletionBody::new("m", &p, &s, true).unwrap().special_tokens(SpecialTokens::AsWritten);
+        let v = serde_json::to_value(body).unwrap();
+        assert_eq!(v["add_special_tokens"], false, "a rendered chat template carries its own BOS");
+    }
+
+    #[test]
+    fn prompt_token_ids_are_kept() {
+        let body = br#"{"model":"m","choices":[
+            {"index":0,"text":"x","finish_reason":"length","token_ids":[7,8],"prompt_token_ids":[1,5]},
+            {"index":1,"text":"y","finish_reason":"length","token_ids":[9]}]}"#;
+        let g = parse_completions("s", body, "m", &prompts(), 0, 1).unwrap();
+        assert_eq!(g[0].full_token_ids(), Some(vec![1, 5, 7, 8]));
+        assert_eq!(g[1].prompt_token_ids, None, "a server without prompt ids");
+        assert_eq!(g[1].full_token_ids(), None);
     }
 
     #[test]
