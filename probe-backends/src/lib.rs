@@ -21,6 +21,8 @@ pub mod vllm;
 
 pub mod chat;
 pub mod device;
+pub mod registry;
+pub mod roles;
 
 /// The backend features compiled into this build.
 pub const COMPILED_FEATURES: &[&str] = &[

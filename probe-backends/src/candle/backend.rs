@@ -15,6 +15,7 @@ use tokenizers::Tokenizer;
 use super::config::{ModelConfig, generation_eos};
 use super::model::Decoder;
 use super::options::CandleOptions;
+use super::placement::Stages;
 
 /// A model loaded in process with candle: extracts hidden states and generates text.
 ///
@@ -194,8 +195,9 @@ impl CandleBackend {
         )
         .with_dtype(options.dtype.as_str())
         .with_tokenizer(tokenizer_desc);
+        let stages = Stages::open(&device, &options.split, cfg.num_layers)?;
         let decoder =
-            Decoder::load(&vb, cfg).map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?;
+            Decoder::load(&vb, cfg, stages).map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?;
         let id = ModelId::new(dir.to_string_lossy(), revision);
         Ok(CandleBackend { inner: Arc::new(Inner { id, info, decoder, tokenizer, eos, options }) })
     }
@@ -264,8 +266,10 @@ impl Inner {
 
     /// Tokenises `text`, adding the special tokens or not (a chat template's rendering).
     pub(crate) fn tokenize_with(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>> {
-        let enc =
-            self.tokenizer.encode(text, special.add()).map_err(|e| Error::invalid("text", format!("{text:?}: {e}")))?;
+        let enc = self
+            .tokenizer
+            .encode(text, special.add())
+            .map_err(|e| Error::invalid("text", format!("{text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -307,6 +311,10 @@ impl ActivationExtractor for CandleBackend {
         c.all_positions = true;
         c.early_stop = true;
         c
+    }
+
+    fn release_memory(&self) {
+        super::oom::release(self.inner.decoder.device());
     }
 }
 

@@ -7,7 +7,7 @@ use probe_core::{ActivationRequest, Activations, Error, Inputs, LayerActivations
 use super::backend::Inner;
 
 fn be(e: candle_core::Error) -> Error {
-    Error::backend("candle", e)
+    super::oom::error(e)
 }
 
 impl Inner {
@@ -61,7 +61,8 @@ impl Inner {
 
             let mut visit = |layer: usize, h: &Tensor| -> Result<()> {
                 let Some(k) = slot(layer) else { return Ok(()) };
-                let h = h.to_dtype(DType::F32).map_err(be)?;
+                // A split model's later blocks run elsewhere: reduce on the first device.
+                let h = h.to_device(&device).and_then(|h| h.to_dtype(DType::F32)).map_err(be)?;
                 let rows: Vec<f32> = match positions {
                     Positions::Last => h
                         .reshape((b * s, hidden))
