@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use super::backend::Inner;
 
 fn be(e: candle_core::Error) -> Error {
-    Error::backend("candle", e)
+    super::oom::error(e)
 }
 
 /// The sampler's seed for one (prompt, sample): distinct streams, fixed by the request seed.
