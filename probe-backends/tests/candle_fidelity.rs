@@ -31,6 +31,7 @@ const MODELS: &[(&str, &str)] = &[
     ("qwen3_moe", "qwen3_moe"),
     ("qwen3_moe_fused", "qwen3_moe"),
     ("olmo2", "olmo2"),
+    ("phi3", "phi3"),
 ];
 
 #[derive(Deserialize)]

@@ -176,6 +176,8 @@ pub struct HfConfig {
     pub rope_parameters: Option<RopeParameters>,
     /// Fraction of the head dimension that is rotated.
     pub partial_rotary_factor: Option<f64>,
+    /// Phi-3: the pre-training context, outside the RoPE parameters (takes precedence there).
+    pub original_max_position_embeddings: Option<f64>,
     /// End-of-sequence token id(s).
     pub eos_token_id: Option<TokenIds>,
     /// Beginning-of-sequence token id(s).
@@ -271,6 +273,11 @@ impl HfConfig {
         let with_theta = |mut p: RopeParams| {
             p.rope_theta = p.rope_theta.or(self.rope_theta);
             p.partial_rotary_factor = p.partial_rotary_factor.or(self.partial_rotary_factor);
+            if matches!(p.kind(), "llama3" | "yarn" | "longrope" | "su")
+                && self.original_max_position_embeddings.is_some()
+            {
+                p.original_max_position_embeddings = self.original_max_position_embeddings;
+            }
             p
         };
         match &self.rope_parameters {

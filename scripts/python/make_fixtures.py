@@ -22,7 +22,9 @@ qwen3 (per-head q/k norms), gemma3_text (q/k norms, local and global RoPE bases,
 on global layers, sliding_window_pattern, query_pre_attn_scalar), mixtral (sparse MoE, top-2 of
 4 experts, renormalised, sliding window), qwen3_moe (q/k norms, MoE without renormalisation, a
 dense layer from mlp_only_layers), olmo2 (post-norms only, q/k norms over the whole
-projections). Router weights are scaled up so that no token's top-k is a
+projections), phi3 (fused qkv_proj and gate_up_proj, partial rotary 0.5, longrope with
+short and long factors and original_max_position_embeddings 40: the longest prompt runs on the
+long factors, the others on the short ones; no greedy generation crosses the threshold). Router weights are scaled up so that no token's top-k is a
 near tie. OUT/models/qwen3_moe_fused/ holds qwen3_moe's weights with the experts stacked as
 transformers 5 keeps them in memory (mlp.experts.gate_up_proj [E, 2I, H], down_proj [E, H, I]).
 
@@ -47,7 +49,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ARCHS = ["llama", "llama3", "mistral", "qwen2", "gemma2", "qwen3", "gemma3_text", "mixtral", "qwen3_moe", "olmo2"]
+ARCHS = ["llama", "llama3", "mistral", "qwen2", "gemma2", "qwen3", "gemma3_text", "mixtral", "qwen3_moe", "olmo2", "phi3"]
 
 PROMPTS = [
     "Hello",
@@ -208,6 +210,22 @@ def build_config(arch: str, tok):
         )
     if arch == "olmo2":
         return tf.Olmo2Config(**COMMON, **ids, rope_theta=500000.0, tie_word_embeddings=False)
+    if arch == "phi3":
+        rot = COMMON["head_dim"] // 4  # frequencies of a half-rotated head
+        return tf.Phi3Config(
+            **{k: v for k, v in COMMON.items() if k != "head_dim"},
+            **ids,
+            partial_rotary_factor=0.5,
+            original_max_position_embeddings=40,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "short_factor": [1.0 + 0.1 * i for i in range(rot)],
+                "long_factor": [2.0 + 0.5 * i for i in range(rot)],
+            },
+            tie_word_embeddings=False,
+        )
     raise ValueError(arch)
 
 
@@ -225,6 +243,7 @@ def model_class(arch: str):
         "mixtral": tf.MixtralForCausalLM,
         "qwen3_moe": tf.Qwen3MoeForCausalLM,
         "olmo2": tf.Olmo2ForCausalLM,
+        "phi3": tf.Phi3ForCausalLM,
     }[arch]
 
 

@@ -31,7 +31,8 @@ pub(crate) struct Block {
     window: Option<usize>,
 }
 
-/// The cos and sin rows (`[s, rotary_dim / 2]`) of one forward step.
+/// The cos and sin rows (`[s, rotary_dim / 2]`, or `[b, s, rotary_dim / 2]` when rows
+/// differ) of one forward step.
 #[derive(Debug)]
 pub(crate) struct RopeRows {
     pub(crate) cos: Tensor,
@@ -54,7 +55,7 @@ pub(crate) struct Step<'a> {
 /// Rotates the first `2 · cos.dim(1)` dimensions of `x` (`[b, heads, s, d]`), rotate-half style;
 /// the rest pass through (partial rotary).
 fn rope(x: &Tensor, rows: &RopeRows) -> Result<Tensor> {
-    let rot = 2 * rows.cos.dim(1)?;
+    let rot = 2 * rows.cos.dim(D::Minus1)?;
     let d = x.dim(D::Minus1)?;
     if rot == d {
         return candle_nn::rotary_emb::rope(x, &rows.cos, &rows.sin);
@@ -83,7 +84,14 @@ impl Block {
                 (None, Some(norm("post_attention_layernorm")?), None, Some(norm("post_feedforward_layernorm")?))
             }
         };
-        let q = Linear::load(vb, &format!("{p}.self_attn.q_proj"), nh * d, h, cfg.qkv_bias)?;
+        let (q, k, v) = if spec.fused {
+            // Phi-3: one `qkv_proj`, q then k then v along the output axis.
+            let qkv = Linear::load(vb, &format!("{p}.self_attn.qkv_proj"), (nh + 2 * nkv) * d, h, cfg.qkv_bias)?;
+            (qkv.rows(0, nh * d)?, qkv.rows(nh * d, nkv * d)?, qkv.rows((nh + nkv) * d, nkv * d)?)
+        } else {
+            let load = |n: &str, out| Linear::load(vb, &format!("{p}.self_attn.{n}"), out, h, cfg.qkv_bias);
+            (load("q_proj", nh * d)?, load("k_proj", nkv * d)?, load("v_proj", nkv * d)?)
+        };
         let (q, q_norm, k_norm) = match spec.qk_norm {
             QkNorm::None => (q.scaled(cfg.attn_scale)?, None, None),
             QkNorm::PerHead | QkNorm::Whole => {
@@ -93,8 +101,6 @@ impl Block {
                 (q, Some(qk_norm("q_norm", qs, cfg.attn_scale)?), Some(qk_norm("k_norm", ks, 1.0)?))
             }
         };
-        let k = Linear::load(vb, &format!("{p}.self_attn.k_proj"), nkv * d, h, cfg.qkv_bias)?;
-        let v = Linear::load(vb, &format!("{p}.self_attn.v_proj"), nkv * d, h, cfg.qkv_bias)?;
         Ok(Self {
             qkv: Linear::fuse(&[q, k, v])?,
             o: Linear::load(vb, &format!("{p}.self_attn.o_proj"), h, nh * d, cfg.o_bias)?,

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use probe_core::hf_config::HfConfig;
+use probe_core::hf_config::{HfConfig, RopeParams};
 use probe_core::{Error, Result};
 
 use super::rope::Rope;
@@ -98,6 +98,9 @@ pub(crate) struct ArchSpec {
     pub(crate) local_rope_theta: Option<f64>,
     /// Sparse mixture-of-experts MLPs (on the layers `config.json` makes sparse).
     pub(crate) moe: Option<MoeNames>,
+    /// Phi-3: q/k/v stored as one `qkv_proj`, gate/up as one `gate_up_proj`; a RoPE type
+    /// `su` or `yarn` means longrope.
+    pub(crate) fused: bool,
 }
 
 const LLAMA: ArchSpec = ArchSpec {
@@ -113,6 +116,7 @@ const LLAMA: ArchSpec = ArchSpec {
     default_rope_theta: 10_000.0,
     local_rope_theta: None,
     moe: None,
+    fused: false,
 };
 
 const GEMMA2: ArchSpec = ArchSpec {
@@ -133,6 +137,7 @@ pub(crate) const SPECS: &[ArchSpec] = &[
     ArchSpec { name: "qwen2", qkv_bias: true, ..LLAMA },
     GEMMA2,
     ArchSpec { name: "qwen3", qk_norm: QkNorm::PerHead, ..LLAMA },
+    ArchSpec { name: "phi3", fused: true, ..LLAMA },
     ArchSpec { name: "olmo2", qk_norm: QkNorm::Whole, norms: NormPlacement::Post, ..LLAMA },
     ArchSpec {
         name: "gemma3_text",
@@ -155,7 +160,7 @@ pub(crate) const SPECS: &[ArchSpec] = &[
 ];
 
 /// Architectures known to differ from every spec (named in the error).
-const KNOWN_UNSUPPORTED: &[&str] = &["gemma", "gemma3", "phi", "phi3", "qwen2_moe", "cohere", "gpt_neox", "gpt2"];
+const KNOWN_UNSUPPORTED: &[&str] = &["gemma", "gemma3", "phi", "qwen2_moe", "cohere", "gpt_neox", "gpt2"];
 
 /// The spec of a `model_type`.
 ///
@@ -297,7 +302,12 @@ impl ModelConfig {
             return Err(bad("head_dim", format!("{head_dim} (must be even and ≥ 2 for rotary embeddings)")));
         }
         let max_position_embeddings = raw.max_position_embeddings.unwrap_or(4096);
-        let rope_of = |params, theta| Rope::new(&params, head_dim, theta, max_position_embeddings, file);
+        let rope_of = |mut params: RopeParams, theta| {
+            if spec.fused && matches!(params.kind(), "su" | "yarn") {
+                params.rope_type = Some("longrope".into());
+            }
+            Rope::new(&params, head_dim, theta, max_position_embeddings, file)
+        };
         let rope = rope_of(raw.rope(false), spec.default_rope_theta)?;
         let local_rope = match spec.local_rope_theta {
             Some(theta) => {

@@ -57,6 +57,14 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// Outputs `at..at + n` of the layer (a part of a fused projection).
+    pub(crate) fn rows(&self, at: usize, n: usize) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.narrow(0, at, n)?,
+            bias: self.bias.as_ref().map(|b| b.narrow(0, at, n)).transpose()?,
+        })
+    }
+
     /// Multiplies the layer's output by `k` (folded into the weights).
     pub(crate) fn scaled(self, k: f64) -> Result<Self> {
         Ok(Self { weight: (self.weight * k)?, bias: self.bias.map(|b| b * k).transpose()? })

@@ -131,7 +131,7 @@ impl Decoder {
     fn step(&self, lens: &[usize], s: usize, offset: usize) -> Result<Step<'_>> {
         let window = self.cfg.windows.iter().flatten().copied().min();
         let rows = |rope: &Rope, inv_freq: &[f32]| -> Result<RopeRows> {
-            let (cos, sin) = rope.tables(inv_freq, offset, s, &self.device, self.dtype)?;
+            let (cos, sin) = rope.rows(inv_freq, lens, offset, s, &self.device, self.dtype)?;
             Ok(RopeRows { cos, sin })
         };
         let local_rope = match (&self.cfg.local_rope, &self.local_inv_freq) {

@@ -131,6 +131,23 @@ impl Mlp {
         let p = format!("layers.{i}");
         match (&cfg.spec.moe, &cfg.moe) {
             (Some(names), Some(moe)) if moe.sparse_layers[i] => Ok(Mlp::Sparse(Moe::load(vb, &p, cfg, names)?)),
+            // Phi-3: gate and up stored as one `gate_up_proj` (gate first).
+            _ if cfg.spec.fused => Ok(Mlp::Dense(GatedMlp {
+                gate_up: Linear::load(
+                    vb,
+                    &format!("{p}.mlp.gate_up_proj"),
+                    2 * cfg.intermediate_size,
+                    cfg.hidden_size,
+                    cfg.mlp_bias,
+                )?,
+                down: Linear::load(
+                    vb,
+                    &format!("{p}.mlp.down_proj"),
+                    cfg.hidden_size,
+                    cfg.intermediate_size,
+                    cfg.mlp_bias,
+                )?,
+            })),
             _ => Ok(Mlp::Dense(GatedMlp::load(
                 vb,
                 &format!("{p}.mlp"),

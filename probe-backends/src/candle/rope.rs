@@ -8,7 +8,7 @@ use probe_core::hf_config::RopeParams;
 use probe_core::{Error, Result};
 
 /// Rotary embedding scaling.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum RopeScaling {
     /// Plain RoPE.
     None,
@@ -18,6 +18,9 @@ pub(crate) enum RopeScaling {
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
     /// YaRN: interpolated low frequencies, extrapolated high ones, cos/sin scaled.
     Yarn { factor: f64, original_max_position_embeddings: f64, beta_fast: f64, beta_slow: f64, truncate: bool },
+    /// Phi-3's longrope (`su`): per-frequency divisors, the long ones for a sequence longer than
+    /// `original_max_position_embeddings` (decided per forward pass, as transformers does).
+    LongRope { short: Vec<f32>, long: Vec<f32>, original_max_position_embeddings: usize },
 }
 
 /// The rotary embedding of one kind of layer.
@@ -90,14 +93,60 @@ impl Rope {
                     truncate: params.truncate.unwrap_or(true),
                 }
             }
+            "longrope" | "su" => {
+                let original = need(params.original_max_position_embeddings, "original_max_position_embeddings")?;
+                let factor = params.factor.unwrap_or(max_positions as f64 / original);
+                attention_factor = match params.attention_factor {
+                    Some(a) => a,
+                    None if factor <= 1.0 => 1.0,
+                    None => (1.0 + factor.ln() / original.ln()).sqrt(),
+                };
+                let factors = |v: &Option<Vec<f64>>, name: &str| -> Result<Vec<f32>> {
+                    let v = v.as_ref().ok_or_else(|| {
+                        Error::invalid(format!("rope {name} in {}", file.display()), format!("missing for {kind:?}"))
+                    })?;
+                    if v.len() != dim / 2 {
+                        return Err(Error::invalid(
+                            format!("rope {name} in {}", file.display()),
+                            format!("{} values for {} rotary frequencies", v.len(), dim / 2),
+                        ));
+                    }
+                    Ok(v.iter().map(|&x| x as f32).collect())
+                };
+                RopeScaling::LongRope {
+                    short: factors(&params.short_factor, "short_factor")?,
+                    long: factors(&params.long_factor, "long_factor")?,
+                    original_max_position_embeddings: original as usize,
+                }
+            }
             other => {
                 return Err(Error::not_supported(
-                    format!("rope_type {other:?} in {} (supported: default, linear, llama3, yarn)", file.display()),
+                    format!(
+                        "rope_type {other:?} in {} (supported: default, linear, llama3, yarn, longrope)",
+                        file.display()
+                    ),
                     "candle",
                 ));
             }
         };
         Ok(Self { theta: params.rope_theta.unwrap_or(default_theta), scaling, dim, attention_factor })
+    }
+
+    /// For longrope: the length past which the long factors apply, and the inverse
+    /// frequencies of long sequences ([`Rope::inv_freq`] is that of short ones).
+    pub(crate) fn long_inv_freq(&self) -> Option<(usize, Vec<f32>)> {
+        match &self.scaling {
+            RopeScaling::LongRope { long, original_max_position_embeddings, .. } => {
+                Some((*original_max_position_embeddings, self.divided(long)))
+            }
+            _ => None,
+        }
+    }
+
+    /// `1 / (factor · θ^(2i/dim))` (longrope), in f32.
+    fn divided(&self, factors: &[f32]) -> Vec<f32> {
+        let base = self.theta as f32;
+        factors.iter().enumerate().map(|(i, f)| 1.0 / (f * base.powf((2 * i) as f32 / self.dim as f32))).collect()
     }
 
     /// The inverse frequencies, `dim / 2` of them, as transformers computes them in f32.
@@ -106,7 +155,8 @@ impl Rope {
         let base = self.theta as f32;
         let pos_freq = |i: usize| base.powf((2 * i) as f32 / dim as f32);
         let plain: Vec<f32> = (0..dim / 2).map(|i| 1.0 / pos_freq(i)).collect();
-        match self.scaling {
+        match self.scaling.clone() {
+            RopeScaling::LongRope { short, .. } => self.divided(&short),
             RopeScaling::None => plain,
             RopeScaling::Linear { factor } => plain.iter().map(|f| f / factor as f32).collect(),
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
@@ -160,6 +210,35 @@ impl Rope {
                     .collect()
             }
         }
+    }
+
+    /// cos and sin of positions `offset..offset + s` for rows of real lengths `lens`
+    /// (`offset + s` in generation): `[s, dim / 2]`, or `[b, s, dim / 2]` when longrope puts
+    /// the rows on both sides of its threshold (each row as transformers runs it alone).
+    pub(crate) fn rows(
+        &self,
+        inv_freq: &[f32],
+        lens: &[usize],
+        offset: usize,
+        s: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let Some((threshold, long)) = self.long_inv_freq() else {
+            return self.tables(inv_freq, offset, s, device, dtype);
+        };
+        let pick = |len: usize| if len > threshold { long.as_slice() } else { inv_freq };
+        if lens.iter().all(|&l| l > threshold) || lens.iter().all(|&l| l <= threshold) {
+            return self.tables(pick(lens.first().copied().unwrap_or(0)), offset, s, device, dtype);
+        }
+        let mut cos = Vec::with_capacity(lens.len());
+        let mut sin = Vec::with_capacity(lens.len());
+        for &len in lens {
+            let (c, si) = self.tables(pick(len), offset, s, device, dtype)?;
+            cos.push(c);
+            sin.push(si);
+        }
+        Ok((Tensor::stack(&cos, 0)?, Tensor::stack(&sin, 0)?))
     }
 
     /// cos and sin (`[s, dim / 2]`, in `dtype`) of positions `offset..offset + s`, from
