@@ -228,19 +228,22 @@ async fn sampling_is_deterministic_per_seed_and_stop_strings_cut() {
 #[tokio::test]
 async fn bf16_stays_close_to_the_f32_reference() {
     let Some(root) = fixtures() else { return };
-    let dir = root.join("models").join("qwen2");
-    let model = CandleBackend::load(&dir, CandleOptions::default().with_dtype(CandleDType::BF16)).expect("bf16 load");
-    assert_eq!(model.model_info().dtype, "bf16");
-    let (meta, tensors) = reference(&root, "qwen2");
-    let layers: Vec<usize> = (0..=meta.num_layers).collect();
-    let acts = model.extract(ActivationRequest::texts(meta.prompts.clone(), layers)).await.expect("bf16 extract");
-    let worst = acts
-        .layers
-        .iter()
-        .map(|la| rel_err(&la.tensor.data, &tensors[&format!("last.{}", la.layer)]))
-        .fold(0f32, f32::max);
-    println!("qwen2 bf16: worst max relative error {worst:.2e} against the f32 reference");
-    assert!(worst <= 5e-2, "bf16 within 5e-2 of f32: {worst}");
+    for &(arch, refname) in MODELS {
+        let dir = root.join("models").join(arch);
+        let model =
+            CandleBackend::load(&dir, CandleOptions::default().with_dtype(CandleDType::BF16)).expect("bf16 load");
+        assert_eq!(model.model_info().dtype, "bf16");
+        let (meta, tensors) = reference(&root, refname);
+        let layers: Vec<usize> = (0..=meta.num_layers).collect();
+        let acts = model.extract(ActivationRequest::texts(meta.prompts.clone(), layers)).await.expect("bf16 extract");
+        let worst = acts
+            .layers
+            .iter()
+            .map(|la| rel_err(&la.tensor.data, &tensors[&format!("last.{}", la.layer)]))
+            .fold(0f32, f32::max);
+        println!("{arch} bf16: worst max relative error {worst:.2e} against the f32 reference");
+        assert!(worst <= 5e-2, "{arch}: bf16 within 5e-2 of f32: {worst}");
+    }
 }
 
 #[tokio::test]
