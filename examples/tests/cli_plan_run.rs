@@ -196,7 +196,6 @@ fn launched_servers_get_tensor_parallelism_when_the_weights_need_it_and_a_long_m
 }
 
 #[test]
-#[ignore = "the published gemma-3-12b-it config.json leaves vocab_size, head_dim … to Gemma3TextConfig's defaults, which the config.json parse (hf_config) does not apply yet"]
 fn gemma3_12b_it_fits_one_gpu_or_offloads_to_the_cpu() {
     let tmp = workdir("64GiB");
     let (d, model) = (tmp.path(), tmp.path().join("gemma-3-12b-it"));

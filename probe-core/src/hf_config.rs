@@ -211,7 +211,33 @@ impl HfConfig {
     pub fn parse(text: &str) -> Result<Self> {
         let outer: HfConfig =
             serde_json::from_str(text).map_err(|e| Error::invalid("config.json", format!("not valid: {e}")))?;
-        Ok(outer.unnest())
+        Ok(outer.unnest().with_defaults())
+    }
+
+    /// Fills what transformers' config class supplies when `config.json` leaves it out:
+    /// gemma-3-12b-it's published `text_config` names only what differs from
+    /// `Gemma3TextConfig`'s defaults (transformers 4.50), not `vocab_size` or `head_dim`.
+    fn with_defaults(mut self) -> Self {
+        if self.model_type() == "gemma3_text" {
+            self.vocab_size = self.vocab_size.or(Some(262_208));
+            self.head_dim = self.head_dim.or(Some(256));
+            self.max_position_embeddings = self.max_position_embeddings.or(Some(131_072));
+            self.query_pre_attn_scalar = self.query_pre_attn_scalar.or(Some(256.0));
+            self.rms_norm_eps = self.rms_norm_eps.or(Some(1e-6));
+            self.num_key_value_heads = self.num_key_value_heads.or(Some(4));
+            self.sliding_window = self.sliding_window.or(Some(4096));
+            if self.layer_types.is_none() {
+                self.sliding_window_pattern = self.sliding_window_pattern.or(Some(6));
+            }
+            if self.rope_parameters.is_none() {
+                self.rope_theta = self.rope_theta.or(Some(1_000_000.0));
+                self.rope_local_base_freq = self.rope_local_base_freq.or(Some(10_000.0));
+            }
+            if self.hidden_act.is_none() {
+                self.hidden_activation = self.hidden_activation.or(Some("gelu_pytorch_tanh".into()));
+            }
+        }
+        self
     }
 
     fn unnest(mut self) -> Self {

@@ -58,7 +58,6 @@ fn launched_servers_take_tensor_parallelism_through_the_device_policy() {
 }
 
 #[test]
-#[ignore = "the published gemma-3-12b-it config.json leaves vocab_size, head_dim … to Gemma3TextConfig's defaults, which the config.json parse (hf_config) does not apply yet"]
 fn gemma3_12b_it_reads_as_its_language_model() {
     let s = RunSettings::new(512).with_max_new_tokens(Some(256));
     let inv = DeviceInventory::parse_gpus("1x16GiB").unwrap().with_cpu_bytes(64 * GIB);
