@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use probe_core::{
-    ActivationRequest, Activations, Error, Inputs, LayerActivations, ModelId, ModelInfo, Positions, Result, SpecialTokens,
-    Tensor,
+    ActivationRequest, Activations, Error, Inputs, LayerActivations, ModelId, ModelInfo, Positions, Result,
+    SpecialTokens, Tensor,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};

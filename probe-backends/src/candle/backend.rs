@@ -266,10 +266,8 @@ impl Inner {
 
     /// Tokenises `text`, adding the special tokens or not (a chat template's rendering).
     pub(crate) fn tokenize_with(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
-            .encode(text, special.add())
-            .map_err(|e| Error::invalid("text", format!("{text:?}: {e}")))?;
+        let enc =
+            self.tokenizer.encode(text, special.add()).map_err(|e| Error::invalid("text", format!("{text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
