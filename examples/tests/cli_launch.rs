@@ -261,7 +261,7 @@ fn generate_launches_a_server_writes_completions_and_stops_it() {
 
     let (_, stderr) = ok(&probe(d, &record, &args), "generate again");
     assert_eq!(events(&record).len(), 2, "cached: no server started");
-    assert!(stderr.contains("12 completions read from the cache"), "{stderr}");
+    assert!(stderr.contains("0 completions generated, 12 read from the cache"), "{stderr}");
 }
 
 #[test]
