@@ -120,21 +120,7 @@ pub fn generation_key_with(
     prompts: &[String],
     special: SpecialTokens,
 ) -> CacheKey {
-    let spec = GenerationSpec {
-        model: &model.id,
-        revision: &model.revision,
-        sampling,
-        prompts,
-        rows: None,
-        special_tokens: special,
-    };
-    CacheKey::new(
-        EntryKind::Generations,
-        model_slug(&model.id),
-        slug(prompt_set),
-        None,
-        digest_of("generations", &spec),
-    )
+    generations_key(model, prompt_set, sampling, prompts, None, special)
 }
 
 /// The key of one block of a set of generations: the completions of prompts `[start, end)`
@@ -159,12 +145,24 @@ pub fn generation_block_key_with(
     rows: (usize, usize),
     special: SpecialTokens,
 ) -> CacheKey {
+    generations_key(model, prompt_set, sampling, prompts, Some(rows), special)
+}
+
+/// The one place a generation key is made: the whole set (`rows: None`) or one block.
+fn generations_key(
+    model: &ModelId,
+    prompt_set: &str,
+    sampling: &SamplingParams,
+    prompts: &[String],
+    rows: Option<(usize, usize)>,
+    special: SpecialTokens,
+) -> CacheKey {
     let spec = GenerationSpec {
         model: &model.id,
         revision: &model.revision,
         sampling,
         prompts,
-        rows: Some(rows),
+        rows,
         special_tokens: special,
     };
     CacheKey::new(
