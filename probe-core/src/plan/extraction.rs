@@ -149,6 +149,7 @@ pub(super) fn plan_extraction(
         working_set_bytes: ws(b),
         reserve_bytes: gpus.first().and_then(|&i| inv.gpu(i).ok()).map_or(0, |d| reserve(d.total_bytes)),
         cpu_offload: offload,
+        dtype: m.dtype,
     };
 
     // 1. The whole model on each GPU: one worker per GPU, chunks round-robin over them.

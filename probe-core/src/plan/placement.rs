@@ -121,8 +121,13 @@ pub fn plan(req: PlanRequest) -> Result<Plan> {
         layers: spec.num_layers,
         sliding_layers: spec.sliding_layers(),
     };
+    // Extraction holds its weights in its compute dtype (`--dtype`), the servers in theirs.
+    let extraction_model = match req.compute_dtype {
+        Some(d) if d != dtype => ModelMemory { dtype: d, weights_bytes: weight_bytes(&spec, d), ..model.clone() },
+        _ => model.clone(),
+    };
     let mut notes = Vec::new();
-    let (mut gen_gpus, mut ext_gpus, mut mode) = roles(&req, &spec, &model, &mut notes)?;
+    let (mut gen_gpus, mut ext_gpus, mut mode) = roles(&req, &spec, &extraction_model, &mut notes)?;
     let generation = match (&req.generation, gen_gpus.is_empty()) {
         (Some(w), false) => match plan_generation(&req, &spec, &model, w, &gen_gpus, &mut notes) {
             Ok(g) => Some(g),
@@ -146,7 +151,7 @@ pub fn plan(req: PlanRequest) -> Result<Plan> {
         (None, _) => None,
     };
     let extraction = match &req.extraction {
-        Some(w) => Some(plan_extraction(&req, &spec, &model, w, &ext_gpus, &mut notes)?),
+        Some(w) => Some(plan_extraction(&req, &spec, &extraction_model, w, &ext_gpus, &mut notes)?),
         None => None,
     };
     let devices = device_uses(&req.inventory, generation.as_ref(), extraction.as_ref());

@@ -176,10 +176,15 @@ pub struct PlanRequest {
     pub inventory: DeviceInventory,
     /// The model (required).
     pub model: Option<ModelSpec>,
-    /// Weight dtype; default the checkpoint's, with f32 served as bf16 on GPUs (as vLLM's `auto`).
+    /// Weight dtype of the generation servers; default the checkpoint's, with f32 served as
+    /// bf16 on GPUs (as vLLM's `auto`).
     pub dtype: Option<Dtype>,
     /// KV-cache dtype; default the compute dtype.
     pub kv_dtype: Option<Dtype>,
+    /// Extraction's compute dtype (`--dtype`), which its weights are held in; default the
+    /// weight dtype.
+    #[serde(default)]
+    pub compute_dtype: Option<Dtype>,
     /// Sharing mode; `None` picks exclusive when the GPUs allow it, else time-shared.
     pub mode: Option<ShareMode>,
     /// GPUs for generation; `None` lets the planner choose.
@@ -215,6 +220,11 @@ impl PlanRequest {
     /// Sets the weight dtype.
     pub fn with_dtype(mut self, d: Dtype) -> Self {
         self.dtype = Some(d);
+        self
+    }
+    /// Sets extraction's compute dtype.
+    pub fn with_compute_dtype(mut self, d: Dtype) -> Self {
+        self.compute_dtype = Some(d);
         self
     }
     /// Sets the sharing mode.
@@ -410,6 +420,9 @@ pub struct ExtractionPlan {
     pub reserve_bytes: u64,
     /// Whether some layers run on the CPU.
     pub cpu_offload: bool,
+    /// The dtype extraction computes in and holds its weights in.
+    #[serde(default)]
+    pub dtype: Dtype,
 }
 
 /// Bytes given to one device, by phase.

@@ -273,7 +273,7 @@ impl RunPlan {
             w
         });
         let mut req = PlanRequest::new(spec, inventory.clone())
-            .with_dtype(dtype)
+            .with_compute_dtype(dtype)
             .with_generation(generation)
             .with_extraction(extraction)
             .with_vllm(settings.vllm.clone())
@@ -309,8 +309,7 @@ impl RunPlan {
     pub fn from_request(policy: &dyn DevicePolicy, request: PlanRequest, given_batch: Option<usize>) -> Result<Self> {
         let inventory = request.inventory.clone();
         let plan = policy.plan(request)?;
-        let dtype = plan.model.dtype;
-        let extraction = plan.extraction.as_ref().map(|e| extraction_run(e, dtype, given_batch));
+        let extraction = plan.extraction.as_ref().map(|e| extraction_run(e, e.dtype, given_batch));
         let mut notes = plan.notes.clone();
         if let (Some(e), Some(given)) = (&extraction, given_batch)
             && given as u64 > e.planned_batch_size
@@ -543,5 +542,21 @@ mod tests {
         let s = RunSettings::new(200).with_max_new_tokens(Some(9000)).with_launch_servers(true);
         let e = resolve_run(inv, llama_8b(), &s).unwrap_err().to_string();
         assert!(e.contains("max_tokens") && e.contains("9000") && e.contains("8192"), "{e}");
+    }
+
+    #[test]
+    fn servers_hold_the_checkpoint_dtype_and_extraction_its_compute_dtype() {
+        let inv = DeviceInventory::parse_gpus("2x80GiB").unwrap();
+        let s = RunSettings::new(200).with_max_new_tokens(Some(100)).with_launch_servers(true);
+        let bf16 = resolve_run(inv.clone(), llama_8b(), &s).unwrap();
+        let f32 = resolve_run(inv, llama_8b(), &s.with_dtype(Some(Dtype::F32))).unwrap();
+        // The servers serve the bf16 checkpoint either way: the same arguments.
+        assert_eq!(f32.detail.model.dtype, Dtype::Bf16);
+        assert_eq!(f32.generation.servers, bf16.generation.servers);
+        // Extraction holds f32 weights: twice the bytes, and says so.
+        let (a, b) = (bf16.extraction.unwrap(), f32.extraction.unwrap());
+        assert_eq!((a.dtype, b.dtype), (Dtype::Bf16, Dtype::F32));
+        let weights = |e: &ExtractionRun| e.placement.iter().map(|p| p.weights_bytes).sum::<u64>();
+        assert!(weights(&b) > weights(&a) * 19 / 10, "{} vs {}", weights(&b), weights(&a));
     }
 }
