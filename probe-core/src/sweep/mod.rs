@@ -1,6 +1,7 @@
 //! The layer sweep: labelled prompts → completions (cached) → hidden states at every
-//! requested layer (one forward pass per batch, cached per layer and batch) → one
-//! logistic-regression probe per layer → a [`SweepReport`].
+//! requested layer (one forward pass per batch, cached per layer and batch) → cross-validated
+//! probes per layer ([`probe`]: logistic, difference of means, control task; ridge for numeric
+//! labels) → a [`SweepReport`].
 //!
 //! The pipeline works on the traits only (`&dyn Generator`, `&dyn ActivationExtractor`,
 //! `&dyn CacheStore`), so any backend and any store can run it.
@@ -40,8 +41,8 @@ mod activations;
 mod block_tests;
 mod generations;
 pub mod layers;
-pub mod linear;
 mod observer;
+pub mod probe;
 pub mod prompts;
 mod report;
 mod shard;
@@ -52,8 +53,10 @@ use std::collections::BTreeMap;
 
 pub use activations::{extract_all, extract_inputs};
 pub use layers::LayerSelection;
-pub use linear::{LogisticProbe, ProbeConfig, ProbeScore, Split, roc_auc, stratified_split};
 pub use observer::{NoProgress, Phase, SweepEvent, SweepObserver};
+pub use probe::{
+    LabelKind, LogisticProbe, ProbeConfig, Targets, evaluate_layer, parse_c_grid, roc_auc, stratified_folds,
+};
 pub use prompts::{ChatMessage, Prompt, PromptFormat, PromptSet};
 pub use report::{LayerScore, SweepReport, SweepSummary};
 pub use shard::{Shard, ShardSummary, generate_shard, merge, run_shard};
@@ -216,24 +219,38 @@ pub fn validate(parts: &SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
         }
     }
     config.probe.validate()?;
-    let labels = prompts.class_indices()?;
-    let classes = prompts.classes();
-    if classes.len() < 2 {
-        return Err(Error::invalid(
-            "labels",
-            format!("every prompt has the label {:?}; a probe needs at least two classes", classes.join("")),
-        ));
-    }
-    for (class, count) in prompts.class_counts() {
-        if count < 2 {
+    let targets = targets(prompts, config)?;
+    if let Targets::Classes { .. } = targets {
+        let classes = prompts.classes();
+        if classes.len() < 2 {
             return Err(Error::invalid(
                 "labels",
-                format!("label {class:?} has {count} prompt; a train/test split needs at least 2 per class"),
+                format!("every prompt has the label {:?}; a probe needs at least two classes", classes.join("")),
             ));
         }
+        for (class, count) in prompts.class_counts() {
+            if count < 2 {
+                return Err(Error::invalid(
+                    "labels",
+                    format!("label {class:?} has {count} prompt; a train/test split needs at least 2 per class"),
+                ));
+            }
+        }
     }
-    debug_assert_eq!(labels.len(), prompts.len());
+    if prompts.len() < config.probe.folds {
+        return Err(Error::invalid(
+            "folds",
+            format!("{} (more folds than the {} prompts)", config.probe.folds, prompts.len()),
+        ));
+    }
     Ok(())
+}
+
+/// What the probes predict: classes, or numbers ([`ProbeConfig::labels`]).
+fn targets(prompts: &PromptSet, config: &SweepConfig) -> Result<Targets> {
+    prompts.class_indices()?;
+    let labels: Vec<&str> = prompts.prompts.iter().map(|p| p.label.as_deref().unwrap_or_default()).collect();
+    Targets::from_labels(&labels, &prompts.classes(), config.probe.labels)
 }
 
 /// The generation phase alone: generates the completions of `prompts` (or finds them in
@@ -355,14 +372,12 @@ pub(super) fn report(
     features: &BTreeMap<usize, Tensor>,
     summary: SweepSummary,
 ) -> Result<SweepReport> {
-    let labels = prompts.class_indices()?;
-    let classes = prompts.classes();
-    let split = stratified_split(&labels, classes.len(), config.probe.test_fraction, config.probe.seed)?;
+    let targets = targets(prompts, config)?;
+    let fold = stratified_folds(&targets.strata(config.probe.folds), config.probe.folds, config.probe.seed)?;
     parts.observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Probes, total: features.len() });
     let mut scores = Vec::with_capacity(features.len());
     for (i, (&layer, tensor)) in features.iter().enumerate() {
-        let s = linear::evaluate(tensor, &labels, classes.len(), &split, &config.probe)?;
-        scores.push(LayerScore { layer, accuracy: s.accuracy, auc: s.auc, n_train: s.n_train, n_test: s.n_test });
+        scores.push(evaluate_layer(layer, tensor, &targets, &fold, &config.probe)?);
         parts.observer.on_event(&SweepEvent::Progress { phase: Phase::Probes, done: i + 1 });
     }
     parts.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Probes });
@@ -372,9 +387,12 @@ pub(super) fn report(
         revision: info.id.revision.clone(),
         prompt_set: prompts.name.clone(),
         positions: config.positions.to_string(),
-        classes,
+        classes: if matches!(targets, Targets::Classes { .. }) { prompts.classes() } else { Vec::new() },
         n_prompts: prompts.len(),
         seed: config.probe.seed,
+        task: targets.task().to_owned(),
+        probe: config.probe.clone(),
+        folds: prompts.prompts.iter().map(|p| p.id.clone()).zip(fold).collect(),
         layers: scores,
         summary,
         plan: config.plan.clone(),

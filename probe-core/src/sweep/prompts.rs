@@ -52,7 +52,7 @@ pub struct Prompt {
     /// The text, verbatim; for a chat prompt its rendering (empty until
     /// [`PromptSet::render_chat`]).
     pub text: String,
-    /// The label (a JSON string, integer or boolean in the file, as text), if the file has one.
+    /// The label (a JSON string, number or boolean in the file, as text), if the file has one.
     pub label: Option<String>,
     /// The chat messages of a chat prompt (`messages` in the file).
     pub messages: Option<Vec<ChatMessage>>,
@@ -276,7 +276,8 @@ impl PromptSet {
             };
             let label = match obj.get("label") {
                 Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-                Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+                // Integers are class names or numbers; other numbers are numeric labels (ridge).
+                Some(Value::Number(n)) => Some(n.to_string()),
                 Some(Value::Bool(b)) => Some(b.to_string()),
                 Some(Value::Null) | None if format.require_label => {
                     return Err(bad(line_no, "missing field \"label\"".into()));
@@ -286,7 +287,7 @@ impl PromptSet {
                     return Err(bad(
                         line_no,
                         format!(
-                            "field \"label\" must be a non-empty string, an integer or a boolean, found {}",
+                            "field \"label\" must be a non-empty string, a number or a boolean, found {}",
                             clip(&other.to_string())
                         ),
                     ));

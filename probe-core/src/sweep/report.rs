@@ -1,23 +1,108 @@
 //! The result of a sweep: per-layer probe scores, run counts, and their text forms.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use super::ProbeConfig;
 
 use crate::plan::{MemoryReport, RunPlan};
 
-/// The held-out score of one layer's probe.
+/// The cross-validated scores of one layer's probes. Classification fills `accuracy`,
+/// `accuracy_std`, `auc`, `control_accuracy` and `dom_accuracy`; numeric labels fill `r2`,
+/// `r2_std` and `control_r2` (`accuracy` and `auc` are then NaN and left out of the JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct LayerScore {
     /// Layer (Hugging Face `output_hidden_states` numbering).
     pub layer: usize,
-    /// Test accuracy.
+    /// Mean held-out accuracy over the folds.
+    #[serde(default = "nan", skip_serializing_if = "is_nan")]
     pub accuracy: f64,
-    /// Test ROC AUC.
+    /// Standard deviation of the fold accuracies (population, numpy's `std`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_std: Option<f64>,
+    /// Bootstrap 95 % interval `[lo, hi]` of the held-out accuracy (of R² for numeric
+    /// labels), over every prompt's out-of-fold prediction.
+    #[serde(default = "nan2")]
+    pub ci95: [f64; 2],
+    /// Mean held-out ROC AUC over the folds (macro one-vs-rest for more than two classes).
+    #[serde(default = "nan", skip_serializing_if = "is_nan")]
     pub auc: f64,
-    /// Training rows.
+    /// The `C` used: the one inner cross-validation chose most often over the folds (the
+    /// smallest on ties), or the single `C` given.
+    #[serde(default = "nan")]
+    pub c: f64,
+    /// Mean held-out accuracy of the same probe on the control task (labels permuted, seeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_accuracy: Option<f64>,
+    /// `accuracy − control_accuracy` (`r2 − control_r2` for numeric labels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selectivity: Option<f64>,
+    /// Mean held-out accuracy of the difference-of-means probe (nearest class mean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dom_accuracy: Option<f64>,
+    /// Mean held-out R² of ridge regression (numeric labels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r2: Option<f64>,
+    /// Standard deviation of the fold R² values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r2_std: Option<f64>,
+    /// Mean held-out R² on the control task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_r2: Option<f64>,
+    /// Training rows per fold (mean, rounded).
     pub n_train: usize,
-    /// Test rows.
+    /// Test rows per fold (`n − n_train`).
     pub n_test: usize,
+}
+
+fn nan() -> f64 {
+    f64::NAN
+}
+fn nan2() -> [f64; 2] {
+    [f64::NAN; 2]
+}
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_nan(v: &f64) -> bool {
+    v.is_nan()
+}
+
+impl LayerScore {
+    /// An empty score of `layer` (every score NaN or absent).
+    pub fn new(layer: usize, n_train: usize, n_test: usize) -> Self {
+        Self {
+            layer,
+            accuracy: f64::NAN,
+            accuracy_std: None,
+            ci95: [f64::NAN; 2],
+            auc: f64::NAN,
+            c: f64::NAN,
+            control_accuracy: None,
+            selectivity: None,
+            dom_accuracy: None,
+            r2: None,
+            r2_std: None,
+            control_r2: None,
+            n_train,
+            n_test,
+        }
+    }
+
+    /// The headline score: accuracy, or R² for numeric labels.
+    pub fn score(&self) -> f64 {
+        self.r2.unwrap_or(self.accuracy)
+    }
+
+    /// The headline score's standard deviation over the folds.
+    pub fn score_std(&self) -> f64 {
+        self.r2_std.or(self.accuracy_std).unwrap_or(f64::NAN)
+    }
+
+    /// The control task's score.
+    pub fn control(&self) -> f64 {
+        self.control_r2.or(self.control_accuracy).unwrap_or(f64::NAN)
+    }
 }
 
 /// What a run computed and what it found in the cache.
@@ -88,12 +173,21 @@ pub struct SweepReport {
     pub prompt_set: String,
     /// Position reduction.
     pub positions: String,
-    /// Class labels; class `i` is `classes[i]`.
+    /// Class labels; class `i` is `classes[i]` (empty for numeric labels).
     pub classes: Vec<String>,
     /// Number of prompts.
     pub n_prompts: usize,
-    /// Seed of the split.
+    /// Seed of the folds, the control permutation and the bootstrap.
     pub seed: u64,
+    /// `classification` (logistic probes) or `regression` (numeric labels: ridge, R²).
+    #[serde(default = "classification")]
+    pub task: String,
+    /// The probe settings (folds, `C` grid, inner folds, solver, bootstrap, label kind).
+    #[serde(default)]
+    pub probe: ProbeConfig,
+    /// The outer fold (`0..folds`) of every prompt id.
+    #[serde(default)]
+    pub folds: BTreeMap<String, usize>,
     /// One entry per layer, sorted by layer.
     pub layers: Vec<LayerScore>,
     /// Counts of the run.
@@ -107,22 +201,45 @@ pub struct SweepReport {
     pub memory: Option<MemoryReport>,
 }
 
+fn classification() -> String {
+    "classification".into()
+}
+
 impl SweepReport {
-    /// The layer with the highest accuracy (the first on ties).
+    /// The layer with the highest score (accuracy, or R² for numeric labels; the first on ties).
     pub fn best(&self) -> Option<&LayerScore> {
         self.layers.iter().fold(None, |best: Option<&LayerScore>, l| match best {
-            Some(b) if b.accuracy >= l.accuracy => Some(b),
+            Some(b) if b.score() >= l.score() => Some(b),
             _ => Some(l),
         })
     }
 
+    fn regression(&self) -> bool {
+        self.task == "regression"
+    }
+
     /// The per-layer table as plain text (what the CLI prints).
     pub fn table(&self) -> String {
-        let mut s = format!("{:>5}  {:>8}  {:>6}  {:>7}  {:>6}\n", "layer", "accuracy", "auc", "n_train", "n_test");
+        let name = if self.regression() { "r2" } else { "accuracy" };
+        let mut s = format!(
+            "{:>5}  {name:>8}  {:>6}  {:>15}  {:>6}  {:>7}  {:>8}  {:>7}  {:>6}  {:>7}  {:>6}\n",
+            "layer", "±std", "ci95", "auc", "control", "select.", "diffmean", "C", "n_train", "n_test"
+        );
+        let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
         for l in &self.layers {
             s.push_str(&format!(
-                "{:>5}  {:>8.3}  {:>6.3}  {:>7}  {:>6}\n",
-                l.layer, l.accuracy, l.auc, l.n_train, l.n_test
+                "{:>5}  {:>8.3}  {:>6.3}  {:>15}  {:>6}  {:>7.3}  {:>8}  {:>7}  {:>6}  {:>7}  {:>6}\n",
+                l.layer,
+                l.score(),
+                l.score_std(),
+                format!("[{:.3}, {:.3}]", l.ci95[0], l.ci95[1]),
+                if l.auc.is_nan() { "-".to_owned() } else { format!("{:.3}", l.auc) },
+                l.control(),
+                opt(l.selectivity),
+                opt(l.dom_accuracy),
+                format!("{}", l.c),
+                l.n_train,
+                l.n_test
             ));
         }
         s
@@ -130,24 +247,61 @@ impl SweepReport {
 
     /// The report as Markdown.
     pub fn to_markdown(&self) -> String {
+        let name = if self.regression() { "r2" } else { "accuracy" };
+        let control = if self.regression() { "control r2" } else { "control accuracy" };
+        let c = if self.probe.c.len() > 1 {
+            format!("C chosen from {:?} by {}-fold inner cross-validation", self.probe.c, self.probe.inner_folds)
+        } else {
+            format!("C = {}", self.probe.c.first().copied().unwrap_or(f64::NAN))
+        };
         let mut s = format!(
-            "# Probe sweep: {}\n\n- model: `{}` (revision `{}`)\n- prompt set: `{}` ({} prompts, classes {})\n\
-             - positions: `{}`, split seed {}\n- {}\n\n| layer | accuracy | auc | n_train | n_test |\n| ---: | ---: | ---: | ---: | ---: |\n",
+            "# Probe sweep: {}\n\n- model: `{}` (revision `{}`)\n- prompt set: `{}` ({} prompts, {})\n\
+             - positions: `{}`; {}-fold stratified cross-validation, seed {}; {c}\n- {}\n\n\
+             | layer | {name} | ± std | ci95 | auc | {control} | selectivity | diff-of-means | C | n_train | n_test |\n\
+             | ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
             self.prompt_set,
             self.model,
             self.revision,
             self.prompt_set,
             self.n_prompts,
-            self.classes.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
+            if self.regression() {
+                "numeric labels: ridge regression".to_owned()
+            } else {
+                format!("classes {}", self.classes.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))
+            },
             self.positions,
+            self.probe.folds,
             self.seed,
             self.summary
         );
+        let num = |v: f64| if v.is_nan() { "-".to_owned() } else { format!("{v:.3}") };
+        let opt = |v: Option<f64>| v.map_or("-".to_owned(), num);
         for l in &self.layers {
-            s.push_str(&format!("| {} | {:.3} | {:.3} | {} | {} |\n", l.layer, l.accuracy, l.auc, l.n_train, l.n_test));
+            s.push_str(&format!(
+                "| {} | {} | {} | [{}, {}] | {} | {} | {} | {} | {} | {} | {} |\n",
+                l.layer,
+                num(l.score()),
+                num(l.score_std()),
+                num(l.ci95[0]),
+                num(l.ci95[1]),
+                num(l.auc),
+                num(l.control()),
+                opt(l.selectivity),
+                opt(l.dom_accuracy),
+                l.c,
+                l.n_train,
+                l.n_test
+            ));
         }
         if let Some(b) = self.best() {
-            s.push_str(&format!("\nBest layer: {} (accuracy {:.3}, AUC {:.3}).\n", b.layer, b.accuracy, b.auc));
+            s.push_str(&format!(
+                "\nBest layer: {} ({name} {:.3}, 95 % interval [{:.3}, {:.3}], selectivity {}).\n",
+                b.layer,
+                b.score(),
+                b.ci95[0],
+                b.ci95[1],
+                opt(b.selectivity)
+            ));
         }
         let sections = [
             ("Plan", self.plan.as_ref().map(RunPlan::lines)),

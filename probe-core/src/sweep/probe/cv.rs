@@ -1,0 +1,273 @@
+//! Cross-validation of one layer: outer folds (in parallel), inner folds choosing `C`, the
+//! control task, the difference-of-means probe, the bootstrap interval.
+
+use super::folds::{bootstrap_ci95, mean_std, permuted, stratified_folds, train_test};
+use super::linalg::{Standardizer, class_means, dot, nearest_mean, r2, ridge};
+use super::logistic::{LogisticProbe, Solver, argmax};
+use super::{ProbeConfig, Targets};
+use crate::sweep::LayerScore;
+use crate::{Error, Result, Tensor};
+
+/// Area under the ROC curve of `scores` for `positive` examples (Mann–Whitney, ties
+/// counted half). NaN when one side is empty.
+pub fn roc_auc(scores: &[f64], positive: &[bool]) -> f64 {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let mut ranks = vec![0.0; scores.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        idx[i..=j].iter().for_each(|&k| ranks[k] = rank);
+        i = j + 1;
+    }
+    let n_pos = positive.iter().filter(|&&p| p).count() as f64;
+    let n_neg = positive.len() as f64 - n_pos;
+    if n_pos == 0.0 || n_neg == 0.0 {
+        return f64::NAN;
+    }
+    let sum_pos: f64 = ranks.iter().zip(positive).filter(|(_, p)| **p).map(|(r, _)| r).sum();
+    (sum_pos - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
+}
+
+/// What one outer fold found.
+struct Fold {
+    /// Held-out accuracy (R² for numbers).
+    score: f64,
+    auc: f64,
+    c: f64,
+    control: f64,
+    /// Difference-of-means accuracy (classes only).
+    dom: f64,
+    /// `(row, correct or prediction)` per test row.
+    held_out: Vec<(usize, f64)>,
+    n_train: usize,
+}
+
+/// One model fitted on training rows, scoring test rows.
+enum Fitted {
+    Logistic(LogisticProbe),
+    Ridge(Standardizer, Vec<f64>, f64),
+}
+
+fn fit(features: &Tensor, t: &Targets, rows: &[usize], c: f64, solver: Solver) -> Fitted {
+    let (st, x) = Standardizer::fit(features, rows);
+    match t {
+        Targets::Classes { labels, n_classes } => {
+            let y: Vec<usize> = rows.iter().map(|&r| labels[r]).collect();
+            Fitted::Logistic(LogisticProbe::fit_standardized(st, &x, &y, *n_classes, c, solver, None))
+        }
+        Targets::Numeric(v) => {
+            let y: Vec<f64> = rows.iter().map(|&r| v[r]).collect();
+            let (w, b) = ridge(&x, features.shape[1], &y, 1.0 / c, solver.max_iter);
+            Fitted::Ridge(st, w, b)
+        }
+    }
+}
+
+impl Fitted {
+    /// Accuracy (or R²) on `rows`.
+    fn score(&self, features: &Tensor, t: &Targets, rows: &[usize]) -> f64 {
+        match (self, t) {
+            (Self::Logistic(p), Targets::Classes { labels, .. }) => {
+                rows.iter().filter(|&&r| p.predict(features.row(r)) == labels[r]).count() as f64 / rows.len() as f64
+            }
+            (Self::Ridge(..), Targets::Numeric(v)) => {
+                let y: Vec<f64> = rows.iter().map(|&r| v[r]).collect();
+                r2(&y, &self.predictions(features, rows))
+            }
+            _ => unreachable!("model and targets are of the same kind"),
+        }
+    }
+
+    fn predictions(&self, features: &Tensor, rows: &[usize]) -> Vec<f64> {
+        match self {
+            Self::Ridge(st, w, b) => rows.iter().map(|&r| dot(&st.apply(features.row(r)), w) + b).collect(),
+            Self::Logistic(p) => rows.iter().map(|&r| p.predict(features.row(r)) as f64).collect(),
+        }
+    }
+}
+
+/// The `C` of `grid` with the best mean inner-fold score on `train` (the smallest on ties).
+fn choose_c(
+    features: &Tensor,
+    t: &Targets,
+    train: &[usize],
+    grid: &[f64],
+    cfg: &ProbeConfig,
+    salt: u64,
+) -> Result<f64> {
+    if grid.len() == 1 {
+        return Ok(grid[0]);
+    }
+    let strata: Vec<usize> = t.strata(cfg.inner_folds);
+    let sub: Vec<usize> = train.iter().map(|&r| strata[r]).collect();
+    let inner = stratified_folds(&sub, cfg.inner_folds, cfg.seed.wrapping_add(salt))?;
+    let mut totals = vec![0.0; grid.len()];
+    for f in 0..cfg.inner_folds {
+        let local: Vec<usize> = (0..train.len()).collect();
+        let (itr, ite) = train_test(&inner, &local, f);
+        let (itr, ite): (Vec<usize>, Vec<usize>) =
+            (itr.iter().map(|&i| train[i]).collect(), ite.iter().map(|&i| train[i]).collect());
+        let solver = Solver { max_iter: cfg.max_iter, tol: cfg.tol };
+        match t {
+            Targets::Classes { labels, n_classes } => {
+                // Warm start along the ascending grid on one standardisation.
+                let (st, x) = Standardizer::fit(features, &itr);
+                let y: Vec<usize> = itr.iter().map(|&r| labels[r]).collect();
+                let mut init = None;
+                for (total, &c) in totals.iter_mut().zip(grid) {
+                    let p = LogisticProbe::fit_standardized(st.clone(), &x, &y, *n_classes, c, solver, init);
+                    *total += Fitted::Logistic(p.clone()).score(features, t, &ite);
+                    init = Some(p.theta());
+                }
+            }
+            Targets::Numeric(_) => {
+                for (total, &c) in totals.iter_mut().zip(grid) {
+                    *total += fit(features, t, &itr, c, solver).score(features, t, &ite);
+                }
+            }
+        }
+    }
+    Ok((0..grid.len()).fold(0, |b, i| if totals[i] > totals[b] + 1e-12 { i } else { b })).map(|i| grid[i])
+}
+
+fn run_fold(
+    features: &Tensor,
+    t: &Targets,
+    control: &Targets,
+    fold: &[usize],
+    f: usize,
+    cfg: &ProbeConfig,
+) -> Result<Fold> {
+    let all: Vec<usize> = (0..fold.len()).collect();
+    let (train, test) = train_test(fold, &all, f);
+    let solver = Solver { max_iter: cfg.max_iter, tol: cfg.tol };
+    let c = choose_c(features, t, &train, &cfg.grid(), cfg, 1 + f as u64)?;
+    let model = fit(features, t, &train, c, solver);
+    let score = model.score(features, t, &test);
+    let control = fit(features, control, &train, c, solver).score(features, control, &test);
+    let (auc, dom, held_out) = match (&model, t) {
+        (Fitted::Logistic(p), Targets::Classes { labels, n_classes }) => {
+            let scores: Vec<Vec<f64>> = test.iter().map(|&r| p.scores(features.row(r))).collect();
+            let problems = if *n_classes == 2 { 1..2 } else { 0..*n_classes };
+            let aucs: Vec<f64> = problems
+                .map(|c| {
+                    let pos: Vec<bool> = test.iter().map(|&r| labels[r] == c).collect();
+                    roc_auc(&scores.iter().map(|s| s[c]).collect::<Vec<_>>(), &pos)
+                })
+                .collect();
+            let held_out =
+                test.iter().zip(&scores).map(|(&r, s)| (r, f64::from(u8::from(argmax(s) == labels[r])))).collect();
+            let (st, x) = Standardizer::fit(features, &train);
+            let y: Vec<usize> = train.iter().map(|&r| labels[r]).collect();
+            let means = class_means(&x, features.shape[1], &y, *n_classes);
+            let dom = test.iter().filter(|&&r| nearest_mean(&means, &st.apply(features.row(r))) == labels[r]).count()
+                as f64
+                / test.len() as f64;
+            (aucs.iter().sum::<f64>() / aucs.len() as f64, dom, held_out)
+        }
+        _ => (f64::NAN, f64::NAN, test.iter().copied().zip(model.predictions(features, &test)).collect()),
+    };
+    Ok(Fold { score, auc, c, control, dom, held_out, n_train: train.len() })
+}
+
+/// Cross-validates the probes of one layer: `features` `[n, hidden]`, `targets` per row,
+/// `fold` the outer fold of every row (from [`stratified_folds`] over
+/// [`Targets::strata`]). Outer folds run in parallel (up to the available cores).
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a tensor that is not `[n, hidden]` with `n` = the targets'
+/// rows, bad settings, or an inner training set too small for the inner folds.
+pub fn evaluate_layer(
+    layer: usize,
+    features: &Tensor,
+    targets: &Targets,
+    fold: &[usize],
+    cfg: &ProbeConfig,
+) -> Result<LayerScore> {
+    cfg.validate()?;
+    if features.shape.len() != 2 || features.shape[0] != targets.len() || fold.len() != targets.len() {
+        return Err(Error::invalid(
+            "features",
+            format!(
+                "shape {:?} for {} labels and {} folds (expected [n, hidden])",
+                features.shape,
+                targets.len(),
+                fold.len()
+            ),
+        ));
+    }
+    let k = fold.iter().max().map_or(0, |m| m + 1);
+    let control = match targets {
+        Targets::Classes { labels, n_classes } => {
+            Targets::Classes { labels: permuted(labels, cfg.seed), n_classes: *n_classes }
+        }
+        Targets::Numeric(v) => Targets::Numeric(permuted(v, cfg.seed)),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(k).max(1);
+    let mut results: Vec<Option<Result<Fold>>> = (0..k).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let control = &control;
+                s.spawn(move || {
+                    (t..k)
+                        .step_by(threads)
+                        .map(|f| (f, run_fold(features, targets, control, fold, f, cfg)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (f, r) in h.join().expect("a probe fold panicked") {
+                results[f] = Some(r);
+            }
+        }
+    });
+    let folds: Vec<Fold> = results.into_iter().map(|r| r.expect("every fold ran")).collect::<Result<_>>()?;
+    let (score, score_std) = mean_std(&folds.iter().map(|f| f.score).collect::<Vec<_>>());
+    let control = folds.iter().map(|f| f.control).sum::<f64>() / k as f64;
+    let mut held_out: Vec<(usize, f64)> = folds.iter().flat_map(|f| f.held_out.iter().copied()).collect();
+    held_out.sort_by_key(|h| h.0);
+    let ci95 = match targets {
+        Targets::Classes { .. } => bootstrap_ci95(held_out.len(), cfg.bootstrap, cfg.seed, |idx| {
+            idx.iter().map(|&i| held_out[i].1).sum::<f64>() / idx.len() as f64
+        }),
+        Targets::Numeric(v) => bootstrap_ci95(held_out.len(), cfg.bootstrap, cfg.seed, |idx| {
+            let y: Vec<f64> = idx.iter().map(|&i| v[held_out[i].0]).collect();
+            r2(&y, &idx.iter().map(|&i| held_out[i].1).collect::<Vec<_>>())
+        }),
+    };
+    // The C chosen most often (the smallest on ties).
+    let mut cs: Vec<f64> = folds.iter().map(|f| f.c).collect();
+    cs.sort_by(f64::total_cmp);
+    let c = cs.iter().fold((cs[0], 0), |(best, n), &c| {
+        let count = cs.iter().filter(|&&x| x == c).count();
+        if count > n { (c, count) } else { (best, n) }
+    });
+    let n = targets.len();
+    let n_train = (folds.iter().map(|f| f.n_train).sum::<usize>() as f64 / k as f64).round() as usize;
+    let mut s = LayerScore::new(layer, n_train, n - n_train);
+    s.ci95 = ci95;
+    s.c = c.0;
+    s.selectivity = Some(score - control);
+    match targets {
+        Targets::Classes { .. } => {
+            s.accuracy = score;
+            s.accuracy_std = Some(score_std);
+            s.auc = folds.iter().map(|f| f.auc).sum::<f64>() / k as f64;
+            s.control_accuracy = Some(control);
+            s.dom_accuracy = Some(folds.iter().map(|f| f.dom).sum::<f64>() / k as f64);
+        }
+        Targets::Numeric(_) => {
+            s.r2 = Some(score);
+            s.r2_std = Some(score_std);
+            s.control_r2 = Some(control);
+        }
+    }
+    Ok(s)
+}
