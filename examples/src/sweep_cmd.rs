@@ -51,9 +51,20 @@ pub(crate) struct SweepArgs {
     /// Sampling temperature; 0 is greedy [default: 0].
     #[arg(long, allow_negative_numbers = true)]
     pub(crate) temperature: Option<f32>,
-    /// Seed of the sampler and of the train/test split [default: 0].
+    /// Seed of the sampler, the probe folds, the control task and the bootstrap [default: 0].
     #[arg(long)]
     pub(crate) seed: Option<u64>,
+    /// Stratified cross-validation folds of the probes (≥ 2) [default: 5].
+    #[arg(long, default_value_t = 5)]
+    pub(crate) folds: usize,
+    /// The probes' inverse regularisation strength C (scikit-learn's), or a comma-separated grid
+    /// (`0.01,0.1,1,10`) chosen per fold by inner cross-validation [default: 1].
+    #[arg(long, value_name = "C[,C…]")]
+    pub(crate) probe_c: Option<String>,
+    /// How labels are read: classes, numeric (ridge regression, R²) or auto (numeric when every
+    /// label is a number and one is not an integer or there are more than 20 values) [default: auto].
+    #[arg(long, value_name = "KIND")]
+    pub(crate) labels: Option<probe_core::sweep::LabelKind>,
     /// Probe the prompt texts themselves: no completions.
     #[arg(long)]
     pub(crate) no_generate: bool,
@@ -199,7 +210,7 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
         .with_positions(positions)
         .with_batch_size(batch_size.unwrap_or(16))
         .with_sampling((!args.no_generate).then_some(sampling))
-        .with_probe(ProbeConfig::default().with_seed(seed))
+        .with_probe(probe_config(args, seed)?)
         // vLLM: several blocks of completions in flight keep every server busy.
         .with_generation_in_flight(if backend == BackendKind::Vllm { 4 * urls.len().max(1) } else { 1 });
     if let Some(p) = &run_plan {
@@ -282,6 +293,19 @@ fn dry_run(args: &SweepArgs, plan: &Plan) -> Result<()> {
 
 fn show(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// The probe settings of the flags: folds, `C` (one or a grid), label kind, seed.
+fn probe_config(args: &SweepArgs, seed: u64) -> Result<ProbeConfig> {
+    let mut probe = ProbeConfig::default().with_seed(seed).with_folds(args.folds);
+    if let Some(c) = &args.probe_c {
+        probe = probe.with_c_grid(sweep::parse_c_grid(c)?);
+    }
+    if let Some(kind) = args.labels {
+        probe = probe.with_labels(kind);
+    }
+    probe.validate()?;
+    Ok(probe)
 }
 
 /// `probe sweep`.
