@@ -112,7 +112,7 @@ fn choose_c(
         let (itr, ite) = train_test(&inner, &local, f);
         let (itr, ite): (Vec<usize>, Vec<usize>) =
             (itr.iter().map(|&i| train[i]).collect(), ite.iter().map(|&i| train[i]).collect());
-        let solver = Solver { max_iter: cfg.max_iter, tol: cfg.tol };
+        let solver = Solver::of(cfg);
         match t {
             Targets::Classes { labels, n_classes } => {
                 // Warm start along the ascending grid on one standardisation.
@@ -145,7 +145,7 @@ fn run_fold(
 ) -> Result<Fold> {
     let all: Vec<usize> = (0..fold.len()).collect();
     let (train, test) = train_test(fold, &all, f);
-    let solver = Solver { max_iter: cfg.max_iter, tol: cfg.tol };
+    let solver = Solver::of(cfg);
     let c = choose_c(features, t, &train, &cfg.grid(), cfg, 1 + f as u64)?;
     let model = fit(features, t, &train, c, solver);
     let score = model.score(features, t, &test);

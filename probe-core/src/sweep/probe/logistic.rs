@@ -4,7 +4,9 @@
 //! `mean log-loss + ‖W‖² / (2 C n)`, intercepts not penalised; solved with L-BFGS
 //! (history 10, Armijo backtracking) to a max-abs gradient below `tol`.
 
+use super::ProbeConfig;
 use super::linalg::{Standardizer, axpy, dot};
+use crate::{Error, Result, Tensor};
 
 /// A trained logistic probe, everything needed to apply it to new rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +30,12 @@ pub struct LogisticProbe {
 pub(crate) struct Solver {
     pub(crate) max_iter: usize,
     pub(crate) tol: f64,
+}
+
+impl Solver {
+    pub(crate) fn of(config: &ProbeConfig) -> Self {
+        Self { max_iter: config.max_iter, tol: config.tol }
+    }
 }
 
 /// Parameters `θ` laid out as `m` blocks of `d + 1` (weights, then intercept).
@@ -165,6 +173,41 @@ fn lbfgs(problem: &Problem<'_>, mut theta: Vec<f64>, solver: Solver) -> Vec<f64>
 }
 
 impl LogisticProbe {
+    /// Trains on `rows` of `features` (`[n, hidden]`) with class indices `labels[row]`,
+    /// standardising on those rows, with `config`'s solver settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a tensor that is not 2-D, no rows, fewer than two classes,
+    /// a class index ≥ `n_classes`, or `C` not a finite number > 0.
+    pub fn fit(
+        features: &Tensor,
+        labels: &[usize],
+        rows: &[usize],
+        n_classes: usize,
+        c: f64,
+        config: &ProbeConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        if features.shape.len() != 2 || labels.len() != features.shape[0] {
+            return Err(Error::invalid(
+                "features",
+                format!("shape {:?} for {} labels (expected [n, hidden])", features.shape, labels.len()),
+            ));
+        }
+        if rows.is_empty() || n_classes < 2 {
+            return Err(Error::invalid("training set", format!("{} rows, {n_classes} classes", rows.len())));
+        }
+        if !(c.is_finite() && c > 0.0) {
+            return Err(Error::invalid("C", format!("{c} (must be a finite number > 0)")));
+        }
+        if let Some(&bad) = rows.iter().map(|&r| &labels[r]).find(|&&l| l >= n_classes) {
+            return Err(Error::invalid("label", format!("class index {bad} ≥ {n_classes}")));
+        }
+        let (st, x) = Standardizer::fit(features, rows);
+        let y: Vec<usize> = rows.iter().map(|&r| labels[r]).collect();
+        Ok(Self::fit_standardized(st, &x, &y, n_classes, c, Solver::of(config), None))
+    }
+
     /// Trains on standardised rows `x` (`n × d`, row-major) with classes `y`; `init` (from
     /// [`Self::theta`] of a probe of the same shape) warm-starts the solver.
     pub(crate) fn fit_standardized(
