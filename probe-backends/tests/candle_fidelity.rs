@@ -17,7 +17,12 @@ use serde::Deserialize;
 /// (model folder, reference): the `gemma3` folder is laid out as gemma-3-12b-it ships
 /// (Gemma3ForConditionalGeneration, 4.x config, nested weights, a vision tower beside them)
 /// around the `gemma3_text` fixture's language model, so that reference applies to it;
-/// `qwen3_moe_fused` is `qwen3_moe` with its experts stacked as transformers 5 keeps them.
+/// `qwen3_moe_fused` is `qwen3_moe` with its experts stacked as transformers 5 keeps them;
+/// `<arch>_v4` is `<arch>` with its config.json as transformers 4.x wrote it (`rope_theta` /
+/// `rope_scaling`, GPT-NeoX's `rotary_pct` / `rotary_emb_base`). `llama_dynamic` (dynamic NTK)
+/// and `qwen3_yarn` (YaRN) have a `max_position_embeddings` / `original_max_position_embeddings`
+/// the longer prompts and generations exceed; `phi3`'s reference has a prompt whose greedy
+/// generation crosses longrope's threshold.
 const MODELS: &[(&str, &str)] = &[
     ("llama", "llama"),
     ("llama3", "llama3"),
@@ -32,6 +37,14 @@ const MODELS: &[(&str, &str)] = &[
     ("qwen3_moe_fused", "qwen3_moe"),
     ("olmo2", "olmo2"),
     ("phi3", "phi3"),
+    ("gpt2", "gpt2"),
+    ("gpt2_v4", "gpt2"),
+    ("gpt_neox", "gpt_neox"),
+    ("gpt_neox_v4", "gpt_neox"),
+    ("llama_dynamic", "llama_dynamic"),
+    ("llama_dynamic_v4", "llama_dynamic"),
+    ("qwen3_yarn", "qwen3_yarn"),
+    ("qwen3_yarn_v4", "qwen3_yarn"),
 ];
 
 #[derive(Deserialize)]

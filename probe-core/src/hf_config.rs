@@ -197,8 +197,29 @@ pub struct HfConfig {
     pub mlp_only_layers: Option<Vec<usize>>,
     /// MoE: each expert's intermediate size (Qwen).
     pub moe_intermediate_size: Option<usize>,
+    /// LayerNorm epsilon (`layer_norm_eps` in GPT-NeoX, `layer_norm_epsilon` in GPT-2).
+    #[serde(alias = "layer_norm_epsilon")]
+    pub layer_norm_eps: Option<f64>,
+    /// GPT-NeoX: attention and MLP both read the block's input (default true).
+    pub use_parallel_residual: Option<bool>,
+    /// GPT-2: scale attention scores by `head_dim^-0.5` (default true).
+    pub scale_attn_weights: Option<bool>,
+    /// GPT-2: also divide attention scores by the layer number (default false).
+    pub scale_attn_by_inverse_layer_idx: Option<bool>,
     #[serde(default)]
     text_config: Option<Box<HfConfig>>,
+    /// GPT-NeoX (transformers 4.x): `rotary_pct` and `rotary_emb_base`.
+    rotary_pct: Option<f64>,
+    rotary_emb_base: Option<f64>,
+    // GPT-2's spelling of the common fields; its config class maps them onto the usual names,
+    // and so does [`HfConfig::parse`].
+    n_embd: Option<usize>,
+    n_layer: Option<usize>,
+    n_head: Option<usize>,
+    n_positions: Option<usize>,
+    /// `None` in GPT-2's config means `4 · n_embd`.
+    n_inner: Option<usize>,
+    activation_function: Option<String>,
 }
 
 impl HfConfig {
@@ -218,6 +239,44 @@ impl HfConfig {
     /// gemma-3-12b-it's published `text_config` names only what differs from
     /// `Gemma3TextConfig`'s defaults (transformers 4.50), not `vocab_size` or `head_dim`.
     fn with_defaults(mut self) -> Self {
+        self.hidden_size = self.hidden_size.or(self.n_embd);
+        self.num_hidden_layers = self.num_hidden_layers.or(self.n_layer);
+        self.num_attention_heads = self.num_attention_heads.or(self.n_head);
+        self.max_position_embeddings = self.max_position_embeddings.or(self.n_positions);
+        self.intermediate_size = self.intermediate_size.or(self.n_inner);
+        self.hidden_act = self.hidden_act.take().or(self.activation_function.take());
+        match self.model_type() {
+            "gpt2" => {
+                self.intermediate_size = self.intermediate_size.or(self.hidden_size.map(|h| 4 * h));
+                self.hidden_act = self.hidden_act.take().or(Some("gelu_new".into()));
+                self.tie_word_embeddings = self.tie_word_embeddings.or(Some(true));
+                self.max_position_embeddings = self.max_position_embeddings.or(Some(1024));
+                self.layer_norm_eps = self.layer_norm_eps.or(Some(1e-5));
+                // Conv1D layers, all with biases.
+                self.attention_bias = Some(true);
+                self.mlp_bias = Some(true);
+            }
+            "gpt_neox" => {
+                // GPTNeoXConfig: rotary_pct 0.25 and rotary_emb_base 10 000 unless given (4.x
+                // top level, 5.x inside rope_parameters).
+                let in_params = |f: fn(&RopeParams) -> Option<f64>| match &self.rope_parameters {
+                    Some(RopeParameters::Flat(p)) => f(p),
+                    _ => None,
+                };
+                if in_params(|p| p.partial_rotary_factor).is_none() {
+                    self.partial_rotary_factor = self.partial_rotary_factor.or(self.rotary_pct).or(Some(0.25));
+                }
+                if in_params(|p| p.rope_theta).is_none() {
+                    self.rope_theta = self.rope_theta.or(self.rotary_emb_base).or(Some(10_000.0));
+                }
+                self.hidden_act = self.hidden_act.take().or(Some("gelu".into()));
+                self.layer_norm_eps = self.layer_norm_eps.or(Some(1e-5));
+                self.attention_bias = self.attention_bias.or(Some(true));
+                self.use_parallel_residual = self.use_parallel_residual.or(Some(true));
+                self.mlp_bias = Some(true);
+            }
+            _ => {}
+        }
         if self.model_type() == "gemma3_text" {
             self.vocab_size = self.vocab_size.or(Some(262_208));
             self.head_dim = self.head_dim.or(Some(256));
@@ -434,6 +493,20 @@ mod tests {
         assert_eq!(c.layer_windows(2).expect("windows"), vec![None, Some(4)]);
         let c = HfConfig::parse(r#"{"model_type":"mistral","sliding_window":false}"#).expect("lenient window");
         assert_eq!(c.sliding_window, None);
+    }
+
+    #[test]
+    fn gpt2_names_and_gpt_neox_rotary_fields_read_as_the_usual_ones() {
+        let c = HfConfig::parse(r#"{"model_type":"gpt2","n_embd":64,"n_layer":3,"n_head":4,"n_positions":32}"#)
+            .expect("gpt2");
+        assert_eq!((c.hidden_size, c.num_hidden_layers, c.num_attention_heads), (Some(64), Some(3), Some(4)));
+        assert_eq!((c.max_position_embeddings, c.intermediate_size), (Some(32), Some(256)));
+        assert_eq!((c.hidden_act.as_deref(), c.tie_word_embeddings), (Some("gelu_new"), Some(true)));
+        let c = HfConfig::parse(r#"{"model_type":"gpt_neox","rotary_pct":0.5,"rotary_emb_base":500}"#).expect("4.x");
+        assert_eq!((c.rope(false).partial_rotary_factor, c.rope(false).rope_theta), (Some(0.5), Some(500.0)));
+        let c = HfConfig::parse(r#"{"model_type":"gpt_neox"}"#).expect("defaults");
+        assert_eq!((c.rope(false).partial_rotary_factor, c.rope(false).rope_theta), (Some(0.25), Some(10_000.0)));
+        assert_eq!((c.use_parallel_residual, c.attention_bias, c.layer_norm_eps), (Some(true), Some(true), Some(1e-5)));
     }
 
     #[test]

@@ -24,8 +24,15 @@ on global layers, sliding_window_pattern, query_pre_attn_scalar), mixtral (spars
 dense layer from mlp_only_layers), olmo2 (post-norms only, q/k norms over the whole
 projections), phi3 (fused qkv_proj and gate_up_proj, partial rotary 0.5, longrope with
 short and long factors and original_max_position_embeddings 40: the longest prompt runs on the
-long factors, the others on the short ones; no greedy generation crosses the threshold). Router weights are scaled up so that no token's top-k is a
-near tie. OUT/models/qwen3_moe_fused/ holds qwen3_moe's weights with the experts stacked as
+long factors, the others on the short ones; an extra phi3-only prompt of 33 tokens whose greedy
+generation crosses the threshold, where transformers 5.19 drops its KV cache), gpt2 (learned
+positions, Conv1D, LayerNorm with bias, tied head), gpt_neox (parallel residual, rotary_pct 0.25,
+per-head fused q/k/v), llama_dynamic (dynamic NTK RoPE, max_position_embeddings 16, factor 8: the
+longer prompts and generations run on the rescaled base; the RoPE state is reset before each prompt,
+as in a freshly loaded model), qwen3_yarn (YaRN, factor 4, original_max_position_embeddings 32).
+OUT/models/<arch>_v4 (gpt2, gpt_neox, llama_dynamic, qwen3_yarn) holds the same weights with the
+config.json rewritten as transformers 4.x wrote it. Router weights are scaled up so that no token's
+top-k is a near tie. OUT/models/qwen3_moe_fused/ holds qwen3_moe's weights with the experts stacked as
 transformers 5 keeps them in memory (mlp.experts.gate_up_proj [E, 2I, H], down_proj [E, H, I]).
 
 Beside them, OUT/models/gemma3/ is laid out as gemma-3-12b-it ships (Gemma3ForConditionalGeneration):
@@ -41,6 +48,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -49,7 +57,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ARCHS = ["llama", "llama3", "mistral", "qwen2", "gemma2", "qwen3", "gemma3_text", "mixtral", "qwen3_moe", "olmo2", "phi3"]
+ARCHS = [
+    "llama", "llama3", "mistral", "qwen2", "gemma2", "qwen3", "gemma3_text", "mixtral", "qwen3_moe", "olmo2", "phi3",
+    "gpt2", "gpt_neox", "llama_dynamic", "qwen3_yarn",
+]
+
+# Fixtures whose config.json transformers 5 writes in its own style (rope_parameters, dtype) also get
+# a copy with the config rewritten as transformers 4.x wrote it (rope_theta / rope_scaling, GPT-NeoX's
+# rotary_pct / rotary_emb_base, torch_dtype), the same weights: OUT/models/<arch>_v4.
+V4_COPIES = ["gpt2", "gpt_neox", "llama_dynamic", "qwen3_yarn"]
 
 PROMPTS = [
     "Hello",
@@ -60,6 +76,12 @@ PROMPTS = [
     "byte by byte when the vocabulary has no merge for them.",
     "one two three four five six seven eight nine ten eleven twelve",
 ]
+
+# Phi-3 also gets a prompt of 33 tokens, whose greedy generation crosses longrope's threshold (40).
+PHI3_CROSSING = (
+    "The farmer counted seven apples in the garden while the old man painted the bridge, one two three, "
+    "and the river ran past the barn at noon on Monday."
+)
 
 MAX_NEW_TOKENS = 12
 VOCAB_SIZE = 1024
@@ -210,6 +232,44 @@ def build_config(arch: str, tok):
         )
     if arch == "olmo2":
         return tf.Olmo2Config(**COMMON, **ids, rope_theta=500000.0, tie_word_embeddings=False)
+    if arch == "gpt2":
+        return tf.GPT2Config(
+            n_embd=COMMON["hidden_size"],
+            n_layer=COMMON["num_hidden_layers"],
+            n_head=COMMON["num_attention_heads"],
+            n_positions=COMMON["max_position_embeddings"],
+            activation_function="gelu_new",
+            layer_norm_epsilon=1e-5,
+            **ids,
+        )
+    if arch == "gpt_neox":
+        return tf.GPTNeoXConfig(
+            **{k: v for k, v in COMMON.items() if k not in ("head_dim", "num_key_value_heads", "rms_norm_eps")},
+            **ids,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+            use_parallel_residual=True,
+            hidden_act="gelu",
+            layer_norm_eps=1e-5,
+            tie_word_embeddings=False,
+        )
+    if arch == "llama_dynamic":
+        # max_position_embeddings 16: the prompts of 22 and 85 tokens, and generation past 16, run
+        # on the rescaled base; the short prompts on the plain one.
+        c = dict(COMMON, max_position_embeddings=16)
+        return tf.LlamaConfig(
+            **c, **ids, rope_parameters={"rope_type": "dynamic", "factor": 8.0, "rope_theta": 10000.0},
+            tie_word_embeddings=False,
+        )
+    if arch == "qwen3_yarn":
+        c = dict(COMMON, max_position_embeddings=128)
+        return tf.Qwen3Config(
+            **c,
+            **ids,
+            rope_parameters={
+                "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "rope_theta": 1000000.0,
+            },
+            tie_word_embeddings=True,
+        )
     if arch == "phi3":
         rot = COMMON["head_dim"] // 4  # frequencies of a half-rotated head
         return tf.Phi3Config(
@@ -244,6 +304,10 @@ def model_class(arch: str):
         "qwen3_moe": tf.Qwen3MoeForCausalLM,
         "olmo2": tf.Olmo2ForCausalLM,
         "phi3": tf.Phi3ForCausalLM,
+        "gpt2": tf.GPT2LMHeadModel,
+        "gpt_neox": tf.GPTNeoXForCausalLM,
+        "llama_dynamic": tf.LlamaForCausalLM,
+        "qwen3_yarn": tf.Qwen3ForCausalLM,
     }[arch]
 
 
@@ -258,10 +322,10 @@ def make_model(arch: str, tok, folder: Path):
     # norm convention shows up, and make the biases nonzero.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_((torch.rand_like(p) * 0.5 + 0.75) if not arch.startswith("gemma") else (torch.rand_like(p) * 0.5 - 0.25))
-            elif name.endswith(".bias"):
+            if name.endswith(".bias"):
                 p.normal_(0.0, 0.1)
+            elif "norm" in name or re.search(r"(^|\.)ln_", name):
+                p.copy_((torch.rand_like(p) * 0.5 + 0.75) if not arch.startswith("gemma") else (torch.rand_like(p) * 0.5 - 0.25))
             elif name.endswith("mlp.gate.weight") or name.endswith("block_sparse_moe.gate.weight"):
                 p.normal_(0.0, 1.0)  # routers: well-separated top-k choices
     model = model.to(torch.float32).eval()
@@ -367,14 +431,51 @@ def qwen3_moe_fused(src: Path, folder: Path):
             shutil.copy(src / f, folder / f)
 
 
+def fresh_rope(model):
+    """Dynamic NTK keeps its grown frequencies across forward calls: start each prompt as a freshly
+    loaded model does (each prompt's reference as if it ran alone)."""
+    for module in model.modules():
+        if hasattr(module, "original_inv_freq") and hasattr(module, "original_max_seq_len"):
+            module.inv_freq = module.original_inv_freq.clone()
+            module.max_seq_len_cached = module.original_max_seq_len
+
+
+def v4_copy(src: Path, folder: Path):
+    """src's model with its config.json as transformers 4.x wrote it; weights hard-linked."""
+    c = json.loads((src / "config.json").read_text())
+    c["torch_dtype"] = c.pop("dtype", "float32")
+    rope = c.pop("rope_parameters", None)
+    if rope is not None:
+        rope = dict(rope)
+        theta = rope.pop("rope_theta")
+        partial = rope.pop("partial_rotary_factor", None)
+        if c["model_type"] == "gpt_neox":
+            c["rotary_emb_base"] = theta
+            c["rotary_pct"] = partial
+        else:
+            c["rope_theta"] = theta
+        kind = rope.pop("rope_type", "default")
+        if kind == "dynamic":
+            c["rope_scaling"] = {"type": kind, **rope}  # the early spelling
+        elif kind != "default":
+            c["rope_scaling"] = {"rope_type": kind, **rope}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(c, indent=2))
+    for f in src.iterdir():
+        if f.name != "config.json":
+            os.link(f, folder / f.name)
+
+
 def reference(arch: str, model, tok, folder: Path):
     import torch
     from safetensors.torch import save_file
 
     tensors: dict[str, list] = {}
     token_ids, generated = [], []
+    prompts = PROMPTS + [PHI3_CROSSING] if arch == "phi3" else PROMPTS
     with torch.no_grad():
-        for prompt in PROMPTS:
+        for prompt in prompts:
+            fresh_rope(model)
             ids = tok(prompt, return_tensors="pt").input_ids
             token_ids.append(ids[0].tolist())
             out = model(input_ids=ids, output_hidden_states=True)
@@ -401,7 +502,7 @@ def reference(arch: str, model, tok, folder: Path):
         "arch": arch,
         "num_layers": model.config.num_hidden_layers,
         "hidden_size": model.config.hidden_size,
-        "prompts": PROMPTS,
+        "prompts": prompts,
         "token_ids": token_ids,
         "generated_ids": generated,
         "generated_text": [tok.decode(g, skip_special_tokens=True) for g in generated],
@@ -442,6 +543,9 @@ def main() -> int:
     print("gemma3: Gemma3ForConditionalGeneration layout around gemma3_text written")
     qwen3_moe_fused(out / "models" / "qwen3_moe", out / "models" / "qwen3_moe_fused")
     print("qwen3_moe_fused: qwen3_moe with stacked experts written")
+    for arch in V4_COPIES:
+        v4_copy(out / "models" / arch, out / "models" / f"{arch}_v4")
+    print(f"{', '.join(V4_COPIES)}: copies with 4.x-style config.json written (<arch>_v4)")
     marker.write_text(h + "\n")
     return 0
 

@@ -4,7 +4,7 @@
 use candle_core::{D, DType, Result, Tensor};
 use candle_nn::{VarBuilder, kv_cache::KvCache};
 
-use super::config::{ModelConfig, NormPlacement, QkNorm};
+use super::config::{GptNames, ModelConfig, NormPlacement, QkNorm};
 use super::layers::{Linear, Norm};
 use super::moe::Mlp;
 
@@ -29,6 +29,10 @@ pub(crate) struct Block {
     /// Gemma 2/3: normalises the MLP output before the residual add.
     post_mlp_norm: Option<Norm>,
     window: Option<usize>,
+    /// Queries and keys are rotated (every architecture but GPT-2's learned positions).
+    rotary: bool,
+    /// Attention and MLP read the same input (GPT-NeoX `use_parallel_residual`).
+    parallel: bool,
 }
 
 /// The cos and sin rows (`[s, rotary_dim / 2]`, or `[b, s, rotary_dim / 2]` when rows
@@ -67,6 +71,9 @@ fn rope(x: &Tensor, rows: &RopeRows) -> Result<Tensor> {
 impl Block {
     /// Loads block `i` from `vb` (the model body: names relative to `model.`).
     pub(crate) fn load(vb: &VarBuilder, cfg: &ModelConfig, i: usize) -> Result<Self> {
+        if let Some(g) = &cfg.spec.gpt {
+            return Self::load_gpt(vb, cfg, i, g);
+        }
         let (h, d, nh, nkv) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
         let p = format!("layers.{i}");
         let spec = cfg.spec;
@@ -112,6 +119,36 @@ impl Block {
             pre_mlp_norm,
             post_mlp_norm,
             window: cfg.windows[i],
+            rotary: true,
+            parallel: cfg.parallel_residual,
+        })
+    }
+
+    /// Loads GPT-2 / GPT-NeoX block `i`: LayerNorms, one fused q/k/v projection (reordered to
+    /// q | k | v), a plain MLP.
+    fn load_gpt(vb: &VarBuilder, cfg: &ModelConfig, i: usize, g: &GptNames) -> Result<Self> {
+        let (h, d, nh) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads);
+        let p = format!("{}.{i}", g.layers);
+        let norm = |n: &str| Norm::load_layer_norm(vb, &format!("{p}.{n}"), h, cfg.rms_norm_eps);
+        let linear = |n: &str, out, inp, bias| Linear::load_gpt(vb, &format!("{p}.{n}"), out, inp, g.conv1d, bias);
+        let mut qkv = linear(g.attn[0], 3 * nh * d, h, cfg.qkv_bias)?;
+        if g.per_head_qkv {
+            qkv = qkv.per_head_to_stacked(nh, d)?;
+        }
+        let q = qkv.rows(0, nh * d)?.scaled(cfg.attn_scale)?;
+        Ok(Self {
+            qkv: Linear::fuse(&[q, qkv.rows(nh * d, 2 * nh * d)?])?,
+            o: linear(g.attn[1], h, nh * d, cfg.o_bias)?,
+            q_norm: None,
+            k_norm: None,
+            mlp: Mlp::load(vb, cfg, i)?,
+            input_norm: Some(norm(g.norms[0])?),
+            post_attn_norm: None,
+            pre_mlp_norm: Some(norm(g.norms[1])?),
+            post_mlp_norm: None,
+            window: cfg.windows[i],
+            rotary: g.positions.is_none(),
+            parallel: cfg.parallel_residual,
         })
     }
 
@@ -139,8 +176,7 @@ impl Block {
             (Some(local), Some(_)) => local,
             _ => &step.rope,
         };
-        let q = rope(&q, rows)?;
-        let k = rope(&k, rows)?;
+        let (q, k) = if self.rotary { (rope(&q, rows)?, rope(&k, rows)?) } else { (q, k) };
         let (k, v) = match cache {
             Some(c) => {
                 let (k, v) = c.append(&k, &v)?;
@@ -170,6 +206,13 @@ impl Block {
 
     /// `x` (`[b, s, h]`) through the block; `cache` holds earlier keys and values (generation).
     pub(crate) fn forward(&self, x: &Tensor, step: &Step, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        if self.parallel {
+            // x + attn(norm₁(x)) + mlp(norm₂(x)), both norms present in such blocks.
+            let norm = |n: &Option<Norm>| n.as_ref().map_or_else(|| Ok(x.clone()), |n| n.forward(x));
+            let a = self.attention(&norm(&self.input_norm)?, step, cache)?;
+            let m = self.mlp.forward(&norm(&self.pre_mlp_norm)?, step.cfg.activation)?;
+            return (m + a)? + x;
+        }
         let a = match &self.input_norm {
             Some(n) => self.attention(&n.forward(x)?, step, cache)?,
             None => self.attention(x, step, cache)?,

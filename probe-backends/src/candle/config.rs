@@ -8,7 +8,7 @@ use std::path::Path;
 use probe_core::hf_config::{HfConfig, RopeParams};
 use probe_core::{Error, Result};
 
-use super::rope::Rope;
+use super::rope::{Rope, RopeScaling};
 
 /// The MLP activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,33 @@ pub(crate) struct MoeNames {
     pub(crate) always_renormalise: bool,
 }
 
+/// GPT-style checkpoints (GPT-2, GPT-NeoX): LayerNorm with bias, a plain (ungated) MLP with
+/// biases, one fused q/k/v projection, and their own tensor names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GptNames {
+    /// Prefixes of the model body, tried in order (`""`: none, as a bare `GPT2Model` saves).
+    pub(crate) bodies: &'static [&'static str],
+    /// Names of the LM head, tried in order (the embedding when tied and none is stored).
+    pub(crate) heads: &'static [&'static str],
+    /// The token embedding.
+    pub(crate) embed: &'static str,
+    /// Learned absolute position embeddings (GPT-2's `wpe`); `None`: rotary embeddings.
+    pub(crate) positions: Option<&'static str>,
+    /// The blocks' prefix (`h`, `layers`).
+    pub(crate) layers: &'static str,
+    pub(crate) final_norm: &'static str,
+    /// The norms in front of attention and of the MLP.
+    pub(crate) norms: [&'static str; 2],
+    /// The fused q/k/v projection and the attention output projection.
+    pub(crate) attn: [&'static str; 2],
+    /// The MLP's up and down projections.
+    pub(crate) mlp: [&'static str; 2],
+    /// Conv1D weights, stored `[in, out]` (GPT-2), rather than Linear's `[out, in]`.
+    pub(crate) conv1d: bool,
+    /// q/k/v interleaved per head (`[heads, 3, head_dim]`, GPT-NeoX) rather than q | k | v.
+    pub(crate) per_head_qkv: bool,
+}
+
 /// The data that makes the generic decoder one architecture.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct ArchSpec {
@@ -101,6 +128,8 @@ pub(crate) struct ArchSpec {
     /// Phi-3: q/k/v stored as one `qkv_proj`, gate/up as one `gate_up_proj`; a RoPE type
     /// `su` or `yarn` means longrope.
     pub(crate) fused: bool,
+    /// GPT-2 / GPT-NeoX blocks and names (see [`GptNames`]).
+    pub(crate) gpt: Option<GptNames>,
 }
 
 const LLAMA: ArchSpec = ArchSpec {
@@ -117,6 +146,7 @@ const LLAMA: ArchSpec = ArchSpec {
     local_rope_theta: None,
     moe: None,
     fused: false,
+    gpt: None,
 };
 
 const GEMMA2: ArchSpec = ArchSpec {
@@ -157,10 +187,47 @@ pub(crate) const SPECS: &[ArchSpec] = &[
         moe: Some(MoeNames { block: "mlp", expert: ["gate_proj", "up_proj", "down_proj"], always_renormalise: false }),
         ..LLAMA
     },
+    ArchSpec {
+        name: "gpt2",
+        default_activation: Activation::GeluTanh,
+        default_tied: true,
+        gpt: Some(GptNames {
+            bodies: &["transformer", ""],
+            heads: &["lm_head.weight"],
+            embed: "wte",
+            positions: Some("wpe"),
+            layers: "h",
+            final_norm: "ln_f",
+            norms: ["ln_1", "ln_2"],
+            attn: ["attn.c_attn", "attn.c_proj"],
+            mlp: ["mlp.c_fc", "mlp.c_proj"],
+            conv1d: true,
+            per_head_qkv: false,
+        }),
+        ..LLAMA
+    },
+    ArchSpec {
+        name: "gpt_neox",
+        default_activation: Activation::GeluErf,
+        gpt: Some(GptNames {
+            bodies: &["gpt_neox"],
+            heads: &["embed_out.weight", "lm_head.weight"],
+            embed: "embed_in",
+            positions: None,
+            layers: "layers",
+            final_norm: "final_layer_norm",
+            norms: ["input_layernorm", "post_attention_layernorm"],
+            attn: ["attention.query_key_value", "attention.dense"],
+            mlp: ["mlp.dense_h_to_4h", "mlp.dense_4h_to_h"],
+            conv1d: false,
+            per_head_qkv: true,
+        }),
+        ..LLAMA
+    },
 ];
 
 /// Architectures known to differ from every spec (named in the error).
-const KNOWN_UNSUPPORTED: &[&str] = &["gemma", "gemma3", "phi", "qwen2_moe", "cohere", "gpt_neox", "gpt2"];
+const KNOWN_UNSUPPORTED: &[&str] = &["gemma", "gemma3", "phi", "qwen2_moe", "cohere"];
 
 /// The spec of a `model_type`.
 ///
@@ -188,16 +255,22 @@ pub(crate) struct ModelConfig {
     pub(crate) num_kv_heads: usize,
     pub(crate) head_dim: usize,
     pub(crate) vocab_size: usize,
+    /// The norms' epsilon (`rms_norm_eps`, or `layer_norm_eps` for LayerNorms).
     pub(crate) rms_norm_eps: f64,
     /// The rotary embedding of full-attention layers (of every layer without `local_rope`).
     pub(crate) rope: Rope,
     /// The rotary embedding of sliding layers, where it differs (Gemma 3).
     pub(crate) local_rope: Option<Rope>,
+    /// The longest input: `max_position_embeddings`, or `factor` times it with dynamic NTK
+    /// scaling (whose point is to run past it).
     pub(crate) max_position_embeddings: usize,
     pub(crate) tie_word_embeddings: bool,
     pub(crate) qkv_bias: bool,
     pub(crate) o_bias: bool,
     pub(crate) mlp_bias: bool,
+    /// Attention and MLP both read the block's input, their outputs added to it (GPT-NeoX's
+    /// `use_parallel_residual`).
+    pub(crate) parallel_residual: bool,
     pub(crate) activation: Activation,
     /// Per layer: the sliding window, if that layer uses one.
     pub(crate) windows: Vec<Option<usize>>,
@@ -317,12 +390,24 @@ impl ModelConfig {
             }
             None => None,
         };
+        let max_position_embeddings = match rope.scaling {
+            RopeScaling::Dynamic { factor, .. } if factor > 1.0 => (max_position_embeddings as f64 * factor) as usize,
+            _ => max_position_embeddings,
+        };
         let activation = match raw.hidden_activation.as_deref().or(raw.hidden_act.as_deref()) {
             Some(name) => Activation::parse(name, file)?,
             None => spec.default_activation,
         };
         let windows = raw.layer_windows(layers)?;
-        let attn_scale = if spec.query_pre_attn_scalar {
+        if raw.scale_attn_by_inverse_layer_idx == Some(true) {
+            return Err(Error::not_supported(
+                format!("scale_attn_by_inverse_layer_idx = true in {}", file.display()),
+                "candle",
+            ));
+        }
+        let attn_scale = if raw.scale_attn_weights == Some(false) {
+            1.0
+        } else if spec.query_pre_attn_scalar {
             raw.query_pre_attn_scalar.unwrap_or(head_dim as f64).powf(-0.5)
         } else {
             (head_dim as f64).powf(-0.5)
@@ -337,7 +422,7 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             vocab_size,
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rms_norm_eps: raw.rms_norm_eps.or(raw.layer_norm_eps).unwrap_or(1e-6),
             rope,
             local_rope,
             max_position_embeddings,
@@ -346,6 +431,7 @@ impl ModelConfig {
             // Llama's attention_bias also covers o_proj; Qwen2's q/k/v bias does not.
             o_bias: raw.attention_bias.unwrap_or(false),
             mlp_bias: raw.mlp_bias.unwrap_or(false),
+            parallel_residual: raw.use_parallel_residual.unwrap_or(false),
             activation,
             windows,
             attn_scale,
@@ -400,9 +486,9 @@ mod tests {
             .expect_err("bad kv heads")
             .to_string();
         assert!(err.contains("num_key_value_heads"), "{err}");
-        let bad_rope = LLAMA_JSON.replace("\"rope_theta\":10000.0", "\"rope_scaling\":{\"rope_type\":\"dynamic\"}");
-        let err = parse(&bad_rope).expect_err("dynamic").to_string();
-        assert!(err.contains("dynamic"), "{err}");
+        let bad_rope = LLAMA_JSON.replace("\"rope_theta\":10000.0", "\"rope_scaling\":{\"rope_type\":\"mrope\"}");
+        let err = parse(&bad_rope).expect_err("mrope").to_string();
+        assert!(err.contains("mrope"), "{err}");
     }
 
     #[test]
@@ -440,6 +526,49 @@ mod tests {
         assert_eq!((moe.intermediate_size, moe.sparse_layers), (128, vec![true, true]));
         let err = parse(&m.replace("\"num_experts_per_tok\":2", "\"num_experts_per_tok\":5")).expect_err("k > n");
         assert!(err.to_string().contains("num_experts_per_tok"), "{err}");
+    }
+
+    #[test]
+    fn gpt2_and_gpt_neox_read_their_own_field_names() {
+        let gpt2 = parse(
+            r#"{"model_type":"gpt2","n_embd":64,"n_layer":2,"n_head":4,"n_positions":32,"n_inner":null,
+                "vocab_size":100,"layer_norm_epsilon":1e-5,"activation_function":"gelu_new"}"#,
+        )
+        .expect("gpt2");
+        assert_eq!((gpt2.hidden_size, gpt2.num_layers, gpt2.intermediate_size), (64, 2, 256));
+        assert_eq!(
+            (gpt2.max_position_embeddings, gpt2.activation, gpt2.rms_norm_eps),
+            (32, Activation::GeluTanh, 1e-5)
+        );
+        assert!(gpt2.tie_word_embeddings && gpt2.qkv_bias && gpt2.o_bias && gpt2.mlp_bias && !gpt2.parallel_residual);
+        let v4 = r#"{"model_type":"gpt_neox","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+            "num_attention_heads":4,"vocab_size":100,"rotary_pct":0.25,"rotary_emb_base":10000,
+            "use_parallel_residual":true,"layer_norm_eps":1e-5}"#;
+        let v5 = r#"{"model_type":"gpt_neox","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+            "num_attention_heads":4,"vocab_size":100,"layer_norm_eps":1e-5,
+            "rope_parameters":{"rope_type":"default","rope_theta":10000.0,"partial_rotary_factor":0.25}}"#;
+        let (a, b) = (parse(v4).expect("4.x"), parse(v5).expect("5.x"));
+        assert_eq!(a, b, "both styles resolve alike");
+        assert_eq!((a.rope.dim, a.rope.theta, a.activation), (4, 1e4, Activation::GeluErf));
+        assert!(a.parallel_residual && a.qkv_bias && a.o_bias && !a.tie_word_embeddings);
+        let err = parse(
+            &v4.replace("\"gpt_neox\"", "\"gpt2\"")
+                .replace("\"vocab_size\"", "\"scale_attn_by_inverse_layer_idx\":true,\"vocab_size\""),
+        )
+        .expect_err("inverse layer scaling")
+        .to_string();
+        assert!(err.contains("scale_attn_by_inverse_layer_idx"), "{err}");
+    }
+
+    #[test]
+    fn dynamic_ntk_accepts_factor_times_the_context() {
+        let d = LLAMA_JSON.replace(
+            "\"rope_theta\":10000.0",
+            "\"rope_theta\":10000.0,\"max_position_embeddings\":16,\"rope_scaling\":{\"type\":\"dynamic\",\"factor\":8.0}",
+        );
+        let c = parse(&d).expect("dynamic");
+        assert_eq!(c.rope.scaling, RopeScaling::Dynamic { factor: 8.0, max_positions: 16 });
+        assert_eq!(c.max_position_embeddings, 128);
     }
 
     #[test]

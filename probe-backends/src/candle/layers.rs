@@ -21,6 +21,41 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// Loads a GPT-2 `Conv1D` (`{name}.weight` stored `[in, out]`, and its bias) as a linear
+    /// layer (the weight transposed once, here).
+    pub(crate) fn load_conv1d(vb: &VarBuilder, name: &str, out: usize, inp: usize) -> Result<Self> {
+        let weight = vb.get((inp, out), &format!("{name}.weight"))?.t()?.contiguous()?;
+        Ok(Self { weight, bias: Some(vb.get(out, &format!("{name}.bias"))?) })
+    }
+
+    /// A GPT-style projection: a `Conv1D` (always with a bias) when `conv1d`, else a linear
+    /// layer (with a bias when `bias`).
+    pub(crate) fn load_gpt(
+        vb: &VarBuilder,
+        name: &str,
+        out: usize,
+        inp: usize,
+        conv1d: bool,
+        bias: bool,
+    ) -> Result<Self> {
+        if conv1d { Self::load_conv1d(vb, name, out, inp) } else { Self::load(vb, name, out, inp, bias) }
+    }
+
+    /// A fused q/k/v projection whose outputs are interleaved per head (`[heads, 3, head_dim]`,
+    /// GPT-NeoX) reordered as q of every head, then k, then v.
+    pub(crate) fn per_head_to_stacked(self, heads: usize, head_dim: usize) -> Result<Self> {
+        let inp = self.weight.dim(1)?;
+        let reorder = |t: Tensor, tail: &[usize]| -> Result<Tensor> {
+            let mut shape = vec![heads, 3, head_dim];
+            shape.extend_from_slice(tail);
+            let stacked = t.reshape(shape)?.transpose(0, 1)?.contiguous()?;
+            let mut flat = vec![3 * heads * head_dim];
+            flat.extend_from_slice(tail);
+            stacked.reshape(flat)
+        };
+        Ok(Self { weight: reorder(self.weight, &[inp])?, bias: self.bias.map(|b| reorder(b, &[])).transpose()? })
+    }
+
     /// `x`: `[.., in]` → `[.., out]`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
@@ -71,10 +106,13 @@ impl Linear {
     }
 }
 
-/// RMSNorm with the architecture's weight offset folded into `alpha` at load time.
+/// RMSNorm with the architecture's weight offset folded into `alpha` at load time, or a
+/// LayerNorm (with `beta`, GPT-2 / GPT-NeoX).
 #[derive(Debug, Clone)]
 pub(crate) struct Norm {
     alpha: Tensor,
+    /// The LayerNorm's bias; `None`: an RMSNorm.
+    beta: Option<Tensor>,
     eps: f32,
 }
 
@@ -99,12 +137,29 @@ impl Norm {
         let w = vb.get_with_hints_dtype(size, &format!("{name}.weight"), Default::default(), DType::F32)?;
         let alpha = if spec.norm_offset != 0.0 { (w + f64::from(spec.norm_offset))? } else { w };
         let alpha = if k != 1.0 { (alpha * k)? } else { alpha };
-        Ok(Self { alpha: alpha.to_dtype(vb.dtype())?, eps: eps as f32 })
+        Ok(Self { alpha: alpha.to_dtype(vb.dtype())?, beta: None, eps: eps as f32 })
+    }
+
+    /// Loads a LayerNorm: `{name}.weight` and `{name}.bias` (`size` values each).
+    pub(crate) fn load_layer_norm(vb: &VarBuilder, name: &str, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            alpha: vb.get(size, &format!("{name}.weight"))?,
+            beta: Some(vb.get(size, &format!("{name}.bias"))?),
+            eps: eps as f32,
+        })
     }
 
     /// Normalises over the last axis (accumulating in f32 whatever the dtype).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(x, &self.alpha, self.eps)
+        match &self.beta {
+            None => candle_nn::ops::rms_norm(x, &self.alpha, self.eps),
+            Some(beta) => {
+                let dtype = x.dtype();
+                let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+                let y = candle_nn::ops::layer_norm(&f32(&x.contiguous()?)?, &f32(&self.alpha)?, &f32(beta)?, self.eps)?;
+                y.to_dtype(dtype)
+            }
+        }
     }
 }
 

@@ -18,17 +18,54 @@ use super::rope::Rope;
 /// `norm`, and the LM head's name. Multimodal checkpoints nest it (`Gemma3ForConditionalGeneration`:
 /// `language_model.model.` as transformers 4.x saves it, `model.language_model.` as 5.x does);
 /// their other weights (the vision tower) are never read.
-const LAYOUTS: &[(&str, &str)] = &[
+static LAYOUTS: &[(&str, &str)] = &[
     ("model", "lm_head.weight"),
     ("language_model.model", "language_model.lm_head.weight"),
     ("model.language_model", "lm_head.weight"),
 ];
+
+/// Where one checkpoint keeps its tensors (see [`LAYOUTS`] and [`super::config::GptNames`]).
+struct Names {
+    body: &'static str,
+    heads: &'static [&'static str],
+    embed: &'static str,
+    positions: Option<&'static str>,
+    final_norm: &'static str,
+}
+
+impl Names {
+    /// The first layout whose embedding `vb` holds (the first one when none does, so that the
+    /// error names it).
+    fn of(vb: &VarBuilder, cfg: &ModelConfig) -> Self {
+        let has = |body: &str, name: &str| {
+            vb.contains_tensor(&if body.is_empty() {
+                format!("{name}.weight")
+            } else {
+                format!("{body}.{name}.weight")
+            })
+        };
+        if let Some(g) = &cfg.spec.gpt {
+            let body = g.bodies.iter().copied().find(|b| has(b, g.embed)).unwrap_or(g.bodies[0]);
+            return Self { body, heads: g.heads, embed: g.embed, positions: g.positions, final_norm: g.final_norm };
+        }
+        let layout = LAYOUTS.iter().find(|l| has(l.0, "embed_tokens")).unwrap_or(&LAYOUTS[0]);
+        Self {
+            body: layout.0,
+            heads: std::slice::from_ref(&layout.1),
+            embed: "embed_tokens",
+            positions: None,
+            final_norm: "norm",
+        }
+    }
+}
 
 /// The decoder: embeddings, blocks, final norm and (only for generation) the LM head.
 #[derive(Debug, Clone)]
 pub(crate) struct Decoder {
     pub(crate) cfg: ModelConfig,
     embed: Tensor,
+    /// Learned absolute position embeddings (GPT-2), `[max_positions, hidden]`.
+    positions: Option<Tensor>,
     blocks: Vec<Block>,
     norm: Norm,
     lm_head: Tensor,
@@ -45,7 +82,11 @@ pub(crate) struct Decoder {
 #[derive(Debug)]
 pub(crate) struct Cache {
     layers: Vec<KvCache>,
+    /// Positions fed so far.
     len: usize,
+    /// Of those, the first `dropped` are no longer in `layers` (see [`Decoder::next_logits`]).
+    dropped: usize,
+    capacity: usize,
 }
 
 impl Decoder {
@@ -54,26 +95,30 @@ impl Decoder {
     pub(crate) fn load(vb: &VarBuilder, cfg: ModelConfig, stages: Stages) -> Result<Self> {
         let device = vb.device().clone();
         let dtype = vb.dtype();
-        let (body, head) = LAYOUTS
-            .iter()
-            .find(|(body, _)| vb.contains_tensor(&format!("{body}.embed_tokens.weight")))
-            .copied()
-            .unwrap_or(LAYOUTS[0]);
-        let body = vb.pp(body);
-        let embed = body.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
+        let names = Names::of(vb, &cfg);
+        let body = if names.body.is_empty() { vb.clone() } else { vb.pp(names.body) };
+        let embed = body.get((cfg.vocab_size, cfg.hidden_size), &format!("{}.weight", names.embed))?;
+        let positions = names
+            .positions
+            .map(|p| body.get((cfg.max_position_embeddings, cfg.hidden_size), &format!("{p}.weight")))
+            .transpose()?;
         let blocks = (0..cfg.num_layers)
             .map(|i| Block::load(&stages.block_vb(&body, i), &cfg, i))
             .collect::<Result<Vec<_>>>()?;
         let tail = body.clone().set_device(stages.last().clone());
-        let norm = Norm::load(&tail, "norm", cfg.hidden_size, cfg.spec, cfg.rms_norm_eps)?;
-        let lm_head = if vb.contains_tensor(head) || !cfg.tie_word_embeddings {
-            vb.clone().set_device(stages.last().clone()).get((cfg.vocab_size, cfg.hidden_size), head)?
-        } else {
-            embed.to_device(stages.last())?
+        let norm = match cfg.spec.gpt {
+            Some(_) => Norm::load_layer_norm(&tail, names.final_norm, cfg.hidden_size, cfg.rms_norm_eps)?,
+            None => Norm::load(&tail, names.final_norm, cfg.hidden_size, cfg.spec, cfg.rms_norm_eps)?,
+        };
+        let head = names.heads.iter().copied().find(|h| vb.contains_tensor(h));
+        let lm_head = match head {
+            Some(head) => vb.clone().set_device(stages.last().clone()).get((cfg.vocab_size, cfg.hidden_size), head)?,
+            None if cfg.tie_word_embeddings => embed.to_device(stages.last())?,
+            None => vb.get((cfg.vocab_size, cfg.hidden_size), names.heads[0])?,
         };
         let inv_freq = cfg.rope.inv_freq();
         let local_inv_freq = cfg.local_rope.as_ref().map(|r| r.inv_freq());
-        Ok(Self { cfg, embed, blocks, norm, lm_head, inv_freq, local_inv_freq, device, dtype, stages })
+        Ok(Self { cfg, embed, positions, blocks, norm, lm_head, inv_freq, local_inv_freq, device, dtype, stages })
     }
 
     /// The device the weights live on.
@@ -81,9 +126,14 @@ impl Decoder {
         &self.device
     }
 
-    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+    /// The embeddings of `ids` (`[b, s]`) at positions `offset..offset + s`.
+    fn embed(&self, ids: &Tensor, offset: usize) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, self.cfg.hidden_size))?;
+        let x = match &self.positions {
+            Some(wpe) => x.broadcast_add(&wpe.narrow(0, offset, s)?.unsqueeze(0)?)?,
+            None => x,
+        };
         if self.cfg.spec.scale_embeddings {
             // transformers multiplies by sqrt(hidden) rounded to the weights' dtype.
             let scale = Tensor::new(&[(self.cfg.hidden_size as f32).sqrt()], &self.device)?.to_dtype(self.dtype)?;
@@ -128,12 +178,15 @@ impl Decoder {
         Ok(Some(Tensor::from_vec(m, (rows, 1, s, t), &self.device)?.to_dtype(self.dtype)?))
     }
 
-    fn step(&self, lens: &[usize], s: usize, offset: usize) -> Result<Step<'_>> {
+    /// What the blocks share when `s` positions from `offset` run over rows of lengths `lens`,
+    /// the first `dropped` positions missing from the key/value cache.
+    fn step(&self, lens: &[usize], s: usize, offset: usize, dropped: usize) -> Result<Step<'_>> {
         let window = self.cfg.windows.iter().flatten().copied().min();
         let rows = |rope: &Rope, inv_freq: &[f32]| -> Result<RopeRows> {
             let (cos, sin) = rope.rows(inv_freq, lens, offset, s, &self.device, self.dtype)?;
             Ok(RopeRows { cos, sin })
         };
+        let kv_lens: Vec<usize> = lens.iter().map(|l| l - dropped).collect();
         let local_rope = match (&self.cfg.local_rope, &self.local_inv_freq) {
             (Some(rope), Some(inv_freq)) => Some(rows(rope, inv_freq)?),
             _ => None,
@@ -142,8 +195,8 @@ impl Decoder {
             cfg: &self.cfg,
             rope: rows(&self.cfg.rope, &self.inv_freq)?,
             local_rope,
-            full_mask: self.mask(lens, s, offset, None)?,
-            sliding_mask: if window.is_some() { self.mask(lens, s, offset, window)? } else { None },
+            full_mask: self.mask(&kv_lens, s, offset - dropped, None)?,
+            sliding_mask: if window.is_some() { self.mask(&kv_lens, s, offset - dropped, window)? } else { None },
         })
     }
 
@@ -159,8 +212,8 @@ impl Decoder {
     ) -> probe_core::Result<()> {
         let be = super::oom::error;
         let (_, s) = ids.dims2().map_err(be)?;
-        let steps = self.step(lens, s, 0).and_then(|step| self.stages.steps(step)).map_err(be)?;
-        let mut x = self.embed(ids).map_err(be)?;
+        let steps = self.step(lens, s, 0, 0).and_then(|step| self.stages.steps(step)).map_err(be)?;
+        let mut x = self.embed(ids, 0).map_err(be)?;
         visit(0, &x)?;
         let l = self.cfg.num_layers;
         for (i, block) in self.blocks.iter().enumerate() {
@@ -180,16 +233,32 @@ impl Decoder {
 
     /// Fresh key/value caches for sequences of up to `capacity` tokens.
     pub(crate) fn new_cache(&self, capacity: usize) -> Cache {
-        Cache { layers: (0..self.cfg.num_layers).map(|_| KvCache::new(2, capacity)).collect(), len: 0 }
+        let layers = (0..self.cfg.num_layers).map(|_| KvCache::new(2, capacity)).collect();
+        Cache { layers, len: 0, dropped: 0, capacity }
     }
 
-    /// Feeds `ids` (`[b, s]`, no padding) after what `cache` holds; returns the logits of the
-    /// last position, `[b, vocab]` in f32 (soft-capped where the architecture does so).
+    /// Phi-3 with longrope, as transformers 5.19 generates (`Phi3ForCausalLM.
+    /// prepare_inputs_for_generation`): when the sequence grows past the longrope threshold
+    /// while the cache holds no more positions than that, the cache is dropped and the new
+    /// tokens run without the earlier ones (at their positions, on the long factors). Once
+    /// dropped, the cache stays that short, so every later step runs alone too.
+    fn drop_cache_at_longrope_switch(&self, cache: &mut Cache, s: usize) {
+        let Some(threshold) = self.cfg.rope.longrope_threshold().filter(|_| self.cfg.spec.fused) else { return };
+        let held = cache.len - cache.dropped;
+        if held > 0 && cache.len + s > threshold && held <= threshold {
+            cache.layers = (0..self.cfg.num_layers).map(|_| KvCache::new(2, cache.capacity)).collect();
+            cache.dropped = cache.len;
+        }
+    }
+
+    /// Feeds `ids` (`[b, s]`, no padding) after what `cache` holds (see
+    /// [`Decoder::drop_cache_at_longrope_switch`] for Phi-3); returns the logits of the last position, `[b, vocab]` in f32 (soft-capped where the architecture does so).
     pub(crate) fn next_logits(&self, ids: &Tensor, cache: &mut Cache) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
+        self.drop_cache_at_longrope_switch(cache, s);
         let offset = cache.len;
-        let steps = self.stages.steps(self.step(&vec![offset + s; b], s, offset)?)?;
-        let mut x = self.embed(ids)?;
+        let steps = self.stages.steps(self.step(&vec![offset + s; b], s, offset, cache.dropped)?)?;
+        let mut x = self.embed(ids, offset)?;
         for (i, (block, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             x = block.forward(&self.stages.enter(i, x)?, self.stages.step_of(&steps, i), Some(kv))?;
         }

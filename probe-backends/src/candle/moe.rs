@@ -36,6 +36,13 @@ impl GatedMlp {
     }
 }
 
+/// A plain MLP with biases: `down(act(up(x)))` (GPT-2, GPT-NeoX).
+#[derive(Debug, Clone)]
+pub(crate) struct PlainMlp {
+    up: Linear,
+    down: Linear,
+}
+
 /// A sparse mixture of experts.
 #[derive(Debug, Clone)]
 pub(crate) struct Moe {
@@ -123,12 +130,20 @@ pub(crate) enum Mlp {
     Dense(GatedMlp),
     /// Experts.
     Sparse(Moe),
+    /// Ungated, with biases.
+    Plain(PlainMlp),
 }
 
 impl Mlp {
     /// Loads the MLP of block `i` (names relative to the model body).
     pub(crate) fn load(vb: &VarBuilder, cfg: &ModelConfig, i: usize) -> Result<Self> {
         let p = format!("layers.{i}");
+        if let Some(g) = &cfg.spec.gpt {
+            let (h, im) = (cfg.hidden_size, cfg.intermediate_size);
+            let p = format!("{}.{i}", g.layers);
+            let load = |n: &str, out, inp| Linear::load_gpt(vb, &format!("{p}.{n}"), out, inp, g.conv1d, cfg.mlp_bias);
+            return Ok(Mlp::Plain(PlainMlp { up: load(g.mlp[0], im, h)?, down: load(g.mlp[1], h, im)? }));
+        }
         match (&cfg.spec.moe, &cfg.moe) {
             (Some(names), Some(moe)) if moe.sparse_layers[i] => Ok(Mlp::Sparse(Moe::load(vb, &p, cfg, names)?)),
             // Phi-3: gate and up stored as one `gate_up_proj` (gate first).
@@ -164,6 +179,7 @@ impl Mlp {
         match self {
             Mlp::Dense(m) => m.forward(x, act),
             Mlp::Sparse(m) => m.forward(x, act),
+            Mlp::Plain(m) => m.down.forward(&act.apply(&m.up.forward(x)?)?),
         }
     }
 }

@@ -18,6 +18,10 @@ pub(crate) enum RopeScaling {
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
     /// YaRN: interpolated low frequencies, extrapolated high ones, cos/sin scaled.
     Yarn { factor: f64, original_max_position_embeddings: f64, beta_fast: f64, beta_slow: f64, truncate: bool },
+    /// Dynamic NTK: plain RoPE up to `max_positions`; a forward pass over a longer sequence
+    /// rotates with a larger base (transformers' `_compute_dynamic_ntk_parameters`, updated per
+    /// forward from the sequence length).
+    Dynamic { factor: f64, max_positions: usize },
     /// Phi-3's longrope (`su`): per-frequency divisors, the long ones for a sequence longer than
     /// `original_max_position_embeddings` (decided per forward pass, as transformers does).
     LongRope { short: Vec<f32>, long: Vec<f32>, original_max_position_embeddings: usize },
@@ -67,6 +71,7 @@ impl Rope {
         let scaling = match kind {
             "default" => RopeScaling::None,
             "linear" => RopeScaling::Linear { factor: need(params.factor, "factor")? },
+            "dynamic" => RopeScaling::Dynamic { factor: need(params.factor, "factor")?, max_positions },
             "llama3" => RopeScaling::Llama3 {
                 factor: need(params.factor, "factor")?,
                 low_freq_factor: need(params.low_freq_factor, "low_freq_factor")?,
@@ -122,7 +127,7 @@ impl Rope {
             other => {
                 return Err(Error::not_supported(
                     format!(
-                        "rope_type {other:?} in {} (supported: default, linear, llama3, yarn, longrope)",
+                        "rope_type {other:?} in {} (supported: default, linear, dynamic, llama3, yarn, longrope)",
                         file.display()
                     ),
                     "candle",
@@ -132,12 +137,30 @@ impl Rope {
         Ok(Self { theta: params.rope_theta.unwrap_or(default_theta), scaling, dim, attention_factor })
     }
 
-    /// For longrope: the length past which the long factors apply, and the inverse
-    /// frequencies of long sequences ([`Rope::inv_freq`] is that of short ones).
-    pub(crate) fn long_inv_freq(&self) -> Option<(usize, Vec<f32>)> {
+    /// For longrope: the length past which the long factors apply.
+    pub(crate) fn longrope_threshold(&self) -> Option<usize> {
         match &self.scaling {
-            RopeScaling::LongRope { long, original_max_position_embeddings, .. } => {
-                Some((*original_max_position_embeddings, self.divided(long)))
+            RopeScaling::LongRope { original_max_position_embeddings, .. } => Some(*original_max_position_embeddings),
+            _ => None,
+        }
+    }
+
+    /// The inverse frequencies of a forward pass over `len` positions, where they differ from
+    /// [`Rope::inv_freq`]: longrope's long factors past its threshold, dynamic NTK's larger base
+    /// past `max_position_embeddings` (each as transformers' `dynamic_rope_update` sets them).
+    fn inv_freq_for(&self, len: usize) -> Option<Vec<f32>> {
+        match &self.scaling {
+            RopeScaling::LongRope { long, original_max_position_embeddings, .. }
+                if len > *original_max_position_embeddings =>
+            {
+                Some(self.divided(long))
+            }
+            &RopeScaling::Dynamic { factor, max_positions } if len > max_positions => {
+                // As transformers computes it from a tensor `seq_len`: f32 throughout.
+                let dim = self.dim;
+                let t = (factor as f32 * len as f32) / max_positions as f32 - (factor - 1.0) as f32;
+                let base = self.theta as f32 * t.powf((dim as f64 / (dim as f64 - 2.0)) as f32);
+                Some((0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect())
             }
             _ => None,
         }
@@ -157,7 +180,7 @@ impl Rope {
         let plain: Vec<f32> = (0..dim / 2).map(|i| 1.0 / pos_freq(i)).collect();
         match self.scaling.clone() {
             RopeScaling::LongRope { short, .. } => self.divided(&short),
-            RopeScaling::None => plain,
+            RopeScaling::None | RopeScaling::Dynamic { .. } => plain,
             RopeScaling::Linear { factor } => plain.iter().map(|f| f / factor as f32).collect(),
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
                 let (factor, low, high, old) = (
@@ -213,8 +236,9 @@ impl Rope {
     }
 
     /// cos and sin of positions `offset..offset + s` for rows of real lengths `lens`
-    /// (`offset + s` in generation): `[s, dim / 2]`, or `[b, s, dim / 2]` when longrope puts
-    /// the rows on both sides of its threshold (each row as transformers runs it alone).
+    /// (`offset + s` in generation): `[s, dim / 2]`, or `[b, s, dim / 2]` when the rows'
+    /// frequencies differ (longrope on both sides of its threshold, dynamic NTK past
+    /// `max_position_embeddings`: each row as transformers runs it alone).
     pub(crate) fn rows(
         &self,
         inv_freq: &[f32],
@@ -224,17 +248,15 @@ impl Rope {
         device: &Device,
         dtype: DType,
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        let Some((threshold, long)) = self.long_inv_freq() else {
-            return self.tables(inv_freq, offset, s, device, dtype);
-        };
-        let pick = |len: usize| if len > threshold { long.as_slice() } else { inv_freq };
-        if lens.iter().all(|&l| l > threshold) || lens.iter().all(|&l| l <= threshold) {
-            return self.tables(pick(lens.first().copied().unwrap_or(0)), offset, s, device, dtype);
+        let per_row: Vec<Option<Vec<f32>>> = lens.iter().map(|&len| self.inv_freq_for(len)).collect();
+        if per_row.iter().all(|f| *f == per_row[0]) {
+            let freq = per_row.first().cloned().flatten();
+            return self.tables(freq.as_deref().unwrap_or(inv_freq), offset, s, device, dtype);
         }
         let mut cos = Vec::with_capacity(lens.len());
         let mut sin = Vec::with_capacity(lens.len());
-        for &len in lens {
-            let (c, si) = self.tables(pick(len), offset, s, device, dtype)?;
+        for f in &per_row {
+            let (c, si) = self.tables(f.as_deref().unwrap_or(inv_freq), offset, s, device, dtype)?;
             cos.push(c);
             sin.push(si);
         }
@@ -301,9 +323,22 @@ mod tests {
     }
 
     #[test]
+    fn dynamic_ntk_grows_the_base_past_max_positions_only() {
+        let r = rope(r#"{"rope_type":"dynamic","factor":2.0}"#).expect("dynamic");
+        let plain = Rope { scaling: RopeScaling::None, ..r.clone() }.inv_freq();
+        assert_eq!(r.inv_freq(), plain);
+        assert_eq!(r.inv_freq_for(4096), None, "at max_position_embeddings: plain");
+        let long = r.inv_freq_for(8192).expect("past it: rescaled");
+        // base · (2 · 8192 / 4096 - 1)^(16/14) = 10 000 · 3^(8/7)
+        let base = 10_000f64 * 3f64.powf(16.0 / 14.0);
+        assert!((f64::from(long[1]) - base.powf(-2.0 / 16.0)).abs() < 1e-6 * base.powf(-2.0 / 16.0));
+        assert_eq!(long[0], 1.0);
+    }
+
+    #[test]
     fn unknown_types_and_missing_fields_are_named() {
-        let err = rope(r#"{"rope_type":"dynamic","factor":2.0}"#).expect_err("dynamic").to_string();
-        assert!(err.contains("dynamic") && err.contains("supported"), "{err}");
+        let err = rope(r#"{"rope_type":"ntk-by-parts","factor":2.0}"#).expect_err("unknown").to_string();
+        assert!(err.contains("ntk-by-parts") && err.contains("supported"), "{err}");
         let err = rope(r#"{"rope_type":"linear"}"#).expect_err("no factor").to_string();
         assert!(err.contains("factor") && err.contains("/m/config.json"), "{err}");
         let half = rope(r#"{"partial_rotary_factor":0.5}"#).expect("partial");
