@@ -59,7 +59,7 @@ pub use probe::{
 };
 pub use prompts::{ChatMessage, Prompt, PromptFormat, PromptSet};
 pub use report::{LayerScore, SweepReport, SweepSummary};
-pub use shard::{Shard, ShardSummary, generate_shard, merge, run_shard};
+pub use shard::{Shard, ShardSummary, generate_shard, merge, missing_blocks, run_shard};
 
 use crate::key::ActivationSource;
 use crate::{ActivationExtractor, CacheStore, Error, Generator, Positions, Result, SamplingParams, Tensor};

@@ -231,6 +231,68 @@ pub async fn merge(
     let corrupt_before = parts.cache.corrupt_entries();
 
     // Look everything up first: nothing is written unless every block is there.
+    let looked = lookup(&parts, prompts, config, &info, &layers).await?;
+    if !looked.missing.is_empty() {
+        return Err(Error::NotFound(missing_message(&looked.missing, &grid, shards)));
+    }
+    let Lookup { gen_job, generations, source, found, .. } = looked;
+    let job = activation_job(&info, prompts, &source, &layers, config);
+
+    match (generations, &gen_job) {
+        (Some(Merged::Whole(_)), _) => summary.generations_cached = n,
+        (Some(Merged::Blocks(b)), Some(job)) => {
+            generations::merge_fold(job, &b).await?;
+            summary.generations_generated = n;
+        }
+        _ => {}
+    }
+    summary.layers_cached = found.whole.len();
+    summary.layers_computed = found.parts.len();
+    if summary.layers_computed > 0 {
+        summary.batches_computed = grid.len();
+        summary.extract_calls = grid.len();
+        summary.entries_written = grid.len() * summary.layers_computed;
+    }
+    let features = activations::merge_fold(parts.cache, &job, found).await?;
+    summary.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
+    super::report(&parts, prompts, config, &info, &features, summary)
+}
+
+/// The blocks of the batch grid that the cache lacks, each with what is missing
+/// (`"generations"`, `"layers 1,3"`): what [`merge`] would name, read without writing
+/// anything. Empty when every block (or every whole entry) is there.
+///
+/// # Errors
+/// Validation errors, then the store's errors.
+pub async fn missing_blocks(
+    parts: SweepParts<'_>,
+    prompts: &PromptSet,
+    config: &SweepConfig,
+) -> Result<BTreeMap<usize, Vec<String>>> {
+    validate(&parts, prompts, config)?;
+    let info = parts.extractor.model_info();
+    let layers = sorted(&config.layers);
+    Ok(lookup(&parts, prompts, config, &info, &layers).await?.missing)
+}
+
+/// What the cache holds for a merge.
+struct Lookup<'a> {
+    gen_job: Option<GenJob<'a>>,
+    generations: Option<Merged>,
+    source: ActivationSource,
+    found: activations::MergeLookup,
+    /// Block index → what it lacks.
+    missing: BTreeMap<usize, Vec<String>>,
+}
+
+async fn lookup<'a>(
+    parts: &SweepParts<'a>,
+    prompts: &'a PromptSet,
+    config: &'a SweepConfig,
+    info: &crate::ModelInfo,
+    layers: &[usize],
+) -> Result<Lookup<'a>> {
+    let grid = blocks(prompts.len(), config.batch_size);
     let mut gen_job = None;
     let (generations, source) = match (&config.sampling, parts.generator) {
         (Some(sampling), Some(generator)) => {
@@ -256,17 +318,7 @@ pub async fn merge(
         }
         _ => (None, ActivationSource::texts_with(&prompts.texts(), prompts.special_tokens)),
     };
-    let job = Job {
-        info: &info,
-        prompt_set: &prompts.name,
-        source: &source,
-        n,
-        layers: &layers,
-        positions: config.positions,
-        batch_size: config.batch_size,
-        special_tokens: prompts.special_tokens,
-    };
-    let found = activations::merge_lookup(parts.cache, &job).await?;
+    let found = activations::merge_lookup(parts.cache, &activation_job(info, prompts, &source, layers, config)).await?;
 
     let mut missing: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     if let Some(Merged::Missing(rows)) = &generations {
@@ -286,28 +338,26 @@ pub async fn merge(
             list.join(",")
         ));
     }
-    if !missing.is_empty() {
-        return Err(Error::NotFound(missing_message(&missing, &grid, shards)));
-    }
+    Ok(Lookup { gen_job, generations, source, found, missing })
+}
 
-    match (generations, &gen_job) {
-        (Some(Merged::Whole(_)), _) => summary.generations_cached = n,
-        (Some(Merged::Blocks(b)), Some(job)) => {
-            generations::merge_fold(job, &b).await?;
-            summary.generations_generated = n;
-        }
-        _ => {}
+fn activation_job<'a>(
+    info: &'a crate::ModelInfo,
+    prompts: &'a PromptSet,
+    source: &'a ActivationSource,
+    layers: &'a [usize],
+    config: &SweepConfig,
+) -> Job<'a> {
+    Job {
+        info,
+        prompt_set: &prompts.name,
+        source,
+        n: prompts.len(),
+        layers,
+        positions: config.positions,
+        batch_size: config.batch_size,
+        special_tokens: prompts.special_tokens,
     }
-    summary.layers_cached = found.whole.len();
-    summary.layers_computed = found.parts.len();
-    if summary.layers_computed > 0 {
-        summary.batches_computed = grid.len();
-        summary.extract_calls = grid.len();
-        summary.entries_written = grid.len() * summary.layers_computed;
-    }
-    let features = activations::merge_fold(parts.cache, &job, found).await?;
-    summary.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
-    super::report(&parts, prompts, config, &info, &features, summary)
 }
 
 /// "3 of 6 blocks are missing: block 1 (rows 4..8: generations, layers 1,3; shard 2/3), …".
