@@ -20,6 +20,8 @@ pub(crate) struct ProbeToml {
     pub(crate) generation: Generation,
     #[serde(default)]
     pub(crate) cache: Cache,
+    #[serde(default)]
+    pub(crate) slurm: Slurm,
 }
 
 /// `[devices]`: which GPUs serve which phase.
@@ -89,6 +91,22 @@ pub(crate) struct Cache {
     pub(crate) url: Option<String>,
 }
 
+/// `[slurm]`: how `probe sweep --shards N --submit slurm` submits its jobs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Slurm {
+    /// The submitting program (default: `$PROBE_SBATCH`, else `sbatch` on the PATH).
+    pub(crate) sbatch: Option<String>,
+    /// `--partition` of every job.
+    pub(crate) partition: Option<String>,
+    /// `--time` of every job ("24:00:00").
+    pub(crate) time: Option<String>,
+    /// More `#SBATCH` arguments of every job (before `--sbatch-arg`).
+    pub(crate) args: Option<Vec<String>>,
+    /// Folder of the job scripts and logs (default `<out>/slurm`).
+    pub(crate) log_dir: Option<PathBuf>,
+}
+
 impl ProbeToml {
     /// Reads `path`, or `./probe.toml` when no path is given and that file exists.
     pub(crate) fn load(path: Option<&Path>) -> Result<Self> {
@@ -134,6 +152,12 @@ impl ProbeToml {
         if self.extraction.batch_size == Some(0) {
             return Err(Error::invalid("config file", format!("{origin}: [extraction] batch_size = 0 (must be ≥ 1)")));
         }
+        if let Some(a) = self.slurm.args.iter().flatten().find(|a| !a.starts_with('-') || a.contains('\n')) {
+            return Err(Error::invalid(
+                "config file",
+                format!("{origin}: [slurm] args: {a:?} (each is one sbatch option, such as \"--account=abc\")"),
+            ));
+        }
         self.generation.validate(origin)
     }
 }
@@ -177,6 +201,18 @@ mod tests {
         assert!(e.contains("p.toml:3") && e.contains("bacth"), "{e}");
         let e = ProbeToml::parse("[gpus]\n", "p.toml").unwrap_err().to_string();
         assert!(e.contains("gpus"), "{e}");
+    }
+
+    #[test]
+    fn the_slurm_section_is_read_and_checked() {
+        let text = "[slurm]\nsbatch = \"/opt/slurm/bin/sbatch\"\npartition = \"gpu\"\ntime = \"2:00:00\"\nargs = [\"--account=x\"]\n";
+        let cfg = ProbeToml::parse(text, "p.toml").unwrap();
+        cfg.validate("p.toml").unwrap();
+        assert_eq!(cfg.slurm.partition.as_deref(), Some("gpu"));
+        assert_eq!(cfg.slurm.args, Some(vec!["--account=x".to_owned()]));
+        let cfg = ProbeToml::parse("[slurm]\nargs = [\"account=x\"]\n", "p.toml").unwrap();
+        let e = cfg.validate("p.toml").unwrap_err().to_string();
+        assert!(e.contains("p.toml: [slurm] args: \"account=x\""), "{e}");
     }
 
     #[test]

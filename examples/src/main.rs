@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! probe sweep    --model <dir> --prompts <file.jsonl> --layers <list|a..b|all> [...]
+//! probe sweep    <same> --shards N --submit slurm [--wait] [--sbatch-arg ARG]...
+//! probe status   <same> --shards N
 //! probe extract  --model <dir> --input <file.jsonl> --layers <list> --positions last|mean --out <file.safetensors>
 //! probe generate --model <dir|name> --prompts <file.jsonl> --out <file.jsonl> [...]
 //! probe plan     --model <config.json|dir> --gpus 4x80GiB [...]
@@ -23,6 +25,8 @@ mod progress;
 mod run_plan;
 mod servers;
 mod shard_cmd;
+mod slurm;
+mod status_cmd;
 mod sweep_cmd;
 
 use clap::{Parser, Subcommand};
@@ -46,8 +50,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Per-layer probe accuracy: prompts → completions → activations → probes → report.
-    Sweep(sweep_cmd::SweepArgs),
+    /// Per-layer probe accuracy: prompts → completions → activations → probes → report
+    /// (`--shards N --submit slurm`: as a SLURM job array of shards and a merge job).
+    Sweep(Box<slurm::SweepCmd>),
     /// Hidden states of texts to a safetensors file (`layer.<L>`: [n_inputs, hidden]).
     Extract(extract_cmd::ExtractArgs),
     /// Completions of prompts to JSON lines.
@@ -55,6 +60,9 @@ enum Command {
     /// Finish a sharded sweep (`probe sweep --shard k/N`): fold the shards' blocks, train the
     /// probes, write the report. Same arguments as `probe sweep`.
     Merge(Box<shard_cmd::MergeArgs>),
+    /// Per shard of a sharded sweep, which blocks the cache holds (same arguments as `probe
+    /// sweep`, and --shards N).
+    Status(Box<status_cmd::StatusArgs>),
     /// Make a small model and prompt set (no download) and run a full sweep on candle.
     Demo(demo::DemoArgs),
     /// The device and memory plan for a model on some GPUs (roles, vLLM servers, batch sizes).
@@ -127,7 +135,8 @@ fn main() {
     let quiet = cli.quiet;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Sweep(a) => sweep_cmd::run(a, quiet).await,
+            Command::Sweep(a) => slurm::run(*a, quiet).await,
+            Command::Status(a) => status_cmd::run(*a).await,
             Command::Merge(a) => shard_cmd::run_merge(*a, quiet).await,
             Command::Extract(a) => extract_cmd::run(a, quiet).await,
             Command::Generate(a) => generate_cmd::run(a).await,

@@ -100,7 +100,7 @@ pub(crate) async fn run_merge(args: MergeArgs, quiet: bool) -> Result<()> {
 /// candle extractor of `vllm`) they are read from config.json, the safetensors headers and
 /// tokenizer.json without loading any weights, so a merge needs no GPU and little memory;
 /// other backends are opened as for a sweep. Nothing is generated or extracted either way.
-fn identities(plan: &Plan) -> Result<Opened> {
+pub(crate) fn identities(plan: &Plan) -> Result<Opened> {
     #[cfg(feature = "candle")]
     if matches!(plan.backend, crate::backends::BackendKind::Candle | crate::backends::BackendKind::Vllm) {
         use std::sync::Arc;
