@@ -319,8 +319,10 @@ mod cuda {
 
     /// GPUs through the CUDA driver (creates a context on each: prefer NVML).
     pub(super) fn gpus() -> Result<Vec<Device>, String> {
-        // CudaContext::new panics when libcuda is absent: check first.
+        // CudaContext::new panics when libcuda is absent: check first (with candle-cuda,
+        // libcuda is linked, so the program would not have started without it).
         // SAFETY: it only tries to dlopen libcuda and reports whether that worked.
+        #[cfg(not(feature = "candle-cuda"))]
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err("the CUDA driver library (libcuda) is not installed".into());
         }
