@@ -253,7 +253,7 @@ async fn bad_input_is_refused_before_any_work() {
         (config(vec![1]).with_sampling(Some(SamplingParams::greedy(4).with_temperature(-1.0))), "temperature: -1"),
         (config(vec![1]).with_sampling(Some(SamplingParams::greedy(4).with_n(2))), "invalid n: 2"),
         (config(vec![1]).with_positions(probe_core::Positions::All), "\"all\""),
-        (config(vec![1]).with_probe(sweep::ProbeConfig::default().with_test_fraction(1.5)), "test_fraction: 1.5"),
+        (config(vec![1]).with_probe(sweep::ProbeConfig::default().with_folds(1)), "folds: 1"),
     ];
     for (cfg, want) in cases {
         let e = sweep::run(parts, &set, &cfg).await.unwrap_err();
