@@ -93,7 +93,10 @@ async fn a_sweep_probes_the_generated_ids_not_the_retokenised_text() {
 
     let cache = MemoryCache::new();
     let sampling = SamplingParams::greedy(4);
-    let config = SweepConfig::new(vec![1, 2]).with_batch_size(2).with_sampling(Some(sampling.clone()));
+    let config = SweepConfig::new(vec![1, 2])
+        .with_batch_size(2)
+        .with_sampling(Some(sampling.clone()))
+        .with_probe(sweep::ProbeConfig::default().with_folds(2));
     sweep::run(SweepParts::new(&model, &cache).with_generator(&generator), &set, &config).await.unwrap();
 
     let digest = generation_key(&generator.model_id(), "set", &sampling, &set.texts()).digest;
@@ -113,4 +116,20 @@ async fn a_sweep_probes_the_generated_ids_not_the_retokenised_text() {
     let diff =
         stored.data.iter().zip(&from_text.layer(2).unwrap().data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff > 1e-3, "the re-tokenised text's activations differ (max |Δ| = {diff})");
+}
+
+/// Completions generated in bf16 are not those of f32: the generator's identity, and so the
+/// generation cache key, carries the compute dtype.
+#[test]
+fn the_generation_key_carries_the_compute_dtype() {
+    let Some(f32_model) = model() else { return };
+    let root = PathBuf::from(std::env::var("PROBE_FIXTURES").expect("fixtures"));
+    let bf16 = CandleOptions::default().with_dtype("bf16".parse().expect("bf16"));
+    let bf16_model = CandleBackend::load(&root.join("models/llama"), bf16).expect("fixture llama in bf16");
+    let (a, b) = (Generator::model_id(&f32_model), Generator::model_id(&bf16_model));
+    assert_eq!(a.id, b.id);
+    assert_eq!(b.revision, format!("{}+bf16", a.revision));
+    let sampling = SamplingParams::default();
+    let prompts = vec!["a".to_owned()];
+    assert_ne!(generation_key(&a, "set", &sampling, &prompts), generation_key(&b, "set", &sampling, &prompts));
 }

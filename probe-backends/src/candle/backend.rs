@@ -330,8 +330,11 @@ impl Generator for CandleBackend {
         blocking(move || inner.generate(&request)).await
     }
 
+    /// The model and its weights' revision, with the compute dtype: completions generated in
+    /// bf16 are not those of f32, so their cache entries differ (`<revision>+bf16`; f32 keeps
+    /// the bare revision).
     fn model_id(&self) -> ModelId {
-        self.inner.id.clone()
+        generation_id(&self.inner.id, self.inner.options.dtype.as_str())
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -379,4 +382,14 @@ impl Identity {
 
         Ok(Self { cfg, files, revision, tokenizer, tokenizer_desc })
     }
+}
+
+/// The generator's identity for cache keys: the weights' revision, plus the compute dtype
+/// when it is not f32.
+fn generation_id(id: &ModelId, dtype: &str) -> ModelId {
+    let mut id = id.clone();
+    if dtype != "f32" {
+        id.revision = format!("{}+{dtype}", id.revision);
+    }
+    id
 }
