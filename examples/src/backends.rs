@@ -93,7 +93,11 @@ impl BackendKind {
         dtype: &str,
     ) -> Result<Opened> {
         let Some(real) = self.real() else { return crate::faults::mock(model) };
-        let mut options = OpenOptions::default().on(gpu).with_dtype(dtype).with_urls(urls.to_vec());
+        let mut options = OpenOptions::default()
+            .on(gpu)
+            .with_dtype(dtype)
+            .with_urls(urls.to_vec())
+            .with_gpus_as_cpu(crate::faults::gpus_as_cpu());
         if let Some(e) = plan.and_then(|p| p.extraction.as_ref()).filter(|e| !e.placement.is_empty()) {
             options = options.with_placement(e.placement.clone());
         }

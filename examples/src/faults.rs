@@ -8,6 +8,8 @@
 //!   calls of more than one row with an out-of-memory error
 //!   ([`probe_core::testing::OomInjector`]), so a test can check that the back-off gives the
 //!   same activations.
+//! - `PROBE_GPUS_AS_CPU=1`: candle runs the plan's `cuda:N` shares on the CPU, so a run
+//!   planned for a declared inventory (`--gpus`) executes its split or replicas here.
 
 use probe_core::Result;
 
@@ -37,6 +39,11 @@ pub(crate) fn inject(opened: Opened) -> Result<Opened> {
     return knobs::inject(opened);
     #[cfg(not(feature = "testing"))]
     Ok(opened)
+}
+
+/// `PROBE_GPUS_AS_CPU=1` in `testing` builds: the placement's GPU shares run on the CPU.
+pub(crate) fn gpus_as_cpu() -> bool {
+    cfg!(feature = "testing") && std::env::var("PROBE_GPUS_AS_CPU").is_ok_and(|v| v == "1")
 }
 
 #[cfg(feature = "testing")]

@@ -362,3 +362,72 @@ fn candle_sweeps_with_the_planned_batch_and_dtype() {
     assert!(stdout.contains("activations: 2 layers computed, 0 cached"), "{stdout}");
     assert!(stdout.contains("dtype bf16"), "{stdout}");
 }
+
+/// A sweep planned for declared GPUs runs the plan's placement (`PROBE_GPUS_AS_CPU=1`, a
+/// `testing` knob, runs the `cuda:N` shares on the CPU): two data-parallel replicas on
+/// `2x80GiB`, a GPU + CPU layer split on a GPU too small for the weights; each reports the
+/// same per-layer accuracies as the run on the CPU alone.
+#[cfg(feature = "testing")]
+#[test]
+fn declared_gpus_run_the_planned_replicas_and_split() {
+    let Some(fixtures) = probe_core::testing::require_service("PROBE_FIXTURES") else { return };
+    let m = Path::new(&fixtures).join("models/llama").display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_prompts(&d.join("prompts.jsonl"), 40);
+    let sweep = |out: &str, extra: &[&str]| -> (Value, String) {
+        let mut args = vec![
+            "sweep",
+            "--model",
+            &m,
+            "--prompts",
+            "prompts.jsonl",
+            "--layers",
+            "all",
+            "--cache",
+            "cache",
+            "--out",
+            out,
+            "--max-tokens",
+            "3",
+            "--dtype",
+            "f32",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let o = Command::new(env!("CARGO_BIN_EXE_probe"))
+            .args(&args)
+            .current_dir(d)
+            .env("RUST_LOG", "info")
+            .env("PROBE_GPUS_AS_CPU", "1")
+            .env_remove("PROBE_CACHE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{out}: {stderr}");
+        let report = serde_json::from_str(&std::fs::read_to_string(d.join(out).join("report.json")).unwrap()).unwrap();
+        (report, stderr)
+    };
+    let accuracies = |r: &Value| -> Vec<f64> {
+        r["layers"].as_array().unwrap().iter().map(|l| l["accuracy"].as_f64().unwrap()).collect()
+    };
+    let (cpu, _) = sweep("cpu", &[]);
+    assert_eq!(placement(&cpu["plan"])[0].0, "cpu");
+
+    let (replicas, log) = sweep("replicas", &["--gpus", "2x80GiB"]);
+    let p = placement(&replicas["plan"]);
+    assert_eq!(p.iter().map(|e| (e.0.as_str(), e.2)).collect::<Vec<_>>(), [("cuda:0", 0), ("cuda:1", 1)], "{p:?}");
+    assert!(
+        log.contains("candle: 2 worker(s) on cuda:0 [0..=3], cuda:1 [0..=3] (GPU shares rehearsed on the CPU)"),
+        "{log}"
+    );
+    assert_eq!(accuracies(&replicas), accuracies(&cpu));
+
+    // 514 MiB less the 512 MiB reserve: the embedding and some blocks on the GPU, the rest on the CPU.
+    let (split, log) = sweep("split", &["--gpus", "514MiB"]);
+    let p = placement(&split["plan"]);
+    assert_eq!(p.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["cuda:0", "cpu"], "{p:?}");
+    covers(&p, 4);
+    assert!(log.contains("candle: 1 worker(s) on cuda:0 [0..="), "{log}");
+    assert_eq!(accuracies(&split), accuracies(&cpu));
+}

@@ -124,6 +124,9 @@ pub struct OpenOptions {
     pub dtype: Option<String>,
     /// vLLM server URLs (`vllm` only).
     pub urls: Vec<String>,
+    /// Runs the placement's `cuda:N` shares on the CPU (candle): a declared inventory
+    /// (`--gpus`) rehearsed on a machine without GPUs, every share and replica as planned.
+    pub gpus_as_cpu: bool,
 }
 
 impl OpenOptions {
@@ -147,6 +150,11 @@ impl OpenOptions {
     /// Sets the vLLM server URLs.
     pub fn with_urls(mut self, urls: Vec<String>) -> Self {
         self.urls = urls;
+        self
+    }
+    /// Runs the placement's GPU shares on the CPU ([`OpenOptions::gpus_as_cpu`]).
+    pub fn with_gpus_as_cpu(mut self, on: bool) -> Self {
+        self.gpus_as_cpu = on;
         self
     }
     /// The GPU of the first share (`None`: the CPU).
@@ -223,11 +231,21 @@ fn open_candle(model: &str, options: &OpenOptions) -> Result<Opened> {
     for p in &mut placement {
         p.layers[1] = p.layers[1].min(blocks.saturating_sub(1));
     }
-    let replicas = open_placement(dir, &base, &placement, &device_of)?;
+    let on_cpu = |name: &str| if name.starts_with("cuda:") { device_of("cpu") } else { device_of(name) };
+    let map: &dyn Fn(&str) -> Result<crate::candle::CandleDevice> =
+        if options.gpus_as_cpu { &on_cpu } else { &device_of };
+    let replicas = open_placement(dir, &base, &placement, map)?;
+    tracing::info!(
+        "candle: {} worker(s) on {}{}",
+        replicas.replicas().len(),
+        placement
+            .iter()
+            .map(|p| format!("{} [{}..={}]", p.device, p.layers[0], p.layers[1]))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if options.gpus_as_cpu { " (GPU shares rehearsed on the CPU)" } else { "" }
+    );
     let generator: Arc<dyn Generator> = Arc::new(replicas.first().clone());
-    if replicas.replicas().len() > 1 {
-        tracing::info!("candle: {} data-parallel replicas", replicas.replicas().len());
-    }
     Ok(Opened { extractor: Arc::new(replicas), generator: Some(generator) })
 }
 
