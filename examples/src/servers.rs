@@ -54,6 +54,8 @@ pub(crate) struct Servers {
     generates: bool,
     urls: Vec<String>,
     launcher: Option<Launcher>,
+    /// `[devices]` names a GPU set (else the plan assigns the phases' GPUs).
+    roles_given: bool,
 }
 
 impl Servers {
@@ -82,7 +84,8 @@ impl Servers {
         } else {
             None
         };
-        Ok(Self { roles, backend, generates, urls: urls.to_vec(), launcher })
+        let roles_given = file.devices.generation_gpus.is_some() || file.devices.extraction_gpus.is_some();
+        Ok(Self { roles, backend, generates, urls: urls.to_vec(), launcher, roles_given })
     }
 
     /// True when this run starts its own servers.
@@ -156,11 +159,20 @@ impl Servers {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a planned server the launcher refuses.
+    ///
+    /// Without `[devices]` GPU sets the plan also chose the phases' GPUs (from `--gpus`,
+    /// `[devices] gpus` or NVML): the roles become the plan's.
     pub(crate) fn use_plan(&mut self, plan: Option<&RunPlan>) -> Result<()> {
-        let planned = plan.and_then(|p| p.detail.generation.as_ref()).filter(|g| !g.servers.is_empty());
-        if let (Some(l), Some(g), false) = (&self.launcher, planned, self.roles.generation.is_empty()) {
-            self.launcher = Some(with_planned_servers(l, g)?);
+        let Some(plan) = plan else { return Ok(()) };
+        let Some(g) = plan.detail.generation.as_ref().filter(|g| !g.servers.is_empty()) else { return Ok(()) };
+        let Some(l) = &self.launcher else { return Ok(()) };
+        if !self.roles_given {
+            let extraction = plan.detail.extraction.as_ref().map(|e| e.gpus.clone()).unwrap_or_default();
+            let mode = if plan.detail.time_shared { "time-shared" } else { "exclusive" };
+            self.roles = Roles::new(Some(g.gpus.clone()), Some(extraction), Some(mode))?;
+            self.roles.derived = true;
         }
+        self.launcher = Some(with_planned_servers(l, g)?);
         Ok(())
     }
 }

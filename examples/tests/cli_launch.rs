@@ -215,6 +215,45 @@ fn dry_run_prints_gpu_cycling_ports_and_utilizations_and_starts_nothing() {
     assert!(!d.join("record").exists() && !d.join("g").exists(), "a dry run started or wrote something");
 }
 
+/// Without `[devices]` GPU sets, a declared inventory (`--gpus`) puts the launched servers
+/// where the plan puts generation, with the plan's arguments.
+#[test]
+fn dry_run_with_declared_gpus_launches_the_planned_servers() {
+    let Some(fixtures) = require_service("PROBE_FIXTURES") else { return };
+    let model = Path::new(&fixtures).join("models/llama").display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    prompts(d);
+    config(d, "python3", 1, 9400);
+    let args = [
+        "sweep",
+        "--backend",
+        "vllm",
+        "--model",
+        &model,
+        "--prompts",
+        "p.jsonl",
+        "--max-tokens",
+        "8",
+        "--gpus",
+        "2x80GiB",
+        "--dry-run",
+        "--cache",
+        "cache",
+        "--out",
+        "out",
+    ];
+    let (stdout, _) = ok(&probe(d, &d.join("record"), &args), "sweep --gpus --dry-run");
+    assert!(stdout.contains("generation: 1 vLLM server(s) launched on cuda:0"), "{stdout}");
+    assert!(stdout.contains("extraction: candle in process on cuda:1"), "{stdout}");
+    let server = stdout.lines().find(|l| l.starts_with("server 0: ")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(server.starts_with("server 0: CUDA_VISIBLE_DEVICES=0 "), "{server}");
+    for planned in ["--max-model-len ", "--max-num-seqs ", "--gpu-memory-utilization "] {
+        assert!(server.contains(planned), "the plan's {planned}: {server}");
+    }
+    assert!(!d.join("cache").exists() && !d.join("out").exists(), "a dry run wrote something");
+}
+
 #[test]
 fn generate_launches_a_server_writes_completions_and_stops_it() {
     let (Some(python), Some(fixtures)) = (require_service("PROBE_PYTHON"), require_service("PROBE_FIXTURES")) else {
