@@ -316,7 +316,7 @@ fn model_folders_that_lie_are_refused_before_loading_weights() {
     let good = write(d, "good.jsonl", good_prompts().as_bytes());
     let header_ok = r#"{"model.norm.weight":{"dtype":"F32","shape":[64],"data_offsets":[0,256]}}"#;
     let no_hidden = model_dir(d, "no-hidden", &LLAMA_CONFIG.replace("\"hidden_size\":64,", ""), header_ok, 256);
-    let bad_type = model_dir(d, "gpt2", &LLAMA_CONFIG.replace("llama", "gpt2"), header_ok, 256);
+    let bad_type = model_dir(d, "cohere", &LLAMA_CONFIG.replace("llama", "cohere"), header_ok, 256);
     let past_end = model_dir(
         d,
         "past-end",
@@ -349,7 +349,7 @@ fn model_folders_that_lie_are_refused_before_loading_weights() {
         Case {
             name: "config.json of an unsupported architecture",
             args: sweep_candle(&bad_type, &good),
-            expect: strings(&["\"gpt2\"", "supported architectures"]),
+            expect: strings(&["\"cohere\"", "supported architectures"]),
         },
         Case {
             name: "config.json that is not JSON",

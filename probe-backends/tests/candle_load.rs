@@ -75,3 +75,22 @@ fn a_config_missing_a_field_names_it_and_the_file() {
     assert!(matches!(err, Error::InvalidInput { .. }), "{msg}");
     assert!(msg.contains("config.json") && msg.contains("intermediate_size"), "{msg}");
 }
+
+/// `--backend vllm` checks the folder with the extractor that will run (candle): a model only
+/// vLLM could serve is refused naming both phases.
+#[cfg(feature = "vllm")]
+#[test]
+fn vllm_refuses_a_model_its_extractor_cannot_read_naming_the_phase() {
+    use probe_backends::registry::Backend;
+    let dir = folder("phi");
+    let model = dir.path().display().to_string();
+    let err = Backend::Vllm.model_layers(&model).expect_err("phi on candle");
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    let msg = err.to_string();
+    for part in ["extraction (candle) does not support", "generation (vllm) would serve it", "\"phi\"", &model] {
+        assert!(msg.contains(part), "{part:?} in: {msg}");
+    }
+    // candle alone refuses it as unsupported, without the phases.
+    let err = Backend::Candle.model_layers(&model).expect_err("phi");
+    assert!(matches!(err, Error::NotSupported { .. }), "{err}");
+}
