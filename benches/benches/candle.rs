@@ -1,6 +1,7 @@
 //! Extraction throughput of the candle backend on a random Llama (8 layers, hidden 512,
 //! 8 heads, 2 kv heads, intermediate 1408) written to a temp folder, so no Python and no
-//! download is needed: capturing 1 layer vs all layers, and stopping at L/2 vs running all.
+//! download is needed: capturing 1 layer vs all layers, stopping at L/2 vs running all, and
+//! computing in bf16 vs f32 (group `candle_extract_dtype`, every layer captured).
 //!
 //! `cargo bench -p probe-benches --bench candle` (tokens/s is criterion's throughput).
 
@@ -132,6 +133,20 @@ fn bench(c: &mut Criterion) {
     for (name, layers) in cases {
         let req = ActivationRequest::token_ids(ids.clone(), layers).with_batch_size(BATCH);
         group.bench_function(name, |b| {
+            b.iter(|| rt.block_on(model.extract(req.clone())).expect("extract"));
+        });
+    }
+    group.finish();
+
+    // The same request computed in f32 and in bf16 (weights converted at load).
+    let mut group = c.benchmark_group("candle_extract_dtype");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements((BATCH * SEQ) as u64));
+    let req = ActivationRequest::token_ids(ids, (0..=LAYERS).collect()).with_batch_size(BATCH);
+    for dtype in ["f32", "bf16"] {
+        let options = CandleOptions::default().with_dtype(dtype.parse().expect("dtype"));
+        let model = CandleBackend::load(dir.path(), options).expect("load the random model");
+        group.bench_function(dtype, |b| {
             b.iter(|| rt.block_on(model.extract(req.clone())).expect("extract"));
         });
     }
