@@ -7,8 +7,10 @@
 //! window), Qwen2 (q/k/v bias), Gemma 2 (scaled embeddings, `1 + w` norms, sandwich norms,
 //! soft-capping, alternating sliding window), Qwen3 (per-head q/k norms), Gemma 3 (q/k norms,
 //! local and global RoPE, also nested in a `Gemma3ForConditionalGeneration` checkpoint whose
-//! vision tower is never read), Mixtral and Qwen3-MoE (sparse mixtures of experts). Other
-//! architectures are refused with [`probe_core::Error::NotSupported`] listing the supported ones.
+//! vision tower is never read), Mixtral and Qwen3-MoE (sparse mixtures of experts), OLMo 2
+//! (post-norms), Phi-3 (fused projections, longrope), GPT-2 (learned positions, Conv1D,
+//! LayerNorm with bias) and GPT-NeoX / Pythia (parallel residual, partial rotary); RoPE
+//! scaling linear, llama3, yarn, longrope and dynamic. Other architectures are refused with [`probe_core::Error::NotSupported`] listing the supported ones.
 //!
 //! Extraction runs one forward pass per batch that stops after the deepest requested layer
 //! and never computes logits; layers are numbered as transformers' `output_hidden_states`.
