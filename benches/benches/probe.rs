@@ -36,7 +36,10 @@ fn layer(n: usize, d: usize) -> (Tensor, Targets) {
 fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("probe");
     group.sample_size(10);
-    for (n, d) in [(2_000, 1_024), (10_000, 4_096)] {
+    // `cargo test --benches` runs each benchmark once as a test: small sizes there.
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let sizes: &[(usize, usize)] = if measuring { &[(2_000, 1_024), (10_000, 4_096)] } else { &[(120, 16)] };
+    for &(n, d) in sizes {
         let (x, targets) = layer(n, d);
         let config = ProbeConfig::default();
         let folds = stratified_folds(&targets.strata(config.folds), config.folds, 0).expect("folds");

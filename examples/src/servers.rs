@@ -437,10 +437,19 @@ mod tests {
         }
         assert!(servers[0].contains("--max-model-len 256 "), "prompt 200 + 56 new tokens: {}", servers[0]);
 
+        // Without [devices] GPU sets, a plan with GPU servers places them (roles from the plan).
         let cpu = ProbeToml::parse("[vllm]\nservers = 2\n", "t.toml").unwrap();
         let mut s = Servers::plan(&cpu, BackendKind::Vllm, "m", &[], true, "logs".into(), true).unwrap();
-        let before = s.dry_run_lines(true);
         s.use_plan(Some(&plan)).unwrap();
+        let lines = s.dry_run_lines(true);
+        assert!(lines.contains(&"generation: 1 vLLM server(s) launched on cuda:0".to_owned()), "{lines:#?}");
+        // A plan without GPUs plans no server: servers on the CPU keep [vllm]'s settings.
+        let spec = ModelSpec::from_path(std::path::Path::new(config)).unwrap();
+        let cpu_plan = resolve_run(DeviceInventory::new(vec![], 64 << 30), spec, &settings).unwrap();
+        let mut s = Servers::plan(&cpu, BackendKind::Vllm, "m", &[], true, "logs".into(), true).unwrap();
+        let before = s.dry_run_lines(true);
+        assert!(cpu_plan.generation.servers.is_empty(), "{cpu_plan:?}");
+        s.use_plan(Some(&cpu_plan)).unwrap();
         assert_eq!(s.dry_run_lines(true), before, "servers on the CPU keep [vllm]'s settings");
     }
 }

@@ -237,6 +237,8 @@ fn dry_run_with_declared_gpus_launches_the_planned_servers() {
         "8",
         "--gpus",
         "2x80GiB",
+        "--layers",
+        "all",
         "--dry-run",
         "--cache",
         "cache",

@@ -140,7 +140,8 @@ fn the_scripts_carry_the_arguments_and_the_merge_depends_on_the_array() {
     ] {
         assert!(shards.contains(want), "{want:?} not in\n{shards}");
     }
-    assert!(!shards.contains("--submit") && !shards.contains("--shards") && !shards.contains("gres"), "{shards}");
+    let exec = shards.lines().find(|l| l.starts_with("exec ")).unwrap_or_else(|| panic!("{shards}"));
+    assert!(!exec.contains("--submit") && !exec.contains("--shards") && !shards.contains("gres"), "{shards}");
     let merge = std::fs::read_to_string(logs.join("merge.sbatch")).unwrap();
     assert!(merge.contains(" merge --model mock-model ") && merge.ends_with(" --quiet --shards 3\n"), "{merge}");
     assert!(merge.contains("#SBATCH --partition=gpu\n") && !merge.contains("--array"), "{merge}");

@@ -201,14 +201,7 @@ fn read(path: &Path) -> Result<String> {
 
 /// The error with its causes (a template error names the line).
 fn describe(e: &minijinja::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
+    crate::with_causes(e)
 }
 
 /// `raise_exception(message)`: the template refuses the conversation.

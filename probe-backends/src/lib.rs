@@ -46,3 +46,16 @@ pub fn require_feature(feature: &str) -> probe_core::Result<()> {
     let on = COMPILED_FEATURES.contains(&feature);
     if on { Ok(()) } else { Err(probe_core::Error::FeatureDisabled { feature: feature.to_owned() }) }
 }
+
+/// An error and its causes, `": "`-joined (the first line of a template or HTTP error rarely
+/// says enough).
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}

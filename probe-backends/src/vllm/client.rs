@@ -322,14 +322,10 @@ fn describe(url: &str, e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut msg = format!("{url}: {kind}");
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{url}: {kind}: {}", crate::with_causes(cause)),
+        None => format!("{url}: {kind}"),
     }
-    msg
 }
 
 fn refused_key(url: &str, status: StatusCode, body: &[u8]) -> Error {
