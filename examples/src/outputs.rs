@@ -42,6 +42,9 @@ fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display(), e))
 }
 
+/// A line of the accuracy plot: its points, colour and legend.
+type Line = (Vec<(f64, f64)>, RGBColor, &'static str);
+
 /// The held-out score per layer (accuracy, or R² for numeric labels) with its bootstrap 95 %
 /// interval as a band, the control task's score, the difference-of-means probe, AUC, and the
 /// chance level.
@@ -92,7 +95,7 @@ fn plot_accuracy(report: &SweepReport, path: &Path) -> Result<()> {
         .label(what)
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
     chart.draw_series(score.iter().map(|&p| Circle::new(p, 3, BLUE.filled()))).map_err(|e| err(e.to_string()))?;
-    let lines: [(Vec<(f64, f64)>, RGBColor, &str); 3] = [
+    let lines: [Line; 3] = [
         (series(&|l| Some(l.control())), BLACK, "control (permuted labels)"),
         (series(&|l| l.dom_accuracy), GREEN, "difference of means"),
         (series(&|l| Some(l.auc)), RED, "ROC AUC"),

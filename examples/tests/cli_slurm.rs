@@ -60,12 +60,15 @@ fn unmeasured(path: &Path) -> serde_json::Value {
     v
 }
 
+/// Extra arguments, environment variables, and what the error must name.
+type BadCase<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn bad_submit_input_is_refused_naming_the_value_before_anything_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     write_prompts(&d.join("p.jsonl"), 8);
-    let cases: [(&[&str], &[(&str, &str)], &str); 6] = [
+    let cases: [BadCase; 6] = [
         (&["--shards", "3", "--submit", "pbs"], &[], "\"pbs\""),
         (&["--shards", "0", "--submit", "slurm"], &[], "shards"),
         (
