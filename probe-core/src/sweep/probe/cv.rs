@@ -53,16 +53,26 @@ enum Fitted {
     Ridge(Standardizer, Vec<f64>, f64),
 }
 
-fn fit(features: &Tensor, t: &Targets, rows: &[usize], c: f64, solver: Solver) -> Fitted {
-    let (st, x) = Standardizer::fit(features, rows);
+/// Fits on `rows` already standardised (`x`, row-major `rows.len() × d`, by `st`): one
+/// standardisation of a fold's training rows serves the probe, its control, the difference of
+/// means and every C of the grid.
+fn fit_standardized(
+    st: Standardizer,
+    x: &[f32],
+    d: usize,
+    t: &Targets,
+    rows: &[usize],
+    c: f64,
+    solver: Solver,
+) -> Fitted {
     match t {
         Targets::Classes { labels, n_classes } => {
             let y: Vec<usize> = rows.iter().map(|&r| labels[r]).collect();
-            Fitted::Logistic(LogisticProbe::fit_standardized(st, &x, &y, *n_classes, c, solver, None))
+            Fitted::Logistic(LogisticProbe::fit_standardized(st, x, &y, *n_classes, c, solver, None))
         }
         Targets::Numeric(v) => {
             let y: Vec<f64> = rows.iter().map(|&r| v[r]).collect();
-            let (w, b) = ridge(&x, features.shape[1], &y, 1.0 / c, solver.max_iter);
+            let (w, b) = ridge(x, d, &y, 1.0 / c, solver.max_iter);
             Fitted::Ridge(st, w, b)
         }
     }
@@ -113,10 +123,11 @@ fn choose_c(
         let (itr, ite): (Vec<usize>, Vec<usize>) =
             (itr.iter().map(|&i| train[i]).collect(), ite.iter().map(|&i| train[i]).collect());
         let solver = Solver::of(cfg);
+        // One standardisation of the inner training rows for every C of the grid.
+        let (st, x) = Standardizer::fit(features, &itr);
         match t {
             Targets::Classes { labels, n_classes } => {
-                // Warm start along the ascending grid on one standardisation.
-                let (st, x) = Standardizer::fit(features, &itr);
+                // Warm start along the ascending grid.
                 let y: Vec<usize> = itr.iter().map(|&r| labels[r]).collect();
                 let mut init = None;
                 for (total, &c) in totals.iter_mut().zip(grid) {
@@ -127,7 +138,8 @@ fn choose_c(
             }
             Targets::Numeric(_) => {
                 for (total, &c) in totals.iter_mut().zip(grid) {
-                    *total += fit(features, t, &itr, c, solver).score(features, t, &ite);
+                    let d = features.shape[1];
+                    *total += fit_standardized(st.clone(), &x, d, t, &itr, c, solver).score(features, t, &ite);
                 }
             }
         }
@@ -147,9 +159,11 @@ fn run_fold(
     let (train, test) = train_test(fold, &all, f);
     let solver = Solver::of(cfg);
     let c = choose_c(features, t, &train, &cfg.grid(), cfg, 1 + f as u64)?;
-    let model = fit(features, t, &train, c, solver);
+    let d = features.shape[1];
+    let (st, x) = Standardizer::fit(features, &train);
+    let model = fit_standardized(st.clone(), &x, d, t, &train, c, solver);
     let score = model.score(features, t, &test);
-    let control = fit(features, control, &train, c, solver).score(features, control, &test);
+    let control = fit_standardized(st.clone(), &x, d, control, &train, c, solver).score(features, control, &test);
     let (auc, dom, held_out) = match (&model, t) {
         (Fitted::Logistic(p), Targets::Classes { labels, n_classes }) => {
             let scores: Vec<Vec<f64>> = test.iter().map(|&r| p.scores(features.row(r))).collect();
@@ -162,9 +176,8 @@ fn run_fold(
                 .collect();
             let held_out =
                 test.iter().zip(&scores).map(|(&r, s)| (r, f64::from(u8::from(argmax(s) == labels[r])))).collect();
-            let (st, x) = Standardizer::fit(features, &train);
             let y: Vec<usize> = train.iter().map(|&r| labels[r]).collect();
-            let means = class_means(&x, features.shape[1], &y, *n_classes);
+            let means = class_means(&x, d, &y, *n_classes);
             let dom = test.iter().filter(|&&r| nearest_mean(&means, &st.apply(features.row(r))) == labels[r]).count()
                 as f64
                 / test.len() as f64;
