@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use clap::Args;
+use probe_backends::shell_quote as quote;
 use probe_core::{Error, Result};
 
 use crate::config_file::ProbeToml;
@@ -260,13 +261,6 @@ fn ranges(v: &[usize]) -> String {
         i = j + 1;
     }
     parts.join(",")
-}
-
-fn quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
-        return s.to_owned();
-    }
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn quoted(args: &[String]) -> String {

@@ -59,3 +59,13 @@ pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
     }
     msg
 }
+
+/// `s` as one POSIX shell word: unchanged when it holds only safe characters, else in single
+/// quotes (for the commands the launchers print and the job scripts they write).
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}

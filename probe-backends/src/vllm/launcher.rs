@@ -34,21 +34,13 @@ impl fmt::Display for LaunchCommand {
     /// A shell line: `VAR=value … program args… > log 2>&1`, quoted where needed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (k, v) in &self.env {
-            write!(f, "{k}={} ", shell_quote(v))?;
+            write!(f, "{k}={} ", crate::shell_quote(v))?;
         }
-        write!(f, "{}", shell_quote(&self.program))?;
+        write!(f, "{}", crate::shell_quote(&self.program))?;
         for a in &self.args {
-            write!(f, " {}", shell_quote(a))?;
+            write!(f, " {}", crate::shell_quote(a))?;
         }
-        write!(f, " > {} 2>&1", shell_quote(&self.log.display().to_string()))
-    }
-}
-
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
+        write!(f, " > {} 2>&1", crate::shell_quote(&self.log.display().to_string()))
     }
 }
 
