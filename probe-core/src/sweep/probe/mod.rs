@@ -176,7 +176,7 @@ impl Default for ProbeConfig {
             seed: 0,
             c: vec![1.0],
             inner_folds: 3,
-            max_iter: 1000,
+            max_iter: 100,
             tol: 1e-4,
             bootstrap: 1000,
             labels: LabelKind::Auto,
