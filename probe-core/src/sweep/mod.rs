@@ -88,7 +88,7 @@ pub use prompts::{ChatMessage, Prompt, PromptFormat, PromptSet};
 pub use report::{LayerScore, SweepReport, SweepSummary};
 pub use shard::{Shard, ShardSummary, generate_shard, merge, missing_blocks, run_shard};
 pub use tokens::{DEFAULT_SHARD_BYTES, TokenShard, stream_all_tokens};
-pub use transfer::{TransferScore, transfer};
+pub use transfer::{LayerResults, TransferScore, transfer};
 
 use crate::key::ActivationSource;
 use crate::{ActivationExtractor, CacheStore, Error, Generator, Readout, Result, SamplingParams, Tensor};

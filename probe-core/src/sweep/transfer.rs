@@ -21,6 +21,9 @@ pub struct TransferScore {
     pub layers: Vec<(usize, Option<f64>)>,
 }
 
+/// Per layer, every prompt's result.
+pub type LayerResults = Vec<(usize, Vec<Applied>)>;
+
 /// Scores every saved probe of `report` on `features` (by layer) of `set`; returns the
 /// score and, per layer, every prompt's result.
 ///
@@ -31,7 +34,7 @@ pub fn transfer(
     report: &SweepReport,
     set: &PromptSet,
     features: &BTreeMap<usize, Tensor>,
-) -> Result<(TransferScore, Vec<(usize, Vec<Applied>)>)> {
+) -> Result<(TransferScore, LayerResults)> {
     let labelled = set.prompts.iter().all(|p| p.label.is_some());
     let truth: Option<Vec<usize>> = labelled
         .then(|| {

@@ -159,12 +159,16 @@ impl SavedProbe {
     /// Refuses activations that are not what the probe was trained on.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the field that differs (model, revision, dtype,
-    /// tokenizer, hidden size, or a layer the model does not have).
+    /// [`Error::InvalidInput`] naming the field that differs (model — unless the revision, a
+    /// hash of the weights, is the same —, revision, dtype, tokenizer, hidden size, or a layer
+    /// the model does not have).
     pub fn check(&self, info: &ModelInfo) -> Result<()> {
         let m = &self.meta;
+        // The same weights (a content revision) under another path or name are the same model.
+        let same_weights = !m.revision.is_empty() && m.revision == info.id.revision;
+        let model = if same_weights { &info.id.id } else { &m.model };
         let pairs = [
-            ("model", &m.model, &info.id.id),
+            ("model", model, &info.id.id),
             ("revision", &m.revision, &info.id.revision),
             ("dtype", &m.dtype, &info.dtype),
             ("tokenizer", &m.tokenizer, &info.tokenizer),
