@@ -46,7 +46,7 @@ impl Readout {
     }
 
     /// The span of one input of `len` tokens whose prompt is its first `prompt_len` tokens,
-    /// for the readouts that need no text ([`Readout::Marker`] goes through [`Readout::marker_span`]).
+    /// for the readouts that need no text ([`Readout::Marker`] goes through [`Readout::marker_prefix`]).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming `id` when the completion is empty for `mean-completion`.
