@@ -37,6 +37,7 @@ mod block;
 mod config;
 mod extract;
 mod generate;
+mod kv;
 mod layers;
 mod model;
 mod moe;
