@@ -193,6 +193,24 @@ async fn greedy_tokens_equal_transformers_batched_generate() {
 }
 
 #[tokio::test]
+async fn seeded_samples_do_not_depend_on_the_batch() {
+    let Some(root) = fixtures() else { return };
+    let (meta, _) = reference(&root, "llama3");
+    let dir = root.join("models").join("llama3");
+    let mut seen = Vec::new();
+    // 1: one sequence at a time; 4: a prompt's 3 samples with room for no other; 64: all at once.
+    for batch in [1, 4, 64] {
+        let model = CandleBackend::load(&dir, CandleOptions::default().with_default_batch_size(batch)).expect("load");
+        let s = SamplingParams::greedy(10).with_temperature(1.2).with_top_p(0.9).with_seed(7).with_n(3);
+        let req = GenerationRequest::new(model.model_id().id, meta.prompts.clone()).with_sampling(s);
+        seen.push(model.generate(req).await.unwrap_or_else(|e| panic!("batch {batch}: {e}")));
+    }
+    assert_eq!(seen[0].len(), 3 * meta.prompts.len());
+    assert_eq!(seen[0], seen[1], "batch 1 and 4 give the same samples");
+    assert_eq!(seen[0], seen[2], "batch 1 and 64 give the same samples");
+}
+
+#[tokio::test]
 async fn conformance_suites_pass() {
     let Some(root) = fixtures() else { return };
     for &(arch, _) in MODELS {
