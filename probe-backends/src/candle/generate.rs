@@ -169,15 +169,19 @@ impl Inner {
     /// Runs prompt `pi` alone and draws the first token of each of its `rows` samples.
     fn prefill(&self, pi: usize, prompt: &[u32], p: &SamplingParams, rows: usize) -> Result<Vec<Row>> {
         let device = self.decoder.device().clone();
-        let mut cache = self.decoder.new_cache();
+        let mut cache = self.decoder.new_cache(prompt.len() + p.max_tokens as usize);
         let input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), &device).map_err(be)?;
         let logits = self.decoder.next_logits(&input, &mut cache).map_err(be)?;
         let logits: Vec<f32> = logits.squeeze(0).and_then(|l| l.to_vec1()).map_err(be)?;
         let mut out = Vec::with_capacity(rows);
         for s in 0..rows {
             let rng = StdRng::seed_from_u64(stream_seed(p.seed, pi, s as u32));
-            let mut row =
-                Row { prompt: pi, sample: s, ids: Vec::new(), done: None, text: None, rng, cache: cache.clone() };
+            // The last sample takes the prefill's cache; the others a copy each.
+            let cache = match s + 1 == rows {
+                true => std::mem::replace(&mut cache, self.decoder.new_cache(0)),
+                false => cache.fork().map_err(be)?,
+            };
+            let mut row = Row { prompt: pi, sample: s, ids: Vec::new(), done: None, text: None, rng, cache };
             self.push_token(&mut row, &logits, p)?;
             out.push(row);
         }

@@ -227,9 +227,10 @@ impl Decoder {
         Ok(())
     }
 
-    /// Fresh key/value caches for one sequence (or the equal rows of one prefill).
-    pub(crate) fn new_cache(&self) -> Cache {
-        Cache::new(self.cfg.num_layers)
+    /// Fresh key/value caches for one sequence (or the equal rows of one prefill) of up to
+    /// `capacity` positions (more grow the buffers).
+    pub(crate) fn new_cache(&self, capacity: usize) -> Cache {
+        Cache::new(self.cfg.num_layers, capacity)
     }
 
     /// Phi-3 with longrope, as transformers 5.19 generates (`Phi3ForCausalLM.
