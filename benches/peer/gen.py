@@ -38,21 +38,6 @@ secs = time.perf_counter() - t
 print(json.dumps({"new_tokens": new, "generate_s": secs, "tokens_per_s": new / secs}))
 """
 
-VLLM_SIDE = r"""
-import json, os, sys, time
-from vllm import LLM, SamplingParams
-model_dir, prompts_file, max_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
-prompts = [l for l in open(prompts_file).read().splitlines() if l]
-llm = LLM(model=model_dir, dtype="float32", max_model_len=1024, seed=0)
-params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-t = time.perf_counter()
-outs = llm.generate(prompts, params, use_tqdm=False)
-secs = time.perf_counter() - t
-new = sum(len(o.outputs[0].token_ids) for o in outs)
-print(json.dumps({"new_tokens": new, "generate_s": secs, "tokens_per_s": new / secs}))
-"""
-
-
 def prompts(n, words):
     """Distinct prompts of about `words` words each (the peer tokenizer's vocabulary)."""
     return [" ".join(f"word{(7 * i + 13 * j) % 3000} thing{(i + j) % 97}" for j in range(words // 2)) for i in range(n)]
@@ -70,7 +55,7 @@ def main():
     p.add_argument("--model", required=True)
     p.add_argument("--probe-bin", required=True)
     p.add_argument("--prompts", type=int, default=32)
-    p.add_argument("--words", type=int, default=64)
+    p.add_argument("--words", type=int, default=46)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
@@ -90,9 +75,11 @@ def main():
             [a.probe_bin, "--model", a.model, "--prompts", file, "--max-tokens", str(a.max_tokens),
              "--batch", str(a.batch), "--threads", str(a.threads)], env))
     if a.vllm:
-        venv = dict(env, VLLM_CPU_OMP_THREADS_BIND="all", VLLM_CPU_KVCACHE_SPACE="2")
+        venv = dict(env, VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE="2", VLLM_NO_USAGE_STATS="1",
+                    TOKENIZERS_PARALLELISM="false")
+        here = os.path.dirname(os.path.abspath(__file__))
         try:
-            runs["vLLM-CPU (offline)"] = [timed([sys.executable, "-c", VLLM_SIDE, *args], venv)]
+            runs["vLLM-CPU (offline)"] = [timed([sys.executable, os.path.join(here, "vllm_gen.py"), *args], venv)]
         except subprocess.CalledProcessError as e:
             print(f"vLLM-CPU did not run: {e.stderr.strip().splitlines()[-1] if e.stderr.strip() else e}")
     os.unlink(file)
