@@ -47,7 +47,8 @@ def timed(cmd, env=None):
     t = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
-    return wall, json.loads(out.stdout.strip().splitlines()[-1])
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]  # vLLM logs to stdout too
+    return wall, json.loads(lines[-1])
 
 
 def main():
@@ -80,8 +81,9 @@ def main():
         here = os.path.dirname(os.path.abspath(__file__))
         try:
             runs["vLLM-CPU (offline)"] = [timed([sys.executable, os.path.join(here, "vllm_gen.py"), *args], venv)]
-        except subprocess.CalledProcessError as e:
-            print(f"vLLM-CPU did not run: {e.stderr.strip().splitlines()[-1] if e.stderr.strip() else e}")
+        except (subprocess.CalledProcessError, IndexError, ValueError) as e:
+            err = getattr(e, "stderr", None)
+            print(f"vLLM-CPU did not run: {err.strip().splitlines()[-1] if err and err.strip() else e}")
     os.unlink(file)
     print(f"generation: {a.prompts} prompts of {a.words} words, {a.max_tokens} new tokens each, greedy, "
           f"batch {a.batch}, {a.threads} threads; best of {a.rounds} interleaved rounds (vLLM: one run)")

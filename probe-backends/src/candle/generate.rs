@@ -1,8 +1,9 @@
 //! Generation with continuous batching: up to the batch size of sequences (every sample of
 //! the prompts admitted so far) decode together, one token each per step, each with its own
-//! KV cache (no padding: a row attends over its own keys at its own positions). A prompt is
-//! prefilled alone when there is room for its samples; its samples then join the batch, and a
-//! finished sequence leaves it (its cache dropped) so that the next prompt can join.
+//! KV cache (no padding: a row attends over its own keys at its own positions). Prompts are
+//! prefilled together (right-padded, as extraction runs them) when there is room for their
+//! samples; the samples then join the batch, and a finished sequence leaves it (its cache
+//! dropped) so that the next prompts can join.
 
 use candle_core::Tensor;
 use probe_core::{Error, FinishReason, Generation, GenerationRequest, Result, SamplingParams};
@@ -136,11 +137,19 @@ impl Inner {
         let mut active: Vec<Row> = Vec::new();
         let mut next_prompt = 0;
         loop {
-            while next_prompt < prompts.len() && (active.is_empty() || active.len() + per_prompt <= batch) {
-                for row in self.prefill(next_prompt, &prompts[next_prompt], p, per_prompt)? {
+            // Admit the next prompts while their samples fit (one alone into an empty batch),
+            // prefilled together.
+            let mut group = Vec::new();
+            let mut rows = active.len();
+            while next_prompt < prompts.len() && ((rows == 0 && group.is_empty()) || rows + per_prompt <= batch) {
+                group.push(next_prompt);
+                rows += per_prompt;
+                next_prompt += 1;
+            }
+            if !group.is_empty() {
+                for row in self.prefill(&group, prompts, p, per_prompt)? {
                     self.admit(row, &mut active, &mut done)?;
                 }
-                next_prompt += 1;
             }
             if active.is_empty() {
                 break;
@@ -166,24 +175,34 @@ impl Inner {
         Ok(out)
     }
 
-    /// Runs prompt `pi` alone and draws the first token of each of its `rows` samples.
-    fn prefill(&self, pi: usize, prompt: &[u32], p: &SamplingParams, rows: usize) -> Result<Vec<Row>> {
+    /// Runs prompts `group` (indices into `prompts`) as one right-padded batch and draws the
+    /// first token of each of their `rows` samples.
+    fn prefill(&self, group: &[usize], prompts: &[Vec<u32>], p: &SamplingParams, rows: usize) -> Result<Vec<Row>> {
+        let lens: Vec<usize> = group.iter().map(|&pi| prompts[pi].len()).collect();
+        let width = lens.iter().copied().max().unwrap_or(1);
+        let mut ids = Vec::with_capacity(group.len() * width);
+        for &pi in group {
+            ids.extend_from_slice(&prompts[pi]);
+            ids.resize(ids.len() + width - prompts[pi].len(), 0);
+        }
         let device = self.decoder.device().clone();
-        let mut cache = self.decoder.new_cache(prompt.len() + p.max_tokens as usize);
-        let input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), &device).map_err(be)?;
-        let logits = self.decoder.next_logits(&input, &mut cache).map_err(be)?;
-        let logits: Vec<f32> = logits.squeeze(0).and_then(|l| l.to_vec1()).map_err(be)?;
-        let mut out = Vec::with_capacity(rows);
-        for s in 0..rows {
-            let rng = StdRng::seed_from_u64(stream_seed(p.seed, pi, s as u32));
-            // The last sample takes the prefill's cache; the others a copy each.
-            let cache = match s + 1 == rows {
-                true => std::mem::replace(&mut cache, self.decoder.new_cache(0)),
-                false => cache.fork().map_err(be)?,
-            };
-            let mut row = Row { prompt: pi, sample: s, ids: Vec::new(), done: None, text: None, rng, cache };
-            self.push_token(&mut row, &logits, p)?;
-            out.push(row);
+        let input = Tensor::from_vec(ids, (group.len(), width), &device).map_err(be)?;
+        let room: Vec<usize> = lens.iter().map(|l| l + p.max_tokens as usize).collect();
+        let (logits, caches) = self.decoder.prefill(&input, &lens, &room).map_err(be)?;
+        let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(be)?;
+        let mut out = Vec::with_capacity(group.len() * rows);
+        for ((&pi, mut cache), logits) in group.iter().zip(caches).zip(&logits) {
+            for s in 0..rows {
+                let rng = StdRng::seed_from_u64(stream_seed(p.seed, pi, s as u32));
+                // The last sample takes the prefill's cache; the others a copy each.
+                let cache = match s + 1 == rows {
+                    true => std::mem::replace(&mut cache, self.decoder.new_cache(0)),
+                    false => cache.fork().map_err(be)?,
+                };
+                let mut row = Row { prompt: pi, sample: s, ids: Vec::new(), done: None, text: None, rng, cache };
+                self.push_token(&mut row, logits, p)?;
+                out.push(row);
+            }
         }
         Ok(out)
     }

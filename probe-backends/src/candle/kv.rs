@@ -48,6 +48,16 @@ impl LayerKv {
         if k.dim(0)? == 1 { Ok((k, v)) } else { Ok((k.contiguous()?, v.contiguous()?)) }
     }
 
+    /// Row `r`'s first `len` positions as a cache of its own, with room for `capacity`.
+    pub(crate) fn row(&self, r: usize, len: usize, capacity: usize) -> Result<Self> {
+        let mut out = Self::with_capacity(capacity);
+        if let Some((k, v)) = &self.buf {
+            let part = |t: &Tensor| t.narrow(0, r, 1)?.narrow(2, 0, len)?.contiguous();
+            out.append(&part(k)?, &part(v)?)?;
+        }
+        Ok(out)
+    }
+
     /// A copy that shares no buffer with `self` (appending to one never writes into the other).
     fn fork(&self) -> Result<Self> {
         let buf = match &self.buf {
@@ -77,7 +87,7 @@ pub(crate) struct Cache {
     /// Positions fed so far.
     pub(crate) len: usize,
     /// Of those, the first `dropped` are no longer in `layers` (Phi-3's longrope switch, see
-    /// [`super::model::Decoder::next_logits`]).
+    /// [`super::model::Decoder::next_logits_rows`]).
     pub(crate) dropped: usize,
 }
 

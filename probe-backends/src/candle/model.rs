@@ -247,20 +247,27 @@ impl Decoder {
         }
     }
 
-    /// Feeds `ids` (`[b, s]`, no padding) after what `cache` holds (see
-    /// [`Decoder::drop_cache_at_longrope_switch`] for Phi-3); returns the logits of the last
-    /// position, `[b, vocab]` in f32 (soft-capped where the architecture does so).
-    pub(crate) fn next_logits(&self, ids: &Tensor, cache: &mut Cache) -> Result<Tensor> {
+    /// Runs prompts `ids` (`[b, s]`, right-padded; `lens` the real lengths) from empty
+    /// caches; returns the logits at each row's last real token (`[b, vocab]` in f32,
+    /// soft-capped where the architecture does so) and each row's own cache, with room for
+    /// `capacity[r]` positions.
+    pub(crate) fn prefill(&self, ids: &Tensor, lens: &[usize], capacity: &[usize]) -> Result<(Tensor, Vec<Cache>)> {
         let (b, s) = ids.dims2()?;
-        self.drop_cache_at_longrope_switch(cache, s);
-        let offset = cache.len;
-        let steps = self.stages.steps(self.step(&vec![offset + s; b], s, offset, cache.dropped)?)?;
-        let mut x = self.embed(ids, &[offset])?;
-        for (i, (block, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+        let steps = self.stages.steps(self.step(lens, s, 0, 0)?)?;
+        let mut x = self.embed(ids, &[0])?;
+        let mut batch = self.new_cache(s);
+        for (i, (block, kv)) in self.blocks.iter().zip(batch.layers.iter_mut()).enumerate() {
             x = block.forward(&self.stages.enter(i, x)?, self.stages.step_of(&steps, i), Kv::Batch(kv))?;
         }
-        cache.len += s;
-        self.logits(&x.narrow(1, s - 1, 1)?.squeeze(1)?.contiguous()?)
+        let mut last = Vec::with_capacity(b);
+        let mut caches = Vec::with_capacity(b);
+        for (r, (&len, &room)) in lens.iter().zip(capacity).enumerate() {
+            last.push(x.narrow(0, r, 1)?.narrow(1, len - 1, 1)?);
+            let layers = batch.layers.iter().map(|l| l.row(r, len, room)).collect::<Result<_>>()?;
+            caches.push(Cache { layers, len, dropped: 0 });
+        }
+        let last = Tensor::cat(&last, 0)?.squeeze(1)?.contiguous()?;
+        Ok((self.logits(&last)?, caches))
     }
 
     /// One decode step of sequences of different lengths: `ids[r]` is fed after what
