@@ -157,13 +157,13 @@ async fn greedy_tokens_equal_transformers_generate() {
 /// unbatched reference is the one to equal.
 const BATCH_DEPENDENT_ROPE: &[&str] = &["phi3", "llama_dynamic"];
 
-/// The greedy tokens of `meta.prompts` decoded `batch` sequences at a time.
-async fn greedy_batched(root: &Path, arch: &str, meta: &Reference, batch: usize) -> Vec<Vec<u32>> {
+/// The greedy tokens (`max_tokens` new ones) of `prompts` decoded `batch` sequences at a time.
+async fn greedy_batched(root: &Path, arch: &str, prompts: &[String], max_tokens: u32, batch: usize) -> Vec<Vec<u32>> {
     let dir = root.join("models").join(arch);
     let model = CandleBackend::load(&dir, CandleOptions::default().with_default_batch_size(batch))
         .unwrap_or_else(|e| panic!("load {arch}: {e}"));
-    let req = GenerationRequest::new(model.model_id().id, meta.prompts.clone())
-        .with_sampling(SamplingParams::greedy(meta.max_new_tokens));
+    let req =
+        GenerationRequest::new(model.model_id().id, prompts.to_vec()).with_sampling(SamplingParams::greedy(max_tokens));
     let out = model.generate(req).await.unwrap_or_else(|e| panic!("{arch} generate (batch {batch}): {e}"));
     out.into_iter().map(|g| g.token_ids.expect("token ids")).collect()
 }
@@ -183,10 +183,16 @@ async fn greedy_tokens_equal_transformers_batched_generate() {
         let want = if BATCH_DEPENDENT_ROPE.contains(&base) { &meta.generated_ids } else { batched };
         // 3: prompts join as others finish (continuous batching); 1: one after another; all at once.
         for batch in [3, 1, meta.prompts.len()] {
-            let got = greedy_batched(&root, arch, &meta, batch).await;
+            let got = greedy_batched(&root, arch, &meta.prompts, meta.max_new_tokens, batch).await;
             for (i, (g, w)) in got.iter().zip(want).enumerate() {
                 assert_eq!(g, w, "{arch}: greedy tokens of prompt #{i} ({} tokens) decoded {batch} at a time", lens[i]);
             }
+        }
+        // One new token each: every sequence finishes at its prefill and the next prompts join.
+        if arch == "llama" {
+            let got = greedy_batched(&root, arch, &meta.prompts, 1, 3).await;
+            let firsts: Vec<Vec<u32>> = want.iter().map(|w| w[..1].to_vec()).collect();
+            assert_eq!(got, firsts, "{arch}: one token per prompt, 3 at a time");
         }
         println!("{arch}: batched greedy tokens equal transformers' batched generate");
     }

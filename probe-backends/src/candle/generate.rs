@@ -152,7 +152,11 @@ impl Inner {
                 }
             }
             if active.is_empty() {
-                break;
+                // Every admitted sequence finished at its first token: admit more, or stop.
+                if next_prompt == prompts.len() {
+                    break;
+                }
+                continue;
             }
             let ids: Vec<u32> = active.iter().map(|r| *r.ids.last().unwrap_or(&0)).collect();
             let mut caches: Vec<&mut Cache> = active.iter_mut().map(|r| &mut r.cache).collect();
