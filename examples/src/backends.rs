@@ -93,11 +93,13 @@ impl BackendKind {
         dtype: &str,
     ) -> Result<Opened> {
         let Some(real) = self.real() else { return crate::faults::mock(model) };
+        // The plan's batch size also bounds candle's batched generation.
         let mut options = OpenOptions::default()
             .on(gpu)
             .with_dtype(dtype)
             .with_urls(urls.to_vec())
-            .with_gpus_as_cpu(crate::faults::gpus_as_cpu());
+            .with_gpus_as_cpu(crate::faults::gpus_as_cpu())
+            .with_batch_size(plan.and_then(|p| p.extraction.as_ref()).map(|e| e.batch_size));
         if let Some(e) = plan.and_then(|p| p.extraction.as_ref()).filter(|e| !e.placement.is_empty()) {
             options = options.with_placement(e.placement.clone());
         }
@@ -116,7 +118,7 @@ impl BackendKind {
 
     /// Only the generator: for `vllm` no model is loaded in process.
     pub(crate) fn open_generator(self, model: &str, gpu: Option<usize>, urls: &[String]) -> Result<Arc<dyn Generator>> {
-        self.open_generator_as(model, gpu, urls, "f32")
+        self.open_generator_as(model, gpu, urls, ("f32", None))
     }
 
     /// [`BackendKind::open_generator`] computing in `dtype` (candle's `CandleOptions::dtype`).
@@ -125,11 +127,15 @@ impl BackendKind {
         model: &str,
         gpu: Option<usize>,
         urls: &[String],
-        dtype: &str,
+        (dtype, batch_size): (&str, Option<usize>),
     ) -> Result<Arc<dyn Generator>> {
         match self.real() {
             Some(real) => {
-                let options = OpenOptions::default().on(gpu).with_dtype(dtype).with_urls(urls.to_vec());
+                let options = OpenOptions::default()
+                    .on(gpu)
+                    .with_dtype(dtype)
+                    .with_urls(urls.to_vec())
+                    .with_batch_size(batch_size);
                 registry::open_generator(real, model, &options)
             }
             None => {

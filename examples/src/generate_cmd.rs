@@ -51,6 +51,10 @@ pub(crate) struct GenerateArgs {
     /// chat_template.jinja, else tokenizer_config.json's chat_template].
     #[arg(long, value_name = "FILE")]
     pub(crate) chat_template: Option<PathBuf>,
+    /// Prompts decoded together by candle's batched generation [default: the plan's batch size,
+    /// else 16].
+    #[arg(long)]
+    pub(crate) batch_size: Option<usize>,
     /// Print the device roles and vLLM launch commands; start nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
@@ -65,6 +69,9 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
     let backend = args.backend.unwrap_or(BackendKind::Candle);
     if matches!(backend, BackendKind::Tch | BackendKind::Ort) {
         return Err(Error::invalid("backend", format!("{backend:?} cannot generate (use candle or vllm)")));
+    }
+    if args.batch_size == Some(0) {
+        return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
     }
     backend.check_available()?;
     let prompts = PromptSet::load(&args.prompts, PromptFormat::texts())?;
@@ -98,7 +105,7 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
         max_new_tokens: Some(u64::from(sampling.max_tokens)),
         launches: servers.launches(),
         in_process: backend != BackendKind::Vllm,
-        batch_size: None,
+        batch_size: args.batch_size,
         layers: Some(1),
         positions: probe_core::Positions::Last,
     };
@@ -135,7 +142,10 @@ async fn generate(
     };
     let generator = match &launched {
         Some(g) => g.clone() as Arc<dyn Generator>,
-        None => backend.open_generator_as(&args.model, gpu, &urls, run_plan::dtype_name(plan))?,
+        None => {
+            let batch = args.batch_size.or_else(|| plan.map(|p| p.batch_size_or(16)));
+            backend.open_generator_as(&args.model, gpu, &urls, (run_plan::dtype_name(plan), batch))?
+        }
     };
     // Opened (and, on disk, created) only once the generator is: bad input writes nothing.
     // Without --cache the completions go through a cache in memory, gone at exit.

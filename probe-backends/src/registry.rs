@@ -127,6 +127,9 @@ pub struct OpenOptions {
     /// Runs the placement's `cuda:N` shares on the CPU (candle): a declared inventory
     /// (`--gpus`) rehearsed on a machine without GPUs, every share and replica as planned.
     pub gpus_as_cpu: bool,
+    /// Inputs per forward pass when a request gives none, and sequences decoded together by
+    /// candle's batched generation (`None`: the backend's default, 16 for candle).
+    pub batch_size: Option<usize>,
 }
 
 impl OpenOptions {
@@ -150,6 +153,11 @@ impl OpenOptions {
     /// Sets the vLLM server URLs.
     pub fn with_urls(mut self, urls: Vec<String>) -> Self {
         self.urls = urls;
+        self
+    }
+    /// Sets the batch size ([`OpenOptions::batch_size`]).
+    pub fn with_batch_size(mut self, b: Option<usize>) -> Self {
+        self.batch_size = b;
         self
     }
     /// Runs the placement's GPU shares on the CPU ([`OpenOptions::gpus_as_cpu`]).
@@ -219,6 +227,9 @@ fn open_candle(model: &str, options: &OpenOptions) -> Result<Opened> {
     let mut base = CandleOptions::default();
     if let Some(d) = &options.dtype {
         base = base.with_dtype(d.parse()?);
+    }
+    if let Some(b) = options.batch_size {
+        base = base.with_default_batch_size(b);
     }
     let dir = Path::new(model);
     if options.placement.is_empty() {
