@@ -23,7 +23,8 @@ use probe_core::{ActivationExtractor, Error, Generator, Result};
 pub enum Backend {
     /// In process, pure Rust (the default).
     Candle,
-    /// OpenAI-compatible vLLM servers for generation; extraction on candle from the same folder.
+    /// OpenAI-compatible vLLM servers for generation; extraction on candle from the same folder,
+    /// or on the servers themselves ([`OpenOptions::vllm_extraction`]).
     Vllm,
     /// libtorch, on a TorchScript export (`scripts/python/export_torchscript.py`).
     Tch,
@@ -127,6 +128,13 @@ pub struct OpenOptions {
     /// Runs the placement's `cuda:N` shares on the CPU (candle): a declared inventory
     /// (`--gpus`) rehearsed on a machine without GPUs, every share and replica as planned.
     pub gpus_as_cpu: bool,
+    /// `vllm` only: extract with the hidden states the servers write themselves
+    /// ([`crate::vllm::VllmExtractor`]; servers started with
+    /// [`crate::vllm::hidden::extraction_args`]) instead of candle.
+    pub vllm_extraction: bool,
+    /// `vllm` extraction: the servers' hidden-states folder as this machine sees it (a shared
+    /// mount); `None`: the paths the servers answer, as they are.
+    pub hidden_states_dir: Option<std::path::PathBuf>,
 }
 
 impl OpenOptions {
@@ -152,6 +160,13 @@ impl OpenOptions {
         self.urls = urls;
         self
     }
+    /// Extracts with vLLM itself ([`OpenOptions::vllm_extraction`]), reading its files from
+    /// `shared_dir` when given ([`OpenOptions::hidden_states_dir`]).
+    pub fn with_vllm_extraction(mut self, on: bool, shared_dir: Option<std::path::PathBuf>) -> Self {
+        self.vllm_extraction = on;
+        self.hidden_states_dir = shared_dir;
+        self
+    }
     /// Runs the placement's GPU shares on the CPU ([`OpenOptions::gpus_as_cpu`]).
     pub fn with_gpus_as_cpu(mut self, on: bool) -> Self {
         self.gpus_as_cpu = on;
@@ -174,7 +189,8 @@ pub struct Opened {
 
 /// Loads `model` with `backend`: an extractor and, where the backend generates, a generator.
 /// For `vllm`, generation goes to the servers at `options.urls` (serving `model` under that
-/// name) and extraction runs in process on candle from the same folder.
+/// name) and extraction runs in process on candle from the same folder, or with
+/// [`OpenOptions::vllm_extraction`] on the same servers.
 ///
 /// # Errors
 /// [`Error::FeatureDisabled`] for a backend not compiled in; the backend's loading errors.
@@ -182,6 +198,7 @@ pub fn open(backend: Backend, model: &str, options: &OpenOptions) -> Result<Open
     backend.check_available()?;
     match backend {
         Backend::Candle => open_candle(model, options),
+        Backend::Vllm if options.vllm_extraction => open_vllm_extractor(model, options),
         Backend::Vllm => {
             let generator = vllm_generator(model, &options.urls)?;
             Ok(Opened { extractor: open_candle(model, options)?.extractor, generator: Some(generator) })
@@ -284,7 +301,7 @@ fn open_ort(_model: &str) -> Result<Opened> {
 }
 
 #[cfg(feature = "vllm")]
-fn vllm_generator(model: &str, urls: &[String]) -> Result<Arc<dyn Generator>> {
+fn vllm_client(model: &str, urls: &[String]) -> Result<Arc<crate::vllm::VllmGenerator>> {
     use crate::vllm::VllmGenerator;
     if urls.is_empty() {
         return Err(Error::invalid("url", "--backend vllm needs server URLs: --url URL or [vllm] urls in probe.toml"));
@@ -299,8 +316,30 @@ fn vllm_generator(model: &str, urls: &[String]) -> Result<Arc<dyn Generator>> {
     Ok(Arc::new(generator))
 }
 
+#[cfg(feature = "vllm")]
+fn vllm_generator(model: &str, urls: &[String]) -> Result<Arc<dyn Generator>> {
+    Ok(vllm_client(model, urls)?)
+}
+
+/// Generation and extraction on the same servers (one pool): the extractor reads the hidden
+/// states they write.
+#[cfg(feature = "vllm")]
+fn open_vllm_extractor(model: &str, options: &OpenOptions) -> Result<Opened> {
+    let client = vllm_client(model, &options.urls)?;
+    let mut extractor = crate::vllm::VllmExtractor::new(client.clone(), Path::new(model))?;
+    if let Some(dir) = &options.hidden_states_dir {
+        extractor = extractor.with_shared_dir(dir);
+    }
+    Ok(Opened { extractor: Arc::new(extractor), generator: Some(client) })
+}
+
 #[cfg(not(feature = "vllm"))]
 fn vllm_generator(_model: &str, _urls: &[String]) -> Result<Arc<dyn Generator>> {
+    Err(Error::FeatureDisabled { feature: "vllm".into() })
+}
+
+#[cfg(not(feature = "vllm"))]
+fn open_vllm_extractor(_model: &str, _options: &OpenOptions) -> Result<Opened> {
     Err(Error::FeatureDisabled { feature: "vllm".into() })
 }
 

@@ -85,6 +85,7 @@ impl VllmExtractor {
         tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(|e| Error::invalid(format!("tokenizer {}", tok_path.display()), e))?;
         let norm = FinalNorm::load(dir, &cfg, hidden)?;
+        tracing::debug!("vllm extractor: layer {layers} goes through {} from {}", norm.name, dir.display());
         // The served weights are the folder's: its config, this backend, the tokenizer.
         let mut rev = Sha256::new();
         rev.update(&config_bytes);

@@ -58,7 +58,11 @@ impl FinalNorm {
                 if weight.len() != hidden {
                     return Err(Error::invalid(
                         "model",
-                        format!("{}: {name}.weight has {} values, hidden size is {hidden}", file.display(), weight.len()),
+                        format!(
+                            "{}: {name}.weight has {} values, hidden size is {hidden}",
+                            file.display(),
+                            weight.len()
+                        ),
                     ));
                 }
                 let bias = match (kind, entries.get(&format!("{name}.bias"))) {
@@ -123,7 +127,13 @@ mod tests {
 
     #[test]
     fn rms_and_layer_norm() {
-        let rms = FinalNorm { kind: Kind::Rms { offset: 0.0 }, weight: vec![1.0, 2.0], bias: None, eps: 0.0, name: "n".into() };
+        let rms = FinalNorm {
+            kind: Kind::Rms { offset: 0.0 },
+            weight: vec![1.0, 2.0],
+            bias: None,
+            eps: 0.0,
+            name: "n".into(),
+        };
         let mut r = vec![3.0, 4.0];
         rms.apply(&mut r);
         let s = (12.5f32).sqrt();
@@ -132,7 +142,13 @@ mod tests {
         let mut g = vec![3.0, 4.0];
         gemma.apply(&mut g);
         assert!((g[1] - 8.0 / s).abs() < 1e-6, "{g:?}");
-        let ln = FinalNorm { kind: Kind::Layer, weight: vec![1.0, 1.0], bias: Some(vec![0.5, 0.5]), eps: 0.0, name: "n".into() };
+        let ln = FinalNorm {
+            kind: Kind::Layer,
+            weight: vec![1.0, 1.0],
+            bias: Some(vec![0.5, 0.5]),
+            eps: 0.0,
+            name: "n".into(),
+        };
         let mut l = vec![1.0, 3.0];
         ln.apply(&mut l);
         assert_eq!(l, vec![-0.5, 1.5]);

@@ -190,7 +190,10 @@ pub(crate) fn to_f32(path: &Path, dtype: &str, raw: &[u8]) -> Result<Vec<f32>> {
         "BF16" => halves().map(|h| f32::from_bits(u32::from(h) << 16)).collect(),
         "F16" => halves().map(f16_to_f32).collect(),
         other => {
-            return Err(Error::backend(BACKEND, format!("{}: dtype {other} (expected F32, BF16 or F16)", path.display())));
+            return Err(Error::backend(
+                BACKEND,
+                format!("{}: dtype {other} (expected F32, BF16 or F16)", path.display()),
+            ));
         }
     })
 }
