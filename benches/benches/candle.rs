@@ -1,7 +1,9 @@
 //! Extraction throughput of the candle backend on a random Llama (8 layers, hidden 512,
 //! 8 heads, 2 kv heads, intermediate 1408) written to a temp folder, so no Python and no
 //! download is needed: capturing 1 layer vs all layers, stopping at L/2 vs running all, and
-//! computing in bf16 vs f32 (group `candle_extract_dtype`, every layer captured).
+//! computing in bf16 vs f32 (group `candle_extract_dtype`, every layer captured); and greedy
+//! generation of prompts of different lengths decoded one sequence at a time vs batched
+//! (group `candle_generate`, new tokens/s).
 //!
 //! `cargo bench -p probe-benches --bench candle` (tokens/s is criterion's throughput).
 
@@ -10,7 +12,7 @@ use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use probe_backends::candle::{CandleBackend, CandleOptions};
-use probe_core::{ActivationExtractor, ActivationRequest};
+use probe_core::{ActivationExtractor, ActivationRequest, GenerationRequest, Generator, SamplingParams};
 
 /// As in the probe binaries: large buffers are reused instead of mapped per op.
 #[global_allocator]
@@ -25,6 +27,7 @@ const INTERMEDIATE: usize = 1408;
 const VOCAB: usize = 4096;
 const BATCH: usize = 16;
 const SEQ: usize = 128;
+const GEN_TOKENS: usize = 16;
 
 /// Deterministic values uniform in [-scale, scale] (xorshift), no extra dependency.
 fn random(n: usize, scale: f32, state: &mut u64) -> Vec<f32> {
@@ -148,6 +151,23 @@ fn bench(c: &mut Criterion) {
         let model = CandleBackend::load(dir.path(), options).expect("load the random model");
         group.bench_function(dtype, |b| {
             b.iter(|| rt.block_on(model.extract(req.clone())).expect("extract"));
+        });
+    }
+    group.finish();
+
+    // Generation: 16 prompts of 8 to 128 tokens, 16 new tokens each (the model has no EOS),
+    // decoded one sequence at a time vs 16 together (continuous batching).
+    let mut group = c.benchmark_group("candle_generate");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements((BATCH * GEN_TOKENS) as u64));
+    let prompts: Vec<String> = (0..BATCH).map(|i| vec!["a"; 8 + i * (SEQ - 8) / (BATCH - 1)].join(" ")).collect();
+    for batch in [1, BATCH] {
+        let model = CandleBackend::load(dir.path(), CandleOptions::default().with_default_batch_size(batch))
+            .expect("load the random model");
+        let req = GenerationRequest::new(model.model_id().id, prompts.clone())
+            .with_sampling(SamplingParams::greedy(GEN_TOKENS as u32));
+        group.bench_function(format!("batch_{batch}"), |b| {
+            b.iter(|| rt.block_on(model.generate(req.clone())).expect("generate"));
         });
     }
     group.finish();

@@ -1,12 +1,13 @@
 //! `probe extract`: hidden states of texts to a safetensors file, one `layer.<L>` tensor
-//! `[n_inputs, hidden]` per layer, rows in input order.
+//! `[n_inputs, hidden]` per layer, rows in input order; with `--positions all`, every token
+//! into a folder of row shards (`shard-<k>.safetensors`, see [`probe_core::sweep::TokenShard`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use clap::Args;
 use probe_core::sweep::{self, LayerSelection, PromptFormat, PromptSet};
-use probe_core::{Error, Positions, Result, codec};
+use probe_core::{Error, Readout, Result, codec};
 
 use crate::backends::BackendKind;
 use crate::config_file::ProbeToml;
@@ -26,12 +27,16 @@ pub(crate) struct ExtractArgs {
     /// Layers: `all`, `12`, `3,5,7`, `2..6` (end excluded) or `2..=6`.
     #[arg(long)]
     pub(crate) layers: LayerSelection,
-    /// Position reduction: last or mean.
+    /// Token positions: last, mean, marker:TEXT (the last token of TEXT's last occurrence;
+    /// inputs are prompts, so last-prompt is last), or all (every token, to a folder of shards).
     #[arg(long)]
-    pub(crate) positions: Positions,
-    /// Output safetensors file.
+    pub(crate) positions: Readout,
+    /// Output safetensors file (a folder for `--positions all`).
     #[arg(long)]
     pub(crate) out: PathBuf,
+    /// `--positions all`: bytes per shard file at most [default: 2 GiB].
+    #[arg(long, default_value_t = sweep::DEFAULT_SHARD_BYTES)]
+    pub(crate) max_shard_bytes: u64,
     /// Backend: candle (default), vllm (the hidden states `--url` servers write; they need the
     /// extraction flags, see README), tch, ort, or mock.
     #[arg(long)]
@@ -76,14 +81,24 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
     let layers = args.layers.resolve(backend.model_layers(&args.model)?)?;
     let inputs =
         probe_backends::chat::render_prompts(inputs, std::path::Path::new(&args.model), args.chat_template.as_deref())?;
-    if args.positions == Positions::All {
-        return Err(Error::invalid("positions", "\"all\" is not supported by probe extract: use last or mean"));
+    if args.positions == Readout::MeanCompletion {
+        return Err(Error::invalid(
+            "positions",
+            "mean-completion: probe extract reads prompts, which have no completion",
+        ));
     }
     let given = args.batch_size.or(file.extraction.batch_size);
     if given == Some(0) {
         return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
     }
-    if args.out.extension().is_none_or(|e| e != "safetensors") {
+    let all = args.positions == Readout::All;
+    if all && args.out.extension().is_some_and(|e| e == "safetensors") {
+        return Err(Error::invalid(
+            "out",
+            format!("{} (--positions all writes a folder of shards)", args.out.display()),
+        ));
+    }
+    if !all && args.out.extension().is_none_or(|e| e != "safetensors") {
         return Err(Error::invalid("out", format!("{} (expected a .safetensors file)", args.out.display())));
     }
     let work = Workload {
@@ -95,7 +110,7 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
         in_process: true,
         batch_size: given,
         layers: Some(layers.len() as u64),
-        positions: args.positions,
+        positions: args.positions.positions(),
     };
     let plan = run_plan::resolve(&args.plan, &file, &work)?;
     if args.dry_run {
@@ -118,9 +133,11 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
     };
     let model = crate::faults::inject(opened)?;
     let bars = Bars::new(quiet);
-    let texts = probe_core::Inputs::Texts(inputs.texts());
-    let (extractor, special) = (model.extractor.as_ref(), inputs.special_tokens);
-    let tensors = sweep::extract_inputs(extractor, &bars, &texts, special, &layers, args.positions, batch_size).await?;
+    let extractor = model.extractor.as_ref();
+    if all {
+        return write_shards(extractor, &bars, &inputs, &layers, (batch_size, args.max_shard_bytes), &args.out).await;
+    }
+    let tensors = sweep::extract_prompts(extractor, &bars, &inputs, &layers, &args.positions, batch_size).await?;
     let names: Vec<String> = tensors.keys().map(|l| format!("layer.{l}")).collect();
     let named: Vec<(&str, &probe_core::Tensor)> = names.iter().map(String::as_str).zip(tensors.values()).collect();
     let info = model.extractor.model_info();
@@ -147,9 +164,45 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
         "wrote {} tensors ({}) of {} inputs × {} to {}",
         names.len(),
         names.join(", "),
-        texts.len(),
+        inputs.len(),
         info.hidden_size,
         args.out.display()
+    );
+    Ok(())
+}
+
+/// `--positions all`: every token, streamed into `out/shard-<k>.safetensors` (each written
+/// aside and renamed into place).
+async fn write_shards(
+    extractor: &dyn probe_core::ActivationExtractor,
+    bars: &Bars,
+    inputs: &PromptSet,
+    layers: &[usize],
+    sizes: (usize, u64),
+    out: &std::path::Path,
+) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out.display(), e))?;
+    let info = extractor.model_info();
+    let meta: HashMap<String, String> =
+        [("model", info.id.id.clone()), ("revision", info.id.revision.clone()), ("dtype", info.dtype.clone())]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+    let mut tokens = 0;
+    let mut sink = |shard: sweep::TokenShard| -> Result<()> {
+        tokens += shard.token_ids.len();
+        let path = out.join(format!("shard-{:05}.safetensors", shard.index));
+        let tmp = path.with_extension("partial");
+        std::fs::write(&tmp, shard.to_safetensors(&meta)?).map_err(|e| Error::io(tmp.display(), e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(path.display(), e))
+    };
+    let shards = sweep::stream_all_tokens(extractor, bars, inputs, layers, sizes, &mut sink).await?;
+    println!(
+        "wrote {shards} shard(s) of {} inputs, {tokens} tokens × {} layers × {} to {}",
+        inputs.len(),
+        layers.len(),
+        info.hidden_size,
+        out.display()
     );
     Ok(())
 }

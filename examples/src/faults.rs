@@ -114,6 +114,9 @@ mod knobs {
         fn capabilities(&self) -> Capabilities {
             self.inner.capabilities()
         }
+        fn tokenize(&self, text: &str, special: probe_core::SpecialTokens) -> Result<Vec<u32>> {
+            self.inner.tokenize(text, special)
+        }
     }
 
     /// The mock generator with an optional pause per call.

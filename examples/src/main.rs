@@ -4,7 +4,8 @@
 //! probe sweep    --model <dir> --prompts <file.jsonl> --layers <list|a..b|all> [...]
 //! probe sweep    <same> --shards N --submit slurm [--wait] [--sbatch-arg ARG]...
 //! probe status   <same> --shards N
-//! probe extract  --model <dir> --input <file.jsonl> --layers <list> --positions last|mean --out <file.safetensors>
+//! probe extract  --model <dir> --input <file.jsonl> --layers <list> --positions last|mean|marker:TEXT --out <file.safetensors>
+//! probe apply    --probe <out>/probes/layer-<L>.safetensors --model <dir> --input <file.jsonl> [--out <file.jsonl>]
 //! probe generate --model <dir|name> --prompts <file.jsonl> --out <file.jsonl> [...]
 //! probe plan     --model <config.json|dir> --gpus 4x80GiB [...]
 //! probe demo
@@ -13,6 +14,7 @@
 //! Every user error is one line on stderr naming the bad value, with exit status 2, before
 //! any model loads where that is possible; other failures exit with status 1.
 
+mod apply_cmd;
 mod backends;
 mod config_file;
 mod demo;
@@ -57,6 +59,8 @@ enum Command {
     Extract(extract_cmd::ExtractArgs),
     /// Completions of prompts to JSON lines.
     Generate(generate_cmd::GenerateArgs),
+    /// Score new prompts with a probe saved by `probe sweep` (one JSON line per input).
+    Apply(Box<apply_cmd::ApplyArgs>),
     /// Finish a sharded sweep (`probe sweep --shard k/N`): fold the shards' blocks, train the
     /// probes, write the report. Same arguments as `probe sweep`.
     Merge(Box<shard_cmd::MergeArgs>),
@@ -140,6 +144,7 @@ fn main() {
             Command::Merge(a) => shard_cmd::run_merge(*a, quiet).await,
             Command::Extract(a) => extract_cmd::run(a, quiet).await,
             Command::Generate(a) => generate_cmd::run(a).await,
+            Command::Apply(a) => apply_cmd::run(*a, quiet).await,
             Command::Demo(a) => demo::run(a, quiet).await,
             Command::Plan(a) => plan_cmd::run(*a).await,
         }

@@ -12,6 +12,8 @@ pub(crate) struct Written {
     pub(crate) json: PathBuf,
     pub(crate) markdown: PathBuf,
     pub(crate) plot: PathBuf,
+    /// The saved probes' folder, when there are probes.
+    pub(crate) probes: Option<PathBuf>,
 }
 
 /// Writes the three files into `out` (created if needed). Each is written under a temporary
@@ -25,10 +27,14 @@ pub(crate) fn write_all(report: &SweepReport, out: &Path) -> Result<Written> {
     })?;
     let plot = out.join("accuracy.svg");
     write_atomically(&plot, |tmp| plot_accuracy(report, tmp))?;
+    let probes = (!report.probes.is_empty()).then(|| out.join("probes"));
+    for (p, dir) in report.probes.iter().zip(std::iter::repeat(&probes).flatten()) {
+        p.save(dir)?;
+    }
     let json = out.join("report.json");
     let text = serde_json::to_string_pretty(report).map_err(|e| Error::backend("json", e))?;
     write_atomically(&json, |tmp| std::fs::write(tmp, text + "\n").map_err(|e| Error::io(tmp.display(), e)))?;
-    Ok(Written { json, markdown, plot })
+    Ok(Written { json, markdown, plot, probes })
 }
 
 /// Runs `write` on a temporary file next to `path`, then renames it to `path`.

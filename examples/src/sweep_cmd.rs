@@ -6,7 +6,7 @@ use clap::Args;
 use probe_core::sweep::{
     self, LayerSelection, ProbeConfig, PromptFormat, PromptSet, SweepConfig, SweepParts, SweepReport,
 };
-use probe_core::{Error, Positions, Result, SamplingParams};
+use probe_core::{Error, Readout, Result, SamplingParams};
 
 use crate::backends::BackendKind;
 use crate::config_file::ProbeToml;
@@ -39,9 +39,10 @@ pub(crate) struct SweepArgs {
     /// (default: `[cache] url` in probe.toml, then $PROBE_CACHE, then ./probe-cache).
     #[arg(long)]
     pub(crate) cache: Option<String>,
-    /// Position reduction: last or mean [default: last].
+    /// Token positions the probes read: last, last-prompt, mean, mean-completion or
+    /// marker:TEXT (the last token of TEXT's last occurrence) [default: last].
     #[arg(long)]
-    pub(crate) positions: Option<Positions>,
+    pub(crate) positions: Option<Readout>,
     /// Prompts per forward pass and per cached batch [default: 16].
     #[arg(long)]
     pub(crate) batch_size: Option<usize>,
@@ -93,6 +94,11 @@ pub(crate) struct SweepArgs {
     /// Print the device roles, time-sharing and vLLM launch commands; start nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// Also test the probes trained on all of --prompts on this prompt set (repeatable; JSON
+    /// lines with `text` or `messages`, `id`, and `label` for an accuracy): generalisation
+    /// across sets, in `report.json` (`transfer`) and `<out>/predictions-<set>.jsonl`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) test_on: Vec<PathBuf>,
     #[command(flatten)]
     pub(crate) plan: PlanFlags,
 }
@@ -103,6 +109,8 @@ pub(crate) struct Plan {
     pub(crate) backend: BackendKind,
     pub(crate) model: String,
     pub(crate) prompts: PromptSet,
+    /// The `--test-on` sets, rendered.
+    pub(crate) test_sets: Vec<PromptSet>,
     pub(crate) config: SweepConfig,
     pub(crate) cache_url: String,
     pub(crate) out: PathBuf,
@@ -173,13 +181,35 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
         args.chat_template.as_deref(),
     )?;
     let layers = args.layers.resolve(num_layers)?;
-    let positions = match (args.positions, &file.extraction.positions) {
-        (Some(p), _) => p,
+    if fixed_grid && !args.test_on.is_empty() {
+        return Err(Error::invalid("test-on", "not with sharded sweeps yet: run the sweep unsharded"));
+    }
+    let mut test_sets = Vec::new();
+    for path in &args.test_on {
+        let set = PromptSet::load(path, PromptFormat::texts())?;
+        if set.name == prompts.name {
+            return Err(Error::invalid(
+                "test-on",
+                format!("{}: the prompt set {:?} is the training set", path.display(), set.name),
+            ));
+        }
+        let model = std::path::Path::new(&args.model);
+        test_sets.push(probe_backends::chat::render_prompts(set, model, args.chat_template.as_deref())?);
+    }
+    let positions = match (&args.positions, &file.extraction.positions) {
+        (Some(p), _) => p.clone(),
         (None, Some(s)) => s.parse()?,
-        (None, None) => Positions::Last,
+        (None, None) => Readout::Last,
     };
-    if positions == Positions::All {
-        return Err(Error::invalid("positions", "\"all\" (a probe needs one vector per prompt: use last or mean)"));
+    if positions == Readout::All {
+        return Err(Error::invalid(
+            "positions",
+            "\"all\" (a probe needs one vector per prompt: use last, last-prompt, mean, mean-completion or \
+             marker:TEXT; probe extract --positions all writes every token)",
+        ));
+    }
+    if args.no_generate && positions == Readout::MeanCompletion {
+        return Err(Error::invalid("positions", "mean-completion reads completions, and --no-generate asks for none"));
     }
     let mut batch_size = args.batch_size.or(file.extraction.batch_size);
     if batch_size == Some(0) {
@@ -221,7 +251,7 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
         in_process: true,
         batch_size,
         layers: Some(layers.len() as u64),
-        positions,
+        positions: positions.positions(),
     };
     let run_plan = run_plan::resolve(&flags, &file, &work)?;
     servers.use_plan(run_plan.as_ref())?;
@@ -240,6 +270,7 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
         backend,
         model: args.model.clone(),
         prompts,
+        test_sets,
         config,
         cache_url,
         out: args.out.clone(),
@@ -274,9 +305,25 @@ pub(crate) async fn execute(plan: Plan, quiet: bool) -> Result<SweepReport> {
         parts = parts.with_generator(g);
     }
     let mut report = sweep::run(parts, &plan.prompts, &plan.config).await?;
+    let mut predictions = Vec::new();
+    for set in &plan.test_sets {
+        let (features, _) = sweep::features(parts, set, &plan.config).await?;
+        let (score, applied) = sweep::transfer(&report, set, &features)?;
+        report.transfer.push(score);
+        predictions.push((set, applied));
+    }
     servers::after_sweep(ld, generated, &mut report).await?;
     report.memory = Some(memory.finish(plan.run_plan.as_ref()));
     let written = outputs::write_all(&report, &plan.out)?;
+    for (set, applied) in predictions {
+        let path = plan.out.join(format!("predictions-{}.jsonl", set.name));
+        let mut text = String::new();
+        for (probe, (_, rows)) in report.probes.iter().zip(&applied) {
+            crate::apply_cmd::lines(probe, set, rows).into_iter().for_each(|l| text.push_str(&(l + "\n")));
+        }
+        std::fs::write(&path, text).map_err(|e| Error::io(path.display(), e))?;
+        println!("tested on {}: {}", set.name, path.display());
+    }
     print_report(&report, &written, &cache.location());
     Ok(report)
 }
@@ -299,6 +346,13 @@ pub(crate) fn print_report(report: &SweepReport, written: &outputs::Written, cac
         println!("{line}");
     }
     println!("report: {} · {} · {}", show(&written.json), show(&written.markdown), show(&written.plot));
+    if let Some(dir) = &written.probes {
+        println!(
+            "probes: {}/layer-<L>.safetensors ({} layers; `probe apply --probe …`)",
+            show(dir),
+            report.probes.len()
+        );
+    }
     println!("cache: {cache}");
 }
 

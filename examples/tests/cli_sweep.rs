@@ -266,3 +266,68 @@ fn generate_writes_json_lines_in_input_order() {
     ok(&probe(d, &args));
     assert_eq!(std::fs::read_to_string(d.join("gen.jsonl")).unwrap(), text, "cached rerun gives the same file");
 }
+
+#[test]
+fn saved_probes_applied_to_another_set_reproduce_the_sweeps_test_predictions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_prompts(&d.join("prompts.jsonl"), 40);
+    // Another set: same words, other ids and sentences.
+    let other: String =
+        std::fs::read_to_string(d.join("prompts.jsonl")).unwrap().replace("\"p", "\"q").replace("today", "again");
+    std::fs::write(d.join("other.jsonl"), other).unwrap();
+    let mut args = sweep_args("cache", "out", "1,3");
+    args.extend(["--test-on", "other.jsonl"]);
+    let out = ok(&probe(d, &args));
+    assert!(out.contains("probes: out/probes/layer-<L>.safetensors (2 layers"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/report.json")).unwrap()).unwrap();
+    let transfer = &report["transfer"][0];
+    assert_eq!(transfer["prompt_set"], "other");
+    assert_eq!(transfer["layers"].as_array().unwrap().len(), 2);
+    let predicted = std::fs::read_to_string(d.join("out/predictions-other.jsonl")).unwrap();
+    assert_eq!(predicted.lines().count(), 80, "40 prompts × 2 layers");
+    for layer in ["1", "3"] {
+        let probe_file = format!("out/probes/layer-{layer}.safetensors");
+        let applied = ok(&probe(
+            d,
+            &[
+                "apply",
+                "--quiet",
+                "--backend",
+                "mock",
+                "--model",
+                "mock-model",
+                "--probe",
+                &probe_file,
+                "--input",
+                "other.jsonl",
+                "--cache",
+                "cache",
+            ],
+        ));
+        let want: Vec<&str> =
+            predicted.lines().filter(|l| l.contains(&format!("\"layer\":{layer},"))).collect::<Vec<_>>();
+        assert_eq!(applied.lines().collect::<Vec<_>>(), want, "layer {layer}");
+    }
+    // The probe refuses activations of another model.
+    let refused = probe(
+        d,
+        &[
+            "apply",
+            "--backend",
+            "mock",
+            "--model",
+            "other-model",
+            "--probe",
+            "out/probes/layer-1.safetensors",
+            "--input",
+            "other.jsonl",
+            "--cache",
+            "cache",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("model") && err.contains("other-model"), "{err}");
+}

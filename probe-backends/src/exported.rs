@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use probe_core::{
-    ActivationRequest, Activations, Error, Inputs, LayerActivations, ModelId, ModelInfo, Positions, Result,
+    ActivationRequest, Activations, Error, Inputs, LayerActivations, ModelId, ModelInfo, Positions, Result, Span,
     SpecialTokens, Tensor,
 };
 use serde::Deserialize;
@@ -104,6 +104,12 @@ impl ExportDir {
         Ok(ExportDir { meta, model_file, info, tokenizer })
     }
 
+    /// The token ids of one text (the extractors' `tokenize`).
+    pub(crate) fn tokenize(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>> {
+        let mut ids = self.token_ids(&Inputs::Texts(vec![text.to_owned()]), special)?;
+        Ok(ids.remove(0))
+    }
+
     /// The token ids of every input (texts tokenised with special tokens unless `special` says
     /// they are written in), checked non-empty and inside the vocabulary.
     pub(crate) fn token_ids(&self, inputs: &Inputs, special: SpecialTokens) -> Result<Vec<Vec<u32>>> {
@@ -151,7 +157,8 @@ impl ExportDir {
         let ids = self.token_ids(&request.inputs, request.special_tokens)?;
         let layers = request.sorted_layers();
         let batch_size = request.batch_size.unwrap_or(default_batch).max(1);
-        let mut out = Collector::new(request.positions, &layers, self.info.hidden_size, &ids);
+        let spans = ids.iter().enumerate().map(|(i, s)| request.span(i, s.len())).collect::<Result<_>>()?;
+        let mut out = Collector::new(request.positions, &layers, self.info.hidden_size, &ids, spans);
         let pad = self.meta.pad_token_id.unwrap_or(0);
         for (start, chunk) in (0..ids.len()).step_by(batch_size).map(|s| (s, &ids[s..(s + batch_size).min(ids.len())]))
         {
@@ -208,11 +215,19 @@ pub(crate) struct Collector {
     /// For `All`: the longest input, every row is padded to it.
     width: usize,
     counts: Vec<usize>,
+    /// Per input, the tokens `Last` and `Mean` read.
+    spans: Vec<Span>,
     data: Vec<Vec<f32>>,
 }
 
 impl Collector {
-    pub(crate) fn new(positions: Positions, layers: &[usize], hidden: usize, ids: &[Vec<u32>]) -> Collector {
+    pub(crate) fn new(
+        positions: Positions,
+        layers: &[usize],
+        hidden: usize,
+        ids: &[Vec<u32>],
+        spans: Vec<Span>,
+    ) -> Collector {
         let n = ids.len();
         let width = ids.iter().map(Vec::len).max().unwrap_or(0);
         let per_layer = match positions {
@@ -225,6 +240,7 @@ impl Collector {
             hidden,
             width,
             counts: ids.iter().map(Vec::len).collect(),
+            spans,
             data: layers.iter().map(|_| vec![0.0; per_layer]).collect(),
         }
     }
@@ -247,17 +263,18 @@ impl Collector {
         for (r, &len) in batch.lens.iter().enumerate() {
             let row = &values[r * seq * h..(r + 1) * seq * h];
             let i = start + r;
+            let span = self.spans[i];
             match self.positions {
-                Positions::Last => dst[i * h..(i + 1) * h].copy_from_slice(&row[(len - 1) * h..len * h]),
+                Positions::Last => dst[i * h..(i + 1) * h].copy_from_slice(&row[(span.end - 1) * h..span.end * h]),
                 Positions::Mean => {
                     let mut acc = vec![0f64; h];
-                    for t in 0..len {
+                    for t in span.start..span.end {
                         for (a, &v) in acc.iter_mut().zip(&row[t * h..(t + 1) * h]) {
                             *a += f64::from(v);
                         }
                     }
                     for (d, a) in dst[i * h..(i + 1) * h].iter_mut().zip(acc) {
-                        *d = (a / len as f64) as f32;
+                        *d = (a / (span.end - span.start) as f64) as f32;
                     }
                 }
                 Positions::All => {
@@ -297,6 +314,10 @@ impl Collector {
 mod tests {
     use super::*;
 
+    fn whole(ids: &[Vec<u32>]) -> Vec<Span> {
+        ids.iter().map(|s| Span::new(0, s.len())).collect()
+    }
+
     #[test]
     fn padding_is_on_the_right_with_a_mask() {
         let b = PaddedBatch::new(&[vec![5, 6, 7], vec![8]], 0);
@@ -313,13 +334,13 @@ mod tests {
         // [2, 2, 1]: row 0 = [1, 3], row 1 = [10, 99 (padding)].
         let values = [1.0, 3.0, 10.0, 99.0];
         for (positions, want) in [(Positions::Last, vec![3.0, 10.0]), (Positions::Mean, vec![2.0, 10.0])] {
-            let mut c = Collector::new(positions, &[4], 1, &ids);
+            let mut c = Collector::new(positions, &[4], 1, &ids, whole(&ids));
             c.push(0, 0, &batch, &values).unwrap();
             let acts = c.finish();
             assert_eq!(acts.layer(4).unwrap().data, want, "{positions}");
             assert_eq!(acts.token_counts, vec![2, 1]);
         }
-        let mut c = Collector::new(Positions::All, &[4], 1, &ids);
+        let mut c = Collector::new(Positions::All, &[4], 1, &ids, whole(&ids));
         c.push(0, 0, &batch, &values).unwrap();
         let acts = c.finish();
         assert_eq!(acts.layer(4).unwrap().data, vec![1.0, 3.0, 10.0, 0.0]);
@@ -330,7 +351,7 @@ mod tests {
     fn a_short_hidden_state_is_an_error_not_a_panic() {
         let ids = vec![vec![1, 2]];
         let batch = PaddedBatch::new(&ids, 0);
-        let mut c = Collector::new(Positions::Last, &[0], 4, &ids);
+        let mut c = Collector::new(Positions::Last, &[0], 4, &ids, whole(&ids));
         assert!(c.push(0, 0, &batch, &[0.0; 3]).is_err());
     }
 }

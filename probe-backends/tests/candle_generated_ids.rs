@@ -13,7 +13,7 @@ use probe_core::sweep::{self, PromptFormat, PromptSet, SweepConfig, SweepParts};
 use probe_core::testing::{MemoryCache, require_service};
 use probe_core::{
     ActivationExtractor, ActivationRequest, CacheStoreExt, Capabilities, FinishReason, Generation, GenerationRequest,
-    Generator, ModelId, Positions, Result, SamplingParams, codec,
+    Generator, ModelId, Readout, Result, SamplingParams, codec,
 };
 
 fn model() -> Option<CandleBackend> {
@@ -100,14 +100,8 @@ async fn a_sweep_probes_the_generated_ids_not_the_retokenised_text() {
     sweep::run(SweepParts::new(&model, &cache).with_generator(&generator), &set, &config).await.unwrap();
 
     let digest = generation_key(&generator.model_id(), "set", &sampling, &set.texts()).digest;
-    let key = activation_key(
-        &model.model_info(),
-        "set",
-        &ActivationSource::GeneratedTokens(digest),
-        2,
-        Positions::Last,
-        None,
-    );
+    let key =
+        activation_key(&model.model_info(), "set", &ActivationSource::GeneratedTokens(digest), 2, &Readout::Last, None);
     let entry = cache.get_key(&key).await.unwrap().expect("layer 2 under the generated-tokens key");
     let stored = codec::decode_tensors(&entry.payload).unwrap().remove(0).1;
     let from_ids = model.extract(ActivationRequest::token_ids(generated, vec![2])).await.unwrap();

@@ -130,6 +130,26 @@ pub struct ActivationRequest {
     /// How texts are tokenised (token ids are used as they are).
     #[serde(default, skip_serializing_if = "SpecialTokens::is_add")]
     pub special_tokens: SpecialTokens,
+    /// Per input, the tokens that [`Positions::Last`] and [`Positions::Mean`] read (`Last`
+    /// takes the span's last token); `None`: every token. [`Positions::All`] ignores them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spans: Option<Vec<Span>>,
+}
+
+/// Tokens `[start, end)` of one input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Span {
+    /// First token.
+    pub start: usize,
+    /// One past the last token.
+    pub end: usize,
+}
+
+impl Span {
+    /// Tokens `[start, end)`.
+    pub fn new(start: usize, end: usize) -> Self {
+        Self { start, end }
+    }
 }
 
 impl ActivationRequest {
@@ -160,6 +180,42 @@ impl ActivationRequest {
         self.batch_size = Some(b);
         self
     }
+    /// Sets the token span of every input that `Last` and `Mean` read.
+    pub fn with_spans(mut self, spans: Vec<Span>) -> Self {
+        self.spans = Some(spans);
+        self
+    }
+
+    /// The same request for the inputs `rows` (in that order), their spans carried along.
+    ///
+    /// # Panics
+    /// When a row is out of bounds.
+    pub fn rows(&self, rows: &[usize]) -> ActivationRequest {
+        let inputs = match &self.inputs {
+            Inputs::Texts(t) => Inputs::Texts(rows.iter().map(|&i| t[i].clone()).collect()),
+            Inputs::TokenIds(t) => Inputs::TokenIds(rows.iter().map(|&i| t[i].clone()).collect()),
+        };
+        let spans = self.spans.as_ref().map(|s| rows.iter().map(|&i| s[i]).collect());
+        ActivationRequest { inputs, spans, batch_size: Some(rows.len()), ..self.clone() }
+    }
+
+    /// The tokens of input `i` (of `len` tokens) that `Last` and `Mean` read.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the input when its span is empty or runs past its tokens.
+    pub fn span(&self, i: usize, len: usize) -> Result<Span> {
+        let Some(spans) = &self.spans else { return Ok(Span::new(0, len)) };
+        let s = spans.get(i).copied().ok_or_else(|| {
+            Error::invalid("spans", format!("{} spans for {} inputs", spans.len(), self.inputs.len()))
+        })?;
+        if s.start >= s.end || s.end > len {
+            return Err(Error::invalid(
+                "span",
+                format!("tokens [{}, {}) of input #{i}, which has {len} tokens", s.start, s.end),
+            ));
+        }
+        Ok(s)
+    }
 
     /// The requested layers, sorted and deduplicated.
     pub fn sorted_layers(&self) -> Vec<usize> {
@@ -186,6 +242,16 @@ impl ActivationRequest {
         }
         if self.batch_size == Some(0) {
             return Err(Error::invalid("batch_size", "0 (must be ≥ 1)"));
+        }
+        if let Some(spans) = &self.spans {
+            if spans.len() != self.inputs.len() {
+                return Err(Error::invalid("spans", format!("{} spans for {} inputs", spans.len(), self.inputs.len())));
+            }
+            if let Inputs::TokenIds(ids) = &self.inputs {
+                for (i, seq) in ids.iter().enumerate() {
+                    self.span(i, seq.len())?;
+                }
+            }
         }
         if let Inputs::TokenIds(ids) = &self.inputs {
             for (i, seq) in ids.iter().enumerate() {
@@ -346,6 +412,16 @@ pub trait ActivationExtractor: Send + Sync + std::fmt::Debug {
 
     /// What this extractor supports.
     fn capabilities(&self) -> Capabilities;
+
+    /// The token ids of `text` as this extractor tokenises its text inputs (used to place
+    /// [`crate::Readout::Marker`] and the prompt boundary of re-tokenised completions).
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`] (the default) for an extractor without a tokenizer.
+    fn tokenize(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>> {
+        let _ = (text, special);
+        Err(Error::not_supported("tokenize", self.model_info().architecture))
+    }
 
     /// Gives cached device memory back to the device; called between out-of-memory retries
     /// ([`crate::plan::Backoff`]). Wrappers forward it. Default: nothing to give back.

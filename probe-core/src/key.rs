@@ -6,7 +6,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheKey, EntryKind};
-use crate::{ModelId, ModelInfo, Positions, SamplingParams, SpecialTokens};
+use crate::{ModelId, ModelInfo, Readout, SamplingParams, SpecialTokens};
 
 /// Version of the key serialisation; bump it when the canonical form changes.
 pub const KEY_SCHEMA_VERSION: u32 = 1;
@@ -210,7 +210,7 @@ struct ActivationSpec<'a> {
     dtype: &'a str,
     tokenizer: &'a str,
     layer: usize,
-    positions: Positions,
+    positions: &'a Readout,
     rows: Option<(usize, usize)>,
 }
 
@@ -221,7 +221,7 @@ pub fn activation_key(
     prompt_set: &str,
     source: &ActivationSource,
     layer: usize,
-    positions: Positions,
+    positions: &Readout,
     rows: Option<(usize, usize)>,
 ) -> CacheKey {
     let digest = digest_of(
@@ -283,20 +283,14 @@ mod tests {
         assert_eq!(ActivationSource::texts(&prompts), ActivationSource::texts_with(&prompts, SpecialTokens::Add));
         assert_ne!(ActivationSource::texts(&prompts), ActivationSource::texts_with(&prompts, SpecialTokens::AsWritten));
         let info = ModelInfo::new(m.clone(), "llama", 2, 4, 10);
-        let by_text = activation_key(
-            &info,
-            "set",
-            &ActivationSource::Generations(plain.digest.clone()),
-            1,
-            Positions::Last,
-            None,
-        );
+        let by_text =
+            activation_key(&info, "set", &ActivationSource::Generations(plain.digest.clone()), 1, &Readout::Last, None);
         let by_ids = activation_key(
             &info,
             "set",
             &ActivationSource::GeneratedTokens(plain.digest.clone()),
             1,
-            Positions::Last,
+            &Readout::Last,
             None,
         );
         assert_ne!(

@@ -17,12 +17,13 @@ mod generation;
 pub mod hf_config;
 pub mod key;
 pub mod plan;
+mod readout;
 pub mod sweep;
 pub mod testing;
 
 pub use activation::{
-    ActivationExtractor, ActivationRequest, Activations, Inputs, LayerActivations, ModelInfo, Positions, SpecialTokens,
-    Tensor,
+    ActivationExtractor, ActivationRequest, Activations, Inputs, LayerActivations, ModelInfo, Positions, Span,
+    SpecialTokens, Tensor,
 };
 pub use cache::{
     CacheEntry, CacheKey, CacheStore, CacheStoreExt, EntryKind, EntryMeta, GetRequest, ListRequest, PutRequest,
@@ -31,3 +32,4 @@ pub use capabilities::Capabilities;
 pub use device::DevicePolicy;
 pub use error::{BoxError, Error, Result};
 pub use generation::{FinishReason, Generation, GenerationRequest, Generator, ModelId, SamplingParams};
+pub use readout::Readout;

@@ -2,7 +2,7 @@
 //! the format is pinned by golden keys.
 
 use probe_core::key::{ActivationSource, activation_key, canonical_json, generation_key};
-use probe_core::{ModelId, ModelInfo, Positions, SamplingParams};
+use probe_core::{ModelId, ModelInfo, Readout, SamplingParams};
 use proptest::prelude::*;
 
 fn info() -> ModelInfo {
@@ -21,7 +21,7 @@ fn golden_keys() {
     assert_eq!(g.digest, "2131faeb9a5f2a2b232781b3ef1527865e8f76fa8b127b5feeff060b7eacfbcb");
     assert_eq!(g.path(), format!("org-model/generations/capitals/{}", g.digest));
     let a =
-        activation_key(&info(), "capitals", &ActivationSource::Generations(g.digest.clone()), 4, Positions::Last, None);
+        activation_key(&info(), "capitals", &ActivationSource::Generations(g.digest.clone()), 4, &Readout::Last, None);
     assert_eq!(a.digest, "2e33352f43883f02f577e23f8be3397fbda12c5008c69f7e7dcb1038994953bb");
     assert_eq!(a.path(), format!("org-model/activations/capitals/layer-004/{}", a.digest));
 }
@@ -88,10 +88,10 @@ proptest! {
     fn every_activation_field_changes_the_activation_key(layer in 0usize..9, which in 0usize..8) {
         let i = info();
         let src = ActivationSource::texts(&prompts());
-        let base = activation_key(&i, "set", &src, layer, Positions::Last, None);
+        let base = activation_key(&i, "set", &src, layer, &Readout::Last, None);
         let mut j = i.clone();
         let mut l = layer;
-        let mut pos = Positions::Last;
+        let mut pos = Readout::Last;
         let mut s2 = src.clone();
         let mut rows = None;
         match which {
@@ -100,11 +100,11 @@ proptest! {
             2 => j.dtype = "bf16".into(),
             3 => j.tokenizer.push('x'),
             4 => l += 1,
-            5 => pos = Positions::Mean,
+            5 => pos = if layer % 2 == 0 { Readout::Mean } else { Readout::Marker("A:".into()) },
             6 => s2 = ActivationSource::Generations(match &src { ActivationSource::Texts(d) => d.clone(), ActivationSource::Generations(d) | ActivationSource::GeneratedTokens(d) => d.clone() }),
             _ => rows = Some((0, 2)),
         }
-        prop_assert_ne!(base.digest, activation_key(&j, "set", &s2, l, pos, rows).digest);
+        prop_assert_ne!(base.digest, activation_key(&j, "set", &s2, l, &pos, rows).digest);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use probe_core::sweep::{self, PromptFormat, PromptSet, SweepConfig, SweepParts};
 use probe_core::testing::{MemoryCache, MockExtractor, MockGenerator};
 use probe_core::{
     ActivationExtractor, ActivationRequest, Activations, CacheStoreExt, Capabilities, Generation, GenerationRequest,
-    Generator, Inputs, ModelId, ModelInfo, Positions, Result, SamplingParams, SpecialTokens, Tensor, codec,
+    Generator, Inputs, ModelId, ModelInfo, Readout, Result, SamplingParams, SpecialTokens, Tensor, codec,
 };
 
 fn prompts() -> PromptSet {
@@ -79,7 +79,7 @@ fn parts(ids: bool) -> (WithPromptIds, Recording) {
 }
 
 async fn layer_entry(cache: &MemoryCache, info: &ModelInfo, source: &ActivationSource) -> Option<Tensor> {
-    let key = activation_key(info, "set", source, 2, Positions::Last, None);
+    let key = activation_key(info, "set", source, 2, &Readout::Last, None);
     let entry = cache.get_key(&key).await.unwrap()?;
     codec::decode_tensors(&entry.payload).unwrap().into_iter().next().map(|(_, t)| t)
 }

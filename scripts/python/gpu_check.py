@@ -5,9 +5,9 @@ of its image); with `gpu-check --dry`, under the test environment on the CPU.
 
     gpu_check.py fidelity   --fixtures F --probe-dir D --device DEV --table OUT.md
     gpu_check.py generation --fixtures F --probe-dir D --device DEV
-    gpu_check.py make-llama --tokenizer DIR --out DIR --hidden H --layers L --heads N
+    gpu_check.py inputs     --tokenizer DIR --out DIR --hidden H --layers L --heads N
                             --kv-heads K --intermediate I --device DEV
-    gpu_check.py texts      --tokenizer DIR --n N --tokens T --out FILE.jsonl [--labels]
+                            --long N T FILE.jsonl --sweep N T FILE.jsonl
     gpu_check.py throughput --model DIR --inputs FILE.jsonl --batch B --iters K --device DEV
     gpu_check.py hog        --leave-gib G        (holds all but G GiB of GPU 0 until killed)
     gpu_check.py same       A.safetensors B.safetensors --tol T
@@ -46,14 +46,25 @@ def load_hf(arch: str, folder: Path, dtype, device: str):
     return model.to(device=device, dtype=dtype).eval()
 
 
-def hidden_states(model, tok, prompts, device: str) -> dict:
-    """`last.<L>` and `mean.<L>` of every layer, unbatched (as make_fixtures.reference)."""
+def token_ids(meta: dict, device: str) -> list:
+    """The reference's token ids of each prompt, as [1, n] tensors on `device`. They, not a
+    tokenizer loaded here, are what probe sees: the fixture tests check probe's tokenisation equals
+    them, whereas AutoTokenizer picks a class by model type (Qwen2Tokenizer for qwen2, which splits
+    digits the fixtures' tokenizer.json keeps together)."""
+    import torch
+
+    return [torch.tensor([ids], device=device) for ids in meta["token_ids"]]
+
+
+def hidden_states(model, meta: dict, device: str) -> dict:
+    """`last.<L>` and `mean.<L>` of every layer, unbatched, each prompt as if it ran alone (as
+    make_fixtures.reference)."""
     import torch
 
     out: dict[str, list] = {}
     with torch.no_grad():
-        for prompt in prompts:
-            ids = tok(prompt, return_tensors="pt").input_ids.to(device)
+        for ids in token_ids(meta, device):
+            mf.fresh_rope(model)
             hs = model(input_ids=ids, output_hidden_states=True).hidden_states
             for layer, h in enumerate(hs):
                 out.setdefault(f"last.{layer}", []).append(h[0, -1].float().cpu())
@@ -70,7 +81,6 @@ def probe_file(path: Path) -> dict:
 def fidelity(args) -> int:
     """Per-layer error of probe's f32 and bf16 extraction against transformers f32 on `device`."""
     import torch
-    from transformers import AutoTokenizer
 
     fx, d = Path(args.fixtures), Path(args.probe_dir)
     rows, failed = [], 0
@@ -78,10 +88,9 @@ def fidelity(args) -> int:
         if not (d / f"{arch}.f32.last.safetensors").exists():
             continue
         meta = json.loads((fx / "reference" / arch / "reference.json").read_text())
-        tok = AutoTokenizer.from_pretrained(fx / "models" / arch)
         model = load_hf(arch, fx / "models" / arch, torch.float32, args.device)
-        ref = hidden_states(model, tok, meta["prompts"], args.device)
-        hf16 = hidden_states(model.to(torch.bfloat16), tok, meta["prompts"], args.device)
+        ref = hidden_states(model, meta, args.device)
+        hf16 = hidden_states(model.to(torch.bfloat16), meta, args.device)
         del model
         for dtype in ("f32", "bf16"):
             for pos in ("last", "mean"):
@@ -118,7 +127,6 @@ def fidelity(args) -> int:
 def generation(args) -> int:
     """probe generate's greedy ids against transformers' greedy generate on `device` (f32)."""
     import torch
-    from transformers import AutoTokenizer
 
     fx, d = Path(args.fixtures), Path(args.probe_dir)
     failed, seen = 0, 0
@@ -128,24 +136,23 @@ def generation(args) -> int:
             continue
         seen += 1
         meta = json.loads((fx / "reference" / arch / "reference.json").read_text())
-        tok = AutoTokenizer.from_pretrained(fx / "models" / arch)
         model = load_hf(arch, fx / "models" / arch, torch.float32, args.device)
         got = [json.loads(line)["completion_token_ids"] for line in path.read_text().splitlines() if line.strip()]
         want = []
         with torch.no_grad():
-            for prompt in meta["prompts"]:
-                ids = tok(prompt, return_tensors="pt").input_ids.to(args.device)
+            for ids in token_ids(meta, args.device):
+                mf.fresh_rope(model)
                 gen = model.generate(
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
                     do_sample=False,
                     max_new_tokens=meta["max_new_tokens"],
-                    pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=meta["pad_token_id"],
+                    eos_token_id=meta["eos_token_id"],
                 )
                 new = gen[0, ids.shape[1]:].tolist()
-                if tok.eos_token_id in new:
-                    new = new[: new.index(tok.eos_token_id) + 1]
+                if meta["eos_token_id"] in new:
+                    new = new[: new.index(meta["eos_token_id"]) + 1]
                 want.append(new)
         same = sum(g == w for g, w in zip(got, want)) if len(got) == len(want) else 0
         cpu = sum(w == r for w, r in zip(want, meta["generated_ids"]))
@@ -161,7 +168,7 @@ def generation(args) -> int:
     return 1 if failed else 0
 
 
-def make_llama(args) -> int:
+def make_llama(args):
     """A random Llama with the fixtures' tokenizer, saved in bf16 (made on `device`: fast)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -187,36 +194,43 @@ def make_llama(args) -> int:
     tok.save_pretrained(args.out)
     n = sum(p.numel() for p in model.parameters())
     print(f"random Llama: {n / 1e9:.2f} B parameters (hidden {args.hidden}, {args.layers} layers) in {args.out}")
-    return 0
 
 
-def texts(args) -> int:
-    """N texts of exactly T tokens (BOS included) from make_fixtures' corpus, as JSON lines."""
+def texts(tokenizer: str, count: int, tokens: int, path: str, labels: bool):
+    """`count` texts of exactly `tokens` tokens (BOS included) from make_fixtures' corpus, as JSON
+    lines (with a label, alternating, for the sweep)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    tok = AutoTokenizer.from_pretrained(tokenizer)
     sentences = mf.corpus()
     out, i = [], 0
-    for n in range(args.n):
+    for n in range(count):
         ids: list[int] = []
-        while len(ids) < args.tokens + 8:
+        while len(ids) < tokens + 8:
             ids += tok(" " + sentences[i % len(sentences)], add_special_tokens=False).input_ids
             i += 1
         # Cut, decode, re-encode until the count is exact (a cut can re-merge at the edge).
-        cut = args.tokens - 1
+        cut = tokens - 1
         for _ in range(16):
             text = tok.decode(ids[:cut]).strip()
             have = len(tok(text).input_ids)
-            if have == args.tokens:
+            if have == tokens:
                 break
-            cut += args.tokens - have
+            cut += tokens - have
         line = {"id": f"t{n}", "text": text}
-        if args.labels:
+        if labels:
             line["label"] = ("even", "odd")[n % 2]
         out.append(json.dumps(line))
-    Path(args.out).write_text("\n".join(out) + "\n")
+    Path(path).write_text("\n".join(out) + "\n")
     lengths = sorted(len(tok(json.loads(line)["text"]).input_ids) for line in out)
-    print(f"{args.n} texts of {lengths[0]}..{lengths[-1]} tokens in {args.out}")
+    print(f"{count} texts of {lengths[0]}..{lengths[-1]} tokens in {path}")
+
+
+def inputs(args) -> int:
+    """The random Llama and the texts, in one process (one import of transformers)."""
+    make_llama(args)
+    texts(args.tokenizer, int(args.long[0]), int(args.long[1]), args.long[2], labels=False)
+    texts(args.tokenizer, int(args.sweep[0]), int(args.sweep[1]), args.sweep[2], labels=True)
     return 0
 
 
@@ -284,18 +298,14 @@ def main() -> int:
         s.add_argument("--probe-dir", required=True)
         s.add_argument("--device", default="cuda")
     f.add_argument("--table", required=True)
-    m = sub.add_parser("make-llama")
+    m = sub.add_parser("inputs")
     m.add_argument("--tokenizer", required=True)
     m.add_argument("--out", required=True)
     for k in ("hidden", "layers", "heads", "kv-heads", "intermediate"):
         m.add_argument(f"--{k}", type=int, required=True)
     m.add_argument("--device", default="cuda")
-    t = sub.add_parser("texts")
-    t.add_argument("--tokenizer", required=True)
-    t.add_argument("--n", type=int, required=True)
-    t.add_argument("--tokens", type=int, required=True)
-    t.add_argument("--out", required=True)
-    t.add_argument("--labels", action="store_true")
+    for k in ("long", "sweep"):
+        m.add_argument(f"--{k}", nargs=3, metavar=("N", "TOKENS", "FILE"), required=True)
     r = sub.add_parser("throughput")
     r.add_argument("--model", required=True)
     r.add_argument("--inputs", required=True)
@@ -309,7 +319,7 @@ def main() -> int:
     s.add_argument("b")
     s.add_argument("--tol", type=float, required=True)
     args = p.parse_args()
-    run = {"fidelity": fidelity, "generation": generation, "make-llama": make_llama, "texts": texts,
+    run = {"fidelity": fidelity, "generation": generation, "inputs": inputs,
            "throughput": throughput, "hog": hog, "same": same}[args.cmd]
     return run(args)
 

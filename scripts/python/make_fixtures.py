@@ -14,7 +14,9 @@ writes, with no network access and deterministically (fixed seeds):
                             transformers' output_hidden_states at every layer reduced at `last`
                             (last token) and `mean` (over tokens) as `last.<layer>` / `mean.<layer>`
                             of shape [n_prompts, hidden]; the token ids of each prompt; greedy
-                            generate(do_sample=False, max_new_tokens=12) new token ids per prompt.
+                            generate(do_sample=False, max_new_tokens=12) new token ids per prompt;
+                            and `batched_generated_ids`: the same greedy generate over all the
+                            prompts at once, left-padded (what batched decoding is checked against).
 
 Architectures: llama, llama3 (rope_scaling rope_type llama3), mistral (sliding_window),
 qwen2 (q/k/v bias), gemma2 (embedding scale, 1+w norms, soft-capping, alternating window),
@@ -466,6 +468,31 @@ def v4_copy(src: Path, folder: Path):
             os.link(f, folder / f.name)
 
 
+def cut_at_eos(new: list[int], eos: int) -> list[int]:
+    """New token ids up to and including the first EOS."""
+    return new[: new.index(eos) + 1] if eos in new else new
+
+
+def batched_greedy(model, tok, prompts: list[str]) -> list[list[int]]:
+    """Greedy generate over all `prompts` as one left-padded batch (attention mask and position ids
+    from the padding, as transformers' generate derives them)."""
+    import torch
+
+    fresh_rope(model)
+    enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+    gen = model.generate(
+        input_ids=enc.input_ids,
+        attention_mask=enc.attention_mask,
+        do_sample=False,
+        max_new_tokens=MAX_NEW_TOKENS,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    width = enc.input_ids.shape[1]
+    fresh_rope(model)
+    return [cut_at_eos(row[width:].tolist(), tok.eos_token_id) for row in gen]
+
+
 def reference(arch: str, model, tok, folder: Path):
     import torch
     from safetensors.torch import save_file
@@ -490,10 +517,8 @@ def reference(arch: str, model, tok, folder: Path):
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
             )
-            new = gen[0, ids.shape[1]:].tolist()
-            if tok.eos_token_id in new:  # keep up to and including EOS
-                new = new[: new.index(tok.eos_token_id) + 1]
-            generated.append(new)
+            generated.append(cut_at_eos(gen[0, ids.shape[1]:].tolist(), tok.eos_token_id))
+        batched = batched_greedy(model, tok, prompts)
     stacked = {k: torch.stack(v).contiguous() for k, v in tensors.items()}
     scale = max(float(t.abs().max()) for t in stacked.values())
     folder.mkdir(parents=True, exist_ok=True)
@@ -505,6 +530,7 @@ def reference(arch: str, model, tok, folder: Path):
         "prompts": prompts,
         "token_ids": token_ids,
         "generated_ids": generated,
+        "batched_generated_ids": batched,
         "generated_text": [tok.decode(g, skip_special_tokens=True) for g in generated],
         "max_new_tokens": MAX_NEW_TOKENS,
         "eos_token_id": tok.eos_token_id,

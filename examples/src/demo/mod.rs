@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use clap::Args;
 use probe_core::sweep::LayerSelection;
-use probe_core::{Error, Positions, Result};
+use probe_core::{Error, Result};
 
 use crate::backends::BackendKind;
 use crate::sweep_cmd::{self, SweepArgs};
@@ -82,7 +82,7 @@ pub(crate) async fn run(args: DemoArgs, quiet: bool) -> Result<()> {
         layers: args.layers.clone(),
         backend: Some(args.backend),
         cache: Some(args.dir.join("cache").display().to_string()),
-        positions: Some(Positions::Last),
+        positions: Some(probe_core::Readout::Last),
         batch_size: Some(args.batch_size),
         max_tokens: Some(args.max_tokens),
         temperature: Some(0.0),
@@ -97,6 +97,7 @@ pub(crate) async fn run(args: DemoArgs, quiet: bool) -> Result<()> {
         out: args.dir.join("out"),
         dry_run: false,
         chat_template: None,
+        test_on: Vec::new(),
         shard: None,
         plan: Default::default(),
     };

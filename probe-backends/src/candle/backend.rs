@@ -311,6 +311,10 @@ impl ActivationExtractor for CandleBackend {
         c
     }
 
+    fn tokenize(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>> {
+        self.inner.tokenize_with(text, special)
+    }
+
     fn release_memory(&self) {
         super::oom::release(self.inner.decoder.device());
     }

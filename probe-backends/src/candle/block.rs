@@ -2,9 +2,10 @@
 //! the MLP, with the architecture's norm placement.
 
 use candle_core::{D, DType, Result, Tensor};
-use candle_nn::{VarBuilder, kv_cache::KvCache};
+use candle_nn::VarBuilder;
 
 use super::config::{GptNames, ModelConfig, NormPlacement, QkNorm};
+use super::kv::Kv;
 use super::layers::{Linear, Norm};
 use super::moe::Mlp;
 
@@ -152,7 +153,7 @@ impl Block {
         })
     }
 
-    fn attention(&self, x: &Tensor, step: &Step, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    fn attention(&self, x: &Tensor, step: &Step, kv: Kv) -> Result<Tensor> {
         let cfg = step.cfg;
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -176,14 +177,42 @@ impl Block {
             (Some(local), Some(_)) => local,
             _ => &step.rope,
         };
+        // Rows of a batched decode step rotate at their own positions (`cos`: `[b, 1, ·]`).
         let (q, k) = if self.rotary { (rope(&q, rows)?, rope(&k, rows)?) } else { (q, k) };
-        let (k, v) = match cache {
-            Some(c) => {
+        let mask = if self.window.is_some() { &step.sliding_mask } else { &step.full_mask };
+        let out = match kv {
+            Kv::None => self.attend(&q, &k, &v, mask.as_ref(), step)?,
+            Kv::Batch(c) => {
                 let (k, v) = c.append(&k, &v)?;
-                (k.contiguous()?, v.contiguous()?)
+                self.attend(&q, &k, &v, mask.as_ref(), step)?
             }
-            None => (k, v),
+            Kv::Rows(caches) => {
+                // One query per row over that row's own keys; a sliding window keeps the last
+                // `window` of them (what the mask of one query would leave visible).
+                let mut outs = Vec::with_capacity(b);
+                for (r, c) in caches.iter_mut().enumerate() {
+                    let (kr, vr) = c.append(&k.narrow(0, r, 1)?, &v.narrow(0, r, 1)?)?;
+                    let t = kr.dim(2)?;
+                    let (kr, vr) = match self.window {
+                        Some(w) if t > w => {
+                            (kr.narrow(2, t - w, w)?.contiguous()?, vr.narrow(2, t - w, w)?.contiguous()?)
+                        }
+                        _ => (kr, vr),
+                    };
+                    outs.push(self.attend(&q.narrow(0, r, 1)?, &kr, &vr, None, step)?);
+                }
+                Tensor::cat(&outs, 0)?
+            }
         };
+        self.o.forward(&out)
+    }
+
+    /// Softmax attention of `q` (`[b, heads, s, d]`) over `k` and `v` (`[b, kv_heads, t, d]`,
+    /// contiguous) under the additive `mask`; returns `[b, s, heads · d]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, step: &Step) -> Result<Tensor> {
+        let cfg = step.cfg;
+        let (b, nh, s, d) = q.dims4()?;
+        let nkv = cfg.num_kv_heads;
         let t = k.dim(2)?;
         let rep = nh / nkv;
         // [b, nkv, rep·s, d] · [b, nkv, d, t]: the `rep` query heads of a kv head share its keys.
@@ -193,19 +222,17 @@ impl Block {
         if let Some(cap) = cfg.attn_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
-        let mask = if self.window.is_some() { &step.sliding_mask } else { &step.full_mask };
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
         }
         let in_dtype = scores.dtype();
         let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
-        let out = probs.reshape((b, nkv, rep * s, t))?.matmul(&v)?;
-        let out = out.reshape((b, nh, s, d))?.transpose(1, 2)?.contiguous()?.reshape((b, s, nh * d))?;
-        self.o.forward(&out)
+        let out = probs.reshape((b, nkv, rep * s, t))?.matmul(v)?;
+        out.reshape((b, nh, s, d))?.transpose(1, 2)?.contiguous()?.reshape((b, s, nh * d))
     }
 
     /// `x` (`[b, s, h]`) through the block; `cache` holds earlier keys and values (generation).
-    pub(crate) fn forward(&self, x: &Tensor, step: &Step, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, step: &Step, cache: Kv) -> Result<Tensor> {
         if self.parallel {
             // x + attn(norm₁(x)) + mlp(norm₂(x)), both norms present in such blocks.
             let norm = |n: &Option<Norm>| n.as_ref().map_or_else(|| Ok(x.clone()), |n| n.forward(x));

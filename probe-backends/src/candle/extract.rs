@@ -18,8 +18,10 @@ impl Inner {
             }
             Inputs::TokenIds(ids) => ids.clone(),
         };
+        let mut spans = Vec::with_capacity(ids.len());
         for (i, seq) in ids.iter().enumerate() {
             self.check_length(i, seq.len())?;
+            spans.push(request.span(i, seq.len())?);
         }
         let layers = request.sorted_layers();
         let deepest = *layers.last().ok_or_else(|| Error::invalid("layers", "no layers requested"))?;
@@ -50,13 +52,17 @@ impl Inner {
                 flat.extend(std::iter::repeat_n(pad, s - ids[i].len()));
             }
             let input = Tensor::from_vec(flat, (b, s), &device).map_err(be)?;
-            // Reduction helpers on the device: last-token row indices and a 0/1 mask.
-            let last_idx: Vec<u32> = lens.iter().enumerate().map(|(r, &l)| (r * s + l - 1) as u32).collect();
+            // Reduction helpers on the device, from each input's span: the row index of its
+            // last token and a 0/1 mask over its tokens.
+            let sp: Vec<probe_core::Span> = chunk.iter().map(|&i| spans[i]).collect();
+            let last_idx: Vec<u32> = sp.iter().enumerate().map(|(r, p)| (r * s + p.end - 1) as u32).collect();
             let last_idx = Tensor::from_vec(last_idx, b, &device).map_err(be)?;
-            let mask01: Vec<f32> =
-                lens.iter().flat_map(|&l| (0..s).map(move |j| if j < l { 1.0 } else { 0.0 })).collect();
+            let mask01: Vec<f32> = sp
+                .iter()
+                .flat_map(|p| (0..s).map(move |j| if (p.start..p.end).contains(&j) { 1.0 } else { 0.0 }))
+                .collect();
             let mask01 = Tensor::from_vec(mask01, (b, s, 1), &device).map_err(be)?;
-            let counts: Vec<f32> = lens.iter().map(|&l| l as f32).collect();
+            let counts: Vec<f32> = sp.iter().map(|p| (p.end - p.start) as f32).collect();
             let counts = Tensor::from_vec(counts, (b, 1), &device).map_err(be)?;
 
             let mut visit = |layer: usize, h: &Tensor| -> Result<()> {

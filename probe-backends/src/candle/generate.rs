@@ -1,5 +1,9 @@
-//! Generation with a KV cache: prompts one after another; the `n` samples of a prompt
-//! decode together as one batch (they share the prompt's length, so no padding).
+//! Generation with continuous batching: up to the batch size of sequences (every sample of
+//! the prompts admitted so far) decode together, one token each per step, each with its own
+//! KV cache (no padding: a row attends over its own keys at its own positions). Prompts are
+//! prefilled together (right-padded, as extraction runs them) when there is room for their
+//! samples; the samples then join the batch, and a finished sequence leaves it (its cache
+//! dropped) so that the next prompts can join.
 
 use candle_core::Tensor;
 use probe_core::{Error, FinishReason, Generation, GenerationRequest, Result, SamplingParams};
@@ -7,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::backend::Inner;
+use super::kv::Cache;
 
 fn be(e: candle_core::Error) -> Error {
     super::oom::error(e)
@@ -85,12 +90,19 @@ fn drop_incomplete_tail(mut text: String) -> String {
     text
 }
 
+/// One sequence being decoded: a sample of a prompt.
 struct Row {
+    prompt: usize,
+    sample: usize,
     ids: Vec<u32>,
     done: Option<FinishReason>,
     text: Option<String>,
     rng: StdRng,
+    cache: Cache,
 }
+
+/// A finished completion: (token ids, finish reason, text).
+type Completion = (Vec<u32>, FinishReason, String);
 
 impl Inner {
     fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -104,77 +116,134 @@ impl Inner {
         for (i, ids) in prompts.iter().enumerate() {
             self.check_length(i, ids.len() + p.max_tokens as usize)?;
         }
+        let done = self.decode_batched(&prompts, p, self.options.default_batch_size)?;
         let mut out = Vec::with_capacity(prompts.len() * p.n as usize);
-        for (pi, p_ids) in prompts.iter().enumerate() {
-            for (si, (ids, reason, text)) in self.generate_one(pi, p_ids, p)?.into_iter().enumerate() {
+        for (pi, completions) in done.into_iter().enumerate() {
+            for (si, (ids, reason, text)) in completions.into_iter().enumerate() {
                 let prompt = request.prompts[pi].clone();
                 let g = Generation::new(pi, si as u32, prompt, text, reason, Some(ids));
-                out.push(g.with_prompt_token_ids(Some(p_ids.clone())));
+                out.push(g.with_prompt_token_ids(Some(prompts[pi].clone())));
             }
         }
         Ok(out)
     }
 
-    /// The `n` completions of one prompt: (token ids, finish reason, text).
-    fn generate_one(
-        &self,
-        pi: usize,
-        prompt: &[u32],
-        p: &SamplingParams,
-    ) -> Result<Vec<(Vec<u32>, FinishReason, String)>> {
-        // Greedy samples are identical: decode one row and copy it.
-        let rows_n = if p.is_greedy() { 1 } else { p.n as usize };
-        let mut rows: Vec<Row> = (0..rows_n)
-            .map(|s| Row {
-                ids: Vec::new(),
-                done: None,
-                text: None,
-                rng: StdRng::seed_from_u64(stream_seed(p.seed, pi, s as u32)),
-            })
-            .collect();
-        let device = self.decoder.device().clone();
-        let mut cache = self.decoder.new_cache(prompt.len() + p.max_tokens as usize);
-        let input: Vec<u32> = prompt.iter().copied().cycle().take(prompt.len() * rows_n).collect();
-        let mut input = Tensor::from_vec(input, (rows_n, prompt.len()), &device).map_err(be)?;
-        for step in 0..p.max_tokens as usize {
-            let logits = self.decoder.next_logits(&input, &mut cache).map_err(be)?;
+    /// The `n` completions of every prompt, decoding up to `batch` sequences at once (a
+    /// prompt's samples always join together, so a prompt with more samples than `batch`
+    /// decodes alone). Greedy samples are identical: one row per prompt, copied.
+    fn decode_batched(&self, prompts: &[Vec<u32>], p: &SamplingParams, batch: usize) -> Result<Vec<Vec<Completion>>> {
+        let per_prompt = if p.is_greedy() { 1 } else { p.n as usize };
+        let mut done: Vec<Vec<Option<Completion>>> = vec![vec![None; per_prompt]; prompts.len()];
+        let mut active: Vec<Row> = Vec::new();
+        let mut next_prompt = 0;
+        loop {
+            // Admit the next prompts while their samples fit (one alone into an empty batch),
+            // prefilled together.
+            let mut group = Vec::new();
+            let mut rows = active.len();
+            while next_prompt < prompts.len() && ((rows == 0 && group.is_empty()) || rows + per_prompt <= batch) {
+                group.push(next_prompt);
+                rows += per_prompt;
+                next_prompt += 1;
+            }
+            if !group.is_empty() {
+                for row in self.prefill(&group, prompts, p, per_prompt)? {
+                    self.admit(row, &mut active, &mut done)?;
+                }
+            }
+            if active.is_empty() {
+                // Every admitted sequence finished at its first token: admit more, or stop.
+                if next_prompt == prompts.len() {
+                    break;
+                }
+                continue;
+            }
+            let ids: Vec<u32> = active.iter().map(|r| *r.ids.last().unwrap_or(&0)).collect();
+            let mut caches: Vec<&mut Cache> = active.iter_mut().map(|r| &mut r.cache).collect();
+            let logits = self.decoder.next_logits_rows(&ids, &mut caches).map_err(be)?;
             let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(be)?;
-            let mut next = Vec::with_capacity(rows_n);
-            for (row, l) in rows.iter_mut().zip(&logits) {
-                if row.done.is_some() {
-                    next.push(*row.ids.last().unwrap_or(&0));
-                    continue;
-                }
-                let tok = sample(l, p, &mut row.rng);
-                row.ids.push(tok);
-                next.push(tok);
-                if self.eos.contains(&tok) {
-                    row.done = Some(FinishReason::Stop);
-                } else if !p.stop.is_empty() {
-                    let text = self.decode(&row.ids)?;
-                    if let Some(at) = find_stop(&text, &p.stop) {
-                        row.text = Some(text[..at].to_owned());
-                        row.done = Some(FinishReason::Stop);
-                    }
-                }
+            let rows = std::mem::take(&mut active);
+            for (mut row, l) in rows.into_iter().zip(&logits) {
+                self.push_token(&mut row, l, p)?;
+                self.admit(row, &mut active, &mut done)?;
             }
-            if rows.iter().all(|r| r.done.is_some()) || step + 1 == p.max_tokens as usize {
-                break;
+        }
+        let mut out = Vec::with_capacity(prompts.len());
+        for completions in done {
+            let mut c: Vec<Completion> = completions.into_iter().flatten().collect();
+            while c.len() < p.n as usize {
+                c.push(c[0].clone());
             }
-            input = Tensor::from_vec(next, (rows_n, 1), &device).map_err(be)?;
+            out.push(c);
         }
-        let mut done = Vec::with_capacity(p.n as usize);
-        for row in rows {
-            let text = match row.text {
-                Some(t) => t,
-                None => drop_incomplete_tail(self.decode(&row.ids)?),
-            };
-            done.push((row.ids, row.done.unwrap_or(FinishReason::Length), text));
+        Ok(out)
+    }
+
+    /// Runs prompts `group` (indices into `prompts`) as one right-padded batch and draws the
+    /// first token of each of their `rows` samples.
+    fn prefill(&self, group: &[usize], prompts: &[Vec<u32>], p: &SamplingParams, rows: usize) -> Result<Vec<Row>> {
+        let lens: Vec<usize> = group.iter().map(|&pi| prompts[pi].len()).collect();
+        let width = lens.iter().copied().max().unwrap_or(1);
+        let mut ids = Vec::with_capacity(group.len() * width);
+        for &pi in group {
+            ids.extend_from_slice(&prompts[pi]);
+            ids.resize(ids.len() + width - prompts[pi].len(), 0);
         }
-        while done.len() < p.n as usize {
-            done.push(done[0].clone());
+        let device = self.decoder.device().clone();
+        let input = Tensor::from_vec(ids, (group.len(), width), &device).map_err(be)?;
+        let room: Vec<usize> = lens.iter().map(|l| l + p.max_tokens as usize).collect();
+        let (logits, caches) = self.decoder.prefill(&input, &lens, &room).map_err(be)?;
+        let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(be)?;
+        let mut out = Vec::with_capacity(group.len() * rows);
+        for ((&pi, mut cache), logits) in group.iter().zip(caches).zip(&logits) {
+            for s in 0..rows {
+                let rng = StdRng::seed_from_u64(stream_seed(p.seed, pi, s as u32));
+                // The last sample takes the prefill's cache; the others a copy each.
+                let cache = match s + 1 == rows {
+                    true => std::mem::replace(&mut cache, self.decoder.new_cache(0)),
+                    false => cache.fork().map_err(be)?,
+                };
+                let mut row = Row { prompt: pi, sample: s, ids: Vec::new(), done: None, text: None, rng, cache };
+                self.push_token(&mut row, logits, p)?;
+                out.push(row);
+            }
         }
-        Ok(done)
+        Ok(out)
+    }
+
+    /// Draws `row`'s next token from `logits` and marks it done at an end-of-sequence token,
+    /// a stop string or `max_tokens` tokens.
+    fn push_token(&self, row: &mut Row, logits: &[f32], p: &SamplingParams) -> Result<()> {
+        let tok = sample(logits, p, &mut row.rng);
+        row.ids.push(tok);
+        if self.eos.contains(&tok) {
+            row.done = Some(FinishReason::Stop);
+        } else if !p.stop.is_empty() {
+            let text = self.decode(&row.ids)?;
+            if let Some(at) = find_stop(&text, &p.stop) {
+                row.text = Some(text[..at].to_owned());
+                row.done = Some(FinishReason::Stop);
+            }
+        }
+        if row.done.is_none() && row.ids.len() >= p.max_tokens as usize {
+            row.done = Some(FinishReason::Length);
+        }
+        Ok(())
+    }
+
+    /// Keeps an unfinished `row` in the batch; a finished one leaves it (its cache dropped)
+    /// for its prompt's completions.
+    fn admit(&self, row: Row, active: &mut Vec<Row>, done: &mut [Vec<Option<Completion>>]) -> Result<()> {
+        let Some(reason) = row.done else {
+            active.push(row);
+            return Ok(());
+        };
+        let text = match row.text {
+            Some(t) => t,
+            None => drop_incomplete_tail(self.decode(&row.ids)?),
+        };
+        done[row.prompt][row.sample] = Some((row.ids, reason, text));
+        Ok(())
     }
 }
 

@@ -14,8 +14,11 @@
 //!
 //! Extraction runs one forward pass per batch that stops after the deepest requested layer
 //! and never computes logits; layers are numbered as transformers' `output_hidden_states`.
-//! Generation decodes prompts one after another with a KV cache, the `n` samples of a prompt
-//! as one batch (greedy decoding computes one row and copies it `n` times). Each sample draws
+//! Generation decodes with continuous batching: up to `default_batch_size` sequences (the `n`
+//! samples of the admitted prompts) advance one token per step, each with its own KV cache at
+//! its own positions; the admitted prompts are prefilled together, a finished sequence leaves
+//! the batch and the next prompt joins (greedy decoding computes one row per prompt and copies
+//! it `n` times). Each sample draws
 //! from its own RNG stream seeded by (seed, prompt index, sample index), so results do not
 //! depend on batching. A completion ends at an end-of-sequence token (`config.json` or
 //! `generation_config.json` `eos_token_id`; kept in `token_ids`, not in the text), at a stop
@@ -37,6 +40,7 @@ mod block;
 mod config;
 mod extract;
 mod generate;
+mod kv;
 mod layers;
 mod model;
 mod moe;

@@ -6,10 +6,11 @@
 //! heads of one key/value head into the sequence axis, so keys and values are never repeated.
 
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::{VarBuilder, kv_cache::KvCache};
+use candle_nn::VarBuilder;
 
 use super::block::{Block, RopeRows, Step};
 use super::config::ModelConfig;
+use super::kv::{Cache, Kv, LayerKv};
 use super::layers::Norm;
 use super::placement::Stages;
 use super::rope::Rope;
@@ -78,17 +79,6 @@ pub(crate) struct Decoder {
     stages: Stages,
 }
 
-/// Per-layer key/value caches of one generation.
-#[derive(Debug)]
-pub(crate) struct Cache {
-    layers: Vec<KvCache>,
-    /// Positions fed so far.
-    len: usize,
-    /// Of those, the first `dropped` are no longer in `layers` (see [`Decoder::next_logits`]).
-    dropped: usize,
-    capacity: usize,
-}
-
 impl Decoder {
     /// Loads the weights from `vb` (names as transformers saves them, see [`LAYOUTS`]), each
     /// block on its stage's device, the final norm and head on the last block's.
@@ -126,13 +116,19 @@ impl Decoder {
         &self.device
     }
 
-    /// The embeddings of `ids` (`[b, s]`) at positions `offset..offset + s`.
-    fn embed(&self, ids: &Tensor, offset: usize) -> Result<Tensor> {
+    /// The embeddings of `ids` (`[b, s]`) at positions `offset..offset + s`, where `offsets`
+    /// holds one offset for every row or (with `s = 1`) one per row.
+    fn embed(&self, ids: &Tensor, offsets: &[usize]) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, self.cfg.hidden_size))?;
-        let x = match &self.positions {
-            Some(wpe) => x.broadcast_add(&wpe.narrow(0, offset, s)?.unsqueeze(0)?)?,
-            None => x,
+        let x = match (&self.positions, offsets) {
+            (None, _) => x,
+            (Some(wpe), &[offset]) => x.broadcast_add(&wpe.narrow(0, offset, s)?.unsqueeze(0)?)?,
+            (Some(wpe), _) => {
+                let at: Vec<u32> = offsets.iter().map(|&o| o as u32).collect();
+                let at = Tensor::from_vec(at, b, &self.device)?;
+                (x + wpe.index_select(&at, 0)?.unsqueeze(1)?)?
+            }
         };
         if self.cfg.spec.scale_embeddings {
             // transformers multiplies by sqrt(hidden) rounded to the weights' dtype.
@@ -213,7 +209,7 @@ impl Decoder {
         let be = super::oom::error;
         let (_, s) = ids.dims2().map_err(be)?;
         let steps = self.step(lens, s, 0, 0).and_then(|step| self.stages.steps(step)).map_err(be)?;
-        let mut x = self.embed(ids, 0).map_err(be)?;
+        let mut x = self.embed(ids, &[0]).map_err(be)?;
         visit(0, &x)?;
         let l = self.cfg.num_layers;
         for (i, block) in self.blocks.iter().enumerate() {
@@ -221,7 +217,7 @@ impl Decoder {
                 break;
             }
             x = self.stages.enter(i, x).map_err(be)?;
-            x = block.forward(&x, self.stages.step_of(&steps, i), None).map_err(be)?;
+            x = block.forward(&x, self.stages.step_of(&steps, i), Kv::None).map_err(be)?;
             if i + 1 < l {
                 visit(i + 1, &x)?;
             } else {
@@ -231,39 +227,85 @@ impl Decoder {
         Ok(())
     }
 
-    /// Fresh key/value caches for sequences of up to `capacity` tokens.
+    /// Fresh key/value caches for one sequence (or the equal rows of one prefill) of up to
+    /// `capacity` positions (more grow the buffers).
     pub(crate) fn new_cache(&self, capacity: usize) -> Cache {
-        let layers = (0..self.cfg.num_layers).map(|_| KvCache::new(2, capacity)).collect();
-        Cache { layers, len: 0, dropped: 0, capacity }
+        Cache::new(self.cfg.num_layers, capacity)
     }
 
     /// Phi-3 with longrope, as transformers 5.19 generates (`Phi3ForCausalLM.
     /// prepare_inputs_for_generation`): when the sequence grows past the longrope threshold
     /// while the cache holds no more positions than that, the cache is dropped and the new
     /// tokens run without the earlier ones (at their positions, on the long factors). Once
-    /// dropped, the cache stays that short, so every later step runs alone too.
+    /// dropped, the cache stays that short, so every later step runs alone too. Each sequence
+    /// of a batched decode has its own cache, so this happens per sequence, as it would alone.
     fn drop_cache_at_longrope_switch(&self, cache: &mut Cache, s: usize) {
         let Some(threshold) = self.cfg.rope.longrope_threshold().filter(|_| self.cfg.spec.fused) else { return };
         let held = cache.len - cache.dropped;
         if held > 0 && cache.len + s > threshold && held <= threshold {
-            cache.layers = (0..self.cfg.num_layers).map(|_| KvCache::new(2, cache.capacity)).collect();
-            cache.dropped = cache.len;
+            cache.drop_all();
         }
     }
 
-    /// Feeds `ids` (`[b, s]`, no padding) after what `cache` holds (see
-    /// [`Decoder::drop_cache_at_longrope_switch`] for Phi-3); returns the logits of the last position, `[b, vocab]` in f32 (soft-capped where the architecture does so).
-    pub(crate) fn next_logits(&self, ids: &Tensor, cache: &mut Cache) -> Result<Tensor> {
+    /// Runs prompts `ids` (`[b, s]`, right-padded; `lens` the real lengths) from empty
+    /// caches; returns the logits at each row's last real token (`[b, vocab]` in f32,
+    /// soft-capped where the architecture does so) and each row's own cache, with room for
+    /// `capacity[r]` positions.
+    pub(crate) fn prefill(&self, ids: &Tensor, lens: &[usize], capacity: &[usize]) -> Result<(Tensor, Vec<Cache>)> {
         let (b, s) = ids.dims2()?;
-        self.drop_cache_at_longrope_switch(cache, s);
-        let offset = cache.len;
-        let steps = self.stages.steps(self.step(&vec![offset + s; b], s, offset, cache.dropped)?)?;
-        let mut x = self.embed(ids, offset)?;
-        for (i, (block, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
-            x = block.forward(&self.stages.enter(i, x)?, self.stages.step_of(&steps, i), Some(kv))?;
+        let steps = self.stages.steps(self.step(lens, s, 0, 0)?)?;
+        let mut x = self.embed(ids, &[0])?;
+        let mut batch = self.new_cache(s);
+        for (i, (block, kv)) in self.blocks.iter().zip(batch.layers.iter_mut()).enumerate() {
+            x = block.forward(&self.stages.enter(i, x)?, self.stages.step_of(&steps, i), Kv::Batch(kv))?;
         }
-        cache.len += s;
-        let last = self.norm.forward(&x.narrow(1, s - 1, 1)?.squeeze(1)?.contiguous()?)?;
+        let mut last = Vec::with_capacity(b);
+        let mut caches = Vec::with_capacity(b);
+        for (r, (&len, &room)) in lens.iter().zip(capacity).enumerate() {
+            last.push(x.narrow(0, r, 1)?.narrow(1, len - 1, 1)?);
+            let layers = batch.layers.iter().map(|l| l.row(r, len, room)).collect::<Result<_>>()?;
+            caches.push(Cache { layers, len, dropped: 0 });
+        }
+        let last = Tensor::cat(&last, 0)?.squeeze(1)?.contiguous()?;
+        Ok((self.logits(&last)?, caches))
+    }
+
+    /// One decode step of sequences of different lengths: `ids[r]` is fed after what
+    /// `caches[r]` holds, at that sequence's own position (its RoPE frequencies, learned
+    /// position and sliding window as if it ran alone); returns the logits, `[b, vocab]` in f32.
+    /// The projections and MLPs run on all rows at once, attention row by row.
+    pub(crate) fn next_logits_rows(&self, ids: &[u32], caches: &mut [&mut Cache]) -> Result<Tensor> {
+        let b = ids.len();
+        caches.iter_mut().for_each(|c| self.drop_cache_at_longrope_switch(c, 1));
+        let offsets: Vec<usize> = caches.iter().map(|c| c.len).collect();
+        let rows = |rope: &Rope, inv_freq: &[f32]| -> Result<RopeRows> {
+            let (cos, sin) = rope.at_positions(inv_freq, &offsets, &self.device, self.dtype)?;
+            Ok(RopeRows { cos, sin })
+        };
+        let local_rope = match (&self.cfg.local_rope, &self.local_inv_freq) {
+            (Some(rope), Some(inv_freq)) => Some(rows(rope, inv_freq)?),
+            _ => None,
+        };
+        let step = Step {
+            cfg: &self.cfg,
+            rope: rows(&self.cfg.rope, &self.inv_freq)?,
+            local_rope,
+            full_mask: None,
+            sliding_mask: None,
+        };
+        let steps = self.stages.steps(step)?;
+        let mut x = self.embed(&Tensor::from_vec(ids.to_vec(), (b, 1), &self.device)?, &offsets)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mut kvs: Vec<&mut LayerKv> = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
+            x = block.forward(&self.stages.enter(i, x)?, self.stages.step_of(&steps, i), Kv::Rows(&mut kvs))?;
+        }
+        caches.iter_mut().for_each(|c| c.len += 1);
+        self.logits(&x.squeeze(1)?)
+    }
+
+    /// The logits of hidden states `[b, hidden]` (final norm, LM head, soft-capping), in f32.
+    fn logits(&self, last: &Tensor) -> Result<Tensor> {
+        let last = self.norm.forward(last)?;
         let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
         match self.cfg.final_softcap {
             Some(cap) => (logits / cap)?.tanh()? * cap,

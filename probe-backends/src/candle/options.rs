@@ -100,7 +100,8 @@ pub struct CandleOptions {
     pub dtype: CandleDType,
     /// Device.
     pub device: CandleDevice,
-    /// Inputs per forward pass when a request leaves `batch_size` unset.
+    /// Inputs per forward pass when a request leaves `batch_size` unset; in generation, the
+    /// sequences decoded together.
     pub default_batch_size: usize,
     /// A layer split: the blocks of each device, in order from block 0 (empty: every block
     /// on `device`). The embedding runs on `device`, the final norm on the last share's.

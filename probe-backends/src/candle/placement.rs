@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use probe_core::plan::Placement;
 use probe_core::{
     ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Inputs, LayerActivations, ModelInfo,
-    Positions, Result,
+    Positions, Result, SpecialTokens,
 };
 
 use super::block::{RopeRows, Step};
@@ -246,9 +246,8 @@ impl ActivationExtractor for CandleReplicas {
             async move {
                 let mut out = Vec::with_capacity(mine.len());
                 for (k, rows) in mine {
-                    let mut part = request.clone();
+                    let mut part = request.rows(rows);
                     part.inputs = Inputs::TokenIds(rows.iter().map(|&i| ids[i].clone()).collect());
-                    part.batch_size = Some(rows.len());
                     out.push((k, replica.extract(part).await?));
                 }
                 Ok::<_, Error>(out)
@@ -268,6 +267,10 @@ impl ActivationExtractor for CandleReplicas {
 
     fn capabilities(&self) -> Capabilities {
         self.first().capabilities()
+    }
+
+    fn tokenize(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>> {
+        ActivationExtractor::tokenize(self.first(), text, special)
     }
 
     fn release_memory(&self) {

@@ -273,20 +273,45 @@ impl Rope {
         device: &Device,
         dtype: DType,
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        let half = inv_freq.len();
-        let k = self.attention_factor as f32;
-        let mut cos = Vec::with_capacity(s * half);
-        let mut sin = Vec::with_capacity(s * half);
+        let (mut cos, mut sin) = (Vec::with_capacity(s * inv_freq.len()), Vec::with_capacity(s * inv_freq.len()));
         for p in offset..offset + s {
-            for &f in inv_freq {
-                let a = p as f32 * f;
-                cos.push(a.cos() * k);
-                sin.push(a.sin() * k);
-            }
+            self.push_angles(inv_freq, p, &mut cos, &mut sin);
         }
-        let cos = Tensor::from_vec(cos, (s, half), device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (s, half), device)?.to_dtype(dtype)?;
+        let cos = Tensor::from_vec(cos, (s, inv_freq.len()), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (s, inv_freq.len()), device)?.to_dtype(dtype)?;
         Ok((cos, sin))
+    }
+
+    /// cos and sin (`[b, 1, dim / 2]`, in `dtype`) of one new position per row: row `r` at
+    /// `positions[r]`, with the frequencies of a sequence of `positions[r] + 1` tokens run
+    /// alone (longrope's and dynamic NTK's switch per row; `inv_freq` elsewhere).
+    pub(crate) fn at_positions(
+        &self,
+        inv_freq: &[f32],
+        positions: &[usize],
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = inv_freq.len();
+        let (mut cos, mut sin) =
+            (Vec::with_capacity(positions.len() * half), Vec::with_capacity(positions.len() * half));
+        for &p in positions {
+            let own = self.inv_freq_for(p + 1);
+            self.push_angles(own.as_deref().unwrap_or(inv_freq), p, &mut cos, &mut sin);
+        }
+        let cos = Tensor::from_vec(cos, (positions.len(), 1, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (positions.len(), 1, half), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+
+    /// Appends cos and sin of position `p` for each of `inv_freq` (times the attention factor).
+    fn push_angles(&self, inv_freq: &[f32], p: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+        let k = self.attention_factor as f32;
+        for &f in inv_freq {
+            let a = p as f32 * f;
+            cos.push(a.cos() * k);
+            sin.push(a.sin() * k);
+        }
     }
 }
 

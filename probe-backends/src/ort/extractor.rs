@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use ort::session::{OutputSelector, RunOptions, Session};
 use ort::value::Tensor as OrtTensor;
-use probe_core::{ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, ModelInfo, Result};
+use probe_core::{
+    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, ModelInfo, Result, SpecialTokens,
+};
 
 use super::runtime::{self, BACKEND};
 use crate::exported::{ExportDir, PaddedBatch};
@@ -198,5 +200,9 @@ impl ActivationExtractor for OrtExtractor {
         c.token_id_input = true;
         c.all_positions = true;
         c
+    }
+
+    fn tokenize(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>> {
+        self.inner.export.tokenize(text, special)
     }
 }

@@ -4,7 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use probe_core::{ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, ModelInfo, Result};
+use probe_core::{
+    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, ModelInfo, Result, SpecialTokens,
+};
 use tch::{CModule, Device, Kind, Tensor};
 
 use crate::exported::{ExportDir, PaddedBatch};
@@ -237,5 +239,9 @@ impl ActivationExtractor for TchExtractor {
         c.token_id_input = true;
         c.all_positions = true;
         c
+    }
+
+    fn tokenize(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>> {
+        self.inner.export.tokenize(text, special)
     }
 }

@@ -211,7 +211,8 @@ impl ActivationExtractor for VllmExtractor {
         request.validate(&self.info)?;
         let ids = self.token_ids(&request)?;
         let layers = request.sorted_layers();
-        let mut out = Collector::new(request.positions, &layers, self.info.hidden_size, &ids);
+        let spans = ids.iter().enumerate().map(|(i, s)| request.span(i, s.len())).collect::<Result<_>>()?;
+        let mut out = Collector::new(request.positions, &layers, self.info.hidden_size, &ids, spans);
         let last = self.info.num_layers;
         let in_flight = self.client.max_in_flight();
         let work: Vec<_> = ids.iter().enumerate().map(|(i, seq)| self.one(i, seq)).collect();

@@ -139,9 +139,7 @@ impl Backoff {
         let mut done = 0usize;
         while done < n {
             let end = (done + batch).min(n);
-            let mut chunk = request.clone();
-            chunk.inputs = request.inputs.slice(done, end);
-            chunk.batch_size = Some(end - done);
+            let chunk = request.rows(&(done..end).collect::<Vec<_>>());
             match inner.extract(chunk).await {
                 Ok(a) => {
                     parts.push(a);

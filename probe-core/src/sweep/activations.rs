@@ -8,7 +8,7 @@ use crate::key::{ActivationSource, activation_key};
 use crate::plan::Backoff;
 use crate::{
     ActivationExtractor, ActivationRequest, CacheKey, CacheStore, CacheStoreExt, Error, Inputs, ModelInfo, Positions,
-    PutRequest, Result, SpecialTokens, Tensor, codec,
+    PutRequest, Readout, Result, Span, SpecialTokens, Tensor, codec,
 };
 
 use super::{Phase, SweepEvent, SweepObserver, SweepSummary};
@@ -23,7 +23,10 @@ pub(super) struct Job<'a> {
     pub(super) n: usize,
     /// Sorted, deduplicated.
     pub(super) layers: &'a [usize],
-    pub(super) positions: Positions,
+    pub(super) readout: &'a Readout,
+    /// Per row, the tokens the readout reads (`None`: every token). A shard fills only its
+    /// own rows.
+    pub(super) spans: Option<Vec<Span>>,
     pub(super) batch_size: usize,
     /// How texts are tokenised (chat renderings as written).
     pub(super) special_tokens: SpecialTokens,
@@ -31,7 +34,7 @@ pub(super) struct Job<'a> {
 
 impl Job<'_> {
     fn key(&self, layer: usize, rows: Option<(usize, usize)>) -> CacheKey {
-        activation_key(self.info, self.prompt_set, self.source, layer, self.positions, rows)
+        activation_key(self.info, self.prompt_set, self.source, layer, self.readout, rows)
     }
 
     pub(super) fn batches(&self) -> Vec<(usize, usize)> {
@@ -46,7 +49,7 @@ impl Job<'_> {
             ("dtype", self.info.dtype.clone()),
             ("prompt_set", self.prompt_set.to_owned()),
             ("layer", layer.to_string()),
-            ("positions", self.positions.to_string()),
+            ("positions", self.readout.to_string()),
             ("rows", format!("{start}..{end}")),
         ]
         .into_iter()
@@ -91,14 +94,15 @@ async fn extract_with_backoff(
     texts: &Inputs,
     special: SpecialTokens,
     layers: &[usize],
-    positions: Positions,
+    (positions, spans): (Positions, Option<&[Span]>),
     (batch_size, backoff): (usize, &Backoff),
     calls: &mut usize,
 ) -> Result<BTreeMap<usize, Tensor>> {
-    let request = ActivationRequest::new(texts.clone(), layers.to_vec())
+    let mut request = ActivationRequest::new(texts.clone(), layers.to_vec())
         .with_special_tokens(special)
         .with_positions(positions)
         .with_batch_size(batch_size.min(texts.len()).max(1));
+    request.spans = spans.map(<[Span]>::to_vec);
     let before = backoff.retries();
     let on_shrink = |from: usize, to: usize| {
         tracing::warn!("out of memory; retrying with batch size {to}");
@@ -186,7 +190,7 @@ async fn block(
             texts,
             job.special_tokens,
             &need,
-            job.positions,
+            (job.readout.positions(), job.spans.as_deref().map(|s| &s[start..end])),
             (job.batch_size, backoff),
             &mut summary.extract_calls,
         )
@@ -394,6 +398,20 @@ pub async fn extract_inputs(
     positions: Positions,
     batch_size: usize,
 ) -> Result<BTreeMap<usize, Tensor>> {
+    extract_spans(extractor, observer, texts, special, layers, (positions, None), batch_size).await
+}
+
+/// [`extract_inputs`] reading, for `Last` and `Mean`, the tokens `spans` give per input
+/// (`None`: every token).
+pub(super) async fn extract_spans(
+    extractor: &dyn ActivationExtractor,
+    observer: &dyn SweepObserver,
+    texts: &Inputs,
+    special: SpecialTokens,
+    layers: &[usize],
+    (positions, spans): (Positions, Option<&[Span]>),
+    batch_size: usize,
+) -> Result<BTreeMap<usize, Tensor>> {
     if batch_size == 0 {
         return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
     }
@@ -420,7 +438,7 @@ pub async fn extract_inputs(
             &part,
             special,
             &layers,
-            positions,
+            (positions, spans.map(|s| &s[start..end])),
             (batch_size, &backoff),
             &mut calls,
         )

@@ -223,10 +223,10 @@ pub(super) async fn texts_with_completions(
     job: &GenJob<'_>,
     blocks: &[Rows],
     summary: &mut SweepSummary,
-) -> Result<(Inputs, ActivationSource)> {
+) -> Result<(Inputs, ActivationSource, Vec<Generation>)> {
     let gens = completions(job, blocks, summary).await?;
     let source = source(&gens, job.whole_key().digest);
-    Ok((probed(&gens, &source), source))
+    Ok((probed(&gens, &source), source, gens))
 }
 
 /// Every prompt's completion, in prompt order: the whole-set generation entry, else block
@@ -292,7 +292,7 @@ pub(super) async fn shard_texts(
     job: &GenJob<'_>,
     own: &[Rows],
     summary: &mut SweepSummary,
-) -> Result<(BTreeMap<Rows, Inputs>, ActivationSource)> {
+) -> Result<(BTreeMap<Rows, Inputs>, ActivationSource, BTreeMap<Rows, Vec<Generation>>)> {
     let total = own.iter().map(|r| r.1 - r.0).sum();
     job.observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Generation, total });
     let gens: BTreeMap<Rows, Vec<Generation>> = match job.load_whole().await? {
@@ -308,7 +308,7 @@ pub(super) async fn shard_texts(
     job.observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: total });
     job.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Generation });
     let source = source(gens.values().flatten(), job.whole_key().digest);
-    Ok((gens.iter().map(|(&rows, g)| (rows, probed(g, &source))).collect(), source))
+    Ok((gens.iter().map(|(&rows, g)| (rows, probed(g, &source))).collect(), source, gens))
 }
 
 /// What a merge found for the generations.

@@ -48,21 +48,50 @@ mod report;
 mod shard;
 #[cfg(test)]
 mod shard_tests;
+mod spans;
+mod tokens;
+mod transfer;
 
 use std::collections::BTreeMap;
 
 pub use activations::{extract_all, extract_inputs};
+
+/// Hidden states of the prompts themselves (no completions) at `readout`, in batches of
+/// `batch_size` through the out-of-memory back-off, without a cache (`probe extract`). Without
+/// completions `last-prompt` is `last`; `mean-completion` and `all` are refused.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for those readouts, a marker missing from a prompt (naming it), no
+/// prompts, no layers or a batch size of 0; then the extractor's errors.
+pub async fn extract_prompts(
+    extractor: &dyn ActivationExtractor,
+    observer: &dyn SweepObserver,
+    prompts: &PromptSet,
+    layers: &[usize],
+    readout: &Readout,
+    batch_size: usize,
+) -> Result<BTreeMap<usize, Tensor>> {
+    spans::check(readout, false)?;
+    let texts = crate::Inputs::Texts(prompts.texts());
+    let special = prompts.special_tokens;
+    let spans = spans::resolve(extractor, readout, special, (prompts, (0, prompts.len())), None, &texts)?;
+    let how = (readout.positions(), spans.as_deref());
+    activations::extract_spans(extractor, observer, &texts, special, layers, how, batch_size).await
+}
 pub use layers::LayerSelection;
 pub use observer::{NoProgress, Phase, SweepEvent, SweepObserver};
 pub use probe::{
-    LabelKind, LogisticProbe, ProbeConfig, Targets, evaluate_layer, parse_c_grid, roc_auc, stratified_folds,
+    Applied, LabelKind, LogisticProbe, ProbeConfig, ProbeMeta, SavedProbe, Targets, evaluate_layer, parse_c_grid,
+    roc_auc, stratified_folds,
 };
 pub use prompts::{ChatMessage, Prompt, PromptFormat, PromptSet};
 pub use report::{LayerScore, SweepReport, SweepSummary};
 pub use shard::{Shard, ShardSummary, generate_shard, merge, missing_blocks, run_shard};
+pub use tokens::{DEFAULT_SHARD_BYTES, TokenShard, stream_all_tokens};
+pub use transfer::{LayerResults, TransferScore, transfer};
 
 use crate::key::ActivationSource;
-use crate::{ActivationExtractor, CacheStore, Error, Generator, Positions, Result, SamplingParams, Tensor};
+use crate::{ActivationExtractor, CacheStore, Error, Generator, Readout, Result, SamplingParams, Tensor};
 
 /// Settings of one sweep.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +100,7 @@ pub struct SweepConfig {
     /// Layers to probe (Hugging Face numbering); duplicates ignored.
     pub layers: Vec<usize>,
     /// Position reduction (`last` or `mean`; probes need one vector per prompt).
-    pub positions: Positions,
+    pub positions: Readout,
     /// Rows per forward pass, and rows per cached batch entry.
     pub batch_size: usize,
     /// Sampling of the completions; `None` probes the prompt texts themselves.
@@ -90,7 +119,7 @@ impl Default for SweepConfig {
     fn default() -> Self {
         Self {
             layers: Vec::new(),
-            positions: Positions::Last,
+            positions: Readout::Last,
             batch_size: 16,
             sampling: Some(SamplingParams::default()),
             probe: ProbeConfig::default(),
@@ -107,8 +136,8 @@ impl SweepConfig {
         Self { layers, ..Self::default() }
     }
     /// Sets the position reduction.
-    pub fn with_positions(mut self, p: Positions) -> Self {
-        self.positions = p;
+    pub fn with_positions(mut self, p: impl Into<Readout>) -> Self {
+        self.positions = p.into();
         self
     }
     /// Sets the batch size.
@@ -188,6 +217,13 @@ impl<'a> SweepParts<'a> {
 /// size of 0, positions `all`, bad sampling or `n ≠ 1`, generation without a generator, bad
 /// probe settings, prompts without labels, or a class with fewer than two prompts.
 pub fn validate(parts: &SweepParts<'_>, prompts: &PromptSet, config: &SweepConfig) -> Result<()> {
+    validate_features(parts, prompts, config)?;
+    config.probe.validate()?;
+    validate_labels(prompts, config)
+}
+
+/// What [`features`] needs: layers, batch size, positions, sampling, the generator.
+fn validate_features(parts: &SweepParts<'_>, prompts: &PromptSet, config: &SweepConfig) -> Result<()> {
     let info = parts.extractor.model_info();
     prompts.check_rendered()?;
     if config.layers.is_empty() {
@@ -206,9 +242,7 @@ pub fn validate(parts: &SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
     if config.batch_size == 0 {
         return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
     }
-    if config.positions == Positions::All {
-        return Err(Error::invalid("positions", "\"all\" (a probe needs one vector per prompt: use last or mean)"));
-    }
+    spans::check(&config.positions, config.sampling.is_some())?;
     if let Some(s) = &config.sampling {
         s.validate()?;
         if s.n != 1 {
@@ -218,7 +252,11 @@ pub fn validate(parts: &SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
             return Err(Error::invalid("generation", "completions were asked for but no generator was given"));
         }
     }
-    config.probe.validate()?;
+    Ok(())
+}
+
+/// The labels a probe needs: two classes or more, each with two prompts or more.
+fn validate_labels(prompts: &PromptSet, config: &SweepConfig) -> Result<()> {
     let targets = targets(prompts, config)?;
     if let Targets::Classes { .. } = targets {
         let classes = prompts.classes();
@@ -326,6 +364,22 @@ pub fn blocks(n: usize, b: usize) -> Vec<(usize, usize)> {
 /// store's errors. What was committed to the cache before an error is kept.
 pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfig) -> Result<SweepReport> {
     validate(&parts, prompts, config)?;
+    let (features, summary) = features(parts, prompts, config).await?;
+    report(&parts, prompts, config, &parts.extractor.model_info(), &features, summary)
+}
+
+/// The sweep without probes: completions (cached) and every requested layer's `[n, hidden]`
+/// activations (cached) of `prompts`, whose labels are not needed (`probe apply`, the test
+/// sets of `--test-on`). Same cache entries as [`run`].
+///
+/// # Errors
+/// As [`run`], less the label and probe checks.
+pub async fn features(
+    parts: SweepParts<'_>,
+    prompts: &PromptSet,
+    config: &SweepConfig,
+) -> Result<(BTreeMap<usize, Tensor>, SweepSummary)> {
+    validate_features(&parts, prompts, config)?;
     let info = parts.extractor.model_info();
     let mut layers = config.layers.clone();
     layers.sort_unstable();
@@ -333,17 +387,23 @@ pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
     let mut summary = SweepSummary { generation: config.sampling.is_some(), ..SweepSummary::default() };
     let corrupt_before = parts.cache.corrupt_entries();
 
-    let (texts, source) = match (&config.sampling, parts.generator) {
+    let (texts, source, gens) = match (&config.sampling, parts.generator) {
         (Some(sampling), Some(generator)) => {
             let job = generations::GenJob::new(generator, parts.cache, parts.observer, prompts, sampling, config);
-            generations::texts_with_completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary).await?
+            let (texts, source, gens) =
+                generations::texts_with_completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary)
+                    .await?;
+            (texts, source, Some(gens))
         }
         _ => {
             let texts = prompts.texts();
             let source = ActivationSource::texts_with(&texts, prompts.special_tokens);
-            (crate::Inputs::Texts(texts), source)
+            (crate::Inputs::Texts(texts), source, None)
         }
     };
+    let special = prompts.special_tokens;
+    let rows = (prompts, (0, prompts.len()));
+    let spans = spans::resolve(parts.extractor, &config.positions, special, rows, gens.as_deref(), &texts)?;
 
     let job = activations::Job {
         info: &info,
@@ -351,7 +411,8 @@ pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
         source: &source,
         n: texts.len(),
         layers: &layers,
-        positions: config.positions,
+        readout: &config.positions,
+        spans,
         batch_size: config.batch_size,
         special_tokens: prompts.special_tokens,
     };
@@ -359,7 +420,7 @@ pub async fn run(parts: SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
         activations::cached_extract(parts.extractor, parts.cache, parts.observer, &job, &texts, &mut summary).await?;
 
     summary.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
-    report(&parts, prompts, config, &info, &features, summary)
+    Ok((features, summary))
 }
 
 /// Trains one probe per layer of `features` and makes the report (the last phase of
@@ -376,8 +437,26 @@ pub(super) fn report(
     let fold = stratified_folds(&targets.strata(config.probe.folds), config.probe.folds, config.probe.seed)?;
     parts.observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Probes, total: features.len() });
     let mut scores = Vec::with_capacity(features.len());
+    let mut probes = Vec::new();
     for (i, (&layer, tensor)) in features.iter().enumerate() {
         scores.push(evaluate_layer(layer, tensor, &targets, &fold, &config.probe)?);
+        if let Targets::Classes { .. } = targets {
+            let meta = ProbeMeta {
+                model: info.id.id.clone(),
+                revision: info.id.revision.clone(),
+                dtype: info.dtype.clone(),
+                tokenizer: info.tokenizer.clone(),
+                layer,
+                hidden_size: info.hidden_size,
+                positions: config.positions.clone(),
+                classes: prompts.classes(),
+                c: f64::NAN,
+                prompt_set: prompts.name.clone(),
+                n_train: 0,
+                sampling: config.sampling.clone(),
+            };
+            probes.push(SavedProbe::train(tensor, &targets, &config.probe, meta)?);
+        }
         parts.observer.on_event(&SweepEvent::Progress { phase: Phase::Probes, done: i + 1 });
     }
     parts.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Probes });
@@ -397,5 +476,7 @@ pub(super) fn report(
         summary,
         plan: config.plan.clone(),
         memory: None,
+        probes,
+        transfer: Vec::new(),
     })
 }

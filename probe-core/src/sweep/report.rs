@@ -199,6 +199,13 @@ pub struct SweepReport {
     /// Memory measured during the run, beside the plan's prediction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryReport>,
+    /// Per layer, the logistic probe trained on every prompt (classification only), to save
+    /// ([`crate::sweep::SavedProbe::save`]) and apply to new text; not part of `report.json`.
+    #[serde(skip)]
+    pub probes: Vec<super::SavedProbe>,
+    /// The probes scored on other prompt sets (`--test-on`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transfer: Vec<super::TransferScore>,
 }
 
 fn classification() -> String {
@@ -302,6 +309,15 @@ impl SweepReport {
                 b.ci95[1],
                 opt(b.selectivity)
             ));
+        }
+        for t in &self.transfer {
+            s.push_str(&format!(
+                "\nTrained on all of `{}`, tested on `{}` ({} prompts):\n\n| layer | accuracy |\n|---|---|\n",
+                self.prompt_set, t.prompt_set, t.n_prompts
+            ));
+            for (layer, acc) in &t.layers {
+                s.push_str(&format!("| {layer} | {} |\n", opt(*acc)));
+            }
         }
         let sections = [
             ("Plan", self.plan.as_ref().map(RunPlan::lines)),

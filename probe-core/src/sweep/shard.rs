@@ -144,27 +144,20 @@ pub async fn run_shard(
     let mut work = SweepSummary { generation: config.sampling.is_some(), ..SweepSummary::default() };
     let corrupt_before = parts.cache.corrupt_entries();
 
-    let (own, source) = match (&config.sampling, parts.generator) {
+    let (own, source, gens) = match (&config.sampling, parts.generator) {
         (Some(sampling), Some(generator)) => {
             let job = GenJob::new(generator, parts.cache, parts.observer, prompts, sampling, config);
-            generations::shard_texts(&job, &own_rows, &mut work).await?
+            let (own, source, gens) = generations::shard_texts(&job, &own_rows, &mut work).await?;
+            (own, source, Some(gens))
         }
         _ => {
             let texts = prompts.texts();
             let own = own_rows.iter().map(|&(s, e)| ((s, e), crate::Inputs::Texts(texts[s..e].to_vec()))).collect();
-            (own, ActivationSource::texts_with(&texts, prompts.special_tokens))
+            (own, ActivationSource::texts_with(&texts, prompts.special_tokens), None)
         }
     };
-    let job = Job {
-        info: &info,
-        prompt_set: &prompts.name,
-        source: &source,
-        n,
-        layers: &layers,
-        positions: config.positions,
-        batch_size: config.batch_size,
-        special_tokens: prompts.special_tokens,
-    };
+    let mut job = activation_job(&info, prompts, &source, &layers, config);
+    job.spans = own_spans(parts.extractor, config, prompts, &own, gens.as_ref())?;
     activations::shard_extract(parts.extractor, parts.cache, parts.observer, &job, &own, &mut work).await?;
     work.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
     let summary = ShardSummary {
@@ -346,7 +339,7 @@ fn activation_job<'a>(
     prompts: &'a PromptSet,
     source: &'a ActivationSource,
     layers: &'a [usize],
-    config: &SweepConfig,
+    config: &'a SweepConfig,
 ) -> Job<'a> {
     Job {
         info,
@@ -354,10 +347,31 @@ fn activation_job<'a>(
         source,
         n: prompts.len(),
         layers,
-        positions: config.positions,
+        readout: &config.positions,
+        spans: None,
         batch_size: config.batch_size,
         special_tokens: prompts.special_tokens,
     }
+}
+
+/// The spans of a shard's own rows (others left empty: a shard never reads them).
+fn own_spans(
+    extractor: &dyn crate::ActivationExtractor,
+    config: &SweepConfig,
+    prompts: &PromptSet,
+    own: &BTreeMap<(usize, usize), crate::Inputs>,
+    gens: Option<&BTreeMap<(usize, usize), Vec<crate::Generation>>>,
+) -> Result<Option<Vec<crate::Span>>> {
+    let mut all: Option<Vec<crate::Span>> = None;
+    for (&rows, inputs) in own {
+        let g = gens.and_then(|g| g.get(&rows)).map(Vec::as_slice);
+        let special = prompts.special_tokens;
+        if let Some(part) = super::spans::resolve(extractor, &config.positions, special, (prompts, rows), g, inputs)? {
+            let spans = all.get_or_insert_with(|| vec![crate::Span::new(0, 0); prompts.len()]);
+            spans[rows.0..rows.1].copy_from_slice(&part);
+        }
+    }
+    Ok(all)
 }
 
 /// "3 of 6 blocks are missing: block 1 (rows 4..8: generations, layers 1,3; shard 2/3), …".

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use super::fnv;
 use crate::{
     ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Inputs, LayerActivations, ModelId,
-    ModelInfo, Positions, Result, Tensor,
+    ModelInfo, Positions, Result, SpecialTokens, Tensor,
 };
 
 /// A deterministic extractor: each whitespace-separated word (or token id) has a fixed
@@ -46,6 +46,11 @@ impl MockExtractor {
         self.rows.load(Ordering::SeqCst)
     }
 
+    /// A text's tokens: `<bos>`, then its whitespace-separated words.
+    fn words(text: &str) -> Vec<Vec<u8>> {
+        std::iter::once(b"<bos>".to_vec()).chain(text.split_whitespace().map(|w| w.as_bytes().to_vec())).collect()
+    }
+
     fn token_vec(&self, token: &[u8], layer: usize) -> Vec<f32> {
         (0..self.info.hidden_size)
             .map(|j| {
@@ -61,14 +66,7 @@ impl ActivationExtractor for MockExtractor {
     async fn extract(&self, request: ActivationRequest) -> Result<Activations> {
         request.validate(&self.info)?;
         let tokens: Vec<Vec<Vec<u8>>> = match &request.inputs {
-            Inputs::Texts(t) => t
-                .iter()
-                .map(|s| {
-                    let mut w: Vec<Vec<u8>> = s.split_whitespace().map(|w| w.as_bytes().to_vec()).collect();
-                    w.insert(0, b"<bos>".to_vec());
-                    w
-                })
-                .collect(),
+            Inputs::Texts(t) => t.iter().map(|s| Self::words(s)).collect(),
             Inputs::TokenIds(ids) => ids.iter().map(|s| s.iter().map(|t| t.to_le_bytes().to_vec()).collect()).collect(),
         };
         let n = tokens.len();
@@ -86,7 +84,8 @@ impl ActivationExtractor for MockExtractor {
         let mut layers = Vec::new();
         for layer in request.sorted_layers() {
             let mut data = Vec::new();
-            for toks in &tokens {
+            for (i, toks) in tokens.iter().enumerate() {
+                let span = request.span(i, toks.len())?;
                 let mut running = vec![0f32; hidden];
                 let mut states = Vec::with_capacity(toks.len());
                 for (p, t) in toks.iter().enumerate() {
@@ -99,10 +98,11 @@ impl ActivationExtractor for MockExtractor {
                     );
                 }
                 match request.positions {
-                    Positions::Last => data.extend_from_slice(states.last().expect("validated non-empty")),
+                    Positions::Last => data.extend_from_slice(&states[span.end - 1]),
                     Positions::Mean => {
+                        let read = &states[span.start..span.end];
                         for j in 0..hidden {
-                            data.push(states.iter().map(|s| s[j]).sum::<f32>() / states.len() as f32);
+                            data.push(read.iter().map(|s| s[j]).sum::<f32>() / read.len() as f32);
                         }
                     }
                     Positions::All => {
@@ -125,6 +125,13 @@ impl ActivationExtractor for MockExtractor {
             )
         });
         Ok(Activations::new(layers, request.positions, mask, tokens.iter().map(Vec::len).collect()))
+    }
+
+    /// One id per token of [`MockExtractor::extract`]'s texts (`<bos>` and the words), each a
+    /// hash of the word: the right count, not ids that extract to the same vectors.
+    fn tokenize(&self, text: &str, _special: SpecialTokens) -> Result<Vec<u32>> {
+        let vocab = self.info.vocab_size as u64;
+        Ok(Self::words(text).iter().map(|w| (fnv(&[w]) % vocab) as u32).collect())
     }
 
     fn model_info(&self) -> ModelInfo {

@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use async_trait::async_trait;
 
 use super::fnv;
-use crate::{ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, ModelInfo, Result};
+use crate::{
+    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, ModelInfo, Result, SpecialTokens,
+};
 
 /// Wraps an extractor and fails seeded pseudo-random calls with [`Error::OutOfMemory`],
 /// for fault tests: the caller's out-of-memory handling must give the same activations.
@@ -76,6 +78,10 @@ impl ActivationExtractor for OomInjector {
 
     fn model_info(&self) -> ModelInfo {
         self.inner.model_info()
+    }
+
+    fn tokenize(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>> {
+        self.inner.tokenize(text, special)
     }
 
     fn capabilities(&self) -> Capabilities {

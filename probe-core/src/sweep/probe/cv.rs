@@ -147,6 +147,12 @@ fn choose_c(
     Ok((0..grid.len()).fold(0, |b, i| if totals[i] > totals[b] + 1e-12 { i } else { b })).map(|i| grid[i])
 }
 
+/// The `C` of `cfg`'s grid for a probe trained on `rows` (inner cross-validation when the
+/// grid has several values).
+pub(super) fn choose_c_all(features: &Tensor, t: &Targets, rows: &[usize], cfg: &ProbeConfig) -> Result<f64> {
+    choose_c(features, t, rows, &cfg.grid(), cfg, 0)
+}
+
 fn run_fold(
     features: &Tensor,
     t: &Targets,

@@ -55,6 +55,25 @@ pub(crate) fn dot(a: &[f32], b: &[f64]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
+/// `Σ a[i] b[i]` in sixteen `f32` lanes (vectorises), summed in `f64`.
+pub(crate) fn dot32(a: &[f32], b: &[f32]) -> f64 {
+    const L: usize = 16;
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let mut acc = [0.0f32; L];
+    for (x, y) in ca.zip(cb) {
+        for k in 0..L {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().map(|&v| f64::from(v)).sum::<f64>() + tail
+}
+
+/// `y += a x` in `f32`.
+pub(crate) fn axpy32(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}
+
 /// `y += a x`.
 pub(crate) fn axpy(y: &mut [f64], a: f64, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y += a * f64::from(*x));

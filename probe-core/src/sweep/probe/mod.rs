@@ -13,6 +13,7 @@ mod cv;
 mod folds;
 mod linalg;
 mod logistic;
+mod saved;
 #[cfg(test)]
 mod tests;
 
@@ -24,6 +25,9 @@ pub use cv::{evaluate_layer, roc_auc};
 pub use folds::stratified_folds;
 pub use linalg::Standardizer;
 pub use logistic::LogisticProbe;
+pub use saved::{Applied, ProbeMeta, SavedProbe};
+
+use cv::choose_c_all;
 
 /// How the labels are read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,8 +176,8 @@ impl Default for ProbeConfig {
             seed: 0,
             c: vec![1.0],
             inner_folds: 3,
-            max_iter: 1000,
-            tol: 1e-6,
+            max_iter: 100,
+            tol: 1e-4,
             bootstrap: 1000,
             labels: LabelKind::Auto,
         }

@@ -1,0 +1,71 @@
+//! Generalisation across prompt sets: the probes a sweep trained on every prompt of its set,
+//! scored on another set's activations (`probe sweep --test-on`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Applied, PromptSet, SweepReport};
+use crate::{Error, Result, Tensor};
+
+/// The probes' accuracy on another prompt set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TransferScore {
+    /// The other set's name.
+    pub prompt_set: String,
+    /// Its number of prompts.
+    pub n_prompts: usize,
+    /// Per layer: the accuracy of the probe trained on the sweep's set (`None` when the set
+    /// has no labels).
+    pub layers: Vec<(usize, Option<f64>)>,
+}
+
+/// Per layer, every prompt's result.
+pub type LayerResults = Vec<(usize, Vec<Applied>)>;
+
+/// Scores every saved probe of `report` on `features` (by layer) of `set`; returns the
+/// score and, per layer, every prompt's result.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming a label of `set` the probes were not trained on, or a layer
+/// without features.
+pub fn transfer(
+    report: &SweepReport,
+    set: &PromptSet,
+    features: &BTreeMap<usize, Tensor>,
+) -> Result<(TransferScore, LayerResults)> {
+    let labelled = set.prompts.iter().all(|p| p.label.is_some());
+    let truth: Option<Vec<usize>> = labelled
+        .then(|| {
+            set.prompts
+                .iter()
+                .map(|p| {
+                    let l = p.label.as_deref().unwrap_or_default();
+                    report.classes.iter().position(|c| c == l).ok_or_else(|| {
+                        Error::invalid(
+                            "label",
+                            format!(
+                                "{l:?} of {:?} in {} is not a class the probes know ({:?})",
+                                p.id, set.name, report.classes
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_>>()
+        })
+        .transpose()?;
+    let mut layers = Vec::new();
+    let mut applied = Vec::new();
+    for probe in &report.probes {
+        let layer = probe.meta.layer;
+        let t = features.get(&layer).ok_or_else(|| Error::invalid("layer", format!("{layer} has no features")))?;
+        let results = probe.apply(t)?;
+        let accuracy = truth
+            .as_ref()
+            .map(|y| results.iter().zip(y).filter(|(a, y)| a.class == **y).count() as f64 / y.len().max(1) as f64);
+        layers.push((layer, accuracy));
+        applied.push((layer, results));
+    }
+    Ok((TransferScore { prompt_set: set.name.clone(), n_prompts: set.len(), layers }, applied))
+}
