@@ -116,6 +116,16 @@ impl BackendKind {
         self.open_as(model, gpu, urls, "f32")
     }
 
+    /// `vllm` generation and extraction on the servers at `urls` (started with the
+    /// hidden-states flags): [`OpenOptions::vllm_extraction`].
+    pub(crate) fn open_vllm_extraction(self, model: &str, urls: &[String]) -> Result<Opened> {
+        if self != Self::Vllm {
+            return Err(Error::invalid("extractor", format!("\"vllm\" needs --backend vllm, not {}", self.name())));
+        }
+        let options = OpenOptions::default().with_urls(urls.to_vec()).with_vllm_extraction(true, None);
+        registry::open(Backend::Vllm, model, &options)
+    }
+
     /// Only the generator: for `vllm` no model is loaded in process.
     pub(crate) fn open_generator(self, model: &str, gpu: Option<usize>, urls: &[String]) -> Result<Arc<dyn Generator>> {
         self.open_generator_as(model, gpu, urls, ("f32", None))

