@@ -166,6 +166,8 @@ impl OpenOptions {
     /// Sets the batch size ([`OpenOptions::batch_size`]).
     pub fn with_batch_size(mut self, b: Option<usize>) -> Self {
         self.batch_size = b;
+        self
+    }
     /// Extracts with vLLM itself ([`OpenOptions::vllm_extraction`]), reading its files from
     /// `shared_dir` when given ([`OpenOptions::hidden_states_dir`]).
     pub fn with_vllm_extraction(mut self, on: bool, shared_dir: Option<std::path::PathBuf>) -> Self {
