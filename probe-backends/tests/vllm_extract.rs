@@ -213,7 +213,8 @@ async fn a_server_that_goes_away_mid_extraction_is_survived() {
     let Some(env) = env() else { return };
     let _serial = SERIAL.lock().await;
     let (proxy, served) = dying_proxy(env.url.clone(), 2).await;
-    let prompts: Vec<String> = (0..8).map(|i| format!("Input number {i} is here")).collect();
+    // Enough inputs that the pool sends the proxy more than it serves, however it balances.
+    let prompts: Vec<String> = (0..32).map(|i| format!("Input number {i} is here")).collect();
     let req = ActivationRequest::texts(prompts, vec![0, 2, 4]).with_positions(Positions::Mean);
     let both = extractor(vec![proxy, env.url.clone()], &env.model);
     let got = both.extract(req.clone()).await.expect("the other server takes over");
