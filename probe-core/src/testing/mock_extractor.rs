@@ -24,8 +24,11 @@ pub struct MockExtractor {
 impl MockExtractor {
     /// A mock with `num_layers` blocks and `hidden` dimensions.
     pub fn new(model: impl Into<String>, num_layers: usize, hidden: usize) -> Self {
+        let model = model.into();
+        // Another mock model has other "weights": its revision differs as a content hash would.
+        let revision = format!("mock-{:016x}", fnv(&[model.as_bytes()]));
         Self {
-            info: ModelInfo::new(ModelId::new(model, "mock"), "mock", num_layers, hidden, 1 << 16)
+            info: ModelInfo::new(ModelId::new(model, revision), "mock", num_layers, hidden, 1 << 16)
                 .with_tokenizer("whitespace"),
             passes: AtomicUsize::new(0),
             rows: AtomicUsize::new(0),
