@@ -113,23 +113,8 @@ impl ExportDir {
     /// The token ids of every input (texts tokenised with special tokens unless `special` says
     /// they are written in), checked non-empty and inside the vocabulary.
     pub(crate) fn token_ids(&self, inputs: &Inputs, special: SpecialTokens) -> Result<Vec<Vec<u32>>> {
-        let ids = match inputs {
-            Inputs::TokenIds(ids) => ids.clone(),
-            Inputs::Texts(texts) => texts
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    self.tokenizer
-                        .encode(t.as_str(), special.add())
-                        .map(|enc| enc.get_ids().to_vec())
-                        .map_err(|e| Error::invalid(format!("text #{i}"), format!("tokenizer failed: {e}")))
-                })
-                .collect::<Result<Vec<_>>>()?,
-        };
+        let ids = encode_inputs(&self.tokenizer, inputs, special)?;
         for (i, seq) in ids.iter().enumerate() {
-            if seq.is_empty() {
-                return Err(Error::invalid("inputs", format!("input #{i} has no tokens")));
-            }
             if let Some(&t) = seq.iter().find(|&&t| t as usize >= self.info.vocab_size) {
                 return Err(Error::invalid(
                     "token id",
@@ -176,6 +161,29 @@ impl ExportDir {
         }
         Ok(out.finish())
     }
+}
+
+/// The token ids of every input (texts tokenised by `tokenizer`, with its special tokens unless
+/// `special` says they are written in), checked non-empty: the one tokenisation of the
+/// extractors that hold a `tokenizer.json` (TorchScript, ONNX, vLLM).
+pub(crate) fn encode_inputs(tokenizer: &Tokenizer, inputs: &Inputs, special: SpecialTokens) -> Result<Vec<Vec<u32>>> {
+    let ids = match inputs {
+        Inputs::TokenIds(ids) => ids.clone(),
+        Inputs::Texts(texts) => texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                tokenizer
+                    .encode(t.as_str(), special.add())
+                    .map(|enc| enc.get_ids().to_vec())
+                    .map_err(|e| Error::invalid(format!("text #{i}"), format!("tokenizer failed: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    if let Some(i) = ids.iter().position(Vec::is_empty) {
+        return Err(Error::invalid("inputs", format!("input #{i} has no tokens")));
+    }
+    Ok(ids)
 }
 
 /// Token ids padded on the right into a `[batch, seq]` block, with the attention mask.

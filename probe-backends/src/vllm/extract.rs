@@ -18,6 +18,7 @@ use futures::{StreamExt, stream};
 use probe_core::hf_config::HfConfig;
 use probe_core::{
     ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Inputs, ModelId, ModelInfo, Result,
+    SpecialTokens,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -27,7 +28,7 @@ use super::BACKEND;
 use super::client::VllmGenerator;
 use super::final_norm::FinalNorm;
 use super::hidden::{self, HiddenStates, extraction_args};
-use crate::exported::{Collector, PaddedBatch};
+use crate::exported::{Collector, PaddedBatch, encode_inputs};
 
 /// Extracts hidden states with vLLM servers started with [`extraction_args`] (the launcher
 /// adds them with [`super::VllmLauncherBuilder::hidden_states`]).
@@ -117,23 +118,7 @@ impl VllmExtractor {
 
     /// The token ids of every input, as the in-process backends tokenise them.
     fn token_ids(&self, request: &ActivationRequest) -> Result<Vec<Vec<u32>>> {
-        let ids = match &request.inputs {
-            Inputs::TokenIds(ids) => ids.clone(),
-            Inputs::Texts(texts) => texts
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    self.tokenizer
-                        .encode(t.as_str(), request.special_tokens.add())
-                        .map(|enc| enc.get_ids().to_vec())
-                        .map_err(|e| Error::invalid(format!("text #{i}"), format!("tokenizer failed: {e}")))
-                })
-                .collect::<Result<Vec<_>>>()?,
-        };
-        if let Some(i) = ids.iter().position(Vec::is_empty) {
-            return Err(Error::invalid("inputs", format!("input #{i} has no tokens")));
-        }
-        Ok(ids)
+        encode_inputs(&self.tokenizer, &request.inputs, request.special_tokens)
     }
 
     /// Where the answer `body` from `server` says the hidden states are.
@@ -240,5 +225,10 @@ impl ActivationExtractor for VllmExtractor {
         c.token_id_input = true;
         c.all_positions = true;
         c
+    }
+
+    fn tokenize(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>> {
+        let mut ids = encode_inputs(&self.tokenizer, &Inputs::Texts(vec![text.to_owned()]), special)?;
+        Ok(ids.remove(0))
     }
 }
