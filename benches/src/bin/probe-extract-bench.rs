@@ -3,6 +3,7 @@
 //!
 //! `probe-extract-bench --backend candle --model DIR --layers all|a..=b|a..b|3,5,7 --batch 16 --seq 128 --iters 3 --threads 2`
 
+use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,43 +15,30 @@ use probe_core::{ActivationExtractor, ActivationRequest, Error, Result};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Flags (`--backend candle --model DIR --layers all --batch 16 --seq 128 --iters 3 --threads 2`).
+#[derive(Parser)]
 struct Args {
+    /// Backend: candle, tch or ort.
+    #[arg(long, default_value = "candle")]
     backend: String,
+    /// Model (or export) folder.
+    #[arg(long)]
     model: PathBuf,
+    /// Layers, as `probe --layers`.
+    #[arg(long, default_value = "all")]
     layers: String,
+    /// Inputs per forward pass.
+    #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Tokens per input.
+    #[arg(long, default_value_t = 128)]
     seq: usize,
+    /// Timed passes.
+    #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Compute threads.
+    #[arg(long, default_value_t = 2)]
     threads: usize,
-}
-
-fn parse() -> Result<Args> {
-    let mut a = Args {
-        backend: "candle".into(),
-        model: PathBuf::new(),
-        layers: "all".into(),
-        batch: 16,
-        seq: 128,
-        iters: 3,
-        threads: 2,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let v = it.next().ok_or_else(|| Error::invalid("argument", format!("{flag} needs a value")))?;
-        let num =
-            |v: &str| v.parse::<usize>().map_err(|_| Error::invalid(flag.clone(), format!("{v:?} is not a number")));
-        match flag.as_str() {
-            "--backend" => a.backend = v,
-            "--model" => a.model = v.into(),
-            "--layers" => a.layers = v,
-            "--batch" => a.batch = num(&v)?,
-            "--seq" => a.seq = num(&v)?,
-            "--iters" => a.iters = num(&v)?,
-            "--threads" => a.threads = num(&v)?,
-            other => return Err(Error::invalid("argument", format!("unknown flag {other}"))),
-        }
-    }
-    Ok(a)
 }
 
 fn load(a: &Args) -> Result<Arc<dyn ActivationExtractor>> {
@@ -68,7 +56,7 @@ async fn main() {
 }
 
 async fn run() -> Result<()> {
-    let a = parse()?;
+    let a = Args::parse();
     // SAFETY: set before any thread of the engines starts.
     unsafe {
         std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use clap::Parser;
 use probe_backends::candle::{CandleBackend, CandleOptions};
 use probe_core::{Error, GenerationRequest, Generator, Result, SamplingParams};
 
@@ -14,31 +15,24 @@ use probe_core::{Error, GenerationRequest, Generator, Result, SamplingParams};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Flags (`--model DIR --prompts FILE --max-tokens 32 --batch 16 --threads 2`).
+#[derive(Parser)]
 struct Args {
+    /// Model folder.
+    #[arg(long)]
     model: PathBuf,
+    /// Prompts, one a line.
+    #[arg(long)]
     prompts: PathBuf,
+    /// New tokens per prompt.
+    #[arg(long, default_value_t = 32)]
     max_tokens: u32,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Compute threads.
+    #[arg(long, default_value_t = 2)]
     threads: usize,
-}
-
-fn parse() -> Result<Args> {
-    let mut a = Args { model: PathBuf::new(), prompts: PathBuf::new(), max_tokens: 32, batch: 16, threads: 2 };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let v = it.next().ok_or_else(|| Error::invalid("argument", format!("{flag} needs a value")))?;
-        let num =
-            |v: &str| v.parse::<usize>().map_err(|_| Error::invalid(flag.clone(), format!("{v:?} is not a number")));
-        match flag.as_str() {
-            "--model" => a.model = v.into(),
-            "--prompts" => a.prompts = v.into(),
-            "--max-tokens" => a.max_tokens = num(&v)? as u32,
-            "--batch" => a.batch = num(&v)?,
-            "--threads" => a.threads = num(&v)?,
-            other => return Err(Error::invalid("argument", format!("unknown flag {other}"))),
-        }
-    }
-    Ok(a)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -50,7 +44,7 @@ async fn main() {
 }
 
 async fn run() -> Result<()> {
-    let a = parse()?;
+    let a = Args::parse();
     // SAFETY: set before any thread of the engine starts.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string()) };
     let text = std::fs::read_to_string(&a.prompts).map_err(|e| Error::io(a.prompts.display(), e))?;
