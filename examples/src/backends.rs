@@ -18,7 +18,7 @@ pub(crate) const MOCK_LAYERS: usize = 6;
 pub(crate) enum BackendKind {
     /// In process, pure Rust (the default).
     Candle,
-    /// OpenAI-compatible vLLM servers (generation only).
+    /// OpenAI-compatible vLLM servers (generation; extraction with `--extractor vllm`).
     Vllm,
     /// libtorch.
     Tch,
@@ -114,16 +114,6 @@ impl BackendKind {
     /// [`BackendKind::open_as`] in f32.
     pub(crate) fn open(self, model: &str, gpu: Option<usize>, urls: &[String]) -> Result<Opened> {
         self.open_as(model, gpu, urls, "f32")
-    }
-
-    /// `vllm` generation and extraction on the servers at `urls` (started with the
-    /// hidden-states flags): [`OpenOptions::vllm_extraction`].
-    pub(crate) fn open_vllm_extraction(self, model: &str, urls: &[String]) -> Result<Opened> {
-        if self != Self::Vllm {
-            return Err(Error::invalid("extractor", format!("\"vllm\" needs --backend vllm, not {}", self.name())));
-        }
-        let options = OpenOptions::default().with_urls(urls.to_vec()).with_vllm_extraction(true, None);
-        registry::open(Backend::Vllm, model, &options)
     }
 
     /// Only the generator: for `vllm` no model is loaded in process.

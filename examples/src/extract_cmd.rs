@@ -13,6 +13,7 @@ use crate::backends::BackendKind;
 use crate::config_file::ProbeToml;
 use crate::progress::Bars;
 use crate::run_plan::{self, PlanFlags, Workload};
+use crate::servers::{self, Servers};
 
 /// Arguments of `probe extract`.
 #[derive(Debug, Clone, Args)]
@@ -68,17 +69,26 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
     let backend = args.backend.unwrap_or(BackendKind::Candle);
     backend.check_available()?;
     let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
-    if backend == BackendKind::Vllm && urls.is_empty() {
-        return Err(Error::invalid(
-            "url",
-            "--backend vllm extracts on servers: --url URL or [vllm] urls in probe.toml",
-        ));
-    }
     if !args.url.is_empty() && backend != BackendKind::Vllm {
         return Err(Error::invalid("url", format!("{:?} is only used with --backend vllm", args.url[0])));
     }
     let inputs = PromptSet::load(&args.input, PromptFormat::texts())?;
-    let layers = args.layers.resolve(backend.model_layers(&args.model)?)?;
+    let vllm = backend == BackendKind::Vllm;
+    // vLLM extracts on its servers (given, or launched here): they load the model, whatever candle supports.
+    let num_layers =
+        if vllm { probe_backends::registry::config_layers(&args.model)? } else { backend.model_layers(&args.model)? };
+    let layers = args.layers.resolve(num_layers)?;
+    let servers = if vllm {
+        let log_dir = match &file.vllm.log_dir {
+            Some(d) => d.clone(),
+            None => args.out.parent().unwrap_or(std::path::Path::new(".")).join("vllm-logs"),
+        };
+        let mut s = Servers::plan(&file, backend, &args.model, &urls, false, log_dir.clone(), args.dry_run)?;
+        s.extract_on_servers(&file, &args.model, num_layers, log_dir)?;
+        Some(s)
+    } else {
+        None
+    };
     let inputs =
         probe_backends::chat::render_prompts(inputs, std::path::Path::new(&args.model), args.chat_template.as_deref())?;
     if args.positions == Readout::MeanCompletion {
@@ -118,29 +128,63 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
             return run_plan::print_json("extract", backend, &args.model, plan.as_ref(), &[]);
         }
         plan.iter().flat_map(|p| p.lines()).for_each(|l| println!("plan: {l}"));
+        servers.iter().flat_map(|s| s.dry_run_lines(true)).skip(2).for_each(|l| println!("{l}"));
         return Ok(());
     }
-    let batch_size = plan.as_ref().map_or(given.unwrap_or(16), |p| p.batch_size_or(16));
-    let gpu = match &plan {
-        Some(p) => p.first_extraction_gpu(),
-        None => file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()),
-    };
-    let dtype = run_plan::dtype_name(plan.as_ref());
-    let opened = if backend == BackendKind::Vllm {
-        backend.open_vllm_extraction(&args.model, &urls)?
-    } else {
-        backend.open_planned(&args.model, plan.as_ref(), gpu, &[], dtype)?
+    let launches = servers.as_ref().is_some_and(Servers::launches);
+    servers::with_signals(launches, extract(&args, &inputs, &layers, servers.as_ref(), (plan.as_ref(), given), quiet))
+        .await
+}
+
+/// Opens the model (for `vllm`, on the given or launched servers), extracts and writes.
+async fn extract(
+    args: &ExtractArgs,
+    inputs: &PromptSet,
+    layers: &[usize],
+    servers: Option<&Servers>,
+    (plan, given): (Option<&probe_core::plan::RunPlan>, Option<usize>),
+    quiet: bool,
+) -> Result<()> {
+    let backend = args.backend.unwrap_or(BackendKind::Candle);
+    let batch_size = plan.map_or(given.unwrap_or(16), |p| p.batch_size_or(16));
+    let (opened, launched) = match servers {
+        Some(s) => s.open_extraction(&args.model)?,
+        None => {
+            let file = ProbeToml::load(args.config.as_deref())?;
+            let gpu = match plan {
+                Some(p) => p.first_extraction_gpu(),
+                None => file.devices.extraction_gpus.as_ref().and_then(|g| g.first().copied()),
+            };
+            (backend.open_planned(&args.model, plan, gpu, &[], run_plan::dtype_name(plan))?, None)
+        }
     };
     let model = crate::faults::inject(opened)?;
     let bars = Bars::new(quiet);
     let extractor = model.extractor.as_ref();
-    if all {
-        return write_shards(extractor, &bars, &inputs, &layers, (batch_size, args.max_shard_bytes), &args.out).await;
+    let written = if args.positions == Readout::All {
+        write_shards(extractor, &bars, inputs, layers, (batch_size, args.max_shard_bytes), &args.out).await
+    } else {
+        write_file(args, extractor, &bars, inputs, layers, batch_size).await
+    };
+    if let Some(l) = launched {
+        l.stop("after extraction").await?;
     }
-    let tensors = sweep::extract_prompts(extractor, &bars, &inputs, &layers, &args.positions, batch_size).await?;
+    written
+}
+
+/// `--positions` other than `all`: one `[n, hidden]` tensor per layer in one file.
+async fn write_file(
+    args: &ExtractArgs,
+    extractor: &dyn probe_core::ActivationExtractor,
+    bars: &Bars,
+    inputs: &PromptSet,
+    layers: &[usize],
+    batch_size: usize,
+) -> Result<()> {
+    let tensors = sweep::extract_prompts(extractor, bars, inputs, layers, &args.positions, batch_size).await?;
     let names: Vec<String> = tensors.keys().map(|l| format!("layer.{l}")).collect();
     let named: Vec<(&str, &probe_core::Tensor)> = names.iter().map(String::as_str).zip(tensors.values()).collect();
-    let info = model.extractor.model_info();
+    let info = extractor.model_info();
     let meta: HashMap<String, String> = [
         ("model", info.id.id.clone()),
         ("revision", info.id.revision.clone()),

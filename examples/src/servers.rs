@@ -15,14 +15,14 @@ use std::sync::Arc;
 use probe_core::plan::RunPlan;
 use probe_core::{Error, Result};
 
-use crate::backends::BackendKind;
+use crate::backends::{BackendKind, Opened};
 use crate::config_file::{Devices, ProbeToml};
 
 #[cfg(not(feature = "vllm"))]
-pub(crate) use no_vllm::{OnDemand, after_sweep, generation_first};
+pub(crate) use no_vllm::{Lazy, OnDemand, after_sweep, generation_first};
 pub(crate) use probe_backends::roles::{Mode, Roles};
 #[cfg(feature = "vllm")]
-pub(crate) use probe_backends::vllm::{OnDemand, after_sweep, generation_first};
+pub(crate) use probe_backends::vllm::{LazyServers as Lazy, OnDemand, after_sweep, generation_first};
 
 /// The roles of `[devices]`.
 ///
@@ -56,6 +56,8 @@ pub(crate) struct Servers {
     launcher: Option<Launcher>,
     /// `[devices]` names a GPU set (else the plan assigns the phases' GPUs).
     roles_given: bool,
+    /// `--extractor vllm`: the servers extract too ([`Servers::extract_on_servers`]).
+    extracts: bool,
 }
 
 impl Servers {
@@ -85,7 +87,32 @@ impl Servers {
             None
         };
         let roles_given = file.devices.generation_gpus.is_some() || file.devices.extraction_gpus.is_some();
-        Ok(Self { roles, backend, generates, urls: urls.to_vec(), launcher, roles_given })
+        Ok(Self { roles, backend, generates, urls: urls.to_vec(), launcher, roles_given, extracts: false })
+    }
+
+    /// `--extractor vllm`: the servers extract too. Servers this run launches get the
+    /// hidden-states flags (files under `<log dir>/hidden-states`, deleted as they are read)
+    /// and stay up until the run ends: they are the extractor, so nothing is time-shared.
+    ///
+    /// # Errors
+    /// As [`Servers::plan`]'s launcher settings.
+    pub(crate) fn extract_on_servers(
+        &mut self,
+        file: &ProbeToml,
+        model: &str,
+        num_layers: usize,
+        log_dir: PathBuf,
+    ) -> Result<()> {
+        self.extracts = true;
+        if self.urls.is_empty() {
+            let l = match self.launcher.take() {
+                Some(l) => l,
+                None => launcher(file, model, &self.roles, log_dir.clone())?,
+            };
+            self.launcher = Some(with_hidden_states(l, log_dir.join("hidden-states"), num_layers));
+        }
+        self.roles.mode = Mode::Exclusive;
+        Ok(())
     }
 
     /// True when this run starts its own servers.
@@ -109,7 +136,14 @@ impl Servers {
             }
             (true, b) => format!("generation: {} in process on {}", b.name(), devices(&r.generation)),
         });
-        if extraction {
+        if extraction && self.extracts {
+            out.push(
+                "extraction: vllm on the same servers (the hidden states they write; a readout within a \
+                 completion's generation pass needs no pass of its own)"
+                    .to_owned(),
+            );
+            out.push("time-shared: no: the servers generate and extract".to_owned());
+        } else if extraction {
             let b = if self.backend == BackendKind::Vllm { BackendKind::Candle } else { self.backend };
             out.push(format!("extraction: {} in process on {}", b.name(), devices(&r.extraction)));
             let how = if r.derived { "derived from the device sets" } else { "[devices] mode" };
@@ -144,6 +178,8 @@ impl Servers {
     /// The vLLM client's settings errors.
     pub(crate) fn on_demand(&self, model: &str) -> Result<Option<Arc<OnDemand>>> {
         match &self.launcher {
+            // The extractor generates (`open_extraction`).
+            _ if self.extracts => Ok(None),
             None => Ok(None),
             Some(l) => {
                 let inner = self.backend.open_generator(model, None, &self.urls())?;
@@ -168,13 +204,45 @@ impl Servers {
         let Some(l) = &self.launcher else { return Ok(()) };
         if !self.roles_given {
             let extraction = plan.detail.extraction.as_ref().map(|e| e.gpus.clone()).unwrap_or_default();
-            let mode = if plan.detail.time_shared { "time-shared" } else { "exclusive" };
+            let mode = if plan.detail.time_shared && !self.extracts { "time-shared" } else { "exclusive" };
             self.roles = Roles::new(Some(g.gpus.clone()), Some(extraction), Some(mode))?;
             self.roles.derived = true;
         }
         self.launcher = Some(with_planned_servers(l, g)?);
         Ok(())
     }
+}
+
+impl Servers {
+    /// `--extractor vllm`: the extractor (and generator) on the given servers or on those this
+    /// run launches, started on first use; the launched ones, to stop when the run ends.
+    ///
+    /// # Errors
+    /// As [`probe_backends::registry::open`].
+    #[cfg(feature = "vllm")]
+    pub(crate) fn open_extraction(&self, model: &str) -> Result<(Opened, Option<Arc<Lazy>>)> {
+        use probe_backends::registry::{self, Backend, OpenOptions};
+        let lazy = self.launcher.as_ref().map(|l| Arc::new(Lazy::new(l.clone(), self.roles.mode)));
+        let options =
+            OpenOptions::default().with_urls(self.urls()).with_vllm_extraction(true, None).with_launched(lazy.clone());
+        Ok((registry::open(Backend::Vllm, model, &options)?, lazy))
+    }
+
+    /// Builds without `vllm` cannot extract on servers.
+    #[cfg(not(feature = "vllm"))]
+    pub(crate) fn open_extraction(&self, _model: &str) -> Result<(Opened, Option<Arc<Lazy>>)> {
+        Err(Error::FeatureDisabled { feature: "vllm".into() })
+    }
+}
+
+#[cfg(feature = "vllm")]
+fn with_hidden_states(l: Launcher, dir: PathBuf, num_layers: usize) -> Launcher {
+    l.with_hidden_states(dir, num_layers)
+}
+
+#[cfg(not(feature = "vllm"))]
+fn with_hidden_states(l: Launcher, _dir: PathBuf, _num_layers: usize) -> Launcher {
+    l
 }
 
 #[cfg(feature = "vllm")]
@@ -312,6 +380,16 @@ mod no_vllm {
     #[derive(Debug)]
     pub(crate) enum OnDemand {}
 
+    /// Never constructed without the feature.
+    #[derive(Debug)]
+    pub(crate) enum Lazy {}
+
+    impl Lazy {
+        pub(crate) async fn stop(&self, _why: &str) -> Result<()> {
+            match *self {}
+        }
+    }
+
     impl OnDemand {
         pub(crate) async fn stop(&self, _why: &str) -> Result<()> {
             match *self {}
@@ -411,6 +489,37 @@ mod tests {
         assert!(!given.launches(), "URLs given: nothing to launch");
         let no_gen = Servers::plan(&file, BackendKind::Vllm, "m", &[], false, "l".into(), false).unwrap();
         assert!(!no_gen.launches(), "--no-generate: nothing to launch");
+    }
+
+    #[cfg(feature = "vllm")]
+    #[test]
+    fn servers_that_extract_get_the_hidden_states_flags_and_are_never_time_shared() {
+        let toml = "[vllm]\ncommand = [\"/py\", \"-m\", \"vllm.entrypoints.openai.api_server\"]\n";
+        let file = ProbeToml::parse(toml, "t.toml").unwrap();
+        for generates in [true, false] {
+            let mut s = Servers::plan(&file, BackendKind::Vllm, "m", &[], generates, "logs".into(), false).unwrap();
+            s.extract_on_servers(&file, "m", 4, "logs".into()).unwrap();
+            assert!(s.launches(), "generates {generates}: the extracting servers are launched");
+            let lines = s.dry_run_lines(true);
+            assert!(lines.iter().any(|l| l.starts_with("extraction: vllm on the same servers")), "{lines:#?}");
+            assert!(lines.contains(&"time-shared: no: the servers generate and extract".to_owned()), "{lines:#?}");
+            let server = lines.iter().find(|l| l.starts_with("server 0: ")).unwrap();
+            for want in [
+                "extract_hidden_states",
+                r#""eagle_aux_hidden_state_layer_ids":[0,1,2,3,4]"#,
+                r#""shared_storage_path":"logs/hidden-states""#,
+                "CpuHiddenStatesConnector",
+                "PYTHONPATH=logs/python",
+                "--no-enable-prefix-caching",
+            ] {
+                assert!(server.contains(want), "{want} in {server}");
+            }
+            assert!(s.on_demand("m").unwrap().is_none(), "the extractor generates: no separate generator");
+        }
+        let mut given =
+            Servers::plan(&file, BackendKind::Vllm, "m", &["http://h:1".into()], true, "l".into(), false).unwrap();
+        given.extract_on_servers(&file, "m", 4, "l".into()).unwrap();
+        assert!(!given.launches(), "servers given by URL are not launched");
     }
 
     #[cfg(feature = "vllm")]

@@ -73,8 +73,9 @@ pub(crate) struct SweepArgs {
     #[arg(long)]
     pub(crate) url: Vec<String>,
     /// Extractor for `--backend vllm`: candle (default, in process) or vllm (the hidden states
-    /// the `--url` servers write themselves; they need the extraction flags, see README; with
-    /// --no-generate only).
+    /// the servers write themselves: launched with the extraction flags, or `--url` servers
+    /// started with them, see README; they generate too, and a readout within a completion's
+    /// generation pass costs no pass of its own).
     #[arg(long, value_name = "candle|vllm")]
     pub(crate) extractor: Option<String>,
     /// Settings file [default: ./probe.toml when present].
@@ -174,7 +175,26 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
     if !args.url.is_empty() && backend != BackendKind::Vllm {
         return Err(Error::invalid("url", format!("{:?} is only used with --backend vllm", args.url[0])));
     }
-    let num_layers = backend.model_layers(&args.model)?;
+    let vllm_extraction = match args.extractor.as_deref() {
+        None | Some("candle") => false,
+        Some("vllm") if backend == BackendKind::Vllm => true,
+        Some("vllm") => {
+            return Err(Error::invalid("extractor", format!("\"vllm\" needs --backend vllm, not {}", backend.name())));
+        }
+        Some(other) => return Err(Error::invalid("extractor", format!("{other:?} (expected candle or vllm)"))),
+    };
+    if vllm_extraction && fixed_grid {
+        return Err(Error::invalid(
+            "extractor",
+            "\"vllm\" with --shard or probe merge: not yet (shards extract with candle)",
+        ));
+    }
+    // vLLM extraction: the servers load the model, whatever candle supports.
+    let num_layers = if vllm_extraction {
+        probe_backends::registry::config_layers(&args.model)?
+    } else {
+        backend.model_layers(&args.model)?
+    };
     let prompts = probe_backends::chat::render_prompts(
         prompts,
         std::path::Path::new(&args.model),
@@ -226,22 +246,14 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
         .with_seed(seed);
     sampling.validate()?;
     let urls = if args.url.is_empty() { file.vllm.urls.clone().unwrap_or_default() } else { args.url.clone() };
-    let vllm_extraction = match args.extractor.as_deref() {
-        None | Some("candle") => false,
-        Some("vllm") if backend == BackendKind::Vllm && !urls.is_empty() && args.no_generate => true,
-        Some("vllm") => {
-            return Err(Error::invalid(
-                "extractor",
-                "\"vllm\" needs --backend vllm, --url servers started with the extraction flags, and \
-                 --no-generate (those servers do not generate exactly)",
-            ));
-        }
-        Some(other) => return Err(Error::invalid("extractor", format!("{other:?} (expected candle or vllm)"))),
-    };
     let cache_url = cache_url(args.cache.as_deref(), &file);
     probe_cache::check_url(&cache_url)?;
+    let log_dir = args.out.join("vllm-logs");
     let mut servers =
-        Servers::plan(&file, backend, &args.model, &urls, !args.no_generate, args.out.join("vllm-logs"), args.dry_run)?;
+        Servers::plan(&file, backend, &args.model, &urls, !args.no_generate, log_dir.clone(), args.dry_run)?;
+    if vllm_extraction {
+        servers.extract_on_servers(&file, &args.model, num_layers, file.vllm.log_dir.clone().unwrap_or(log_dir))?;
+    }
     let work = Workload {
         backend,
         model: &args.model,
@@ -292,11 +304,11 @@ pub(crate) async fn execute(plan: Plan, quiet: bool) -> Result<SweepReport> {
     tracing::info!("loading {} with {:?}", plan.model, plan.backend);
     memory.phase_started("load");
     let dtype = run_plan::dtype_name(plan.run_plan.as_ref());
-    let urls = plan.servers.urls();
-    let opened = if plan.vllm_extraction {
-        plan.backend.open_vllm_extraction(&plan.model, &urls)?
+    let (opened, extracting_servers) = if plan.vllm_extraction {
+        plan.servers.open_extraction(&plan.model)?
     } else {
-        plan.backend.open_planned(&plan.model, plan.run_plan.as_ref(), plan.gpu, &urls, dtype)?
+        let urls = plan.servers.urls();
+        (plan.backend.open_planned(&plan.model, plan.run_plan.as_ref(), plan.gpu, &urls, dtype)?, None)
     };
     let model = crate::faults::inject(opened)?;
     memory.phase_finished("load");
@@ -313,6 +325,9 @@ pub(crate) async fn execute(plan: Plan, quiet: bool) -> Result<SweepReport> {
         predictions.push((set, applied));
     }
     servers::after_sweep(ld, generated, &mut report).await?;
+    if let Some(s) = extracting_servers {
+        s.stop("after the sweep").await?;
+    }
     report.memory = Some(memory.finish(plan.run_plan.as_ref()));
     let written = outputs::write_all(&report, &plan.out)?;
     for (set, applied) in predictions {

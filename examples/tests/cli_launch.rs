@@ -160,7 +160,7 @@ fn sweep_launches_servers_on_the_cpu_and_stops_them_before_extraction() {
     // Everything cached: the rerun launches nothing.
     let (stdout, stderr) = ok(&probe(d, &record, &args), "second sweep");
     assert_eq!(events(&record).len(), ev.len(), "no server started on the rerun");
-    assert!(stderr.contains("vllm: no server was launched: every completion was cached"), "{stderr}");
+    assert!(stderr.contains("vllm: no server was launched: everything was cached"), "{stderr}");
     assert!(
         stdout.contains("generations: 0 generated, 12 cached · activations: 0 layers computed, 2 cached"),
         "{stdout}"

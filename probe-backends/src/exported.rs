@@ -253,6 +253,11 @@ impl Collector {
         }
     }
 
+    /// The end (exclusive) of the tokens input `i`'s `Last` or `Mean` reads.
+    pub(crate) fn span_end(&self, i: usize) -> usize {
+        self.spans[i].end
+    }
+
     /// Adds layer `k`'s `[batch, seq, hidden]` values for the inputs starting at `start`.
     pub(crate) fn push(&mut self, k: usize, start: usize, batch: &PaddedBatch, values: &[f32]) -> Result<()> {
         let (h, seq) = (self.hidden, batch.seq);

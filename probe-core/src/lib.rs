@@ -22,8 +22,8 @@ pub mod sweep;
 pub mod testing;
 
 pub use activation::{
-    ActivationExtractor, ActivationRequest, Activations, Inputs, LayerActivations, ModelInfo, Positions, Span,
-    SpecialTokens, Tensor,
+    ActivationExtractor, ActivationRequest, Activations, Inputs, LayerActivations, ModelInfo, PassReuse, Positions,
+    Span, SpecialTokens, Tensor,
 };
 pub use cache::{
     CacheEntry, CacheKey, CacheStore, CacheStoreExt, EntryKind, EntryMeta, GetRequest, ListRequest, PutRequest,

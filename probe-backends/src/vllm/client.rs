@@ -369,9 +369,10 @@ fn refused_key(url: &str, status: StatusCode, body: &[u8]) -> Error {
     )
 }
 
-#[async_trait]
-impl Generator for VllmGenerator {
-    async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
+impl VllmGenerator {
+    /// The checks of a generation request before anything is sent: valid, for the served
+    /// model, a seed the server takes.
+    fn check(&self, request: &GenerationRequest) -> Result<()> {
         request.validate()?;
         if request.model != self.config.model {
             return Err(Error::invalid(
@@ -379,8 +380,56 @@ impl Generator for VllmGenerator {
                 format!("{:?} is not served here (serving {:?})", request.model, self.config.model),
             ));
         }
-        // Refuses an unrepresentable seed before anything is sent.
-        CompletionBody::new(&self.config.model, &[], &request.sampling, false)?;
+        CompletionBody::new(&self.config.model, &[], &request.sampling, false).map(drop)
+    }
+
+    /// Generates one completion per prompt, one prompt per request (a server with the
+    /// hidden-states connector names one file per request), asking the server to keep the
+    /// completion's hidden states too; returns, in prompt order, each generation (with its
+    /// token ids) and what `keep(server, answer, generation)` made of the answer.
+    ///
+    /// # Errors
+    /// As [`Generator::generate`]; [`Error::InvalidInput`] for `n ≠ 1`.
+    pub(crate) async fn generate_each<T, F, Fut>(
+        &self,
+        request: &GenerationRequest,
+        keep: F,
+    ) -> Result<Vec<(Generation, T)>>
+    where
+        F: Fn(String, Vec<u8>, Generation) -> Fut,
+        Fut: Future<Output = Result<(Generation, T)>>,
+    {
+        self.check(request)?;
+        let s = &request.sampling;
+        if s.n != 1 {
+            return Err(Error::invalid(
+                "n",
+                format!("{} (servers that write hidden states generate one sample per prompt)", s.n),
+            ));
+        }
+        let one = |i: usize| {
+            let keep = &keep;
+            async move {
+                let prompt = std::slice::from_ref(&request.prompts[i]);
+                let mut body =
+                    CompletionBody::new(&self.config.model, prompt, s, true)?.special_tokens(request.special_tokens);
+                body.kv_transfer_params = Some(serde_json::json!({"include_output_tokens": true}));
+                let body = serde_json::to_vec(&body).map_err(|e| Error::backend(BACKEND, e))?;
+                let parse = |url: String, bytes: Vec<u8>| async move {
+                    let mut g = parse_completions(&url, &bytes, &self.config.model, prompt, i, 1)?;
+                    keep(url, bytes, g.remove(0)).await
+                };
+                self.complete(&format!("prompt {i}"), &body, parse).await
+            }
+        };
+        stream::iter((0..request.prompts.len()).map(one)).buffered(self.max_in_flight()).try_collect().await
+    }
+}
+
+#[async_trait]
+impl Generator for VllmGenerator {
+    async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
+        self.check(&request)?;
         let bs = self.config.batch_size;
         let in_flight = self.config.max_in_flight_per_server * self.pool.urls().len();
         let (sampling, special) = (&request.sampling, request.special_tokens);

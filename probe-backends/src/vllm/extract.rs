@@ -9,6 +9,11 @@
 //! deleted, only the asked layers are kept, positions are reduced here (the reduction the
 //! tch and ort backends use), and the last layer goes through the model's own final norm,
 //! read from the checkpoint (vLLM writes it before that norm).
+//!
+//! The extractor generates too ([`Generator`]), one prompt per request, asking the servers to
+//! keep the completion's hidden states: the extraction of that sequence then reads them
+//! instead of a forward pass when its readout lies within what generation computed (the
+//! prompt and every completion token but the last), see [`super::capture`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,14 +22,15 @@ use async_trait::async_trait;
 use futures::{StreamExt, stream};
 use probe_core::hf_config::HfConfig;
 use probe_core::{
-    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Inputs, ModelId, ModelInfo, Result,
-    SpecialTokens,
+    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Generation, GenerationRequest, Generator,
+    Inputs, ModelId, ModelInfo, PassReuse, Positions, Result, SpecialTokens,
 };
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use super::BACKEND;
+use super::LazyServers;
+use super::capture::{self, Captures, DEFAULT_CAPTURE_BYTES};
 use super::client::VllmGenerator;
 use super::final_norm::FinalNorm;
 use super::hidden::{self, HiddenStates, extraction_args};
@@ -36,8 +42,9 @@ use crate::exported::{Collector, PaddedBatch, encode_inputs};
 /// The model folder must be readable here too: its tokenizer, `config.json` and final norm
 /// are read from it. A server that does not write hidden states is refused with the flags
 /// it needs. Servers probe did not launch must share their storage folder with this
-/// machine: see [`VllmExtractor::with_shared_dir`].
-#[derive(Debug, Clone)]
+/// machine: see [`VllmExtractor::with_shared_dir`]. Servers this run launches are started
+/// on first use: [`VllmExtractor::with_servers`].
+#[derive(Debug)]
 pub struct VllmExtractor {
     client: Arc<VllmGenerator>,
     dir: PathBuf,
@@ -45,19 +52,8 @@ pub struct VllmExtractor {
     tokenizer: Tokenizer,
     norm: FinalNorm,
     shared_dir: Option<PathBuf>,
-}
-
-/// The part of the answer the extractor reads.
-#[derive(Debug, Deserialize)]
-struct ExtractResponse {
-    #[serde(default)]
-    kv_transfer_params: Option<KvParams>,
-}
-
-#[derive(Debug, Deserialize)]
-struct KvParams {
-    #[serde(default)]
-    hidden_states_path: Option<String>,
+    servers: Option<Arc<LazyServers>>,
+    captures: Arc<Captures>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -100,7 +96,28 @@ impl VllmExtractor {
         )
         .with_dtype("f32")
         .with_tokenizer(format!("add_special_tokens=true;sha256={}", hex(&Sha256::digest(&tok_bytes))));
-        Ok(Self { client, dir: dir.to_owned(), info, tokenizer, norm, shared_dir: None })
+        let captures = Arc::new(Captures::new(DEFAULT_CAPTURE_BYTES));
+        Ok(Self { client, dir: dir.to_owned(), info, tokenizer, norm, shared_dir: None, servers: None, captures })
+    }
+
+    /// Servers this run launched, started on the extractor's (or generator's) first request.
+    pub fn with_servers(mut self, servers: Arc<LazyServers>) -> Self {
+        self.servers = Some(servers);
+        self
+    }
+
+    /// Bytes of generation-pass files kept for extraction at most (default
+    /// [`DEFAULT_CAPTURE_BYTES`]); beyond it an input takes a forward pass of its own.
+    pub fn with_capture_budget(mut self, bytes: u64) -> Self {
+        self.captures = Arc::new(Captures::new(bytes));
+        self
+    }
+
+    async fn started(&self) -> Result<()> {
+        match &self.servers {
+            Some(s) => s.ensure_started().await,
+            None => Ok(()),
+        }
     }
 
     /// The servers' storage folder as this machine sees it (a shared mount of a remote
@@ -123,9 +140,7 @@ impl VllmExtractor {
 
     /// Where the answer `body` from `server` says the hidden states are.
     fn file_of(&self, server: &str, body: &[u8]) -> Result<PathBuf> {
-        let resp: ExtractResponse = serde_json::from_slice(body)
-            .map_err(|e| super::wire::bad_response(server, format!("not a completion response ({e})")))?;
-        let Some(path) = resp.kv_transfer_params.and_then(|k| k.hidden_states_path) else {
+        let Some(path) = hidden::answer_path(server, body)? else {
             return Err(Error::invalid(
                 "vllm server",
                 format!(
@@ -138,11 +153,58 @@ impl VllmExtractor {
                 ),
             ));
         };
-        let path = PathBuf::from(path);
         Ok(match (&self.shared_dir, path.file_name()) {
             (Some(dir), Some(name)) => dir.join(name),
             _ => path,
         })
+    }
+
+    /// Checks a file's shape against the model.
+    fn check_shape(&self, server: &str, hs: &HiddenStates) -> Result<()> {
+        let want = self.info.num_layers + 1;
+        if hs.layers != want || hs.hidden != self.info.hidden_size {
+            return Err(Error::invalid(
+                "vllm server",
+                format!(
+                    "{server} wrote {} layers of size {}; {} needs layers 0..={} of size {} \
+                     (eagle_aux_hidden_state_layer_ids {:?})",
+                    hs.layers,
+                    hs.hidden,
+                    self.dir.display(),
+                    want - 1,
+                    self.info.hidden_size,
+                    (0..want).collect::<Vec<_>>()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The generation pass's hidden states of input `ids` when they serve a readout up to
+    /// token `need` (counted as reused), else `None` (counted as an extra pass when the input
+    /// was generated here).
+    async fn captured(&self, ids: &[u32], need: usize) -> Option<HiddenStates> {
+        let path = match self.captures.take(ids)? {
+            Some(path) => path,
+            None => {
+                self.captures.count_extra();
+                return None;
+            }
+        };
+        let read = tokio::task::spawn_blocking(move || hidden::take(&path)).await;
+        match read {
+            Ok(Ok(hs)) if capture::covers(&hs.token_ids, ids, need) && self.check_shape("", &hs).is_ok() => {
+                self.captures.count_reused();
+                Some(hs)
+            }
+            other => {
+                if let Ok(Err(e)) = other {
+                    tracing::warn!("vllm: the generation pass's hidden states are unusable ({e}); extracting again");
+                }
+                self.captures.count_extra();
+                None
+            }
+        }
     }
 
     /// One input on the servers: its index and hidden states, every layer.
@@ -157,27 +219,12 @@ impl VllmExtractor {
             "add_special_tokens": false,
         });
         let body = serde_json::to_vec(&body).map_err(|e| Error::backend(BACKEND, e))?;
-        let want = self.info.num_layers + 1;
         let parse = |server: String, bytes: Vec<u8>| async move {
             let path = self.file_of(&server, &bytes)?;
             let hs = tokio::task::spawn_blocking(move || hidden::take(&path))
                 .await
                 .map_err(|e| Error::backend(BACKEND, format!("reading hidden states: {e}")))??;
-            if hs.layers != want || hs.hidden != self.info.hidden_size {
-                return Err(Error::invalid(
-                    "vllm server",
-                    format!(
-                        "{server} wrote {} layers of size {}; {} needs layers 0..={} of size {} \
-                         (eagle_aux_hidden_state_layer_ids {:?})",
-                        hs.layers,
-                        hs.hidden,
-                        self.dir.display(),
-                        want - 1,
-                        self.info.hidden_size,
-                        (0..want).collect::<Vec<_>>()
-                    ),
-                ));
-            }
+            self.check_shape(&server, &hs)?;
             if hs.token_ids != ids {
                 return Err(Error::backend(
                     BACKEND,
@@ -199,12 +246,25 @@ impl ActivationExtractor for VllmExtractor {
         let spans = ids.iter().enumerate().map(|(i, s)| request.span(i, s.len())).collect::<Result<_>>()?;
         let mut out = Collector::new(request.positions, &layers, self.info.hidden_size, &ids, spans);
         let last = self.info.num_layers;
+        self.started().await?;
         let in_flight = self.client.max_in_flight();
-        let work: Vec<_> = ids.iter().enumerate().map(|(i, seq)| self.one(i, seq)).collect();
+        let work: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, seq)| {
+                let need = if request.positions == Positions::All { seq.len() } else { out.span_end(i) };
+                async move {
+                    match self.captured(seq, need).await {
+                        Some(hs) => Ok((i, hs)),
+                        None => self.one(i, seq).await,
+                    }
+                }
+            })
+            .collect();
         let mut results = stream::iter(work).buffer_unordered(in_flight);
         while let Some(r) = results.next().await {
             let (i, hs) = r?;
-            let batch = PaddedBatch::new(std::slice::from_ref(&ids[i]), 0);
+            let batch = PaddedBatch::new(std::slice::from_ref(&hs.token_ids), 0);
             for (k, &l) in layers.iter().enumerate() {
                 let mut values = hs.layer(l);
                 if l == last {
@@ -230,5 +290,45 @@ impl ActivationExtractor for VllmExtractor {
     fn tokenize(&self, text: &str, special: SpecialTokens) -> Result<Vec<u32>> {
         let mut ids = encode_inputs(&self.tokenizer, &Inputs::Texts(vec![text.to_owned()]), special)?;
         Ok(ids.remove(0))
+    }
+
+    fn pass_reuse(&self) -> Option<PassReuse> {
+        Some(self.captures.counts())
+    }
+}
+
+/// Generation on the same servers, one prompt per request, each completion's hidden states
+/// kept for its extraction ([`super::capture`]). Greedy decoding equals a plain server's;
+/// seeded sampling draws from the same distribution but not the same numbers (the
+/// speculative path samples differently), so seeded completions differ from a plain server's.
+#[async_trait]
+impl Generator for VllmExtractor {
+    async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
+        self.started().await?;
+        let keep = |server: String, body: Vec<u8>, g: Generation| async move {
+            let path = self.file_of(&server, &body)?;
+            let ids = g.full_token_ids().ok_or_else(|| {
+                super::wire::bad_response(&server, "no token ids in the answer (vLLM ≥ 0.10 returns them)")
+            })?;
+            let bytes = capture::estimate(ids.len(), self.info.num_layers + 1, self.info.hidden_size);
+            let captures = self.captures.clone();
+            tokio::task::spawn_blocking(move || captures.keep(ids, path, bytes))
+                .await
+                .map_err(|e| Error::backend(BACKEND, format!("keeping hidden states: {e}")))?;
+            Ok((g, ()))
+        };
+        let out = self.client.generate_each(&request, keep).await?;
+        Ok(out.into_iter().map(|(g, ())| g).collect())
+    }
+
+    fn model_id(&self) -> ModelId {
+        self.client.model_id()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = self.client.capabilities();
+        c.multiple_samples = false;
+        c.token_ids = true;
+        c
     }
 }

@@ -114,6 +114,37 @@ pub(crate) fn take(path: &Path) -> Result<HiddenStates> {
     parse(path, &bytes)
 }
 
+/// Deletes the file at `path` and its lock once the server has finished writing it (a
+/// shared lock on `PATH.lock`, as [`take`]). Blocking; a file already gone is no error.
+pub(crate) fn discard(path: &Path) {
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    if let Ok(lock) = File::open(&lock_path) {
+        let _ = flock_shared(&lock);
+    }
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(&lock_path);
+}
+
+/// The file a completion answer names (`kv_transfer_params.hidden_states_path`), if any.
+///
+/// # Errors
+/// A backend error naming `server` for a body that is not JSON.
+pub(crate) fn answer_path(server: &str, body: &[u8]) -> Result<Option<PathBuf>> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        kv_transfer_params: Option<KvParams>,
+    }
+    #[derive(serde::Deserialize)]
+    struct KvParams {
+        #[serde(default)]
+        hidden_states_path: Option<String>,
+    }
+    let a: Answer = serde_json::from_slice(body)
+        .map_err(|e| super::wire::bad_response(server, format!("not a completion response ({e})")))?;
+    Ok(a.kv_transfer_params.and_then(|k| k.hidden_states_path).map(PathBuf::from))
+}
+
 fn missing(path: &Path, e: &std::io::Error) -> Error {
     Error::Temporary { backend: BACKEND.into(), message: format!("hidden states {}: {e}", path.display()) }
 }

@@ -108,6 +108,12 @@ impl VllmLauncher {
         VllmLauncherBuilder { inner: self }.servers(servers).build()
     }
 
+    /// The same launcher with [`VllmLauncherBuilder::hidden_states`] set.
+    pub fn with_hidden_states(mut self, dir: impl AsRef<Path>, num_layers: usize) -> Self {
+        self.hidden_states = Some((dir.as_ref().to_owned(), num_layers));
+        self
+    }
+
     /// The commands this launcher runs, one per server, without starting anything.
     pub fn dry_run(&self) -> Vec<LaunchCommand> {
         self.servers.iter().map(|s| self.command_for(s)).collect()

@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod capture;
 mod client;
 mod config;
 mod extract;
@@ -33,12 +34,13 @@ mod process;
 mod spec;
 mod wire;
 
+pub use capture::DEFAULT_CAPTURE_BYTES;
 pub use client::{ClientStats, VllmGenerator};
 pub use config::{ApiKey, RetryPolicy, VllmGeneratorBuilder};
 pub use extract::VllmExtractor;
 pub use group::{LaunchedServer, ServerGroup};
 pub use launcher::{LaunchCommand, VllmLauncher, VllmLauncherBuilder};
-pub use on_demand::{OnDemand, after_sweep, generation_first};
+pub use on_demand::{LazyServers, OnDemand, after_sweep, generation_first};
 pub use spec::{ServerDevice, ServerSpec};
 
 /// The backend name used in errors.

@@ -1,6 +1,7 @@
-//! [`OnDemand`]: a vLLM generator over servers launched on its first call (a run whose
-//! completions are all cached starts nothing), stopped by [`OnDemand::stop`] or when dropped;
-//! and the time-shared order of a sweep ([`generation_first`], [`after_sweep`]).
+//! [`LazyServers`]: servers launched when first needed; [`OnDemand`]: a vLLM generator over
+//! them (a run whose completions are all cached starts nothing), stopped by
+//! [`OnDemand::stop`] or when dropped; and the time-shared order of a sweep
+//! ([`generation_first`], [`after_sweep`]).
 
 use std::sync::Arc;
 
@@ -21,25 +22,52 @@ enum State {
     Stopped,
 }
 
-/// A generator over servers this run launches on its first call; a call after
-/// [`OnDemand::stop`] is an error, never a second launch.
+/// Servers this run launches when they are first needed ([`LazyServers::ensure_started`]):
+/// a run whose completions (and, for vLLM extraction, activations) are all cached starts
+/// nothing. Stopped by [`LazyServers::stop`] or when dropped; a call after the stop is an
+/// error, never a second launch.
 #[derive(Debug)]
-pub struct OnDemand {
-    inner: Arc<dyn Generator>,
+pub struct LazyServers {
     mode: Mode,
     state: Mutex<State>,
 }
 
-impl OnDemand {
-    /// `inner` (a client of the servers' URLs) in front of `launcher`'s servers, on devices
-    /// shared as `mode` says.
-    pub fn new(launcher: VllmLauncher, inner: Arc<dyn Generator>, mode: Mode) -> Self {
-        Self { inner, mode, state: Mutex::new(State::NotStarted(Box::new(launcher))) }
+impl LazyServers {
+    /// `launcher`'s servers, not started yet, on devices shared as `mode` says.
+    pub fn new(launcher: VllmLauncher, mode: Mode) -> Self {
+        Self { mode, state: Mutex::new(State::NotStarted(Box::new(launcher))) }
     }
 
     /// How the servers' devices are shared with extraction.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Starts the servers on the first call and waits until they are healthy.
+    ///
+    /// # Errors
+    /// The launch's errors (also for the calls that waited on it), or a backend error after
+    /// [`LazyServers::stop`].
+    pub async fn ensure_started(&self) -> Result<()> {
+        let mut state = self.state.lock().await;
+        match &*state {
+            State::Running(_) => Ok(()),
+            State::NotStarted(l) => match start(l, self.mode).await {
+                Ok(group) => {
+                    *state = State::Running(group);
+                    Ok(())
+                }
+                Err(e) => {
+                    // Calls waiting on the lock (blocks in flight) fail at once, not launch again.
+                    *state = State::Failed(e.to_string());
+                    Err(e)
+                }
+            },
+            State::Failed(e) => Err(Error::backend("vllm", format!("the launched servers did not start: {e}"))),
+            State::Stopped => {
+                Err(Error::backend("vllm", "the launched servers were asked for work after they were stopped"))
+            }
+        }
     }
 
     /// Stops the servers if they were started (logging `vllm: stopped N servers <why>`).
@@ -56,11 +84,44 @@ impl OnDemand {
                 Ok(())
             }
             State::NotStarted(_) => {
-                tracing::info!("vllm: no server was launched: every completion was cached");
+                tracing::info!("vllm: no server was launched: everything was cached");
                 Ok(())
             }
             State::Failed(_) | State::Stopped => Ok(()),
         }
+    }
+}
+
+/// A generator over [`LazyServers`]: the first call starts them.
+#[derive(Debug)]
+pub struct OnDemand {
+    inner: Arc<dyn Generator>,
+    servers: Arc<LazyServers>,
+}
+
+impl OnDemand {
+    /// `inner` (a client of the servers' URLs) in front of `launcher`'s servers, on devices
+    /// shared as `mode` says.
+    pub fn new(launcher: VllmLauncher, inner: Arc<dyn Generator>, mode: Mode) -> Self {
+        Self::over(Arc::new(LazyServers::new(launcher, mode)), inner)
+    }
+
+    /// `inner` in front of `servers` (shared with an extractor on the same servers).
+    pub fn over(servers: Arc<LazyServers>, inner: Arc<dyn Generator>) -> Self {
+        Self { inner, servers }
+    }
+
+    /// How the servers' devices are shared with extraction.
+    pub fn mode(&self) -> Mode {
+        self.servers.mode
+    }
+
+    /// [`LazyServers::stop`].
+    ///
+    /// # Errors
+    /// When stopping fails.
+    pub async fn stop(&self, why: &str) -> Result<()> {
+        self.servers.stop(why).await
     }
 }
 
@@ -78,29 +139,7 @@ impl Generator for OnDemand {
     /// Starts the servers on the first call and waits until they are healthy, then generates
     /// through them.
     async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
-        {
-            let mut state = self.state.lock().await;
-            match &*state {
-                State::Running(_) => {}
-                State::NotStarted(l) => match start(l, self.mode).await {
-                    Ok(group) => *state = State::Running(group),
-                    Err(e) => {
-                        // Calls waiting on the lock (blocks in flight) fail at once, not launch again.
-                        *state = State::Failed(e.to_string());
-                        return Err(e);
-                    }
-                },
-                State::Failed(e) => {
-                    return Err(Error::backend("vllm", format!("the launched servers did not start: {e}")));
-                }
-                State::Stopped => {
-                    return Err(Error::backend(
-                        "vllm",
-                        "generation was asked for after the launched servers were stopped",
-                    ));
-                }
-            }
-        }
+        self.servers.ensure_started().await?;
         self.inner.generate(request).await
     }
     fn model_id(&self) -> ModelId {
@@ -126,7 +165,7 @@ pub async fn generation_first(
     shard: Option<sweep::Shard>,
 ) -> Result<Option<SweepSummary>> {
     let Some(g) = launched else { return Ok(None) };
-    if g.mode != Mode::TimeShared || config.sampling.is_none() {
+    if g.mode() != Mode::TimeShared || config.sampling.is_none() {
         return Ok(None);
     }
     let counts = match shard {

@@ -35,6 +35,10 @@ pub(crate) struct CompletionBody<'a> {
     pub(crate) use_beam_search: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) return_token_ids: bool,
+    /// Asks a server with the hidden-states connector to keep the completion's hidden states
+    /// too (`{"include_output_tokens": true}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) kv_transfer_params: Option<serde_json::Value>,
 }
 
 impl<'a> CompletionBody<'a> {
@@ -70,6 +74,7 @@ impl<'a> CompletionBody<'a> {
             stream: false,
             use_beam_search: false,
             return_token_ids: token_ids,
+            kv_transfer_params: None,
         })
     }
 

@@ -386,6 +386,7 @@ pub async fn features(
     layers.dedup();
     let mut summary = SweepSummary { generation: config.sampling.is_some(), ..SweepSummary::default() };
     let corrupt_before = parts.cache.corrupt_entries();
+    let reuse_before = parts.extractor.pass_reuse();
 
     let (texts, source, gens) = match (&config.sampling, parts.generator) {
         (Some(sampling), Some(generator)) => {
@@ -420,6 +421,7 @@ pub async fn features(
         activations::cached_extract(parts.extractor, parts.cache, parts.observer, &job, &texts, &mut summary).await?;
 
     summary.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
+    summary.pass_reuse = parts.extractor.pass_reuse().map(|now| now.since(reuse_before.unwrap_or_default()));
     Ok((features, summary))
 }
 

@@ -135,6 +135,10 @@ pub struct SweepSummary {
     /// of the run; absent when no batch ran out of memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_batch_size: Option<usize>,
+    /// An extractor that generated too (vLLM's): inputs read from the generation pass and
+    /// extra forward passes ([`crate::ActivationExtractor::pass_reuse`]); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_reuse: Option<crate::PassReuse>,
 }
 
 impl std::fmt::Display for SweepSummary {
@@ -156,6 +160,9 @@ impl std::fmt::Display for SweepSummary {
         if self.corrupt_entries > 0 {
             let s = if self.corrupt_entries == 1 { "y" } else { "ies" };
             write!(f, " · {} corrupt cache entr{s} recomputed", self.corrupt_entries)?;
+        }
+        if let Some(r) = self.pass_reuse.filter(|r| r.reused + r.extra_passes > 0) {
+            write!(f, " · {} inputs read from the generation pass, {} extra passes", r.reused, r.extra_passes)?;
         }
         Ok(())
     }
