@@ -109,7 +109,10 @@ impl Servers {
                 Some(l) => l,
                 None => launcher(file, model, &self.roles, log_dir.clone())?,
             };
-            self.launcher = Some(with_hidden_states(l, log_dir.join("hidden-states"), num_layers));
+            // Absolute: the servers and this process read the same files by name.
+            let dir =
+                std::path::absolute(log_dir.join("hidden-states")).map_err(|e| Error::io(log_dir.display(), e))?;
+            self.launcher = Some(with_hidden_states(l, dir, num_layers));
         }
         self.roles.mode = Mode::Exclusive;
         Ok(())
@@ -507,7 +510,7 @@ mod tests {
             for want in [
                 "extract_hidden_states",
                 r#""eagle_aux_hidden_state_layer_ids":[0,1,2,3,4]"#,
-                r#""shared_storage_path":"logs/hidden-states""#,
+                "/logs/hidden-states\"",
                 "CpuHiddenStatesConnector",
                 "PYTHONPATH=logs/python",
                 "--no-enable-prefix-caching",

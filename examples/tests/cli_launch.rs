@@ -508,3 +508,54 @@ fn a_shard_on_time_shared_devices_stops_its_servers_before_extraction() {
     assert!(stdout.contains("generations: 12 generated, 0 cached"), "{stdout}");
     assert_eq!(events(&record).iter().filter(|e| e.1 == "start").count(), 4, "the merge launches no server");
 }
+
+/// `--extractor vllm` without a URL: probe launches a real vLLM CPU server with the
+/// hidden-states flags and its CPU-safe connector, generates and extracts on it (the prompt's
+/// last token read from the generation pass), stops it, and leaves no hidden-states file; the
+/// rerun finds everything cached and launches nothing.
+#[test]
+fn the_vllm_extractor_launches_servers_that_write_hidden_states() {
+    let (Some(python), Some(fixtures), Some(_)) =
+        (require_service("PROBE_PYTHON"), require_service("PROBE_FIXTURES"), require_service("PROBE_TEST_VLLM_MODEL"))
+    else {
+        return;
+    };
+    let model = Path::new(&fixtures).join("models/llama").display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    prompts(d);
+    let port = two_free_ports();
+    let toml = format!(
+        "[vllm]\nbase_port = {port}\nhealth_timeout_s = 600\ngpu_memory_utilization = 0.05\n\
+         command = [{python:?}, \"-m\", \"vllm.entrypoints.openai.api_server\"]\n\
+         args = [\"--dtype\", \"float32\", \"--max-model-len\", \"512\"]\n"
+    );
+    std::fs::write(d.join("probe.toml"), toml).unwrap();
+    let mut args = vec!["sweep", "--backend", "vllm", "--extractor", "vllm", "--model", &model, "--prompts"];
+    args.extend(["p.jsonl", "--layers", "all", "--positions", "last-prompt", "--max-tokens", "4"]);
+    args.extend(["--cache", "cache", "--out", "out", "--quiet"]);
+    let sweep = || {
+        Command::new(env!("CARGO_BIN_EXE_probe"))
+            .args(&args)
+            .current_dir(d)
+            .env("RUST_LOG", "info")
+            .env("VLLM_CPU_KVCACHE_SPACE", "1")
+            .env("VLLM_NO_USAGE_STATS", "1")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let (stdout, stderr) = ok(&sweep(), "sweep with the vllm extractor");
+    assert!(stderr.contains("vllm: 1 servers healthy at"), "{stderr}");
+    assert!(stderr.contains("vllm: stopped 1 servers after the sweep"), "{stderr}");
+    assert!(stdout.contains("generations: 12 generated, 0 cached"), "{stdout}");
+    assert!(stdout.contains("12 inputs read from the generation pass, 0 extra passes"), "{stdout}");
+    let logs = d.join("out/vllm-logs");
+    assert!(logs.join("python/probe_vllm/cpu_hidden_states.py").is_file(), "the connector is shipped by probe");
+    let left: Vec<_> = std::fs::read_dir(logs.join("hidden-states")).unwrap().collect();
+    assert!(left.is_empty(), "every hidden-states file was read and deleted: {left:?}");
+
+    let (stdout, stderr) = ok(&sweep(), "rerun");
+    assert!(stderr.contains("vllm: no server was launched: everything was cached"), "{stderr}");
+    assert!(stdout.contains("generations: 0 generated, 12 cached · activations: 0 layers computed"), "{stdout}");
+}

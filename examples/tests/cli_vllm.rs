@@ -93,3 +93,67 @@ fn generate_and_sweep_with_vllm_servers() {
         "{second}"
     );
 }
+
+/// The `layer.<L>` tensors of a `probe extract` file.
+fn layers_of(path: &std::path::Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn files(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// `--extractor vllm` / `probe extract --backend vllm` against the server that writes hidden
+/// states (PROBE_TEST_VLLM_URL3): the same values as candle, the sweep's completions generated
+/// there with the prompt's last token read from the generation pass, every file deleted.
+#[test]
+fn extract_and_sweep_on_the_server_that_writes_hidden_states() {
+    let (Some(url), Some(model), Some(hs)) = (
+        require_service("PROBE_TEST_VLLM_URL3"),
+        require_service("PROBE_TEST_VLLM_MODEL"),
+        require_service("PROBE_TEST_VLLM_HIDDEN_STATES"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    prompts(d);
+    let before = files(std::path::Path::new(&hs));
+    let extract = |backend: &str, out: &str| {
+        let mut args = vec!["extract", "--backend", backend, "--model", &model, "--input", "p.jsonl"];
+        args.extend(["--layers", "all", "--positions", "mean", "--out", out]);
+        if backend == "vllm" {
+            args.extend(["--url", &url]);
+        }
+        run(d, &args);
+        layers_of(&d.join(out))
+    };
+    let (by_vllm, by_candle) = (extract("vllm", "v.safetensors"), extract("candle", "c.safetensors"));
+    assert_eq!(by_vllm.len(), by_candle.len());
+    for ((name, v), (_, c)) in by_vllm.iter().zip(&by_candle) {
+        let err = v.iter().zip(c).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+            / c.iter().map(|b| b.abs()).fold(0f32, f32::max);
+        assert!(err <= 1e-4, "{name}: max relative error vllm vs candle {err:e}");
+    }
+
+    let mut sweep = vec!["sweep", "--backend", "vllm", "--extractor", "vllm", "--url", &url, "--model", &model];
+    sweep.extend(["--prompts", "p.jsonl", "--layers", "all", "--positions", "last-prompt", "--max-tokens", "4"]);
+    sweep.extend(["--cache", "cache", "--out", "out", "--quiet"]);
+    let first = run(d, &sweep);
+    assert!(first.contains("generations: 12 generated, 0 cached"), "{first}");
+    assert!(first.contains("12 inputs read from the generation pass, 0 extra passes"), "{first}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("out/report.json")).unwrap()).unwrap();
+    assert_eq!(report["summary"]["pass_reuse"], serde_json::json!({"reused": 12, "extra_passes": 0}), "{report:#}");
+    let left: Vec<_> = files(std::path::Path::new(&hs)).difference(&before).cloned().collect();
+    assert!(left.is_empty(), "files left in {hs}: {left:?}");
+}

@@ -121,6 +121,8 @@ impl ServerGroup {
             s.child.finish_stop(deadline);
             tracing::info!(pid = s.pid(), url = %s.url(), "vllm: server stopped");
         }
+        // Stopped once: the drop that follows `stop` has nothing left to stop.
+        self.servers.clear();
     }
 
     /// Stops every server and waits until they are gone (blocking work runs off the async
