@@ -509,20 +509,36 @@ fn a_shard_on_time_shared_devices_stops_its_servers_before_extraction() {
     assert_eq!(events(&record).iter().filter(|e| e.1 == "start").count(), 4, "the merge launches no server");
 }
 
-/// `--extractor vllm` without a URL: probe launches a real vLLM CPU server with the
-/// hidden-states flags and its CPU-safe connector, generates and extracts on it (the prompt's
-/// last token read from the generation pass), stops it, and leaves no hidden-states file; the
-/// rerun finds everything cached and launches nothing.
+/// `--backend vllm --extractor vllm` without a URL, on a Granite model (an architecture candle
+/// does not implement; scripts/python/make_vllm_only_model.py makes it and transformers' hidden
+/// states): probe launches a real vLLM CPU server with the hidden-states flags and its CPU-safe
+/// connector. `probe extract` matches transformers at every layer; the sweep generates and
+/// extracts on the launched server (the prompt's last token read from the generation pass), stops
+/// it and leaves no hidden-states file; the rerun finds everything cached and launches nothing.
 #[test]
-fn the_vllm_extractor_launches_servers_that_write_hidden_states() {
+fn the_vllm_extractor_launches_servers_and_probes_a_model_candle_cannot_load() {
     let (Some(python), Some(fixtures), Some(_)) =
         (require_service("PROBE_PYTHON"), require_service("PROBE_FIXTURES"), require_service("PROBE_TEST_VLLM_MODEL"))
     else {
         return;
     };
-    let model = Path::new(&fixtures).join("models/llama").display().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
+    let made = Command::new(&python)
+        .arg(repo().join("scripts/python/make_vllm_only_model.py"))
+        .args([Path::new(&fixtures).join("tokenizer"), d.join("granite")])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "make_vllm_only_model.py: {}", String::from_utf8_lossy(&made.stderr));
+    let model = d.join("granite/model").display().to_string();
+    let reference: Value = serde_json::from_slice(&std::fs::read(d.join("granite/reference.json")).unwrap()).unwrap();
+    let texts: String = reference["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}\n", serde_json::json!({"text": p})))
+        .collect();
+    std::fs::write(d.join("r.jsonl"), texts).unwrap();
     prompts(d);
     let port = two_free_ports();
     let toml = format!(
@@ -531,12 +547,9 @@ fn the_vllm_extractor_launches_servers_that_write_hidden_states() {
          args = [\"--dtype\", \"float32\", \"--max-model-len\", \"512\"]\n"
     );
     std::fs::write(d.join("probe.toml"), toml).unwrap();
-    let mut args = vec!["sweep", "--backend", "vllm", "--extractor", "vllm", "--model", &model, "--prompts"];
-    args.extend(["p.jsonl", "--layers", "all", "--positions", "last-prompt", "--max-tokens", "4"]);
-    args.extend(["--cache", "cache", "--out", "out", "--quiet"]);
-    let sweep = || {
+    let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_probe"))
-            .args(&args)
+            .args(args)
             .current_dir(d)
             .env("RUST_LOG", "info")
             .env("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -545,7 +558,37 @@ fn the_vllm_extractor_launches_servers_that_write_hidden_states() {
             .output()
             .unwrap()
     };
-    let (stdout, stderr) = ok(&sweep(), "sweep with the vllm extractor");
+    let extract = |backend: &str, out: &str| {
+        let mut args = vec!["extract", "--backend", backend, "--model", &model, "--input", "r.jsonl", "--layers"];
+        args.extend(["all", "--positions", "mean", "--out", out]);
+        run(&args)
+    };
+
+    let refused = extract("candle", "c.safetensors");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("\"granite\""), "candle refuses granite: {stderr}");
+    ok(&extract("vllm", "v.safetensors"), "probe extract --backend vllm (launched)");
+    let bytes = std::fs::read(d.join("v.safetensors")).unwrap();
+    let got = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let layers = reference["num_layers"].as_u64().unwrap() as usize;
+    for l in 0..=layers {
+        let t = got.tensor(&format!("layer.{l}")).unwrap();
+        let v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let want: Vec<f32> = reference["mean"][l]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+            .collect();
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let err = v.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+        assert!(err <= 1e-4, "layer {l}: max relative error to transformers {err:e}");
+    }
+
+    let mut args = vec!["sweep", "--backend", "vllm", "--extractor", "vllm", "--model", &model, "--prompts"];
+    args.extend(["p.jsonl", "--layers", "all", "--positions", "last-prompt", "--max-tokens", "4"]);
+    args.extend(["--cache", "cache", "--out", "out", "--quiet"]);
+    let (stdout, stderr) = ok(&run(&args), "sweep with the vllm extractor (launched)");
     assert!(stderr.contains("vllm: 1 servers healthy at"), "{stderr}");
     assert!(stderr.contains("vllm: stopped 1 servers after the sweep"), "{stderr}");
     assert!(stdout.contains("generations: 12 generated, 0 cached"), "{stdout}");
@@ -555,7 +598,7 @@ fn the_vllm_extractor_launches_servers_that_write_hidden_states() {
     let left: Vec<_> = std::fs::read_dir(logs.join("hidden-states")).unwrap().collect();
     assert!(left.is_empty(), "every hidden-states file was read and deleted: {left:?}");
 
-    let (stdout, stderr) = ok(&sweep(), "rerun");
+    let (stdout, stderr) = ok(&run(&args), "rerun");
     assert!(stderr.contains("vllm: no server was launched: everything was cached"), "{stderr}");
     assert!(stdout.contains("generations: 0 generated, 12 cached · activations: 0 layers computed"), "{stdout}");
 }
