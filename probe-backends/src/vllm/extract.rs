@@ -298,9 +298,10 @@ impl ActivationExtractor for VllmExtractor {
 }
 
 /// Generation on the same servers, one prompt per request, each completion's hidden states
-/// kept for its extraction ([`super::capture`]). Greedy decoding equals a plain server's;
-/// seeded sampling draws from the same distribution but not the same numbers (the
-/// speculative path samples differently), so seeded completions differ from a plain server's.
+/// kept for its extraction ([`super::capture`]). The completions are the model's, but not
+/// token for token a plain server's: seeded sampling draws from the same distribution with
+/// other numbers (the speculative path samples differently), and batched greedy decoding
+/// has been seen to part from a plain server's after a few tokens on near-ties.
 #[async_trait]
 impl Generator for VllmExtractor {
     async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
