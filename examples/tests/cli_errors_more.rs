@@ -161,6 +161,16 @@ fn device_lists_and_probe_toml_values_are_refused_with_one_line_and_nothing_writ
             args: strings(&["plan", "--model", "no-such-config.json", "--gpus", "1x80GiB"]),
             expect: strings(&["no-such-config.json", "cannot be read"]),
         },
+        Case {
+            name: "sweep: the vllm extractor without the vllm backend",
+            args: sweep(&good, &["--extractor", "vllm"]),
+            expect: strings(&["extractor", "\"vllm\" needs --backend vllm, not mock"]),
+        },
+        Case {
+            name: "sweep: an unknown extractor",
+            args: sweep(&good, &["--extractor", "onnx"]),
+            expect: strings(&["extractor", "\"onnx\" (expected candle or vllm)"]),
+        },
     ];
     for case in &cases {
         check(case, d);
