@@ -115,14 +115,19 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
         backend,
         model: &args.model,
         prompts: &inputs,
-        max_new_tokens: None,
-        launches: false,
-        in_process: true,
+        // vLLM: each input is a one-token request to the servers, which the plan places.
+        max_new_tokens: vllm.then_some(1),
+        launches: servers.as_ref().is_some_and(Servers::launches),
+        in_process: !vllm,
         batch_size: given,
         layers: Some(layers.len() as u64),
         positions: args.positions.positions(),
     };
     let plan = run_plan::resolve(&args.plan, &file, &work)?;
+    let mut servers = servers;
+    if let Some(s) = &mut servers {
+        s.use_plan(plan.as_ref())?;
+    }
     if args.dry_run {
         if args.plan.json {
             return run_plan::print_json("extract", backend, &args.model, plan.as_ref(), &[]);

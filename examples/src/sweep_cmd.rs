@@ -258,9 +258,16 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
         backend,
         model: &args.model,
         prompts: &prompts,
-        max_new_tokens: (!args.no_generate).then_some(u64::from(sampling.max_tokens)),
+        // vLLM extraction: one-token requests to the servers, nothing extracted in process.
+        // (The extraction request of prompt + completion asks one token more.)
+        max_new_tokens: match (args.no_generate, vllm_extraction) {
+            (false, false) => Some(u64::from(sampling.max_tokens)),
+            (false, true) => Some(u64::from(sampling.max_tokens) + 1),
+            (true, true) => Some(1),
+            (true, false) => None,
+        },
         launches: servers.launches(),
-        in_process: true,
+        in_process: !vllm_extraction,
         batch_size,
         layers: Some(layers.len() as u64),
         positions: positions.positions(),

@@ -254,6 +254,22 @@ fn dry_run_with_declared_gpus_launches_the_planned_servers() {
         assert!(server.contains(planned), "the plan's {planned}: {server}");
     }
     assert!(!d.join("cache").exists() && !d.join("out").exists(), "a dry run wrote something");
+
+    // With the vLLM extractor the plan gives every GPU to servers that generate and extract, each
+    // with the stock hidden-states connector (the CPU one is for CPU servers only).
+    let mut vllm = args.to_vec();
+    vllm.extend(["--extractor", "vllm"]);
+    let (stdout, _) = ok(&probe(d, &d.join("record"), &vllm), "sweep --extractor vllm --gpus --dry-run");
+    assert!(stdout.contains("generation: 2 vLLM server(s) launched on cuda:0,cuda:1"), "{stdout}");
+    assert!(stdout.contains("time-shared: no: the servers generate and extract"), "{stdout}");
+    for (k, line) in stdout.lines().filter(|l| l.starts_with("server ")).enumerate() {
+        assert!(line.starts_with(&format!("server {k}: CUDA_VISIBLE_DEVICES={k} ")), "{line}");
+        for want in ["extract_hidden_states", "ExampleHiddenStatesConnector", "--max-model-len "] {
+            assert!(line.contains(want), "{want}: {line}");
+        }
+        assert!(!line.contains("PYTHONPATH") && !line.contains("CpuHiddenStatesConnector"), "{line}");
+    }
+    assert!(!d.join("cache").exists() && !d.join("out").exists(), "a dry run wrote something");
 }
 
 #[test]
