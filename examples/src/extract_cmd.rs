@@ -119,6 +119,7 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
         max_new_tokens: vllm.then_some(1),
         launches: servers.as_ref().is_some_and(Servers::launches),
         in_process: !vllm,
+        hidden_states_on_servers: vllm,
         batch_size: given,
         layers: Some(layers.len() as u64),
         positions: args.positions.positions(),

@@ -105,6 +105,7 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<()> {
         max_new_tokens: Some(u64::from(sampling.max_tokens)),
         launches: servers.launches(),
         in_process: backend != BackendKind::Vllm,
+        hidden_states_on_servers: false,
         batch_size: args.batch_size,
         layers: Some(1),
         positions: probe_core::Positions::Last,

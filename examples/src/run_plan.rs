@@ -43,6 +43,8 @@ pub(crate) struct Workload<'a> {
     pub(crate) launches: bool,
     /// Whether a model is loaded in process (extraction, or candle generation).
     pub(crate) in_process: bool,
+    /// `--extractor vllm`: the servers keep every layer's hidden states in their cache.
+    pub(crate) hidden_states_on_servers: bool,
     /// `--batch-size` / `[extraction] batch_size`.
     pub(crate) batch_size: Option<usize>,
     /// Hidden states captured per forward pass.
@@ -162,7 +164,7 @@ pub(crate) fn resolve(flags: &PlanFlags, file: &ProbeToml, w: &Workload<'_>) -> 
         .with_layers(w.layers)
         .with_positions(w.positions)
         .with_dtype(dtype)
-        .with_vllm(vllm_settings(file, gpus));
+        .with_vllm(vllm_settings(file, gpus).with_hidden_states(w.hidden_states_on_servers));
     // GPU sets naming GPUs the inventory lacks (a dry run on a machine without them; a real
     // run has refused them already) are left to the planner, with a note.
     let mut notes = vec![format!("inventory: {}", detected.message)];

@@ -268,6 +268,7 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
         },
         launches: servers.launches(),
         in_process: !vllm_extraction,
+        hidden_states_on_servers: vllm_extraction,
         batch_size,
         layers: Some(layers.len() as u64),
         positions: positions.positions(),

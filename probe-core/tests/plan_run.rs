@@ -93,3 +93,26 @@ async fn a_sweep_with_a_plan_runs_with_its_batch_and_records_it() {
     assert_eq!(json["plan"]["extraction"]["batch_size"], 24);
     assert_eq!(json["plan"]["extraction"]["placement"][0]["device"], "cpu");
 }
+
+/// Servers that keep every layer's hidden states (vLLM extraction) hold fewer tokens: Qwen3-32B
+/// keeps 65 × 5,120 bf16 values (650 KiB) per token beside its 256 KiB of KV, so a server (one
+/// 80 GiB GPU each) holds about 3.5 times fewer.
+#[test]
+fn hidden_states_on_the_servers_take_their_share_of_the_cache() {
+    use probe_core::plan::VllmSettings;
+    let inv = || DeviceInventory::parse_gpus("2x80GiB").unwrap();
+    let s = RunSettings::new(512).with_max_new_tokens(Some(256)).with_launch_servers(true).with_extraction(false);
+    let plain = resolve_run(inv(), spec("qwen3-32b.json"), &s).unwrap();
+    let with = s.clone().with_vllm(VllmSettings::default().with_hidden_states(true));
+    let hidden = resolve_run(inv(), spec("qwen3-32b.json"), &with).unwrap();
+    let server = |r: &RunPlan| r.detail.generation.as_ref().unwrap().servers[0].clone();
+    let (p, h) = (&server(&plain), &server(&hidden));
+    assert_eq!((p.tensor_parallel_size, h.tensor_parallel_size), (1, 1));
+    assert_eq!(p.kv_cache_bytes, h.kv_cache_bytes, "the same memory");
+    let per_token = |sv: &probe_core::plan::VllmServerPlan| sv.kv_cache_bytes as f64 / sv.kv_tokens as f64;
+    let (kv, hs) = (f64::from(256 << 10), f64::from(65 * 5120 * 2));
+    assert!((per_token(p) / kv - 1.0).abs() < 1e-3, "KV per token: {}", per_token(p));
+    assert!((per_token(h) / (kv + hs) - 1.0).abs() < 1e-3, "plus every layer's hidden state: {}", per_token(h));
+    let ratio = p.kv_tokens as f64 / h.kv_tokens as f64;
+    assert!((ratio / ((kv + hs) / kv) - 1.0).abs() < 0.01, "{} vs {} tokens", h.kv_tokens, p.kv_tokens);
+}

@@ -453,6 +453,13 @@ fn servers_for(
             ));
         }
         let util = round_down_2(util_total.min(free_frac) / k as f64);
+        // vLLM's `extract_hidden_states` keeps (L + 1) hidden states per token in its cache too,
+        // whole on every rank.
+        let hidden_per_token = if v.hidden_states {
+            ((spec.num_layers + 1) * spec.hidden_size) as u64 * model.dtype.activation_bytes()
+        } else {
+            0
+        };
         let mem = VllmMemory {
             total_bytes: small.total_bytes,
             gpu_memory_utilization: util,
@@ -460,10 +467,11 @@ fn servers_for(
             non_torch_bytes: non_torch,
             activation_peak_bytes: peak,
             block_size: v.block_size,
-            kv_bytes_per_token: model.kv_bytes_per_token / kv_split,
+            kv_bytes_per_token: model.kv_bytes_per_token / kv_split + hidden_per_token,
         };
         let kv = vllm_kv_cache(&mem);
-        let per_seq = |len: u64| kv_bytes_for_sequence(spec, model.kv_dtype, len).div_ceil(kv_split);
+        let per_seq =
+            |len: u64| kv_bytes_for_sequence(spec, model.kv_dtype, len).div_ceil(kv_split) + len * hidden_per_token;
         let one_seq = per_seq(max_model_len).next_multiple_of(v.block_size * mem.kv_bytes_per_token);
         let usable = kv.kv_blocks * v.block_size * mem.kv_bytes_per_token;
         if kv.kv_cache_bytes <= 0 || usable < one_seq {

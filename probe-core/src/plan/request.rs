@@ -52,6 +52,11 @@ pub struct VllmSettings {
     pub servers_per_gpu: usize,
     /// Tensor-parallel size; default the smallest that fits.
     pub tensor_parallel_size: Option<usize>,
+    /// The servers also keep every layer's hidden state of each token in their cache (vLLM's
+    /// `extract_hidden_states`: probe's vLLM extractor): `(L + 1) × hidden` values per token
+    /// beside the KV cache, on every tensor-parallel rank.
+    #[serde(default)]
+    pub hidden_states: bool,
 }
 
 impl Default for VllmSettings {
@@ -66,6 +71,7 @@ impl Default for VllmSettings {
             non_torch_bytes: None,
             servers_per_gpu: 1,
             tensor_parallel_size: None,
+            hidden_states: false,
         }
     }
 }
@@ -114,6 +120,11 @@ impl VllmSettings {
     /// Sets the tensor-parallel size.
     pub fn with_tensor_parallel_size(mut self, t: usize) -> Self {
         self.tensor_parallel_size = Some(t);
+        self
+    }
+    /// The servers keep every layer's hidden states ([`VllmSettings::hidden_states`]).
+    pub fn with_hidden_states(mut self, on: bool) -> Self {
+        self.hidden_states = on;
         self
     }
 }
