@@ -6,14 +6,16 @@ the machine's measured matmul peak (f32 on the CPU, bf16 on a GPU). With --vllm-
 hidden states (probe's vLLM extractor on a server benches/peer/run started) are timed on the same
 inputs too, and each engine's start-up is printed next to one pass. Usage: see benches/peer/run.
 """
-import argparse
-import json
-import os
-import subprocess
 import time
 
-import torch
-from transformers import AutoModelForCausalLM
+T_START = time.perf_counter()  # before torch and transformers are imported: their start-up counts
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 
 def forward_flops(cfg, n_layers, batch, seq, final_norm_only=True):
@@ -31,7 +33,7 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(threads, device, dtype, reps=5):
+def matmul_peak(threads, device, dtype, reps=20):
     torch.set_num_threads(threads)
     m = 2048 if device.type == "cpu" else 8192
     a, b = torch.randn(m, 1024, device=device, dtype=dtype), torch.randn(1024, 2816, device=device, dtype=dtype)
@@ -91,10 +93,9 @@ def main():
     device = torch.device("cuda:0" if a.device == "cuda" else a.device)
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     torch.set_num_threads(a.threads)
-    t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype).to(device).eval()
     sync(device)
-    load = {"transformers": [time.perf_counter() - t]}
+    load = {"transformers": [time.perf_counter() - T_START]}
     cfg = model.config
     L = cfg.num_hidden_layers
     if a.vllm_url and a.seq + 1 > 512:
@@ -139,9 +140,9 @@ def main():
     print()
     print("| engine | start-up s | what start-up counts | one pass s | start-up + one pass s |")
     print("| --- | ---: | --- | ---: | ---: |")
-    counts = {"transformers": "from_pretrained (in process, warm page cache)"}
+    counts = {"transformers": "importing torch and transformers, from_pretrained (warm page cache)"}
     for b, _ in engines:
-        counts[b] = "registry::open in probe-extract-bench (median)"
+        counts[b] = "registry::open in probe-extract-bench (median; process start not counted, ~ms)"
     start = {e: sorted(v)[len(v) // 2] for e, v in load.items()}
     if a.vllm_url and a.vllm_start_s is not None:
         start["vllm"] += a.vllm_start_s
