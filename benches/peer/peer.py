@@ -120,8 +120,8 @@ def main():
     print(f"machine {what} matmul peak ({device}, {a.threads} CPU threads): {peak / 1e9:.0f} GFLOP/s")
     print(f"model: {L} layers, hidden {cfg.hidden_size}; batch {a.batch} x {a.seq} tokens; best of {a.rounds} interleaved rounds")
     print()
-    print("| engine | layers | tokens/s | vs transformers (all layers) | vs transformers (same depth) | GFLOP/s | % of matmul peak |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| engine | layers | tokens/s | vs transformers (all layers) | vs transformers (same depth) | GFLOP/s | % of matmul peak | every round |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     base_all = max(results[("transformers", L)])
     for (engine, depth), vals in sorted(results.items(), key=lambda kv: (-kv[0][1], kv[0][0] != "transformers", kv[0][0])):
         tps = max(vals)
@@ -133,7 +133,7 @@ def main():
             work += 2 * a.batch * a.seq * cfg.hidden_size * cfg.vocab_size
         flops = work / (a.batch * a.seq) * tps
         label = "all" if depth == L else f"0..={depth}"
-        print(f"| {engine} | {label} | {tps:.0f} | {tps / base_all:.2f}x | {tps / base:.2f}x | {flops / 1e9:.0f} | {100 * flops / peak:.0f}% |")
+        print(f"| {engine} | {label} | {tps:.0f} | {tps / base_all:.2f}x | {tps / base:.2f}x | {flops / 1e9:.0f} | {100 * flops / peak:.0f}% | {' '.join(f'{v:.0f}' for v in vals)} |")
     # The whole cost of a first batch: getting the engine ready, then one pass over all layers.
     print()
     print(f"Whole cost of one batch ({a.batch} x {a.seq} tokens, all layers): start-up, then one pass")
