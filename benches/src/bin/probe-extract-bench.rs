@@ -99,7 +99,10 @@ fn server_command(a: &Args) -> Result<String> {
     };
     let layers = probe_backends::registry::Backend::Vllm.model_layers(model_str(a)?)?;
     let (spec, dtype) = match a.gpu {
-        Some(g) => (ServerSpec::gpu(g, port), a.dtype.as_deref().unwrap_or("bfloat16")),
+        // 30 % of the GPU: transformers and candle run on the same one.
+        Some(g) => {
+            (ServerSpec::gpu(g, port).with_gpu_memory_utilization(0.3), a.dtype.as_deref().unwrap_or("bfloat16"))
+        }
         None => (ServerSpec::cpu(port), a.dtype.as_deref().unwrap_or("float32")),
     };
     let launcher = VllmLauncher::builder(model_str(a)?)
