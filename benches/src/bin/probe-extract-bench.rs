@@ -97,7 +97,7 @@ fn server_command(a: &Args) -> Result<String> {
     let (Some(port), Some(dir)) = (a.port, &a.hidden_states_dir) else {
         return Err(Error::invalid("vllm-server-command", "needs --port and --hidden-states-dir"));
     };
-    let layers = probe_backends::registry::Backend::Vllm.model_layers(model_str(a)?)?;
+    let layers = probe_backends::registry::config_layers(model_str(a)?)?;
     let (spec, dtype) = match a.gpu {
         // 30 % of the GPU: transformers and candle run on the same one.
         Some(g) => {
