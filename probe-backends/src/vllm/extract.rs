@@ -13,7 +13,7 @@
 //! The extractor generates too ([`Generator`]), one prompt per request, asking the servers to
 //! keep the completion's hidden states: the extraction of that sequence then reads them
 //! instead of a forward pass when its readout lies within what generation computed (the
-//! prompt and every completion token but the last), see [`super::capture`].
+//! prompt and every completion token but the last), see the `capture` module.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -298,7 +298,7 @@ impl ActivationExtractor for VllmExtractor {
 }
 
 /// Generation on the same servers, one prompt per request, each completion's hidden states
-/// kept for its extraction ([`super::capture`]). The completions are the model's, but not
+/// kept for its extraction (the `capture` module). The completions are the model's, but not
 /// token for token a plain server's: seeded sampling draws from the same distribution with
 /// other numbers (the speculative path samples differently), and batched greedy decoding
 /// has been seen to part from a plain server's after a few tokens on near-ties.
