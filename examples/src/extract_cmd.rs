@@ -79,10 +79,7 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
         if vllm { probe_backends::registry::config_layers(&args.model)? } else { backend.model_layers(&args.model)? };
     let layers = args.layers.resolve(num_layers)?;
     let servers = if vllm {
-        let log_dir = match &file.vllm.log_dir {
-            Some(d) => d.clone(),
-            None => args.out.parent().unwrap_or(std::path::Path::new(".")).join("vllm-logs"),
-        };
+        let log_dir = args.out.parent().unwrap_or(std::path::Path::new(".")).join("vllm-logs");
         let mut s = Servers::plan(&file, backend, &args.model, &urls, false, log_dir.clone(), args.dry_run)?;
         s.extract_on_servers(&file, &args.model, num_layers, log_dir)?;
         Some(s)

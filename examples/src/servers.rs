@@ -93,6 +93,7 @@ impl Servers {
     /// `--extractor vllm`: the servers extract too. Servers this run launches get the
     /// hidden-states flags (files under `<log dir>/hidden-states`, deleted as they are read)
     /// and stay up until the run ends: they are the extractor, so nothing is time-shared.
+    /// `default_log_dir` as in [`Servers::plan`].
     ///
     /// # Errors
     /// As [`Servers::plan`]'s launcher settings.
@@ -101,18 +102,15 @@ impl Servers {
         file: &ProbeToml,
         model: &str,
         num_layers: usize,
-        log_dir: PathBuf,
+        default_log_dir: PathBuf,
     ) -> Result<()> {
         self.extracts = true;
         if self.urls.is_empty() {
             let l = match self.launcher.take() {
                 Some(l) => l,
-                None => launcher(file, model, &self.roles, log_dir.clone())?,
+                None => launcher(file, model, &self.roles, default_log_dir)?,
             };
-            // Absolute: the servers and this process read the same files by name.
-            let dir =
-                std::path::absolute(log_dir.join("hidden-states")).map_err(|e| Error::io(log_dir.display(), e))?;
-            self.launcher = Some(with_hidden_states(l, dir, num_layers));
+            self.launcher = Some(with_hidden_states(l, num_layers)?);
         }
         self.roles.mode = Mode::Exclusive;
         Ok(())
@@ -238,14 +236,18 @@ impl Servers {
     }
 }
 
+/// `l` writing hidden states under its log folder, made absolute (the servers and this
+/// process read the same files by name).
 #[cfg(feature = "vllm")]
-fn with_hidden_states(l: Launcher, dir: PathBuf, num_layers: usize) -> Launcher {
-    l.with_hidden_states(dir, num_layers)
+fn with_hidden_states(l: Launcher, num_layers: usize) -> Result<Launcher> {
+    let logs = l.log_dir().to_owned();
+    let dir = std::path::absolute(logs.join("hidden-states")).map_err(|e| Error::io(logs.display(), e))?;
+    Ok(l.with_hidden_states(dir, num_layers))
 }
 
 #[cfg(not(feature = "vllm"))]
-fn with_hidden_states(l: Launcher, _dir: PathBuf, _num_layers: usize) -> Launcher {
-    l
+fn with_hidden_states(l: Launcher, _num_layers: usize) -> Result<Launcher> {
+    Ok(l)
 }
 
 #[cfg(feature = "vllm")]

@@ -252,7 +252,7 @@ fn plan_with(args: &SweepArgs, fixed_grid: bool) -> Result<Plan> {
     let mut servers =
         Servers::plan(&file, backend, &args.model, &urls, !args.no_generate, log_dir.clone(), args.dry_run)?;
     if vllm_extraction {
-        servers.extract_on_servers(&file, &args.model, num_layers, file.vllm.log_dir.clone().unwrap_or(log_dir))?;
+        servers.extract_on_servers(&file, &args.model, num_layers, log_dir)?;
     }
     let work = Workload {
         backend,

@@ -19,48 +19,55 @@ pub const DEFAULT_CAPTURE_BYTES: u64 = 8 << 30;
 /// A kept file and its size estimate; `None` when it was not kept.
 type Kept = Option<(PathBuf, u64)>;
 
+/// The kept files and their bytes, under one lock.
+#[derive(Debug, Default)]
+struct Held {
+    /// Full token ids (prompt + completion) → the file.
+    files: HashMap<Vec<u32>, Kept>,
+    bytes: u64,
+}
+
 /// Files written by generation requests, waiting for the extraction of the same sequence.
 #[derive(Debug)]
 pub(crate) struct Captures {
-    /// Full token ids (prompt + completion) → the file.
-    files: Mutex<HashMap<Vec<u32>, Kept>>,
+    held: Mutex<Held>,
     budget: u64,
-    held: AtomicU64,
     reused: AtomicU64,
     extra: AtomicU64,
 }
 
 impl Captures {
     pub(crate) fn new(budget: u64) -> Self {
-        let z = || AtomicU64::new(0);
-        Self { files: Mutex::default(), budget, held: z(), reused: z(), extra: z() }
+        Self { held: Mutex::default(), budget, reused: AtomicU64::new(0), extra: AtomicU64::new(0) }
     }
 
     /// Keeps `path` (about `bytes` long) as the hidden states of the sequence `ids`, unless
     /// that would pass the budget: then the file is deleted (blocking until the server has
     /// written it) and the sequence recorded as generated without them.
     pub(crate) fn keep(&self, ids: Vec<u32>, path: PathBuf, bytes: u64) {
-        let kept = self.held.fetch_add(bytes, Ordering::Relaxed) + bytes <= self.budget;
-        let entry = if kept {
-            Some((path, bytes))
-        } else {
-            self.held.fetch_sub(bytes, Ordering::Relaxed);
-            super::hidden::discard(&path);
-            None
-        };
-        if let Some(Some((old, b))) = self.files.lock().expect("captures lock").insert(ids, entry) {
+        let (dropped, replaced) = {
+            let mut held = self.held.lock().expect("captures lock");
+            let fits = held.bytes + bytes <= self.budget;
+            held.bytes += if fits { bytes } else { 0 };
+            let (entry, dropped) = if fits { (Some((path, bytes)), None) } else { (None, Some(path)) };
             // The same sequence generated twice (a retried block): the older file goes.
-            self.held.fetch_sub(b, Ordering::Relaxed);
-            super::hidden::discard(&old);
-        }
+            let replaced = held.files.insert(ids, entry).flatten();
+            if let Some((_, b)) = &replaced {
+                held.bytes -= b;
+            }
+            (dropped, replaced.map(|(p, _)| p))
+        };
+        // Deleting waits for the server's lock: never while holding ours.
+        dropped.iter().chain(&replaced).for_each(|p| super::hidden::discard(p));
     }
 
     /// The file kept for the sequence `ids`: `Some(None)` when it was generated here but
     /// its file was not kept, `None` when it was not generated here.
     pub(crate) fn take(&self, ids: &[u32]) -> Option<Option<PathBuf>> {
-        let entry = self.files.lock().expect("captures lock").remove(ids)?;
+        let mut held = self.held.lock().expect("captures lock");
+        let entry = held.files.remove(ids)?;
         Some(entry.map(|(path, bytes)| {
-            self.held.fetch_sub(bytes, Ordering::Relaxed);
+            held.bytes -= bytes;
             path
         }))
     }
@@ -83,8 +90,8 @@ impl Captures {
 impl Drop for Captures {
     /// Files never asked for (their activations were cached) are deleted.
     fn drop(&mut self) {
-        let files = std::mem::take(self.files.get_mut().expect("captures lock"));
-        files.into_values().flatten().for_each(|(path, _)| super::hidden::discard(&path));
+        let held = std::mem::take(self.held.get_mut().expect("captures lock"));
+        held.files.into_values().flatten().for_each(|(path, _)| super::hidden::discard(&path));
     }
 }
 

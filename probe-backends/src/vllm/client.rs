@@ -385,19 +385,15 @@ impl VllmGenerator {
 
     /// Generates one completion per prompt, one prompt per request (a server with the
     /// hidden-states connector names one file per request), asking the server to keep the
-    /// completion's hidden states too; returns, in prompt order, each generation (with its
-    /// token ids) and what `keep(server, answer, generation)` made of the answer.
+    /// completion's hidden states too; `keep(server, answer, generation)` takes each answer
+    /// before its generation (with token ids) is returned, in prompt order.
     ///
     /// # Errors
-    /// As [`Generator::generate`]; [`Error::InvalidInput`] for `n ≠ 1`.
-    pub(crate) async fn generate_each<T, F, Fut>(
-        &self,
-        request: &GenerationRequest,
-        keep: F,
-    ) -> Result<Vec<(Generation, T)>>
+    /// As [`Generator::generate`], and `keep`'s; [`Error::InvalidInput`] for `n ≠ 1`.
+    pub(crate) async fn generate_each<F, Fut>(&self, request: &GenerationRequest, keep: F) -> Result<Vec<Generation>>
     where
-        F: Fn(String, Vec<u8>, Generation) -> Fut,
-        Fut: Future<Output = Result<(Generation, T)>>,
+        F: Fn(String, Vec<u8>, &Generation) -> Fut,
+        Fut: Future<Output = Result<()>>,
     {
         self.check(request)?;
         let s = &request.sampling;
@@ -416,8 +412,8 @@ impl VllmGenerator {
                 body.kv_transfer_params = Some(serde_json::json!({"include_output_tokens": true}));
                 let body = serde_json::to_vec(&body).map_err(|e| Error::backend(BACKEND, e))?;
                 let parse = |url: String, bytes: Vec<u8>| async move {
-                    let mut g = parse_completions(&url, &bytes, &self.config.model, prompt, i, 1)?;
-                    keep(url, bytes, g.remove(0)).await
+                    let g = parse_completions(&url, &bytes, &self.config.model, prompt, i, 1)?.remove(0);
+                    keep(url, bytes, &g).await.map(|()| g)
                 };
                 self.complete(&format!("prompt {i}"), &body, parse).await
             }

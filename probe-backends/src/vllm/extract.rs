@@ -191,14 +191,13 @@ impl VllmExtractor {
                 return None;
             }
         };
-        let read = tokio::task::spawn_blocking(move || hidden::take(&path)).await;
-        match read {
-            Ok(Ok(hs)) if capture::covers(&hs.token_ids, ids, need) && self.check_shape("", &hs).is_ok() => {
+        match read(path).await {
+            Ok(hs) if capture::covers(&hs.token_ids, ids, need) && self.check_shape("", &hs).is_ok() => {
                 self.captures.count_reused();
                 Some(hs)
             }
             other => {
-                if let Ok(Err(e)) = other {
+                if let Err(e) = other {
                     tracing::warn!("vllm: the generation pass's hidden states are unusable ({e}); extracting again");
                 }
                 self.captures.count_extra();
@@ -220,10 +219,7 @@ impl VllmExtractor {
         });
         let body = serde_json::to_vec(&body).map_err(|e| Error::backend(BACKEND, e))?;
         let parse = |server: String, bytes: Vec<u8>| async move {
-            let path = self.file_of(&server, &bytes)?;
-            let hs = tokio::task::spawn_blocking(move || hidden::take(&path))
-                .await
-                .map_err(|e| Error::backend(BACKEND, format!("reading hidden states: {e}")))??;
+            let hs = read(self.file_of(&server, &bytes)?).await?;
             self.check_shape(&server, &hs)?;
             if hs.token_ids != ids {
                 return Err(Error::backend(
@@ -235,6 +231,13 @@ impl VllmExtractor {
         };
         self.client.complete(&format!("input #{i}"), &body, parse).await.map(|hs| (i, hs))
     }
+}
+
+/// [`hidden::take`] off the async runtime's threads.
+async fn read(path: PathBuf) -> Result<HiddenStates> {
+    tokio::task::spawn_blocking(move || hidden::take(&path))
+        .await
+        .map_err(|e| Error::backend(BACKEND, format!("reading hidden states: {e}")))?
 }
 
 #[async_trait]
@@ -306,20 +309,21 @@ impl ActivationExtractor for VllmExtractor {
 impl Generator for VllmExtractor {
     async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
         self.started().await?;
-        let keep = |server: String, body: Vec<u8>, g: Generation| async move {
-            let path = self.file_of(&server, &body)?;
-            let ids = g.full_token_ids().ok_or_else(|| {
-                super::wire::bad_response(&server, "no token ids in the answer (vLLM ≥ 0.10 returns them)")
-            })?;
-            let bytes = capture::estimate(ids.len(), self.info.num_layers + 1, self.info.hidden_size);
-            let captures = self.captures.clone();
-            tokio::task::spawn_blocking(move || captures.keep(ids, path, bytes))
-                .await
-                .map_err(|e| Error::backend(BACKEND, format!("keeping hidden states: {e}")))?;
-            Ok((g, ()))
+        let keep = |server: String, body: Vec<u8>, g: &Generation| {
+            let ids = g.full_token_ids();
+            async move {
+                let path = self.file_of(&server, &body)?;
+                let ids = ids.ok_or_else(|| {
+                    super::wire::bad_response(&server, "no token ids in the answer (vLLM ≥ 0.10 returns them)")
+                })?;
+                let bytes = capture::estimate(ids.len(), self.info.num_layers + 1, self.info.hidden_size);
+                let captures = self.captures.clone();
+                tokio::task::spawn_blocking(move || captures.keep(ids, path, bytes))
+                    .await
+                    .map_err(|e| Error::backend(BACKEND, format!("keeping hidden states: {e}")))
+            }
         };
-        let out = self.client.generate_each(&request, keep).await?;
-        Ok(out.into_iter().map(|(g, ())| g).collect())
+        self.client.generate_each(&request, keep).await
     }
 
     fn model_id(&self) -> ModelId {

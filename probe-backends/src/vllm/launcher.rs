@@ -231,6 +231,11 @@ impl VllmLauncher {
         self.log_dir.join("python")
     }
 
+    /// The folder of the servers' logs.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
     /// The hidden-states folder the servers write to, when they do.
     pub fn hidden_states_dir(&self) -> Option<&Path> {
         self.hidden_states.as_ref().map(|(d, _)| d.as_path())
