@@ -15,17 +15,13 @@
 //! any model loads where that is possible; other failures exit with status 1.
 
 mod apply_cmd;
-mod backends;
-mod config_file;
 mod demo;
 mod extract_cmd;
-mod faults;
+mod flags;
 mod generate_cmd;
 mod outputs;
 mod plan_cmd;
 mod progress;
-mod run_plan;
-mod servers;
 mod shard_cmd;
 mod slurm;
 mod status_cmd;
@@ -82,9 +78,10 @@ fn exit_code(e: &Error) -> i32 {
 }
 
 /// One line: the error and its causes.
-fn one_line(e: &Error) -> String {
+fn one_line(e: Error) -> String {
+    let e = flags::as_flags(e);
     let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(inner) = source {
         let t = inner.to_string();
         if !s.contains(&t) {
@@ -143,14 +140,15 @@ fn main() {
             Command::Status(a) => status_cmd::run(*a).await,
             Command::Merge(a) => shard_cmd::run_merge(*a, quiet).await,
             Command::Extract(a) => extract_cmd::run(a, quiet).await,
-            Command::Generate(a) => generate_cmd::run(a).await,
+            Command::Generate(a) => generate_cmd::run(a, quiet).await,
             Command::Apply(a) => apply_cmd::run(*a, quiet).await,
             Command::Demo(a) => demo::run(a, quiet).await,
             Command::Plan(a) => plan_cmd::run(*a).await,
         }
     });
     if let Err(e) = result {
-        eprintln!("error: {}", one_line(&e));
-        std::process::exit(exit_code(&e));
+        let code = exit_code(&e);
+        eprintln!("error: {}", one_line(e));
+        std::process::exit(code);
     }
 }

@@ -15,7 +15,6 @@ use clap::Args;
 use probe_backends::shell_quote as quote;
 use probe_core::{Error, Result};
 
-use crate::config_file::ProbeToml;
 use crate::sweep_cmd::SweepArgs;
 
 /// `probe sweep`: its arguments, and those that hand it to a scheduler.
@@ -79,7 +78,7 @@ struct Job {
 }
 
 async fn submit(sweep: &SweepArgs, s: &SubmitArgs) -> Result<()> {
-    let job = prepare(sweep, s)?;
+    let job = prepare(sweep, s).await?;
     let progress = crate::status_cmd::progress(sweep, job.count).await?;
     let shards = progress.unfinished();
     std::fs::create_dir_all(&job.log_dir).map_err(|e| Error::io(job.log_dir.display().to_string(), e))?;
@@ -119,7 +118,7 @@ async fn submit(sweep: &SweepArgs, s: &SubmitArgs) -> Result<()> {
 }
 
 /// Checks the flags, the settings file, the sweep (planned as a shard) and `sbatch`.
-fn prepare(sweep: &SweepArgs, s: &SubmitArgs) -> Result<Job> {
+async fn prepare(sweep: &SweepArgs, s: &SubmitArgs) -> Result<Job> {
     let scheduler = s.submit.as_deref().unwrap_or_default();
     if scheduler != "slurm" {
         return Err(Error::invalid("submit", format!("{scheduler:?} (the scheduler supported is slurm)")));
@@ -143,13 +142,14 @@ fn prepare(sweep: &SweepArgs, s: &SubmitArgs) -> Result<Job> {
             format!("{a:?} (one sbatch option, such as --sbatch-arg=--account=abc)"),
         ));
     }
-    let file = ProbeToml::load(sweep.config.as_deref())?;
+    let file = sweep.settings()?;
     let sbatch = find_program(
         file.slurm.sbatch.clone().or_else(|| std::env::var("PROBE_SBATCH").ok().filter(|v| !v.is_empty())),
     )?;
     // Every check of a shard's run, and the plan its resources come from.
     let shard = probe_core::sweep::Shard::new(1, count)?;
-    let plan = crate::sweep_cmd::plan(&SweepArgs { shard: Some(shard), dry_run: true, ..sweep.clone() })?;
+    let (session, prompts) = SweepArgs { shard: Some(shard), dry_run: true, ..sweep.clone() }.open(true).await?;
+    let plan = session.prepare(probe_backends::session::Task::Shard, &prompts)?;
     let log_dir = absolute(&file.slurm.log_dir.clone().unwrap_or_else(|| sweep.out.join("slurm")))?;
     let mut common = Vec::new();
     common.extend(file.slurm.partition.iter().map(|p| format!("--partition={p}")));
@@ -161,10 +161,10 @@ fn prepare(sweep: &SweepArgs, s: &SubmitArgs) -> Result<Job> {
 
 /// `--gres=gpu:K` for the GPUs the plan uses (servers it launches, extraction placement) and
 /// `--mem` for its CPU memory plus 1 GiB for the process.
-fn resources(plan: &crate::sweep_cmd::Plan) -> Vec<String> {
-    let Some(p) = &plan.run_plan else { return Vec::new() };
+fn resources(plan: &probe_backends::session::Prepared) -> Vec<String> {
+    let Some(p) = &plan.plan else { return Vec::new() };
     let mut gpus: Vec<usize> = Vec::new();
-    if plan.servers.launches() {
+    if plan.launches_servers() {
         gpus.extend(p.generation.servers.iter().flat_map(|s| s.gpus.iter().copied()));
     }
     let placed = p.extraction.iter().flat_map(|e| e.placement.iter());

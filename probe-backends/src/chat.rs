@@ -133,17 +133,26 @@ pub fn render_prompts(prompts: PromptSet, model: &Path, template_file: Option<&P
         None if prompts.is_chat() => ChatTemplate::from_model_dir(model)?,
         None => None,
     };
+    render_with(prompts, template.as_ref(), &model.display().to_string())
+}
+
+/// Renders the chat prompts of `prompts` with `template` (the model `model`'s); a set of plain
+/// texts is returned unchanged.
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`chat_template`) naming the first chat prompt and the model when
+/// there is no template; the errors of [`ChatTemplate::render`] (naming the prompt).
+pub fn render_with(prompts: PromptSet, template: Option<&ChatTemplate>, model: &str) -> Result<PromptSet> {
     if !prompts.is_chat() {
         return Ok(prompts);
     }
     let Some(template) = template else {
         let id = prompts.prompts.iter().find(|p| p.messages.is_some()).map(|p| p.id.clone()).unwrap_or_default();
         return Err(Error::invalid(
-            "chat template",
+            "chat_template",
             format!(
-                "prompt {id:?} has messages, but the model folder {} has no chat template (no chat_template in \
-                 tokenizer_config.json, no chat_template.jinja); give one with --chat-template FILE",
-                model.display()
+                "prompt {id:?} has messages, but the model folder {model} has no chat template (no chat_template in \
+                 tokenizer_config.json, no chat_template.jinja); give one"
             ),
         ));
     };

@@ -21,8 +21,10 @@ pub mod vllm;
 
 pub mod chat;
 pub mod device;
+pub mod mock;
 pub mod registry;
 pub mod roles;
+pub mod session;
 
 /// The backend features compiled into this build.
 pub const COMPILED_FEATURES: &[&str] = &[
@@ -36,6 +38,8 @@ pub const COMPILED_FEATURES: &[&str] = &[
     "ort",
     #[cfg(feature = "cuda")]
     "cuda",
+    #[cfg(feature = "testing")]
+    "testing",
 ];
 
 /// Fails with [`probe_core::Error::FeatureDisabled`] when `feature` was not compiled in.

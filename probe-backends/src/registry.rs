@@ -30,6 +30,8 @@ pub enum Backend {
     Tch,
     /// ONNX Runtime, on an ONNX export (`scripts/python/export_onnx.py`).
     Ort,
+    /// Deterministic test doubles, no model (`testing` builds only; see [`crate::mock`]).
+    Mock,
 }
 
 impl std::str::FromStr for Backend {
@@ -40,7 +42,8 @@ impl std::str::FromStr for Backend {
             "vllm" => Ok(Self::Vllm),
             "tch" => Ok(Self::Tch),
             "ort" => Ok(Self::Ort),
-            other => Err(Error::invalid("backend", format!("{other:?} (expected candle, vllm, tch or ort)"))),
+            "mock" => Ok(Self::Mock),
+            other => Err(Error::invalid("backend", format!("{other:?} (expected candle, vllm, tch, ort or mock)"))),
         }
     }
 }
@@ -53,12 +56,13 @@ impl Backend {
             Self::Vllm => "vllm",
             Self::Tch => "tch",
             Self::Ort => "ort",
+            Self::Mock => "mock",
         }
     }
 
     /// Whether the backend generates (candle in process, vllm on servers).
     pub fn generates(self) -> bool {
-        matches!(self, Self::Candle | Self::Vllm)
+        matches!(self, Self::Candle | Self::Vllm | Self::Mock)
     }
 
     /// Fails when the backend's cargo feature is off (`vllm` extracts on candle: both).
@@ -66,8 +70,10 @@ impl Backend {
     /// # Errors
     /// [`Error::FeatureDisabled`] naming the feature.
     pub fn check_available(self) -> Result<()> {
-        if self == Self::Vllm {
-            crate::require_feature("candle")?;
+        match self {
+            Self::Vllm => crate::require_feature("candle")?,
+            Self::Mock => return crate::require_feature("testing"),
+            _ => {}
         }
         crate::require_feature(self.name())
     }
@@ -80,6 +86,9 @@ impl Backend {
     /// [`Error::InvalidInput`] naming the folder or file: not a folder, an unreadable or bad
     /// `config.json`, a bad safetensors header.
     pub fn model_layers(self, model: &str) -> Result<usize> {
+        if self == Self::Mock {
+            return Ok(crate::mock::MOCK_LAYERS);
+        }
         let layers = config_layers(model)?;
         let dir = Path::new(model);
         match self {
@@ -161,10 +170,7 @@ impl OpenOptions {
     }
     /// Every block on one device: GPU `gpu`, or the CPU for `None`.
     pub fn on(self, gpu: Option<usize>) -> Self {
-        let device = probe_core::plan::device_name(gpu);
-        let one = serde_json::json!([{"device": device, "layers": [0, usize::MAX], "worker": 0, "embedding": true,
-            "head": true, "weights_bytes": 0, "working_set_bytes": 0}]);
-        self.with_placement(serde_json::from_value(one).expect("a one-share placement"))
+        self.with_placement(vec![Placement::whole(probe_core::plan::device_name(gpu), usize::MAX)])
     }
     /// Sets the compute dtype.
     pub fn with_dtype(mut self, dtype: impl Into<String>) -> Self {
@@ -232,6 +238,7 @@ pub fn open(backend: Backend, model: &str, options: &OpenOptions) -> Result<Open
         }
         Backend::Tch => open_tch(model, options.first_gpu()),
         Backend::Ort => open_ort(model),
+        Backend::Mock => crate::mock::open(model),
     }
 }
 
@@ -334,7 +341,7 @@ fn open_ort(_model: &str) -> Result<Opened> {
 fn vllm_client(model: &str, urls: &[String]) -> Result<Arc<crate::vllm::VllmGenerator>> {
     use crate::vllm::VllmGenerator;
     if urls.is_empty() {
-        return Err(Error::invalid("url", "--backend vllm needs server URLs: --url URL or [vllm] urls in probe.toml"));
+        return Err(Error::invalid("urls", "the vllm backend needs server URLs ([vllm] urls), or servers to launch"));
     }
     let env_key = if std::env::var_os("VLLM_API_KEY").is_some() { "VLLM_API_KEY" } else { "OPENAI_API_KEY" };
     let generator = VllmGenerator::builder()
@@ -384,16 +391,20 @@ mod tests {
 
     #[test]
     fn names_parse_and_a_missing_feature_is_typed() {
-        for b in [Backend::Candle, Backend::Vllm, Backend::Tch, Backend::Ort] {
+        for b in [Backend::Candle, Backend::Vllm, Backend::Tch, Backend::Ort, Backend::Mock] {
             assert_eq!(b.name().parse::<Backend>().unwrap(), b);
             let on = crate::COMPILED_FEATURES.contains(&b.name());
             match b.check_available() {
                 Ok(()) => assert!(on),
-                Err(Error::FeatureDisabled { feature }) => assert!(!on || feature == "candle", "{feature}"),
+                Err(Error::FeatureDisabled { feature }) => {
+                    assert!(!on || feature == "candle" || feature == "testing", "{feature}")
+                }
                 Err(e) => panic!("{e}"),
             }
         }
-        assert!("mock".parse::<Backend>().unwrap_err().to_string().contains("expected candle, vllm, tch or ort"));
+        assert!(
+            "bogus".parse::<Backend>().unwrap_err().to_string().contains("expected candle, vllm, tch, ort or mock")
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod activation;
 pub mod cache;
 mod capabilities;
 pub mod codec;
-mod device;
+
 mod error;
 mod generation;
 pub mod hf_config;
@@ -29,7 +29,11 @@ pub use cache::{
     CacheEntry, CacheKey, CacheStore, CacheStoreExt, EntryKind, EntryMeta, GetRequest, ListRequest, PutRequest,
 };
 pub use capabilities::Capabilities;
-pub use device::DevicePolicy;
+pub use plan::DevicePolicy;
+
+/// Inputs per forward pass (and sequences decoded together) when neither the settings nor the
+/// plan give a batch size: the one default, used by every backend and the sweep.
+pub const DEFAULT_BATCH_SIZE: usize = 16;
 pub use error::{BoxError, Error, Result};
 pub use generation::{FinishReason, Generation, GenerationRequest, Generator, ModelId, SamplingParams};
 pub use readout::Readout;

@@ -11,8 +11,9 @@ use clap::Args;
 use probe_core::sweep::LayerSelection;
 use probe_core::{Error, Result};
 
-use crate::backends::BackendKind;
-use crate::sweep_cmd::{self, SweepArgs};
+use probe_backends::registry::Backend;
+use probe_backends::session::Settings;
+use probe_core::sweep::PromptSet;
 
 pub(crate) use fixture::{SHAPE, write_model, write_prompts};
 
@@ -39,7 +40,7 @@ pub(crate) struct DemoArgs {
     pub(crate) batch_size: usize,
     /// Backend (candle; mock for a run without a model).
     #[arg(long, default_value = "candle")]
-    pub(crate) backend: BackendKind,
+    pub(crate) backend: Backend,
 }
 
 /// `probe demo`.
@@ -75,34 +76,23 @@ pub(crate) async fn run(args: DemoArgs, quiet: bool) -> Result<()> {
         write_prompts(&prompts, args.prompts, 1)?;
         println!("made {} labelled prompts (animal vs tool subjects) in {}", args.prompts, prompts.display());
     }
-    let sweep = SweepArgs {
-        model: if args.backend == BackendKind::Mock { "demo-mock".into() } else { model_dir.display().to_string() },
-        prompts: prompts.clone(),
-        prompt_set: None,
-        layers: args.layers.clone(),
-        backend: Some(args.backend),
-        cache: Some(args.dir.join("cache").display().to_string()),
-        positions: Some(probe_core::Readout::Last),
-        batch_size: Some(args.batch_size),
-        max_tokens: Some(args.max_tokens),
-        temperature: Some(0.0),
-        seed: Some(0),
-        folds: 5,
-        probe_c: None,
-        labels: None,
-        no_generate: args.no_generate,
-        url: Vec::new(),
-        extractor: None,
-        config: None,
-        out: args.dir.join("out"),
-        dry_run: false,
-        chat_template: None,
-        test_on: Vec::new(),
-        shard: None,
-        plan: Default::default(),
-    };
-    let plan = sweep_cmd::plan(&sweep)?;
-    let report = sweep_cmd::execute(plan, quiet).await?;
+    let model = if args.backend == Backend::Mock { "demo-mock".into() } else { model_dir.display().to_string() };
+    let settings = Settings::default()
+        .backend(args.backend)
+        .cache(args.dir.join("cache").display().to_string())
+        .layers(args.layers.clone())
+        .positions(probe_core::Readout::Last)
+        .batch_size(args.batch_size)
+        .max_tokens(args.max_tokens)
+        .temperature(0.0)
+        .seed(0)
+        .no_generate(args.no_generate)
+        .vllm_log_dir(args.dir.join("out").join("vllm-logs"));
+    let session = crate::flags::open(&model, settings, quiet).await?;
+    let prompt_set = PromptSet::from_jsonl(&prompts)?;
+    let report = session.sweep(&prompt_set).await?;
+    let written = crate::outputs::write_all(&report, &args.dir.join("out"))?;
+    crate::sweep_cmd::print_report(&report, &written, &session.cache_location()?);
     println!("model: {} · prompts: {}", model_dir.display(), prompts.display());
     let s = &report.summary;
     let all_cached = s.generations_generated == 0 && s.layers_computed == 0;

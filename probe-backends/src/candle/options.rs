@@ -110,7 +110,12 @@ pub struct CandleOptions {
 
 impl Default for CandleOptions {
     fn default() -> Self {
-        Self { dtype: CandleDType::F32, device: CandleDevice::Cpu, default_batch_size: 16, split: Vec::new() }
+        Self {
+            dtype: CandleDType::F32,
+            device: CandleDevice::Cpu,
+            default_batch_size: probe_core::DEFAULT_BATCH_SIZE,
+            split: Vec::new(),
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod measured;
 pub mod memory;
 pub mod paged;
 mod placement;
+mod policy;
 mod request;
 mod run;
 pub mod units;
@@ -32,6 +33,7 @@ pub use memory::{AttentionKind, Dtype, ExtractionShape, ParamCount, VllmKv, Vllm
 pub use placement::{
     DEFAULT_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, DEFAULT_NON_TORCH, DEFAULT_UTILIZATION, Planner, PlannerBuilder, plan,
 };
+pub use policy::DevicePolicy;
 pub use request::{
     DeviceUse, ExtractionPlan, ExtractionWorker, ExtractionWorkload, GenerationPlan, GenerationWorkload, LayerShare,
     ModelMemory, Plan, PlanRequest, ShareMode, VllmServerPlan, VllmSettings,

@@ -166,6 +166,22 @@ pub struct Placement {
     pub working_set_bytes: u64,
 }
 
+impl Placement {
+    /// Every block of one worker on one device (`"cuda:N"` or `"cpu"`), embedding and head
+    /// included; `last_block` is the model's last block (`usize::MAX`: whatever it is).
+    pub fn whole(device: impl Into<String>, last_block: usize) -> Self {
+        Self {
+            device: device.into(),
+            layers: [0, last_block],
+            worker: 0,
+            embedding: true,
+            head: true,
+            weights_bytes: 0,
+            working_set_bytes: 0,
+        }
+    }
+}
+
 /// The extraction phase as the run executes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]

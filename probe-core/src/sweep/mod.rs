@@ -120,7 +120,7 @@ impl Default for SweepConfig {
         Self {
             layers: Vec::new(),
             positions: Readout::Last,
-            batch_size: 16,
+            batch_size: crate::DEFAULT_BATCH_SIZE,
             sampling: Some(SamplingParams::default()),
             probe: ProbeConfig::default(),
             generation_in_flight: 1,

@@ -172,6 +172,16 @@ impl PromptSet {
         Ok(self)
     }
 
+    /// A labelled prompt file (JSON lines with `id`, `text` or `messages`, and `label`), named
+    /// after the file's stem: what a sweep reads. Unlabelled inputs: [`PromptSet::load`] with
+    /// [`PromptFormat::texts`].
+    ///
+    /// # Errors
+    /// As [`PromptSet::load`].
+    pub fn from_jsonl(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load(path.as_ref(), PromptFormat::labelled())
+    }
+
     /// Reads and checks a JSON-lines prompt file, line by line: a line over
     /// [`MAX_LINE_BYTES`] is refused as soon as the limit is passed, without reading the rest.
     ///

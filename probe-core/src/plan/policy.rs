@@ -1,7 +1,7 @@
-//! The [`DevicePolicy`] contract.
+//! The [`DevicePolicy`] contract, beside its implementation ([`super::Planner`]).
 
+use super::{DeviceInventory, Plan, PlanRequest};
 use crate::Result;
-use crate::plan::{DeviceInventory, Plan, PlanRequest};
 
 /// Turns a device inventory and a model spec into a plan, before anything is launched.
 ///

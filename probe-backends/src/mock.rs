@@ -1,5 +1,6 @@
-//! The `mock` backend and the test-only knobs of the CLI, compiled with the `testing` feature
-//! only (without it `--backend mock` is refused and the variables are ignored):
+//! The `mock` backend ([`crate::registry::Backend::Mock`]) and the test-only knobs, compiled
+//! with the `testing` feature only (without it the mock is [`probe_core::Error::FeatureDisabled`]
+//! and the variables are ignored):
 //!
 //! - `PROBE_MOCK_DELAY_MS=N` / `PROBE_MOCK_GEN_DELAY_MS=N`: the `mock` backend's extractor
 //!   pauses N ms per forward pass, its generator per `generate` call (one call per generation
@@ -13,13 +14,28 @@
 
 use probe_core::Result;
 
-use crate::backends::Opened;
+use crate::registry::Opened;
+
+/// Blocks of the `mock` backend's model.
+pub const MOCK_LAYERS: usize = 6;
+
+/// The `mock` model's shape, for the planner.
+///
+/// # Errors
+/// None in practice (a fixed, valid config).
+pub fn spec() -> Result<probe_core::plan::ModelSpec> {
+    let json = format!(
+        r#"{{"model_type":"mock","hidden_size":32,"intermediate_size":64,"num_hidden_layers":{MOCK_LAYERS},
+           "num_attention_heads":4,"vocab_size":256,"max_position_embeddings":4096}}"#
+    );
+    probe_core::plan::ModelSpec::from_json(&json)
+}
 
 /// The `mock` backend: a deterministic extractor and generator, no model.
 ///
 /// # Errors
 /// [`probe_core::Error::FeatureDisabled`] (`testing`) in builds without the feature.
-pub(crate) fn mock(model: &str) -> Result<Opened> {
+pub(crate) fn open(model: &str) -> Result<Opened> {
     #[cfg(feature = "testing")]
     return Ok(knobs::mock(model));
     #[cfg(not(feature = "testing"))]
@@ -58,7 +74,8 @@ mod knobs {
         ModelId, ModelInfo, Result,
     };
 
-    use crate::backends::{MOCK_LAYERS, Opened};
+    use super::MOCK_LAYERS;
+    use crate::registry::Opened;
 
     /// Hidden size of the `mock` backend's model.
     const MOCK_HIDDEN: usize = 32;

@@ -1,5 +1,5 @@
-//! The device roles of a run (`[devices]`), the vLLM servers `probe` launches itself
-//! (`--backend vllm` without `--url` and without `[vllm] urls`), and `--dry-run`.
+//! The device roles of a run (`[devices]`), the vLLM servers a session launches itself
+//! (the vllm backend without `[vllm] urls`), and the lines of a dry run.
 //!
 //! Launched servers run on `[devices] generation_gpus` (cycled when there are more servers
 //! than GPUs), or on the CPU when that list is absent or empty. When generation and extraction
@@ -8,21 +8,22 @@
 //! servers stay up until the sweep ends. They are stopped at the end in every case, also on an
 //! error, Ctrl-C or SIGTERM.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use probe_core::plan::RunPlan;
 use probe_core::{Error, Result};
 
-use crate::backends::{BackendKind, Opened};
-use crate::config_file::{Devices, ProbeToml};
+use crate::registry;
 
+use super::settings::{Devices, Settings};
+use crate::registry::{Backend, Opened};
+
+pub(crate) use crate::roles::{Mode, Roles};
+#[cfg(feature = "vllm")]
+pub(crate) use crate::vllm::{LazyServers as Lazy, OnDemand, after_sweep, generation_first};
 #[cfg(not(feature = "vllm"))]
 pub(crate) use no_vllm::{Lazy, OnDemand, after_sweep, generation_first};
-pub(crate) use probe_backends::roles::{Mode, Roles};
-#[cfg(feature = "vllm")]
-pub(crate) use probe_backends::vllm::{LazyServers as Lazy, OnDemand, after_sweep, generation_first};
 
 /// The roles of `[devices]`.
 ///
@@ -38,7 +39,7 @@ fn devices(gpus: &[usize]) -> String {
 }
 
 #[cfg(feature = "vllm")]
-type Launcher = probe_backends::vllm::VllmLauncher;
+type Launcher = crate::vllm::VllmLauncher;
 
 /// Placeholder in builds without `vllm`, which never launch (`launcher` refuses).
 #[cfg(not(feature = "vllm"))]
@@ -50,7 +51,7 @@ struct Launcher;
 #[derive(Debug)]
 pub(crate) struct Servers {
     pub(crate) roles: Roles,
-    backend: BackendKind,
+    backend: Backend,
     generates: bool,
     urls: Vec<String>,
     launcher: Option<Launcher>,
@@ -67,8 +68,8 @@ impl Servers {
     /// # Errors
     /// [`Error::InvalidInput`] for a bad `[devices]` or `[vllm]` setting or a missing GPU.
     pub(crate) fn plan(
-        file: &ProbeToml,
-        backend: BackendKind,
+        file: &Settings,
+        backend: Backend,
         model: &str,
         urls: &[String],
         generates: bool,
@@ -78,16 +79,32 @@ impl Servers {
         let roles = roles(&file.devices)?;
         let uses_gpus = !roles.generation.is_empty() || !roles.extraction.is_empty();
         if uses_gpus && !dry_run {
-            let found = probe_backends::device::detect();
+            let found = crate::device::detect();
             roles.check_exist(found.inventory.gpus.len(), &found.message)?;
         }
-        let launcher = if backend == BackendKind::Vllm && generates && urls.is_empty() {
+        let launcher = if backend == Backend::Vllm && generates && urls.is_empty() {
             Some(launcher(file, model, &roles, default_log_dir)?)
         } else {
             None
         };
         let roles_given = file.devices.generation_gpus.is_some() || file.devices.extraction_gpus.is_some();
         Ok(Self { roles, backend, generates, urls: urls.to_vec(), launcher, roles_given, extracts: false })
+    }
+
+    /// No servers and the CPU roles: a call that only loads a model in process.
+    ///
+    /// # Errors
+    /// None in practice (the default roles are valid).
+    pub(crate) fn none(backend: Backend) -> Result<Self> {
+        Ok(Self {
+            roles: Roles::new(None, None, None)?,
+            backend,
+            generates: false,
+            urls: Vec::new(),
+            launcher: None,
+            roles_given: false,
+            extracts: false,
+        })
     }
 
     /// `--extractor vllm`: the servers extract too. Servers this run launches get the
@@ -99,7 +116,7 @@ impl Servers {
     /// As [`Servers::plan`]'s launcher settings.
     pub(crate) fn extract_on_servers(
         &mut self,
-        file: &ProbeToml,
+        file: &Settings,
         model: &str,
         num_layers: usize,
         default_log_dir: PathBuf,
@@ -129,10 +146,10 @@ impl Servers {
         let commands = launch_commands(self.launcher.as_ref());
         out.push(match (self.generates, self.backend) {
             (false, _) => "generation: none (--no-generate)".to_owned(),
-            (true, BackendKind::Vllm) if !commands.is_empty() => {
+            (true, Backend::Vllm) if !commands.is_empty() => {
                 format!("generation: {} vLLM server(s) launched on {}", commands.len(), devices(&r.generation))
             }
-            (true, BackendKind::Vllm) => {
+            (true, Backend::Vllm) => {
                 format!("generation: vLLM servers at {} (already running; not launched)", self.urls.join(", "))
             }
             (true, b) => format!("generation: {} in process on {}", b.name(), devices(&r.generation)),
@@ -145,7 +162,7 @@ impl Servers {
             );
             out.push("time-shared: no: the servers generate and extract".to_owned());
         } else if extraction {
-            let b = if self.backend == BackendKind::Vllm { BackendKind::Candle } else { self.backend };
+            let b = if self.backend == Backend::Vllm { Backend::Candle } else { self.backend };
             out.push(format!("extraction: {} in process on {}", b.name(), devices(&r.extraction)));
             let how = if r.derived { "derived from the device sets" } else { "[devices] mode" };
             out.push(match (r.mode, self.launches()) {
@@ -183,7 +200,8 @@ impl Servers {
             _ if self.extracts => Ok(None),
             None => Ok(None),
             Some(l) => {
-                let inner = self.backend.open_generator(model, None, &self.urls())?;
+                let options = registry::OpenOptions::default().with_urls(self.urls());
+                let inner = registry::open_generator(self.backend, model, &options)?;
                 on_demand(l, inner, self.roles.mode).map(|g| Some(Arc::new(g)))
             }
         }
@@ -222,7 +240,7 @@ impl Servers {
     /// As [`probe_backends::registry::open`].
     #[cfg(feature = "vllm")]
     pub(crate) fn open_extraction(&self, model: &str) -> Result<(Opened, Option<Arc<Lazy>>)> {
-        use probe_backends::registry::{self, Backend, OpenOptions};
+        use crate::registry::{self, OpenOptions};
         let lazy = self.launcher.as_ref().map(|l| Arc::new(Lazy::new(l.clone(), self.roles.mode)));
         let options =
             OpenOptions::default().with_urls(self.urls()).with_vllm_extraction(true, None).with_launched(lazy.clone());
@@ -263,7 +281,7 @@ fn on_demand(_l: &Launcher, _inner: Arc<dyn probe_core::Generator>, _mode: Mode)
 #[cfg(feature = "vllm")]
 fn with_planned_servers(l: &Launcher, g: &probe_core::plan::GenerationPlan) -> Result<Launcher> {
     let base = l.servers().first().map_or(8000, |s| s.port);
-    l.clone().with_servers(probe_backends::vllm::ServerSpec::from_plan(g, base)?)
+    l.clone().with_servers(crate::vllm::ServerSpec::from_plan(g, base)?)
 }
 
 #[cfg(not(feature = "vllm"))]
@@ -272,8 +290,8 @@ fn with_planned_servers(l: &Launcher, _g: &probe_core::plan::GenerationPlan) -> 
 }
 
 #[cfg(feature = "vllm")]
-fn launcher(file: &ProbeToml, model: &str, roles: &Roles, default_log_dir: PathBuf) -> Result<Launcher> {
-    use probe_backends::vllm::{ServerDevice, ServerSpec, VllmLauncher};
+fn launcher(file: &Settings, model: &str, roles: &Roles, default_log_dir: PathBuf) -> Result<Launcher> {
+    use crate::vllm::{ServerDevice, ServerSpec, VllmLauncher};
     let v = &file.vllm;
     let base = v.base_port.unwrap_or(8000);
     let specs = if roles.generation.is_empty() {
@@ -328,7 +346,7 @@ fn launcher(file: &ProbeToml, model: &str, roles: &Roles, default_log_dir: PathB
 }
 
 #[cfg(not(feature = "vllm"))]
-fn launcher(file: &ProbeToml, _model: &str, _roles: &Roles, _default_log_dir: PathBuf) -> Result<Launcher> {
+fn launcher(file: &Settings, _model: &str, _roles: &Roles, _default_log_dir: PathBuf) -> Result<Launcher> {
     let v = &file.vllm;
     let keys = [v.command.is_some(), v.base_port.is_some(), v.log_dir.is_some(), v.health_timeout_s.is_some()];
     if keys.contains(&true) || v.args.is_some() || v.tensor_parallel_size.is_some() {
@@ -355,23 +373,6 @@ fn launch_urls(l: Option<&Launcher>) -> Vec<String> {
 #[cfg(not(feature = "vllm"))]
 fn launch_commands(_l: Option<&Launcher>) -> Vec<String> {
     Vec::new()
-}
-
-/// Runs `work`; when `on`, Ctrl-C or SIGTERM cancels it instead of killing the process, so
-/// the launched servers are stopped (their group's drop) before `probe` exits.
-pub(crate) async fn with_signals<T>(on: bool, work: impl Future<Output = Result<T>>) -> Result<T> {
-    if !on {
-        return work.await;
-    }
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::backend("signals", e))?;
-    let signal = tokio::select! {
-        r = work => return r,
-        _ = tokio::signal::ctrl_c() => "Ctrl-C",
-        _ = term.recv() => "SIGTERM",
-    };
-    tracing::info!("vllm: {signal}: the launched servers were stopped");
-    Err(Error::backend("probe", format!("interrupted ({signal}); the launched vLLM servers were stopped")))
 }
 
 /// Builds without `vllm` never launch: the types and steps of launched servers, empty.
@@ -442,8 +443,8 @@ mod tests {
     #[test]
     fn launched_servers_cycle_over_the_generation_gpus_or_share_the_cpu() {
         let toml = "[devices]\ngeneration_gpus = [0, 1]\n[vllm]\nservers = 4\nbase_port = 9100\nargs = [\"--dtype\", \"float32\"]\n";
-        let file = ProbeToml::parse(toml, "t.toml").unwrap();
-        let s = Servers::plan(&file, BackendKind::Vllm, "m", &[], true, "logs".into(), true).unwrap();
+        let file = Settings::from_toml(toml, "t.toml").unwrap();
+        let s = Servers::plan(&file, Backend::Vllm, "m", &[], true, "logs".into(), true).unwrap();
         assert!(s.launches());
         let lines = s.dry_run_lines(true);
         let servers: Vec<&String> = lines.iter().filter(|l| l.starts_with("server ")).collect();
@@ -464,21 +465,21 @@ mod tests {
         );
 
         let toml = "[devices]\ngeneration_gpus = [0, 1, 2, 3]\n[vllm]\ntensor_parallel_size = 2\n";
-        let file = ProbeToml::parse(toml, "t.toml").unwrap();
-        let s = Servers::plan(&file, BackendKind::Vllm, "m", &[], true, "logs".into(), true).unwrap();
+        let file = Settings::from_toml(toml, "t.toml").unwrap();
+        let s = Servers::plan(&file, Backend::Vllm, "m", &[], true, "logs".into(), true).unwrap();
         let lines = s.dry_run_lines(true);
         let servers: Vec<&String> = lines.iter().filter(|l| l.starts_with("server ")).collect();
         assert_eq!(servers.len(), 2, "one server per pair of GPUs: {lines:#?}");
         assert!(servers[0].contains("CUDA_VISIBLE_DEVICES=0,1 ") && servers[0].contains("--tensor-parallel-size 2"));
         assert!(servers[1].contains("CUDA_VISIBLE_DEVICES=2,3 ") && servers[1].contains("--port 8001 "));
         let toml = "[devices]\ngeneration_gpus = [0, 1, 2]\n[vllm]\ntensor_parallel_size = 2\n";
-        let file = ProbeToml::parse(toml, "t.toml").unwrap();
-        let e = Servers::plan(&file, BackendKind::Vllm, "m", &[], true, "logs".into(), true).unwrap_err().to_string();
+        let file = Settings::from_toml(toml, "t.toml").unwrap();
+        let e = Servers::plan(&file, Backend::Vllm, "m", &[], true, "logs".into(), true).unwrap_err().to_string();
         assert!(e.contains("tensor_parallel_size = 2 does not divide the 3 generation GPUs [0, 1, 2]"), "{e}");
 
         let toml = "[vllm]\nservers = 2\ncommand = [\"/py\", \"-m\", \"vllm.entrypoints.openai.api_server\"]\n";
-        let file = ProbeToml::parse(toml, "t.toml").unwrap();
-        let s = Servers::plan(&file, BackendKind::Vllm, "m", &[], true, "logs".into(), false).unwrap();
+        let file = Settings::from_toml(toml, "t.toml").unwrap();
+        let s = Servers::plan(&file, Backend::Vllm, "m", &[], true, "logs".into(), false).unwrap();
         let lines = s.dry_run_lines(true);
         assert!(lines[1] == "generation: 2 vLLM server(s) launched on cpu", "{lines:#?}");
         assert!(lines[3].starts_with("time-shared: yes (derived"), "{lines:#?}");
@@ -489,10 +490,9 @@ mod tests {
         );
         assert!(lines[4].contains("--gpu-memory-utilization 0.1 "), "{}", lines[4]);
 
-        let given =
-            Servers::plan(&file, BackendKind::Vllm, "m", &["http://h:1".into()], true, "l".into(), false).unwrap();
+        let given = Servers::plan(&file, Backend::Vllm, "m", &["http://h:1".into()], true, "l".into(), false).unwrap();
         assert!(!given.launches(), "URLs given: nothing to launch");
-        let no_gen = Servers::plan(&file, BackendKind::Vllm, "m", &[], false, "l".into(), false).unwrap();
+        let no_gen = Servers::plan(&file, Backend::Vllm, "m", &[], false, "l".into(), false).unwrap();
         assert!(!no_gen.launches(), "--no-generate: nothing to launch");
     }
 
@@ -500,9 +500,9 @@ mod tests {
     #[test]
     fn servers_that_extract_get_the_hidden_states_flags_and_are_never_time_shared() {
         let toml = "[vllm]\ncommand = [\"/py\", \"-m\", \"vllm.entrypoints.openai.api_server\"]\n";
-        let file = ProbeToml::parse(toml, "t.toml").unwrap();
+        let file = Settings::from_toml(toml, "t.toml").unwrap();
         for generates in [true, false] {
-            let mut s = Servers::plan(&file, BackendKind::Vllm, "m", &[], generates, "logs".into(), false).unwrap();
+            let mut s = Servers::plan(&file, Backend::Vllm, "m", &[], generates, "logs".into(), false).unwrap();
             s.extract_on_servers(&file, "m", 4, "logs".into()).unwrap();
             assert!(s.launches(), "generates {generates}: the extracting servers are launched");
             let lines = s.dry_run_lines(true);
@@ -522,7 +522,7 @@ mod tests {
             assert!(s.on_demand("m").unwrap().is_none(), "the extractor generates: no separate generator");
         }
         let mut given =
-            Servers::plan(&file, BackendKind::Vllm, "m", &["http://h:1".into()], true, "l".into(), false).unwrap();
+            Servers::plan(&file, Backend::Vllm, "m", &["http://h:1".into()], true, "l".into(), false).unwrap();
         given.extract_on_servers(&file, "m", 4, "l".into()).unwrap();
         assert!(!given.launches(), "servers given by URL are not launched");
     }
@@ -539,8 +539,8 @@ mod tests {
         assert!(!planned.is_empty(), "{plan:?}");
 
         let toml = "[devices]\ngeneration_gpus = [0, 1]\nextraction_gpus = [1]\n[vllm]\nbase_port = 9100\n";
-        let file = ProbeToml::parse(toml, "t.toml").unwrap();
-        let mut s = Servers::plan(&file, BackendKind::Vllm, "m", &[], true, "logs".into(), true).unwrap();
+        let file = Settings::from_toml(toml, "t.toml").unwrap();
+        let mut s = Servers::plan(&file, Backend::Vllm, "m", &[], true, "logs".into(), true).unwrap();
         s.use_plan(Some(&plan)).unwrap();
         let lines = s.dry_run_lines(true);
         let servers: Vec<&String> = lines.iter().filter(|l| l.starts_with("server ")).collect();
@@ -552,15 +552,15 @@ mod tests {
         assert!(servers[0].contains("--max-model-len 256 "), "prompt 200 + 56 new tokens: {}", servers[0]);
 
         // Without [devices] GPU sets, a plan with GPU servers places them (roles from the plan).
-        let cpu = ProbeToml::parse("[vllm]\nservers = 2\n", "t.toml").unwrap();
-        let mut s = Servers::plan(&cpu, BackendKind::Vllm, "m", &[], true, "logs".into(), true).unwrap();
+        let cpu = Settings::from_toml("[vllm]\nservers = 2\n", "t.toml").unwrap();
+        let mut s = Servers::plan(&cpu, Backend::Vllm, "m", &[], true, "logs".into(), true).unwrap();
         s.use_plan(Some(&plan)).unwrap();
         let lines = s.dry_run_lines(true);
         assert!(lines.contains(&"generation: 1 vLLM server(s) launched on cuda:0".to_owned()), "{lines:#?}");
         // A plan without GPUs plans no server: servers on the CPU keep [vllm]'s settings.
         let spec = ModelSpec::from_path(std::path::Path::new(config)).unwrap();
         let cpu_plan = resolve_run(DeviceInventory::new(vec![], 64 << 30), spec, &settings).unwrap();
-        let mut s = Servers::plan(&cpu, BackendKind::Vllm, "m", &[], true, "logs".into(), true).unwrap();
+        let mut s = Servers::plan(&cpu, Backend::Vllm, "m", &[], true, "logs".into(), true).unwrap();
         let before = s.dry_run_lines(true);
         assert!(cpu_plan.generation.servers.is_empty(), "{cpu_plan:?}");
         s.use_plan(Some(&cpu_plan)).unwrap();
