@@ -84,7 +84,7 @@ fn bad_inputs_get_one_line_naming_the_value_and_exit_2() {
         Case {
             name: "batch size 0",
             args: sweep("m", &good, "1", &["--batch-size", "0"]),
-            expect: "batch size: 0".into(),
+            expect: "--batch-size: 0".into(),
         },
         Case {
             name: "negative temperature",
@@ -94,7 +94,7 @@ fn bad_inputs_get_one_line_naming_the_value_and_exit_2() {
         Case {
             name: "max tokens 0",
             args: sweep("m", &good, "1", &["--max-tokens", "0"]),
-            expect: "max_tokens: 0".into(),
+            expect: "--max-tokens: 0".into(),
         },
         Case { name: "positions all", args: sweep("m", &good, "1", &["--positions", "all"]), expect: "\"all\"".into() },
         Case {
@@ -197,9 +197,9 @@ fn extract_and_generate_refuse_bad_input_too() {
                 "--out",
                 "g.jsonl",
             ],
-            "max_tokens: 0",
+            "--max-tokens: 0",
         ),
-        (vec!["generate", "--model", "m", "--backend", "tch", "--prompts", &good, "--out", "g.jsonl"], "Tch"),
+        (vec!["generate", "--model", "m", "--backend", "tch", "--prompts", &good, "--out", "g.jsonl"], "tch"),
     ];
     for (args, want) in cases {
         let res = Command::new(env!("CARGO_BIN_EXE_probe")).args(&args).current_dir(d).output().unwrap();

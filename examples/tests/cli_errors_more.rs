@@ -164,7 +164,7 @@ fn device_lists_and_probe_toml_values_are_refused_with_one_line_and_nothing_writ
         Case {
             name: "sweep: the vllm extractor without the vllm backend",
             args: sweep(&good, &["--extractor", "vllm"]),
-            expect: strings(&["extractor", "\"vllm\" needs --backend vllm, not mock"]),
+            expect: strings(&["extractor", "\"vllm\" needs the vllm backend, not mock"]),
         },
         Case {
             name: "sweep: an unknown extractor",
@@ -289,7 +289,7 @@ fn command_line_values_prompt_files_and_cache_urls_are_refused_with_one_line_and
         Case {
             name: "--url without --backend vllm",
             args: sweep(&good, &["--url", "http://127.0.0.1:1"]),
-            expect: strings(&["\"http://127.0.0.1:1\"", "--backend vllm"]),
+            expect: strings(&["\"http://127.0.0.1:1\"", "vllm backend"]),
         },
     ];
     let mut cases = cases;

@@ -148,7 +148,7 @@ fn sweep_launches_servers_on_the_cpu_and_stops_them_before_extraction() {
     // Order: healthy → generation → both stopped → the extraction model loads.
     let healthy = line_of(&stderr, "vllm: 2 servers healthy at");
     let stopped = line_of(&stderr, "vllm: stopped 2 servers before extraction (time-shared devices)");
-    let loading = line_of(&stderr, &format!("loading {model} with Vllm"));
+    let loading = line_of(&stderr, &format!("loading {model} with vllm"));
     assert!(healthy < stopped && stopped < loading, "order of the log lines:\n{stderr}");
     assert!(!stderr.contains("after the sweep"), "time-shared: nothing left to stop at the end:\n{stderr}");
     assert!(
@@ -355,7 +355,7 @@ fn exclusive_mode_keeps_the_servers_up_until_the_sweep_ends() {
     ];
     let (stdout, stderr) = ok(&probe(d, &record, &args), "exclusive sweep");
     assert!(stdout.contains("generations: 12 generated, 0 cached"), "{stdout}");
-    let loading = line_of(&stderr, &format!("loading {model} with Vllm"));
+    let loading = line_of(&stderr, &format!("loading {model} with vllm"));
     let stopped = line_of(&stderr, "vllm: stopped 1 servers after the sweep");
     assert!(loading < stopped, "exclusive: the server stops after extraction:\n{stderr}");
     assert!(!stderr.contains("before extraction"), "{stderr}");
@@ -509,7 +509,7 @@ fn a_shard_on_time_shared_devices_stops_its_servers_before_extraction() {
     );
     let healthy = line_of(&stderr, "servers healthy");
     let stopped = line_of(&stderr, "vllm: stopped 2 servers before extraction (time-shared devices)");
-    let loading = line_of(&stderr, &format!("loading {model} with Vllm"));
+    let loading = line_of(&stderr, &format!("loading {model} with vllm"));
     assert!(healthy < stopped && stopped < loading, "order of the log lines:\n{stderr}");
     let ev = events(&record);
     assert_eq!(ev.iter().filter(|e| e.1 == "stop").count(), 2, "both servers stopped: {ev:?}");

@@ -187,7 +187,7 @@ fn launched_servers_get_tensor_parallelism_when_the_weights_need_it_and_a_long_m
     assert_eq!(plan["time_shared"], true, "the weights need every GPU for generation: {plan}");
     // 38000 new tokens: under the 40960-token context, over one 80 GiB GPU's KV cache.
     let err = refused(&dry_sweep(d, &model, "1x80GiB", &["--backend", "vllm", "--max-tokens", "38000"]));
-    assert!(err.contains("max_tokens") && err.contains("38000") && err.contains("GiB"), "{err}");
+    assert!(err.contains("--max-tokens") && err.contains("38000") && err.contains("GiB"), "{err}");
     // [vllm] keys override the plan.
     std::fs::write(d.join("probe.toml"), "[vllm]\ntensor_parallel_size = 4\nmax_num_seqs = 8\n").unwrap();
     let plan = plan_of(d, &dry_sweep(d, &model, "4x80GiB", &["--backend", "vllm"]));

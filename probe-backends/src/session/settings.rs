@@ -203,6 +203,20 @@ pub struct Slurm {
     pub log_dir: Option<PathBuf>,
 }
 
+/// The section of each key [`Settings::validate`] names, for a file's messages.
+const SECTIONS: [(&str, &str); 10] = [
+    ("gpu_memory_utilization", "vllm"),
+    ("servers", "vllm"),
+    ("batch_size", "extraction"),
+    ("dtype", "extraction"),
+    ("args", "slurm"),
+    ("extractor", "run"),
+    ("temperature", "generation"),
+    ("top_p", "generation"),
+    ("max_tokens", "generation"),
+    ("folds", "probe"),
+];
+
 /// A string field read with the type's `FromStr` (its error names the value).
 fn parsed<'de, D: Deserializer<'de>, T: FromStr<Err = Error>>(d: D) -> std::result::Result<Option<T>, D::Error> {
     let text = Option::<String>::deserialize(d)?;
@@ -247,14 +261,15 @@ impl Settings {
         })?;
         s.validate().map_err(|e| match e {
             Error::InvalidInput { what, message } => {
-                Error::invalid("config file", format!("{origin}: {what}: {message}"))
+                let section = SECTIONS.iter().find(|(k, _)| *k == what).map_or("", |(_, s)| *s);
+                Error::invalid("config file", format!("{origin}: [{section}] {what} = {message}"))
             }
             other => other,
         })?;
         Ok(s)
     }
 
-    /// Checks every value that can be checked without the model, naming the field.
+    /// Checks every value that can be checked without the model, naming the field (its key).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming the field and the value.
@@ -262,43 +277,43 @@ impl Settings {
         if let Some(u) = self.vllm.gpu_memory_utilization
             && !(u > 0.0 && u <= 1.0)
         {
-            return Err(Error::invalid("[vllm] gpu_memory_utilization", format!("{u} (must be in (0, 1])")));
+            return Err(Error::invalid("gpu_memory_utilization", format!("{u} (must be in (0, 1])")));
         }
         if self.vllm.servers == Some(0) {
-            return Err(Error::invalid("[vllm] servers", "0 (must be ≥ 1)"));
+            return Err(Error::invalid("servers", "0 (must be ≥ 1)"));
         }
         if self.extraction.batch_size == Some(0) {
-            return Err(Error::invalid("[extraction] batch_size", "0 (must be ≥ 1)"));
+            return Err(Error::invalid("batch_size", "0 (must be ≥ 1)"));
         }
         if let Some(d) = self.extraction.dtype
             && !matches!(d, Dtype::F32 | Dtype::Bf16 | Dtype::F16)
         {
-            return Err(Error::invalid("[extraction] dtype", format!("{d} (a run computes in f32, bf16 or f16)")));
+            return Err(Error::invalid("dtype", format!("{d} (a run computes in f32, bf16 or f16)")));
         }
         if let Some(a) = self.slurm.args.iter().flatten().find(|a| !a.starts_with('-') || a.contains('\n')) {
             return Err(Error::invalid(
-                "[slurm] args",
+                "args",
                 format!("{a:?} (each is one sbatch option, such as \"--account=abc\")"),
             ));
         }
         if let Some(e) = self.run.extractor.as_deref()
             && !matches!(e, "candle" | "vllm")
         {
-            return Err(Error::invalid("[run] extractor", format!("{e:?} (expected candle or vllm)")));
+            return Err(Error::invalid("extractor", format!("{e:?} (expected candle or vllm)")));
         }
         let g = &self.generation;
         if let Some(t) = g.temperature
             && !(t.is_finite() && t >= 0.0)
         {
-            return Err(Error::invalid("[generation] temperature", format!("{t} (must be a finite number ≥ 0)")));
+            return Err(Error::invalid("temperature", format!("{t} (must be a finite number ≥ 0)")));
         }
         if let Some(p) = g.top_p
             && !(p > 0.0 && p <= 1.0)
         {
-            return Err(Error::invalid("[generation] top_p", format!("{p} (must be in (0, 1])")));
+            return Err(Error::invalid("top_p", format!("{p} (must be in (0, 1])")));
         }
         if g.max_tokens == Some(0) {
-            return Err(Error::invalid("[generation] max_tokens", "0 (must be ≥ 1)"));
+            return Err(Error::invalid("max_tokens", "0 (must be ≥ 1)"));
         }
         self.probe_config()?;
         Ok(())
@@ -527,20 +542,20 @@ mod tests {
         assert_eq!(cfg.slurm.partition.as_deref(), Some("gpu"));
         assert_eq!(cfg.slurm.args, Some(vec!["--account=x".to_owned()]));
         let e = Settings::from_toml("[slurm]\nargs = [\"account=x\"]\n", "p.toml").unwrap_err().to_string();
-        assert!(e.contains("p.toml: [slurm] args: \"account=x\""), "{e}");
+        assert!(e.contains("p.toml: [slurm] args = \"account=x\""), "{e}");
     }
 
     #[test]
     fn bad_values_name_the_file_and_key() {
         for (text, want) in [
-            ("[generation]\ntemperature = nan\n", "p.toml: [generation] temperature: NaN"),
-            ("[generation]\ntemperature = -0.5\n", "p.toml: [generation] temperature: -0.5"),
-            ("[generation]\ntemperature = inf\n", "p.toml: [generation] temperature: inf"),
-            ("[generation]\ntop_p = 0.0\n", "p.toml: [generation] top_p: 0"),
-            ("[generation]\nmax_tokens = 0\n", "p.toml: [generation] max_tokens: 0"),
-            ("[extraction]\nbatch_size = 0\n", "p.toml: [extraction] batch_size: 0"),
-            ("[extraction]\ndtype = \"f64\"\n", "p.toml: [extraction] dtype: f64"),
-            ("[vllm]\nservers = 0\n", "p.toml: [vllm] servers: 0"),
+            ("[generation]\ntemperature = nan\n", "p.toml: [generation] temperature = NaN"),
+            ("[generation]\ntemperature = -0.5\n", "p.toml: [generation] temperature = -0.5"),
+            ("[generation]\ntemperature = inf\n", "p.toml: [generation] temperature = inf"),
+            ("[generation]\ntop_p = 0.0\n", "p.toml: [generation] top_p = 0"),
+            ("[generation]\nmax_tokens = 0\n", "p.toml: [generation] max_tokens = 0"),
+            ("[extraction]\nbatch_size = 0\n", "p.toml: [extraction] batch_size = 0"),
+            ("[extraction]\ndtype = \"int8\"\n", "p.toml: [extraction] dtype = int8"),
+            ("[vllm]\nservers = 0\n", "p.toml: [vllm] servers = 0"),
         ] {
             let e = Settings::from_toml(text, "p.toml").unwrap_err().to_string();
             assert!(e.contains(want), "{want} in {e}");
@@ -552,7 +567,7 @@ mod tests {
         let file = Settings::from_toml("[generation]\nmax_tokens = 9\nseed = 2\n", "p.toml").unwrap();
         let s = file.max_tokens(5);
         let sampling = s.sampling().unwrap();
-        assert_eq!((sampling.max_tokens, sampling.seed), (5, Some(2)));
+        assert_eq!((sampling.max_tokens, sampling.seed), (5, 2));
         let d = Settings::default();
         assert_eq!(d.sampling().unwrap().max_tokens, defaults::MAX_TOKENS);
         assert_eq!(d.readout(), Readout::Last);
