@@ -49,38 +49,54 @@ fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
 }
 
 /// A line of the accuracy plot: its points, colour and legend.
-type Line = (Vec<(f64, f64)>, RGBColor, &'static str);
+type Line = (Vec<(usize, f64)>, RGBColor, &'static str);
 
-/// The held-out score per layer (accuracy, or R² for numeric labels) with its bootstrap 95 %
-/// interval as a band, the control task's score, the difference-of-means probe, AUC, and the
-/// chance level.
+/// The chance line's colour (grey: not the control task's black).
+const CHANCE: RGBColor = RGBColor(128, 128, 128);
+
+/// Writes the accuracy plot ([`render_accuracy`]) to `path`.
 fn plot_accuracy(report: &SweepReport, path: &Path) -> Result<()> {
+    let svg = render_accuracy(report)?;
+    std::fs::write(path, svg).map_err(|e| Error::io(path.display(), e))
+}
+
+/// The accuracy plot as SVG text: the held-out score per layer (accuracy, or R² for numeric
+/// labels) with its bootstrap 95 % interval as a band, the control task's score, the
+/// difference-of-means probe, AUC, and the chance level. The layer axis is integer: its ticks
+/// are layer numbers.
+fn render_accuracy(report: &SweepReport) -> Result<String> {
+    let mut svg = String::new();
+    draw_accuracy(report, SVGBackend::with_string(&mut svg, (720, 420)).into_drawing_area())?;
+    Ok(svg)
+}
+
+fn draw_accuracy(report: &SweepReport, root: DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> Result<()> {
     let err = |e: String| Error::backend("plotters", e);
     let regression = report.task == "regression";
-    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let max_layer = report.layers.iter().map(|l| l.layer).max().unwrap_or(1).max(1);
     let min_layer = report.layers.iter().map(|l| l.layer).min().unwrap_or(0).min(max_layer - 1);
     // R² can be negative: show down to the lowest value (not below −1).
     let lowest = report.layers.iter().flat_map(|l| [l.score(), l.ci95[0], l.control()]).filter(|v| v.is_finite());
     let y_min = lowest.fold(0.0f64, f64::min).max(-1.0);
-    let (x_range, what) = (min_layer as f64..max_layer as f64, if regression { "R²" } else { "accuracy" });
+    let what = if regression { "R²" } else { "accuracy" };
+    // An integer range: the layer axis's ticks are whole layer numbers (1, 2, 5 or 10… apart).
     let mut chart = ChartBuilder::on(&root)
         .caption(format!("Probe {what} per layer — {}", report.prompt_set), ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(48)
-        .build_cartesian_2d(x_range, y_min..1.0f64)
+        .build_cartesian_2d(min_layer..max_layer, y_min..1.0f64)
         .map_err(|e| err(e.to_string()))?;
     let y_desc = format!("held-out score ({}-fold)", report.probe.folds);
     chart.configure_mesh().x_desc("layer").y_desc(y_desc).draw().map_err(|e| err(e.to_string()))?;
-    let series = |f: &dyn Fn(&LayerScore) -> Option<f64>| -> Vec<(f64, f64)> {
-        report.layers.iter().filter_map(|l| f(l).filter(|v| v.is_finite()).map(|v| (l.layer as f64, v))).collect()
+    let series = |f: &dyn Fn(&LayerScore) -> Option<f64>| -> Vec<(usize, f64)> {
+        report.layers.iter().filter_map(|l| f(l).filter(|v| v.is_finite()).map(|v| (l.layer, v))).collect()
     };
     let band_lo = series(&|l| Some(l.ci95[0].max(y_min)));
     let band_hi = series(&|l| Some(l.ci95[1]));
     if !band_lo.is_empty() && band_lo.len() == band_hi.len() {
-        let polygon: Vec<(f64, f64)> = band_hi.iter().copied().chain(band_lo.iter().rev().copied()).collect();
+        let polygon: Vec<(usize, f64)> = band_hi.iter().copied().chain(band_lo.iter().rev().copied()).collect();
         chart
             .draw_series([Polygon::new(polygon, BLUE.mix(0.15).filled())])
             .map_err(|e| err(e.to_string()))?
@@ -90,9 +106,10 @@ fn plot_accuracy(report: &SweepReport, path: &Path) -> Result<()> {
     if !regression {
         let chance = 1.0 / report.classes.len().max(1) as f64;
         chart
-            .draw_series(LineSeries::new([(min_layer as f64, chance), (max_layer as f64, chance)], BLACK.mix(0.3)))
+            .draw_series(LineSeries::new([(min_layer, chance), (max_layer, chance)], CHANCE.stroke_width(1)))
             .map_err(|e| err(e.to_string()))?
-            .label("chance");
+            .label("chance")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], CHANCE.stroke_width(1)));
     }
     let score = series(&|l| Some(l.score()));
     chart
@@ -124,6 +141,104 @@ fn plot_accuracy(report: &SweepReport, path: &Path) -> Result<()> {
         .position(SeriesLabelPosition::LowerRight)
         .draw()
         .map_err(|e| err(e.to_string()))?;
-    root.present().map_err(|e| err(e.to_string()))?;
-    Ok(())
+    root.present().map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A classification report of `layers` (two classes) with every line of the plot present.
+    fn report(layers: std::ops::RangeInclusive<usize>) -> SweepReport {
+        let layers: Vec<_> = layers
+            .map(|l| {
+                let a = 0.5 + 0.4 * (l % 7) as f64 / 7.0;
+                serde_json::json!({
+                    "layer": l, "accuracy": a, "accuracy_std": 0.02, "ci95": [a - 0.05, a + 0.05], "auc": a,
+                    "c": 1.0, "control_accuracy": 0.5, "selectivity": a - 0.5, "dom_accuracy": a - 0.02,
+                    "n_train": 80, "n_test": 20,
+                })
+            })
+            .collect();
+        let summary = serde_json::json!({
+            "generation": false, "generations_generated": 0, "generations_cached": 0, "layers_computed": 0,
+            "layers_cached": 0, "batches_computed": 0, "batches_cached": 0, "extract_calls": 0, "entries_written": 0,
+        });
+        serde_json::from_value(serde_json::json!({
+            "model": "m", "revision": "r", "prompt_set": "set", "positions": "last", "classes": ["no", "yes"],
+            "n_prompts": 100, "seed": 0, "layers": layers, "summary": summary,
+        }))
+        .unwrap()
+    }
+
+    /// `(y, text)` of every `<text>` element of `svg`.
+    fn texts(svg: &str) -> Vec<(f64, String)> {
+        svg.split("<text")
+            .skip(1)
+            .map(|t| {
+                let y = t.split(" y=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().parse().unwrap();
+                let body = &t[t.find('>').unwrap() + 1..t.find("</text>").unwrap()];
+                (y, body.trim().to_string())
+            })
+            .collect()
+    }
+
+    /// The tick labels of the layer axis: the numbers on the lowest line of numbers.
+    fn layer_ticks(svg: &str) -> Vec<String> {
+        let numbers: Vec<_> = texts(svg).into_iter().filter(|(_, t)| t.parse::<f64>().is_ok()).collect();
+        let bottom = numbers.iter().map(|&(y, _)| y).fold(f64::MIN, f64::max);
+        numbers.into_iter().filter(|&(y, _)| y == bottom).map(|(_, t)| t).collect()
+    }
+
+    #[test]
+    fn the_layer_axis_has_integer_ticks_only() {
+        for (layers, first, last) in [(0..=6, "0", "6"), (1..=3, "1", "3"), (5..=5, "4", "5"), (0..=80, "0", "80")] {
+            let svg = render_accuracy(&report(layers.clone())).unwrap();
+            let ticks = layer_ticks(&svg);
+            assert!(ticks.len() >= 2, "{layers:?}: {ticks:?}");
+            for t in &ticks {
+                assert!(!t.contains('.') && t.parse::<usize>().is_ok(), "{layers:?}: tick {t:?} in {ticks:?}");
+            }
+            assert_eq!((ticks[0].as_str(), ticks[ticks.len() - 1].as_str()), (first, last), "{layers:?}");
+            // The y axis keeps its fractions.
+            assert!(texts(&svg).iter().any(|(_, t)| t == "0.5"), "{layers:?}");
+        }
+    }
+
+    #[test]
+    fn the_chance_legend_entry_has_a_drawn_line() {
+        let svg = render_accuracy(&report(0..=6)).unwrap();
+        assert!(texts(&svg).iter().any(|(_, t)| t == "chance"));
+        let chance = format!("stroke=\"#{:02X}{:02X}{:02X}\"", CHANCE.0, CHANCE.1, CHANCE.2);
+        let lines: Vec<_> = svg.split("<polyline").skip(1).filter(|p| p.contains(&chance)).collect();
+        // The series across the plot, and the legend's sample beside its label.
+        assert_eq!(lines.len(), 2, "{svg}");
+        let y_of = |p: &str| -> Vec<String> {
+            let pts = p.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+            pts.split_whitespace().map(|xy| xy.split(',').nth(1).unwrap().to_string()).collect()
+        };
+        for l in &lines {
+            let ys = y_of(l);
+            assert_eq!(ys.len(), 2, "{l}");
+            assert_eq!(ys[0], ys[1], "a horizontal line: {l}");
+        }
+    }
+
+    #[test]
+    fn a_regression_plot_has_no_chance_line() {
+        let mut r = report(0..=3);
+        r.task = "regression".into();
+        r.classes.clear();
+        let svg = render_accuracy(&r).unwrap();
+        assert!(!texts(&svg).iter().any(|(_, t)| t == "chance"));
+    }
+
+    #[test]
+    fn plot_accuracy_writes_the_rendered_svg() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accuracy.svg");
+        let r = report(0..=6);
+        plot_accuracy(&r, &path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), render_accuracy(&r).unwrap());
+    }
 }
