@@ -67,7 +67,7 @@ fn flipped_and_truncated_entries_are_recomputed_and_counted() {
     let second = sweep(d, "out-2");
     assert_eq!(
         second,
-        "generations: 0 generated, 80 cached · activations: 2 layers computed, 1 cached (10 batches computed, 0 cached) \
+        "generations: 0 generated, 80 cached · activations: 2 layers computed, 1 cached (5 batches computed, 0 cached) \
          · 2 corrupt cache entries recomputed"
     );
     assert_eq!(report_without_counts(&d.join("out-2/report.json")), want, "same report");

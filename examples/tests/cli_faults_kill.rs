@@ -1,11 +1,11 @@
 //! `probe sweep` killed with SIGKILL at ≥ 20 seeded random points and rerun each time: the
 //! final report equals an uninterrupted run's, every cache entry reads back (checksums
 //! verified), and no committed work is redone — over a series of runs on one cache, the
-//! generation blocks and extraction batches committed add up to at most the total plus one
-//! per kill (the block or batch in flight).
+//! generation and extraction blocks committed add up to at most the total plus one per kill
+//! (the block in flight).
 //!
-//! The mock backend is slowed so every phase takes measurable time: 25 ms per generation
-//! block (`PROBE_MOCK_GEN_DELAY_MS`) and per forward pass (`PROBE_MOCK_DELAY_MS`); probe
+//! The mock backend is slowed so every phase takes measurable time: 25 ms per generate call
+//! (`PROBE_MOCK_GEN_DELAY_MS`) and per forward pass (`PROBE_MOCK_DELAY_MS`), 8 prompts each; probe
 //! training of 4 layers takes its own time. Each round starts on an empty cache: its first
 //! run is killed at a time drawn over the duration of an uninterrupted run, the rerun is
 //! killed too in about a third of the rounds (a resumed run killed again), and the next
@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use fault_support::{ok, probe_cmd, read_all_entries, report_without_counts, summary_line, write_prompts};
 
 const PROMPTS: usize = 160;
-const BATCH: usize = 8;
-const BLOCKS: usize = PROMPTS / BATCH;
+/// Blocks of the cache grid (generation and activation block entries); `--batch-size 8`
+/// computes each in 2 passes.
+const BLOCKS: usize = PROMPTS / probe_core::sweep::CACHE_BLOCK_ROWS;
 const LAYERS: usize = 4;
 const KILLS: usize = 24;
 
@@ -56,7 +57,7 @@ fn sweep(d: &Path, cache: &str, out: &str) -> std::process::Command {
 struct Log {
     /// Generation blocks committed.
     blocks: usize,
-    /// Extraction batches committed with at least one layer computed.
+    /// Extraction blocks committed with at least one layer computed.
     batches: usize,
     /// The phase the run was in when its log ends.
     phase: &'static str,
@@ -164,7 +165,7 @@ fn a_sweep_killed_at_random_points_ends_with_the_same_report_and_redoes_no_commi
         );
         assert!(
             batches <= BLOCKS + round_kills,
-            "round {round}: {batches} batches computed for {BLOCKS} batches and {round_kills} kills"
+            "round {round}: {batches} extraction blocks computed for {BLOCKS} blocks and {round_kills} kills"
         );
         let entries = read_all_entries(&d.join(&cache).display().to_string());
         assert_eq!(

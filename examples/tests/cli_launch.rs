@@ -19,8 +19,13 @@ fn repo() -> PathBuf {
 }
 
 fn prompts(dir: &Path) {
+    prompts_n(dir, 12);
+}
+
+/// `n` prompts, two classes, in `p.jsonl`.
+fn prompts_n(dir: &Path, n: usize) {
     let mut s = String::new();
-    for i in 0..12 {
+    for i in 0..n {
         let (w, l) = if i % 2 == 0 { ("cat", "animal") } else { ("hammer", "tool") };
         s.push_str(&format!("{{\"id\":\"q{i}\",\"text\":\"The {w} number {i} is\",\"label\":\"{l}\"}}\n"));
     }
@@ -475,7 +480,7 @@ fn a_shard_on_time_shared_devices_stops_its_servers_before_extraction() {
     let model = Path::new(&fixtures).join("models/llama").display().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let (d, record) = (tmp.path(), tmp.path().join("record"));
-    prompts(d);
+    prompts_n(d, 40);
     let port = two_free_ports();
     config(d, &python, 2, port);
     let common = [
@@ -502,9 +507,9 @@ fn a_shard_on_time_shared_devices_stops_its_servers_before_extraction() {
         ok(&probe(d, &record, &args), k)
     };
     let (stdout, stderr) = shard("1/2");
-    // 12 prompts in blocks of 4: shard 1/2 owns blocks 0 and 2 (8 prompts).
+    // 40 prompts in blocks of 16: shard 1/2 owns blocks 0 and 2 (24 prompts).
     assert!(
-        stdout.contains("shard 1/2: 2 of 3 blocks (blocks 0,2; 8 prompts) · generations: 8 generated, 0 cached"),
+        stdout.contains("shard 1/2: 2 of 3 blocks (blocks 0,2; 24 prompts) · generations: 24 generated, 0 cached"),
         "{stdout}"
     );
     let healthy = line_of(&stderr, "servers healthy");
@@ -516,12 +521,12 @@ fn a_shard_on_time_shared_devices_stops_its_servers_before_extraction() {
 
     let (stdout, _) = shard("2/2");
     assert!(
-        stdout.contains("shard 2/2: 1 of 3 blocks (blocks 1; 4 prompts) · generations: 4 generated, 0 cached"),
+        stdout.contains("shard 2/2: 1 of 3 blocks (blocks 1; 16 prompts) · generations: 16 generated, 0 cached"),
         "{stdout}"
     );
     let merge: Vec<&str> = ["merge", "--shards", "2"].into_iter().chain(common).collect();
     let (stdout, _) = ok(&probe(d, &record, &merge), "merge");
-    assert!(stdout.contains("generations: 12 generated, 0 cached"), "{stdout}");
+    assert!(stdout.contains("generations: 40 generated, 0 cached"), "{stdout}");
     assert_eq!(events(&record).iter().filter(|e| e.1 == "start").count(), 4, "the merge launches no server");
 }
 

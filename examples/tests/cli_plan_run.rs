@@ -281,9 +281,9 @@ fn a_sweep_without_batch_size_runs_with_the_planned_size_and_reports_it() {
     let b = e["batch_size"].as_u64().unwrap();
     assert_eq!(Some(b), e["planned_batch_size"].as_u64());
     assert_eq!(e["dtype"], "f32", "f32 on the CPU");
-    // The run cut the prompts into batches of the planned size.
-    let batches = 150u64.div_ceil(b);
-    assert!(stdout.contains(&format!("({batches} batches computed, 0 cached)")), "batch {b}: {stdout}");
+    // The run's forward passes had the planned size; the cache grid is blocks of 16 prompts.
+    assert_eq!(report["summary"]["extract_calls"].as_u64(), Some(150u64.div_ceil(b)), "batch {b}");
+    assert!(stdout.contains("(10 batches computed, 0 cached)"), "batch {b}: {stdout}");
     assert!(stdout.contains(&format!("plan: batch size {b} (planned) · dtype f32 · on cpu")), "{stdout}");
     // Memory: measured per phase on the CPU, beside the prediction.
     let cpu = &report["memory"]["devices"][0];

@@ -117,14 +117,14 @@ fn with(first: &str, rest: Vec<String>) -> Vec<String> {
 fn mock_shards_split_the_blocks_and_merge_to_the_single_worker_report() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    write_prompts(&d.join("p.jsonl"), 26); // 7 blocks of 4 (the last has 2)
+    write_prompts(&d.join("p.jsonl"), 98); // 7 blocks of 16 (the last has 2)
     let outs = shards_concurrently(d, &with("sweep", mock_args("shared", "unused")), 3, &[]);
     let counts: Vec<_> = outs.iter().map(|o| shard_counts(o)).collect();
     assert_eq!(counts[0].0, vec![0, 3, 6]);
     assert_eq!(counts[1].0, vec![1, 4]);
     assert_eq!(counts[2].0, vec![2, 5]);
     assert_eq!(counts.iter().map(|c| c.1).sum::<usize>(), 7, "each block computed exactly once: {outs:?}");
-    assert_eq!(counts.iter().map(|c| c.2).sum::<usize>(), 26, "each prompt generated exactly once: {outs:?}");
+    assert_eq!(counts.iter().map(|c| c.2).sum::<usize>(), 98, "each prompt generated exactly once: {outs:?}");
     assert!(!d.join("unused").exists(), "a shard writes no report");
 
     let merged = ok(&[], &command(d, &with("merge", mock_args("shared", "merged")), &[]).output().unwrap());
@@ -136,14 +136,14 @@ fn mock_shards_split_the_blocks_and_merge_to_the_single_worker_report() {
     // A plain sweep over the merged cache computes nothing.
     let again = with("sweep", mock_args("shared", "again"));
     let out = ok(&again, &command(d, &again, &[]).output().unwrap());
-    assert!(out.contains("generations: 0 generated, 26 cached · activations: 0 layers computed, 2 cached"), "{out}");
+    assert!(out.contains("generations: 0 generated, 98 cached · activations: 0 layers computed, 2 cached"), "{out}");
 }
 
 #[test]
 fn mock_merge_names_missing_shards_and_writes_nothing_then_a_plain_sweep_fills_in() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    write_prompts(&d.join("p.jsonl"), 24); // 6 blocks
+    write_prompts(&d.join("p.jsonl"), 96); // 6 blocks of 16
     let mut shard = with("sweep", mock_args("c", "o"));
     shard.extend(strings(&["--shard", "2/3"]));
     let out = ok(&shard, &command(d, &shard, &[]).output().unwrap());
@@ -157,15 +157,15 @@ fn mock_merge_names_missing_shards_and_writes_nothing_then_a_plain_sweep_fills_i
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "one error line: {err}");
     assert!(err.contains("4 of 6 blocks are missing"), "{err}");
-    assert!(err.contains("block 0 (rows 0..4: generations, layers 1,3; shard 1/3)"), "{err}");
-    assert!(err.contains("block 5 (rows 20..24"), "{err}");
+    assert!(err.contains("block 0 (rows 0..16: generations, layers 1,3; shard 1/3)"), "{err}");
+    assert!(err.contains("block 5 (rows 80..96"), "{err}");
     assert!(err.contains("run shards 1/3, 3/3"), "{err}");
     assert_eq!(files_under(&d.join("c")), before, "the failed merge wrote nothing");
     assert!(!d.join("o").exists(), "no report");
 
     let plain = with("sweep", mock_args("c", "o"));
     let out = ok(&plain, &command(d, &plain, &[]).output().unwrap());
-    assert!(out.contains("generations: 16 generated, 8 cached"), "{out}");
+    assert!(out.contains("generations: 64 generated, 32 cached"), "{out}");
     assert!(out.contains("(4 batches computed, 2 cached)"), "{out}");
 }
 
@@ -207,7 +207,7 @@ fn three_shards_on_two_vllm_servers_and_s3_merge_to_the_single_worker_report() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    write_prompts(&d.join("p.jsonl"), 24); // 6 blocks of 4
+    write_prompts(&d.join("p.jsonl"), 96); // 6 blocks of 16
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let prefix = format!("s3://{bucket}/cli-shard-{}-{nanos}", std::process::id());
     let env = [("PROBE_S3_ENDPOINT", endpoint)];
@@ -241,7 +241,7 @@ fn three_shards_on_two_vllm_servers_and_s3_merge_to_the_single_worker_report() {
     let counts: Vec<_> = outs.iter().map(|o| shard_counts(o)).collect();
     assert_eq!(counts.iter().map(|c| c.0.len()).collect::<Vec<_>>(), vec![2, 2, 2]);
     assert_eq!(counts.iter().map(|c| c.1).sum::<usize>(), 6, "each block extracted exactly once: {outs:?}");
-    assert_eq!(counts.iter().map(|c| c.2).sum::<usize>(), 24, "each prompt generated exactly once: {outs:?}");
+    assert_eq!(counts.iter().map(|c| c.2).sum::<usize>(), 96, "each prompt generated exactly once: {outs:?}");
 
     let mut merge = with("merge", args(&shared, "merged"));
     merge.extend(strings(&["--shards", "3"]));
@@ -292,7 +292,7 @@ fn candle_shards_merge_without_loading_weights_to_the_single_worker_report() {
     let model = format!("{fixtures}/models/llama");
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    write_prompts(&d.join("p.jsonl"), 12);
+    write_prompts(&d.join("p.jsonl"), 48); // 3 blocks of 16
     let args = |cache: &str, out: &str| {
         strings(&[
             "--model",

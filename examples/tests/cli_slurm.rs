@@ -110,7 +110,7 @@ fn fake_sbatch(dir: &Path) -> String {
 fn the_scripts_carry_the_arguments_and_the_merge_depends_on_the_array() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    write_prompts(&d.join("p.jsonl"), 26);
+    write_prompts(&d.join("p.jsonl"), 98); // 7 blocks of 16: every shard of 3 has some
     std::fs::write(
         d.join("probe.toml"),
         "[slurm]\npartition = \"gpu\"\ntime = \"1:00:00\"\nargs = [\"--account=lab\"]\n",
@@ -208,7 +208,7 @@ fn three_array_tasks_and_the_merge_give_the_single_worker_report() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    write_prompts(&d.join("p.jsonl"), 26); // 7 blocks of 4
+    write_prompts(&d.join("p.jsonl"), 98); // 7 blocks of 16
     let args = plus(sweep_args("sweep", "shared", "merged"), &["--shards", "3", "--submit", "slurm", "--wait"]);
     let out = ok(&args, &probe(d, &args, &[]));
     assert!(out.contains("submitted shards 1-3 of 3"), "{out}");
@@ -216,7 +216,7 @@ fn three_array_tasks_and_the_merge_give_the_single_worker_report() {
     let merge = job_id(&out, "submitted merge: job ");
     assert!(out.contains(&format!("merge job {merge}: COMPLETED (exit 0)")), "{out}");
     let logs = d.join("merged/slurm");
-    assert_eq!(shard_work(&logs, &array), (7, 26), "every block computed and generated exactly once");
+    assert_eq!(shard_work(&logs, &array), (7, 98), "every block computed and generated exactly once");
     let merge_log = std::fs::read_to_string(logs.join(format!("merge-{merge}.out"))).unwrap();
     assert!(merge_log.contains("7 batches computed"), "{merge_log}");
 
@@ -238,7 +238,7 @@ fn a_cancelled_task_is_named_by_the_merge_and_status_then_a_resubmission_complet
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    write_prompts(&d.join("p.jsonl"), 24); // 6 blocks of 4: shard 2/3 owns blocks 1 and 4
+    write_prompts(&d.join("p.jsonl"), 96); // 6 blocks of 16: shard 2/3 owns blocks 1 and 4
     // Held at submission, so that task 2 is cancelled before it can run.
     let args = plus(sweep_args("sweep", "c", "o"), &["--shards", "3", "--submit", "slurm", "--sbatch-arg=--hold"]);
     let out = ok(&args, &probe(d, &args, &[]));
@@ -252,21 +252,21 @@ fn a_cancelled_task_is_named_by_the_merge_and_status_then_a_resubmission_complet
     assert_eq!(scontrol_field(&merge, "ExitCode"), "1:0");
     let log = std::fs::read_to_string(d.join(format!("o/slurm/merge-{merge}.out"))).unwrap();
     assert!(log.contains("2 of 6 blocks are missing"), "{log}");
-    assert!(log.contains("block 1 (rows 4..8: generations, layers 1,3; shard 2/3)"), "{log}");
+    assert!(log.contains("block 1 (rows 16..32: generations, layers 1,3; shard 2/3)"), "{log}");
     assert!(log.contains("run shard 2/3"), "{log}");
     assert!(!d.join("o/report.json").exists());
 
     let status_args = plus(sweep_args("status", "c", "o"), &["--shards", "3"]);
     let status = ok(&status_args, &probe(d, &status_args, &[]));
     assert!(status.contains("shard 1/3: done (2 of 2 blocks: 0,3)"), "{status}");
-    assert!(status.contains("shard 2/3: 0 of 2 blocks done; missing block 1 (rows 4..8"), "{status}");
+    assert!(status.contains("shard 2/3: 0 of 2 blocks done; missing block 1 (rows 16..32"), "{status}");
     assert!(status.contains("4 of 6 blocks done; shard with missing blocks: 2/3"), "{status}");
 
     let args = plus(sweep_args("sweep", "c", "o"), &["--shards", "3", "--submit", "slurm", "--wait"]);
     let out = ok(&args, &probe(d, &args, &[]));
     assert!(out.contains("submitted shards 2 of 3"), "only the missing shard: {out}");
     let again = job_id(&out, "array job ");
-    assert_eq!(shard_work(&d.join("o/slurm"), &again), (2, 8), "shard 2's blocks only");
+    assert_eq!(shard_work(&d.join("o/slurm"), &again), (2, 32), "shard 2's blocks only");
     let single = sweep_args("sweep", "alone", "single");
     ok(&single, &probe(d, &single, &[]));
     assert_eq!(unmeasured(&d.join("o/report.json")), unmeasured(&d.join("single/report.json")));

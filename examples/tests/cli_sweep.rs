@@ -70,7 +70,7 @@ fn sweep_writes_reports_and_reruns_from_the_cache() {
     let first = ok(&probe(d, &sweep_args("cache", "out", "1,3,5")));
     assert_eq!(
         summary_line(&first),
-        "generations: 80 generated, 0 cached · activations: 3 layers computed, 0 cached (10 batches computed, 0 cached)"
+        "generations: 80 generated, 0 cached · activations: 3 layers computed, 0 cached (5 batches computed, 0 cached)"
     );
     assert!(first.contains("layer  accuracy"), "{first}");
     let report: serde_json::Value =
@@ -117,7 +117,7 @@ fn a_sweep_killed_mid_extraction_resumes_with_the_same_report() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     write_prompts(&d.join("prompts.jsonl"), 400);
-    // 50 batches of 8, 100 ms each: kill after 5 committed batches.
+    // 25 blocks of 16 prompts, each 2 passes of 8 at 100 ms: kill after 5 committed blocks.
     let mut child = Command::new(env!("CARGO_BIN_EXE_probe"))
         .args(sweep_args("cache", "out-killed", "1,2,4"))
         .current_dir(d)
@@ -159,11 +159,11 @@ fn a_sweep_killed_mid_extraction_resumes_with_the_same_report() {
         .map(|s| s.parse().unwrap())
         .collect();
     let (computed, cached) = (counts[0], counts[1]);
-    assert!(cached >= 5, "the batches committed before the kill were reused: {line}");
-    assert_eq!(computed + cached, 50, "{line}");
+    assert!(cached >= 5, "the blocks committed before the kill were reused: {line}");
+    assert_eq!(computed + cached, 25, "{line}");
 
     let fresh = ok(&probe(d, &sweep_args("fresh-cache", "out-fresh", "1,2,4")));
-    assert!(summary_line(&fresh).contains("(50 batches computed, 0 cached)"));
+    assert!(summary_line(&fresh).contains("(25 batches computed, 0 cached)"));
     let report = |p: &str| {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join(p)).unwrap()).unwrap();
         v["layers"].clone()

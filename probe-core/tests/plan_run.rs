@@ -87,7 +87,8 @@ async fn a_sweep_with_a_plan_runs_with_its_batch_and_records_it() {
     let parts = SweepParts::new(&extractor, &cache).with_generator(&generator);
     let config = SweepConfig::new(vec![1, 3]).with_sampling(Some(SamplingParams::greedy(4))).with_plan(plan.clone());
     let report = sweep::run(parts, &prompts, &config).await.unwrap();
-    assert_eq!(report.summary.batches_computed, 100usize.div_ceil(24));
+    assert_eq!(report.summary.extract_calls, 100usize.div_ceil(24), "forward passes of the planned batch");
+    assert_eq!(report.summary.batches_computed, 100usize.div_ceil(sweep::CACHE_BLOCK_ROWS), "the cache grid");
     assert_eq!(report.plan.as_ref(), Some(&plan));
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["plan"]["extraction"]["batch_size"], 24);

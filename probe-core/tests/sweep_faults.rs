@@ -81,7 +81,9 @@ async fn injected_out_of_memory_errors_leave_the_activations_unchanged() {
     let plain = MockExtractor::new("mock-model", 6, 16);
     let clean_cache = MemoryCache::new();
     let clean = sweep::run(SweepParts::new(&plain, &clean_cache).with_generator(&generator), &set, &cfg).await.unwrap();
-    assert_eq!(clean.summary.extract_calls, clean.summary.batches_computed, "no retries without injection");
+    // 96 prompts: 6 blocks of 16, 6 passes of 16.
+    assert_eq!((clean.summary.batches_computed, clean.summary.extract_calls), (6, 6));
+    assert_eq!(clean.summary.oom_retries, 0, "no retries without injection");
 
     for seed in [1, 2, 3] {
         let inner: Arc<dyn ActivationExtractor> = Arc::new(MockExtractor::new("mock-model", 6, 16));
@@ -89,8 +91,9 @@ async fn injected_out_of_memory_errors_leave_the_activations_unchanged() {
         let cache = MemoryCache::new();
         let r = sweep::run(SweepParts::new(&injector, &cache).with_generator(&generator), &set, &cfg).await.unwrap();
         assert!(injector.injected() > 0, "seed {seed} injected nothing");
-        let retries = r.summary.extract_calls - r.summary.batches_computed;
+        let retries = r.summary.oom_retries;
         assert_eq!(retries, injector.injected(), "every injected error was retried once");
+        assert_eq!(r.summary.extract_calls, 6 + retries, "6 passes and the retries");
         assert!(r.summary.to_string().contains(&format!(" · {retries} out-of-memory retr")), "{}", r.summary);
         assert_eq!(r.layers, clean.layers);
         assert_eq!(activations(&cache).await, activations(&clean_cache).await, "seed {seed}: same activations");
@@ -98,7 +101,7 @@ async fn injected_out_of_memory_errors_leave_the_activations_unchanged() {
 }
 
 /// A store whose deletes fail: like a run killed after committing whole entries and before
-/// deleting the block and batch entries they were folded from.
+/// deleting the generation and activation block entries they were folded from.
 #[derive(Debug)]
 struct NoDeletes<'a>(&'a MemoryCache);
 
@@ -128,15 +131,15 @@ impl CacheStore for NoDeletes<'_> {
 }
 
 #[tokio::test]
-async fn block_and_batch_entries_left_by_an_interrupted_fold_are_deleted_by_the_next_run() {
+async fn block_entries_left_by_an_interrupted_fold_are_deleted_by_the_next_run() {
     let set = prompts(40);
     let ext = MockExtractor::new("mock-model", 6, 16);
     let generator = MockGenerator::new("mock-model");
     let cache = MemoryCache::new();
     let cfg = config(vec![1, 4]);
     let a = sweep::run(SweepParts::new(&ext, &NoDeletes(&cache)).with_generator(&generator), &set, &cfg).await.unwrap();
-    // 1 whole generations entry + 5 blocks, 2 whole layers + 2 × 5 batches.
-    assert_eq!(cache.len(), 1 + 5 + 2 + 10);
+    // 1 whole generations entry + 3 blocks, 2 whole layers + 2 × 3 blocks.
+    assert_eq!(cache.len(), 1 + 3 + 2 + 6);
     let b = sweep::run(SweepParts::new(&ext, &cache).with_generator(&generator), &set, &cfg).await.unwrap();
     assert_eq!((b.summary.generations_generated, b.summary.layers_computed), (0, 0), "{}", b.summary);
     assert_eq!(cache.len(), 1 + 2, "only the whole entries are left");

@@ -40,7 +40,7 @@ async fn generation_first_then_run_reads_the_cached_completions() {
     let cache = MemoryCache::new();
     let generator = MockGenerator::new("mock-model");
     let sampling = SamplingParams::greedy(4);
-    // A batch grid and blocks in flight unlike the defaults: the run below must still find
+    // A batch size and calls in flight unlike the defaults: the run below must still find
     // every completion.
     let cfg = SweepConfig::new(vec![1, 2]).with_sampling(Some(sampling)).with_batch_size(5);
     let cfg = cfg.with_generation_in_flight(3);

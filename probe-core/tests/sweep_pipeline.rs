@@ -118,14 +118,15 @@ async fn first_run_computes_second_run_reads_everything() {
     let s = &a.summary;
     assert_eq!((s.generations_generated, s.generations_cached), (40, 0));
     assert_eq!((s.layers_computed, s.layers_cached), (3, 0));
-    assert_eq!((s.batches_computed, s.batches_cached), (5, 0));
-    assert_eq!(ext.passes(), 5, "one forward pass per batch for all three layers");
+    assert_eq!((s.batches_computed, s.batches_cached), (3, 0), "blocks of 16 prompts: 16, 16, 8");
+    assert_eq!(s.extract_calls, 5);
+    assert_eq!(ext.passes(), 5, "one forward pass per 8 prompts for all three layers");
     assert_eq!(ext.rows(), 40);
     assert_eq!(generator.calls(), 5, "one generation call per block of 8 prompts");
     assert_eq!(a.layers.iter().map(|l| l.layer).collect::<Vec<_>>(), vec![1, 3, 5]);
     assert!(a.layers.iter().all(|l| l.n_train == 32 && l.n_test == 8));
     assert!(a.best().unwrap().accuracy >= 0.75, "word groups are linearly readable: {:?}", a.layers);
-    // generations entry + one whole-layer entry per layer; batch entries were folded in.
+    // generations entry + one whole-layer entry per layer; block entries were folded in.
     assert_eq!(cache.list(ListRequest::all().with_kind(EntryKind::Generations)).await.unwrap().len(), 1);
     assert_eq!(cache.list(ListRequest::all().with_kind(EntryKind::Activations)).await.unwrap().len(), 3);
 
@@ -166,18 +167,19 @@ async fn superset_of_layers_computes_only_the_new_ones() {
 }
 
 #[tokio::test]
-async fn a_killed_run_resumes_from_its_finished_batches() {
+async fn a_killed_run_resumes_from_its_finished_blocks() {
     let set = prompts(40);
     let ext = MockExtractor::new("mock-model", 6, 16);
     let generator = MockGenerator::new("mock-model");
     let cache = MemoryCache::new();
-    // 5 generation blocks and the whole-set generations entry, then 2 layers per batch: puts
-    // 7..=10 are batches 0 and 1, put 11 is layer 1 of batch 2, put 12 (layer 3 of batch 2) fails.
-    let dying = Dying { inner: &cache, allowed: 11, puts: AtomicUsize::new(0) };
+    // 3 generation blocks (16, 16, 8 prompts) and the whole-set generations entry, then 2
+    // layers per block: puts 5 and 6 are block 0 (after 2 passes of 8), put 7 is layer 1 of
+    // block 1, put 8 (layer 3 of block 1, after 4 passes) fails.
+    let dying = Dying { inner: &cache, allowed: 7, puts: AtomicUsize::new(0) };
     let parts = SweepParts::new(&ext, &dying).with_generator(&generator);
     let err = sweep::run(parts, &set, &config(vec![1, 3])).await.unwrap_err();
     assert!(matches!(err, Error::Temporary { .. }), "{err}");
-    assert_eq!(ext.passes(), 3);
+    assert_eq!(ext.passes(), 4);
 
     let mock = MockExtractor::new("mock-model", 6, 16);
     let rec = Recording::new(&mock);
@@ -186,8 +188,8 @@ async fn a_killed_run_resumes_from_its_finished_batches() {
     let s = &r.summary;
     assert_eq!((s.generations_generated, s.generations_cached), (0, 40));
     assert_eq!((s.layers_computed, s.layers_cached), (2, 0));
-    assert_eq!((s.batches_computed, s.batches_cached), (3, 2), "batches 0 and 1 were kept");
-    assert_eq!(rec.layers_requested(), vec![vec![3], vec![1, 3], vec![1, 3]], "batch 2 only lacks layer 3");
+    assert_eq!((s.batches_computed, s.batches_cached), (2, 1), "block 0 was kept");
+    assert_eq!(rec.layers_requested(), vec![vec![3], vec![3], vec![1, 3]], "block 1 (2 passes) only lacks layer 3");
     assert_eq!(mock.rows(), 24);
 
     // Same report as an uninterrupted run.
@@ -226,8 +228,10 @@ async fn out_of_memory_halves_the_batch_and_keeps_the_cache_grid() {
     let events = Events::default();
     let parts = SweepParts::new(&ext, &cache).with_observer(&events);
     let r = sweep::run(parts, &set, &config(vec![1]).with_sampling(None)).await.unwrap();
-    assert_eq!(r.summary.batches_computed, 5);
-    assert_eq!(r.summary.extract_calls, 7, "8 → 4 → 2 on the first batch, then 2 for the rest");
+    assert_eq!(r.summary.batches_computed, 3, "blocks of 16: 16, 16, 8");
+    assert_eq!(r.summary.extract_calls, 7, "8 → 4 → 2 on the first pass of 8, then 2 for the other 4 passes");
+    assert_eq!((r.summary.oom_retries, r.summary.backoff_batch_size), (2, Some(2)));
+    assert!(r.summary.to_string().ends_with(" · 2 out-of-memory retries"), "{}", r.summary);
     let shrinks: Vec<_> =
         events.0.lock().unwrap().iter().filter(|e| matches!(e, SweepEvent::BatchShrunk { .. })).cloned().collect();
     assert_eq!(shrinks, vec![SweepEvent::BatchShrunk { from: 8, to: 4 }, SweepEvent::BatchShrunk { from: 4, to: 2 }]);

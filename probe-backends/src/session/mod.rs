@@ -536,7 +536,7 @@ impl Session {
             parts = parts.with_generator(g);
         }
         let missing = sweep::missing_blocks(parts, &prepared.prompts, &prepared.config).await?;
-        Ok(ShardProgress { grid: sweep::blocks(prepared.prompts.len(), prepared.config.batch_size), missing, count })
+        Ok(ShardProgress { grid: sweep::cache_blocks(prepared.prompts.len()), missing, count })
     }
 
     /// The shards' plan and stand-ins for the model that name it without loading it.

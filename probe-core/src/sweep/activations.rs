@@ -1,6 +1,7 @@
-//! The activation phase: per-layer, per-batch cache entries, one forward pass per batch
-//! for the layers still missing, out-of-memory back-off ([`Backoff`], the one path), and
-//! assembly of whole-layer entries.
+//! The activation phase: per-layer cache entries per block of the cache grid
+//! ([`super::cache_blocks`]), forward passes of up to `batch_size` rows over consecutive
+//! blocks that lack the same layers (cut back into block entries), out-of-memory back-off
+//! ([`Backoff`], the one path), and assembly of whole-layer entries.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,6 +13,9 @@ use crate::{
 };
 
 use super::{Phase, SweepEvent, SweepObserver, SweepSummary};
+
+/// Rows `[start, end)`.
+type Rows = (usize, usize);
 
 /// What to extract, and under which keys.
 #[derive(Debug)]
@@ -27,6 +31,7 @@ pub(super) struct Job<'a> {
     /// Per row, the tokens the readout reads (`None`: every token). A shard fills only its
     /// own rows.
     pub(super) spans: Option<Vec<Span>>,
+    /// Rows per forward pass (the cache grid does not depend on it).
     pub(super) batch_size: usize,
     /// How texts are tokenised (chat renderings as written).
     pub(super) special_tokens: SpecialTokens,
@@ -37,8 +42,9 @@ impl Job<'_> {
         activation_key(self.info, self.prompt_set, self.source, layer, self.readout, rows)
     }
 
-    pub(super) fn batches(&self) -> Vec<(usize, usize)> {
-        super::blocks(self.n, self.batch_size)
+    /// The blocks of the cache grid.
+    pub(super) fn blocks(&self) -> Vec<Rows> {
+        super::cache_blocks(self.n)
     }
 
     fn put(&self, layer: usize, rows: Option<(usize, usize)>, tensor: &Tensor) -> Result<PutRequest> {
@@ -127,8 +133,10 @@ async fn extract_with_backoff(
     Ok(out)
 }
 
-/// Records the batch size the back-off settled on, when it shrank.
+/// Records the out-of-memory retries and the batch size the back-off settled on, when it
+/// shrank.
 fn record_backoff(backoff: &Backoff, summary: &mut SweepSummary) {
+    summary.oom_retries = backoff.retries();
     if backoff.retries() > 0 {
         summary.backoff_batch_size = Some(backoff.current_batch_size());
     }
@@ -155,59 +163,137 @@ async fn whole_layers(cache: &dyn CacheStore, job: &Job<'_>) -> Result<(BTreeMap
     Ok((done, missing))
 }
 
-/// One block of the `missing` layers: read from its batch entries, the layers without one
-/// extracted in one forward pass and committed. Returns the tensors by layer; counts into
-/// `summary` and reports the batch.
+/// The inputs of `rows`, in order, taken from the blocks of `own` that hold them.
+fn gather(own: &BTreeMap<Rows, Inputs>, rows: &[usize]) -> Inputs {
+    let mut texts = Vec::new();
+    let mut ids = Vec::new();
+    for &r in rows {
+        let (&(s, e), inputs) = own.range(..=(r, usize::MAX)).next_back().expect("a block holds the row");
+        debug_assert!(s <= r && r < e);
+        match inputs {
+            Inputs::Texts(t) => texts.push(t[r - s].clone()),
+            Inputs::TokenIds(t) => ids.push(t[r - s].clone()),
+        }
+    }
+    debug_assert!(texts.is_empty() || ids.is_empty(), "one kind of input per sweep");
+    if ids.is_empty() { Inputs::Texts(texts) } else { Inputs::TokenIds(ids) }
+}
+
+/// What the cache holds of one block for the layers being filled.
+struct BlockFound {
+    rows: Rows,
+    /// Layers with a block entry, and their tensors.
+    have: BTreeMap<usize, Tensor>,
+    /// Layers without one.
+    need: Vec<usize>,
+}
+
+/// Every block of `own` (blocks of the cache grid, with their inputs) for the `missing`
+/// layers: read from the block entries, the layers without one computed in forward passes of
+/// up to `job.batch_size` rows that run on from one block to the next of those lacking the
+/// same layers (through `backoff`), each block's entries committed as soon as its rows are
+/// done. Counts into `summary` and reports each block. Returns the tensors by block and
+/// layer when `keep` (else nothing: a shard only writes).
 #[allow(clippy::too_many_arguments)]
-async fn block(
+async fn fill(
     extractor: &dyn ActivationExtractor,
     cache: &dyn CacheStore,
     observer: &dyn SweepObserver,
     job: &Job<'_>,
-    (start, end): (usize, usize),
-    texts: &Inputs,
+    own: &BTreeMap<Rows, Inputs>,
     missing: &[usize],
-    backoff: &Backoff,
+    (backoff, keep): (&Backoff, bool),
     summary: &mut SweepSummary,
-) -> Result<BTreeMap<usize, Tensor>> {
+) -> Result<BTreeMap<Rows, BTreeMap<usize, Tensor>>> {
     let hidden = job.info.hidden_size;
-    let mut out = BTreeMap::new();
-    let mut need = Vec::new();
-    for &layer in missing {
-        match load(cache, &job.key(layer, Some((start, end))), end - start, hidden).await? {
-            Some(t) => {
-                out.insert(layer, t);
+    let mut found = Vec::with_capacity(own.len());
+    for &(start, end) in own.keys() {
+        let (mut have, mut need) = (BTreeMap::new(), Vec::new());
+        for &layer in missing {
+            match load(cache, &job.key(layer, Some((start, end))), end - start, hidden).await? {
+                Some(t) => {
+                    have.insert(layer, t);
+                }
+                None => need.push(layer),
             }
-            None => need.push(layer),
+        }
+        found.push(BlockFound { rows: (start, end), have, need });
+    }
+    let mut out = BTreeMap::new();
+    let mut done = 0;
+    let mut finish = |f: BlockFound, computed: Vec<usize>, summary: &mut SweepSummary| {
+        let (start, end) = f.rows;
+        if computed.is_empty() {
+            summary.batches_cached += 1;
+        } else {
+            summary.batches_computed += 1;
+        }
+        tracing::debug!("block rows {start}..{end}: computed layers {computed:?}");
+        observer.on_event(&SweepEvent::BatchCommitted { start, end, cached: missing.len() - computed.len(), computed });
+        done += 1;
+        observer.on_event(&SweepEvent::Progress { phase: Phase::Activations, done });
+        if keep {
+            out.insert(f.rows, f.have);
+        }
+    };
+    // The blocks lacking the same layers go together (in row order, over the blocks between
+    // them that lack other layers or none), so that passes run on from one to the next.
+    let mut groups: Vec<(Vec<usize>, Vec<BlockFound>)> = Vec::new();
+    for f in found {
+        match groups.iter_mut().find(|(need, _)| *need == f.need) {
+            Some((_, blocks)) => blocks.push(f),
+            None => groups.push((f.need.clone(), vec![f])),
         }
     }
-    if need.is_empty() {
-        summary.batches_cached += 1;
-    } else {
-        let computed = extract_with_backoff(
-            extractor,
-            observer,
-            texts,
-            job.special_tokens,
-            &need,
-            (job.readout.positions(), job.spans.as_deref().map(|s| &s[start..end])),
-            (job.batch_size, backoff),
-            &mut summary.extract_calls,
-        )
-        .await?;
-        for (layer, tensor) in computed {
-            cache.put(job.put(layer, Some((start, end)), &tensor)?).await?;
-            summary.entries_written += 1;
-            out.insert(layer, tensor);
+    for (need, group) in groups {
+        if need.is_empty() {
+            group.into_iter().for_each(|f| finish(f, Vec::new(), summary));
+            continue;
         }
-        summary.batches_computed += 1;
+        let grid: Vec<Rows> = group.iter().map(|f| f.rows).collect();
+        let mut blocks = group.into_iter().peekable();
+        // Rows computed and not yet committed, per layer, from the first unfinished block on.
+        let mut rows: BTreeMap<usize, Vec<f32>> = need.iter().map(|&l| (l, Vec::new())).collect();
+        for pass in super::passes(&grid, job.batch_size) {
+            let spans: Option<Vec<Span>> = job.spans.as_ref().map(|s| pass.iter().map(|&r| s[r]).collect());
+            let computed = extract_with_backoff(
+                extractor,
+                observer,
+                &gather(own, &pass),
+                job.special_tokens,
+                &need,
+                (job.readout.positions(), spans.as_deref()),
+                (job.batch_size, backoff),
+                &mut summary.extract_calls,
+            )
+            .await?;
+            for (layer, tensor) in computed {
+                if tensor.shape[1] != hidden {
+                    return Err(Error::backend(
+                        "extractor",
+                        format!("layer {layer} has shape {:?}; the model's hidden size is {hidden}", tensor.shape),
+                    ));
+                }
+                rows.get_mut(&layer).expect("requested layer").extend_from_slice(&tensor.data);
+            }
+            let last = *pass.last().expect("passes are not empty");
+            while let Some(mut f) = blocks.next_if(|f| f.rows.1 <= last + 1) {
+                let (start, end) = f.rows;
+                for (&layer, data) in &mut rows {
+                    let tensor = Tensor::new(vec![end - start, hidden], data.drain(..(end - start) * hidden).collect());
+                    cache.put(job.put(layer, Some((start, end)), &tensor)?).await?;
+                    summary.entries_written += 1;
+                    f.have.insert(layer, tensor);
+                }
+                finish(f, need.clone(), summary);
+            }
+        }
+        debug_assert!(blocks.peek().is_none(), "every block of the group committed");
     }
-    tracing::debug!("batch rows {start}..{end}: computed layers {need:?}");
-    observer.on_event(&SweepEvent::BatchCommitted { start, end, cached: missing.len() - need.len(), computed: need });
     Ok(out)
 }
 
-/// Commits the whole-layer entry of each layer's parts (in block order) and deletes its batch
+/// Commits the whole-layer entry of each layer's parts (in block order) and deletes its block
 /// entries where the store can. Returns the tensors by layer.
 async fn fold(
     cache: &dyn CacheStore,
@@ -215,40 +301,40 @@ async fn fold(
     parts: BTreeMap<usize, Vec<Tensor>>,
 ) -> Result<BTreeMap<usize, Tensor>> {
     let can_delete = cache.capabilities().delete;
-    let batches = job.batches();
+    let blocks = job.blocks();
     let mut done = BTreeMap::new();
     for (layer, layer_parts) in parts {
         let tensor = concat(layer_parts, job.info.hidden_size);
         cache.put(job.put(layer, None, &tensor)?).await?;
         if can_delete {
-            delete_batch_entries(cache, job, layer, &batches).await;
+            delete_block_entries(cache, job, layer, &blocks).await;
         }
         done.insert(layer, tensor);
     }
     Ok(done)
 }
 
-/// Deletes the batch entries of `layer` (already folded into its whole-layer entry), the first
-/// batch's last: a run killed while deleting leaves that one, which the next run looks for.
-async fn delete_batch_entries(cache: &dyn CacheStore, job: &Job<'_>, layer: usize, batches: &[(usize, usize)]) {
-    for &rows in batches.iter().rev() {
+/// Deletes the block entries of `layer` (already folded into its whole-layer entry), the first
+/// block's last: a run killed while deleting leaves that one, which the next run looks for.
+async fn delete_block_entries(cache: &dyn CacheStore, job: &Job<'_>, layer: usize, blocks: &[Rows]) {
+    for &rows in blocks.iter().rev() {
         if let Err(e) = cache.delete_key(&job.key(layer, Some(rows))).await {
-            tracing::warn!("could not delete batch entry of layer {layer} rows {rows:?}: {e}");
+            tracing::warn!("could not delete block entry of layer {layer} rows {rows:?}: {e}");
         }
     }
 }
 
-/// Deletes batch entries left behind by a run killed between committing a whole-layer entry
-/// and deleting its batch entries: one `contains` per whole layer (the first batch's entry).
-async fn delete_leftover_batches(cache: &dyn CacheStore, job: &Job<'_>, whole: &BTreeMap<usize, Tensor>) -> Result<()> {
-    let batches = job.batches();
-    if !cache.capabilities().delete || batches.is_empty() {
+/// Deletes block entries left behind by a run killed between committing a whole-layer entry
+/// and deleting its block entries: one `contains` per whole layer (the first block's entry).
+async fn delete_leftover_blocks(cache: &dyn CacheStore, job: &Job<'_>, whole: &BTreeMap<usize, Tensor>) -> Result<()> {
+    let blocks = job.blocks();
+    if !cache.capabilities().delete || blocks.is_empty() {
         return Ok(());
     }
     for &layer in whole.keys() {
-        if cache.contains_key(&job.key(layer, Some(batches[0]))).await? {
-            tracing::info!("layer {layer}: deleting batch entries left by an interrupted run");
-            delete_batch_entries(cache, job, layer, &batches).await;
+        if cache.contains_key(&job.key(layer, Some(blocks[0]))).await? {
+            tracing::info!("layer {layer}: deleting block entries left by an interrupted run");
+            delete_block_entries(cache, job, layer, &blocks).await;
         }
     }
     Ok(())
@@ -265,44 +351,42 @@ pub(super) async fn cached_extract(
     summary: &mut SweepSummary,
 ) -> Result<BTreeMap<usize, Tensor>> {
     let (mut done, missing) = whole_layers(cache, job).await?;
-    delete_leftover_batches(cache, job, &done).await?;
+    delete_leftover_blocks(cache, job, &done).await?;
     summary.layers_cached = done.len();
     summary.layers_computed = missing.len();
-    let batches = job.batches();
+    let blocks = job.blocks();
     observer.on_event(&SweepEvent::PhaseStarted {
         phase: Phase::Activations,
-        total: if missing.is_empty() { 0 } else { batches.len() },
+        total: if missing.is_empty() { 0 } else { blocks.len() },
     });
     if missing.is_empty() {
         observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Activations });
         return Ok(done);
     }
 
-    let mut parts: BTreeMap<usize, Vec<Tensor>> = missing.iter().map(|&l| (l, Vec::new())).collect();
+    let own: BTreeMap<Rows, Inputs> = blocks.iter().map(|&(s, e)| ((s, e), texts.slice(s, e))).collect();
     let backoff = Backoff::halving();
-    for (b, &(start, end)) in batches.iter().enumerate() {
-        let got =
-            block(extractor, cache, observer, job, (start, end), &texts.slice(start, end), &missing, &backoff, summary)
-                .await?;
-        for (layer, tensor) in got {
-            parts.get_mut(&layer).expect("missing layer").push(tensor);
-        }
-        observer.on_event(&SweepEvent::Progress { phase: Phase::Activations, done: b + 1 });
-    }
+    let got = fill(extractor, cache, observer, job, &own, &missing, (&backoff, true), summary).await?;
     record_backoff(&backoff, summary);
+    let mut parts: BTreeMap<usize, Vec<Tensor>> = missing.iter().map(|&l| (l, Vec::new())).collect();
+    for mut block in got.into_values() {
+        for (&layer, layer_parts) in &mut parts {
+            layer_parts.push(block.remove(&layer).expect("every missing layer of every block"));
+        }
+    }
     done.extend(fold(cache, job, parts).await?);
     observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Activations });
     Ok(done)
 }
 
-/// A shard's part of the activations: the batch entries of the blocks in `own` (with their
-/// texts) for every requested layer without a whole-layer entry. Writes batch entries only.
+/// A shard's part of the activations: the block entries of the blocks in `own` (with their
+/// inputs) for every requested layer without a whole-layer entry. Writes block entries only.
 pub(super) async fn shard_extract(
     extractor: &dyn ActivationExtractor,
     cache: &dyn CacheStore,
     observer: &dyn SweepObserver,
     job: &Job<'_>,
-    own: &BTreeMap<(usize, usize), Inputs>,
+    own: &BTreeMap<Rows, Inputs>,
     summary: &mut SweepSummary,
 ) -> Result<()> {
     let (done, missing) = whole_layers(cache, job).await?;
@@ -315,10 +399,7 @@ pub(super) async fn shard_extract(
     });
     let backoff = Backoff::halving();
     if !missing.is_empty() {
-        for (b, (&rows, texts)) in own.iter().enumerate() {
-            block(extractor, cache, observer, job, rows, texts, &missing, &backoff, summary).await?;
-            observer.on_event(&SweepEvent::Progress { phase: Phase::Activations, done: b + 1 });
-        }
+        fill(extractor, cache, observer, job, own, &missing, (&backoff, false), summary).await?;
     }
     record_backoff(&backoff, summary);
     observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Activations });
@@ -329,21 +410,21 @@ pub(super) async fn shard_extract(
 pub(super) struct MergeLookup {
     /// Layers with a whole-layer entry.
     pub(super) whole: BTreeMap<usize, Tensor>,
-    /// Layers without one: their batch entries, in block order (complete only when
+    /// Layers without one: their block entries, in block order (complete only when
     /// `missing` is empty).
     pub(super) parts: BTreeMap<usize, Vec<Tensor>>,
     /// (layer, block index) pairs without an entry.
     pub(super) missing: Vec<(usize, usize)>,
 }
 
-/// Reads every layer entry or batch entry a merge needs, computing and writing nothing.
+/// Reads every layer entry or block entry a merge needs, computing and writing nothing.
 pub(super) async fn merge_lookup(cache: &dyn CacheStore, job: &Job<'_>) -> Result<MergeLookup> {
     let (whole, layers) = whole_layers(cache, job).await?;
     let mut parts: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
     let mut missing = Vec::new();
     for &layer in &layers {
         let mut got = Vec::new();
-        for (i, &(start, end)) in job.batches().iter().enumerate() {
+        for (i, &(start, end)) in job.blocks().iter().enumerate() {
             match load(cache, &job.key(layer, Some((start, end))), end - start, job.info.hidden_size).await? {
                 Some(t) => got.push(t),
                 None => missing.push((layer, i)),

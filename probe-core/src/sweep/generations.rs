@@ -1,13 +1,17 @@
 //! The generation phase, cached per block of prompts.
 //!
-//! The blocks are the extraction batches (`[0, b)`, `[b, 2b)`, … for the batch size `b`).
-//! Each block's completions go to a *block entry* ([`generation_block_key`]) as soon as they
-//! are generated, so a killed run loses at most the blocks in flight. Once every block
-//! exists, they are folded into the *whole-set entry* ([`generation_key`], the same key as
-//! before blocks existed) and the block entries are deleted where the store can. A run that
-//! finds the whole-set entry uses it whatever the batch size it was made with.
+//! The blocks are the cache grid (`[0, 16)`, `[16, 32)`, …: [`super::CACHE_BLOCK_ROWS`]
+//! prompts each, whatever the batch size). The missing blocks are generated in calls of up to
+//! `batch_size` prompts that run on from one missing block to the next (a block larger than
+//! the batch takes several calls), `generation_in_flight` calls at once. Each block's completions
+//! go to a *block entry* ([`generation_block_key`]) as soon as they are all back, so a killed
+//! run loses at most the calls in flight. Once every block exists, they are folded into the
+//! *whole-set entry* ([`generation_key`], the same key as before blocks existed) and the block
+//! entries are deleted where the store can. Every entry is found whatever the batch size of
+//! the run that made it.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use futures::{StreamExt, TryStreamExt, stream};
 
@@ -34,13 +38,15 @@ pub(super) struct GenJob<'a> {
     pub(super) model: ModelId,
     /// Every prompt text, in order.
     pub(super) texts: Vec<String>,
-    /// Block generations in flight at once.
+    /// Generate calls in flight at once.
     pub(super) in_flight: usize,
+    /// Prompts per generate call (the batch size).
+    pub(super) batch: usize,
 }
 
 impl<'a> GenJob<'a> {
     /// The job of generating (or finding) the completions of `prompts` with `generator`,
-    /// `config.generation_in_flight` blocks at a time.
+    /// `config.generation_in_flight` calls of `config.batch_size` prompts at a time.
     pub(super) fn new(
         generator: &'a dyn Generator,
         cache: &'a dyn CacheStore,
@@ -58,6 +64,7 @@ impl<'a> GenJob<'a> {
             model: generator.model_id(),
             texts: prompts.texts(),
             in_flight: config.generation_in_flight,
+            batch: config.batch_size,
         }
     }
 }
@@ -108,31 +115,42 @@ impl GenJob<'_> {
         }
     }
 
-    /// Generates one block and commits its entry.
-    async fn generate_block(&self, generator: &dyn Generator, rows: Rows) -> Result<(Rows, Vec<Generation>)> {
-        let (start, end) = rows;
-        let request = GenerationRequest::new(self.model.id.clone(), self.texts[start..end].to_vec())
+    /// Generates the prompts of rows `call` (rows of the missing blocks `pending` holds), then
+    /// commits the entry of every block this call completes. Returns how many completions it
+    /// generated and the blocks it committed.
+    async fn generate_call(
+        &self,
+        generator: &dyn Generator,
+        call: &[usize],
+        pending: &Mutex<Pending>,
+    ) -> Result<(usize, Vec<(Rows, Vec<Generation>)>)> {
+        let texts: Vec<String> = call.iter().map(|&i| self.texts[i].clone()).collect();
+        let request = GenerationRequest::new(self.model.id.clone(), texts.clone())
             .with_sampling(self.sampling.clone())
             .with_special_tokens(self.prompts.special_tokens);
         let mut g = generator.generate(request).await?;
         g.sort_by_key(|x| x.prompt_index);
-        for x in &mut g {
-            x.prompt_index += start;
-        }
-        if !usable(&g, &self.texts, rows) {
+        if !usable(&g, &texts, (0, call.len())) {
             return Err(Error::backend(
                 "generator",
-                format!("returned {} generations for {} prompts, or out of order", g.len(), end - start),
+                format!("returned {} generations for {} prompts, or out of order", g.len(), call.len()),
             ));
         }
-        self.cache.put(self.put(self.block_key(rows), &g, rows)).await?;
-        tracing::debug!("generations of prompts {start}..{end} committed");
-        Ok((rows, g))
+        for x in &mut g {
+            x.prompt_index = call[x.prompt_index];
+        }
+        let complete = pending.lock().expect("pending generations").add(g);
+        for (rows, gens) in &complete {
+            self.cache.put(self.put(self.block_key(*rows), gens, *rows)).await?;
+            tracing::debug!("generations of prompts {}..{} committed", rows.0, rows.1);
+        }
+        Ok((call.len(), complete))
     }
 
     /// The completions of every block in `blocks`: read from block entries, the missing
-    /// ones generated (up to `in_flight` at once) and committed one by one. Counts into
-    /// `summary`; reports progress in prompts, starting from `done`.
+    /// ones generated in calls of up to `batch` prompts that run on from one missing block to
+    /// the next (up to `in_flight` calls at once), each block committed as soon as it is
+    /// complete. Counts into `summary`; reports progress in prompts, starting from `done`.
     async fn fill(
         &self,
         generator: &dyn Generator,
@@ -155,13 +173,15 @@ impl GenJob<'_> {
         if !have.is_empty() {
             self.observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: *done });
         }
-        let mut generated = stream::iter(missing.iter().map(|&rows| self.generate_block(generator, rows)))
+        let calls = super::passes(&missing, self.batch);
+        let pending = Mutex::new(Pending { blocks: missing, rows: BTreeMap::new() });
+        let mut generated = stream::iter(calls.iter().map(|call| self.generate_call(generator, call, &pending)))
             .buffer_unordered(self.in_flight.max(1));
-        while let Some((rows, g)) = generated.try_next().await? {
-            summary.generations_generated += g.len();
-            *done += g.len();
+        while let Some((count, complete)) = generated.try_next().await? {
+            summary.generations_generated += count;
+            *done += count;
             self.observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: *done });
-            have.insert(rows, g);
+            have.extend(complete);
         }
         Ok(have)
     }
@@ -334,6 +354,30 @@ pub(super) async fn merge_lookup(job: &GenJob<'_>, blocks: &[Rows]) -> Result<Me
 /// Folds a merge's complete blocks into the whole-set entry.
 pub(super) async fn merge_fold(job: &GenJob<'_>, blocks: &BTreeMap<Rows, Vec<Generation>>) -> Result<()> {
     job.fold(blocks).await.map(|_| ())
+}
+
+/// The missing blocks of a [`GenJob::fill`] and the completions generated for them so far.
+struct Pending {
+    /// Blocks not yet complete, in order.
+    blocks: Vec<Rows>,
+    /// Completions of those blocks generated so far, by prompt index.
+    rows: BTreeMap<usize, Generation>,
+}
+
+impl Pending {
+    /// Adds one call's completions; returns the blocks they complete (taken out), in order.
+    fn add(&mut self, gens: Vec<Generation>) -> Vec<(Rows, Vec<Generation>)> {
+        self.rows.extend(gens.into_iter().map(|g| (g.prompt_index, g)));
+        let mut complete = Vec::new();
+        self.blocks.retain(|&(s, e)| {
+            let whole = self.rows.range(s..e).count() == e - s;
+            if whole {
+                complete.push(((s, e), (s..e).filter_map(|i| self.rows.remove(&i)).collect()));
+            }
+            !whole
+        });
+        complete
+    }
 }
 
 /// One generation per prompt of `rows`, in order, each carrying its prompt and its global index.

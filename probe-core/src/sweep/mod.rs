@@ -1,34 +1,43 @@
 //! The layer sweep: labelled prompts → completions (cached) → hidden states at every
-//! requested layer (one forward pass per batch, cached per layer and batch) → cross-validated
-//! probes per layer ([`probe`]: logistic, difference of means, control task; ridge for numeric
-//! labels) → a [`SweepReport`].
+//! requested layer (forward passes of `batch_size` rows, cached per layer and block of
+//! [`CACHE_BLOCK_ROWS`] prompts) → cross-validated probes per layer ([`probe`]: logistic,
+//! difference of means, control task; ridge for numeric labels) → a [`SweepReport`].
 //!
 //! The pipeline works on the traits only (`&dyn Generator`, `&dyn ActivationExtractor`,
 //! `&dyn CacheStore`), so any backend and any store can run it.
 //!
 //! # Cache layout and resumption
 //!
+//! The cache is cut into *blocks* of [`CACHE_BLOCK_ROWS`] prompts: block `i` is rows
+//! `[16·i, 16·(i+1))` ([`cache_blocks`]), whatever the batch size. The batch size is a
+//! compute setting only (rows per forward pass and per generate call), so runs at any batch
+//! size, and the shards of a sharded run, share every entry.
+//!
 //! - **Generations**, JSON lines ([`crate::codec::encode_generations`]), two granularities:
-//!   a *block entry* per rows `[start, end)` of the batch grid
-//!   ([`crate::key::generation_block_key`]), written as soon as the block is generated, and
-//!   the *whole-set entry* per prompt set and sampling settings
-//!   ([`crate::key::generation_key`]), assembled once every block exists (the block entries
-//!   are then deleted where the store can). A later run finds the whole-set entry whatever
-//!   its batch size.
+//!   a *block entry* per block ([`crate::key::generation_block_key`]), written as soon as the
+//!   block's completions are all generated, and the *whole-set entry* per prompt set and
+//!   sampling settings ([`crate::key::generation_key`]), assembled once every block exists
+//!   (the block entries are then deleted where the store can).
 //! - **Activations**, two granularities, both keyed with [`crate::key::activation_key`]:
-//!   - a *batch entry* per (layer, rows `[start, end)`) — `rows = Some((start, end))` —
-//!     written right after the batch's forward pass, so a killed run loses at most the
-//!     batch in flight; the batch grid is `0, b, 2b, …` for the configured batch size `b`;
-//!   - a *layer entry* per layer over all rows — `rows = None` — assembled from the batch
-//!     entries once every batch of the layer exists; its batch entries are then deleted
-//!     (when the store supports it). A later run finds the layer entry whatever its batch
-//!     size.
+//!   - a *block entry* per (layer, block) — `rows = Some((start, end))` — written as soon as
+//!     the block's rows have been through the forward pass, so a killed run loses at most the
+//!     rows in flight;
+//!   - a *layer entry* per layer over all rows — `rows = None` — assembled from the block
+//!     entries once every block of the layer exists; its block entries are then deleted
+//!     (when the store supports it).
 //!
 //!   Both hold one f32 tensor named [`crate::codec::ACTIVATIONS_TENSOR`] of shape
 //!   `[rows, hidden]` plus string metadata (model, layer, positions, rows).
-//! - For each batch the pipeline looks up every requested layer that has no layer entry and
-//!   runs **one** forward pass for the layers still missing. An out-of-memory error halves
-//!   the extractor's batch size and retries the same rows (the cache grid is unchanged).
+//! - The pipeline looks up every requested layer that has no layer entry in every block, then
+//!   runs forward passes of up to `batch_size` rows that run on from one missing block to the
+//!   next (the blocks lacking the same layers, one pass for all of those layers), cutting the
+//!   results back into block entries, each committed as soon as its rows are done; a block
+//!   larger than the batch takes several passes. Generation likewise asks for up to
+//!   `batch_size` prompts of the missing blocks per call. An out-of-memory error halves the
+//!   extractor's batch size and retries the same rows (the cache grid is unchanged).
+//! - Entries of an older version's grid (blocks of the batch size) are misses, except where
+//!   they coincide with this grid (batch size 16); whole-set and layer entries never depended
+//!   on the batch size and are read as before.
 //! - A corrupt entry is a miss: it is recomputed, and counted in
 //!   [`SweepSummary::corrupt_entries`] (from [`CacheStore::corrupt_entries`]).
 //!
@@ -101,14 +110,15 @@ pub struct SweepConfig {
     pub layers: Vec<usize>,
     /// Position reduction (`last` or `mean`; probes need one vector per prompt).
     pub positions: Readout,
-    /// Rows per forward pass, and rows per cached batch entry.
+    /// Rows per forward pass and prompts per generate call: a compute setting only (the cache
+    /// is cut into blocks of [`CACHE_BLOCK_ROWS`] whatever it is).
     pub batch_size: usize,
     /// Sampling of the completions; `None` probes the prompt texts themselves.
     pub sampling: Option<SamplingParams>,
     /// Probe training and split.
     pub probe: ProbeConfig,
-    /// Blocks of completions requested from the generator at once (each block is
-    /// `batch_size` prompts, committed to the cache as soon as it is done); more than 1 keeps
+    /// Generate calls in flight at once (each of up to `batch_size` prompts; every block of
+    /// the cache grid is committed as soon as its completions are all back); more than 1 keeps
     /// several servers busy. Default 1.
     pub generation_in_flight: usize,
     /// The run's resolved plan ([`crate::plan::resolve_run`]), recorded in the report.
@@ -162,7 +172,7 @@ impl SweepConfig {
         self.plan = Some(plan);
         self
     }
-    /// Sets how many blocks of completions are requested at once (0 is taken as 1).
+    /// Sets how many generate calls are in flight at once (0 is taken as 1).
     pub fn with_generation_in_flight(mut self, n: usize) -> Self {
         self.generation_in_flight = n.max(1);
         self
@@ -297,7 +307,7 @@ fn targets(prompts: &PromptSet, config: &SweepConfig) -> Result<Targets> {
 /// extraction one after the other on shared devices (stop the generation servers in between)
 /// without loading the extractor first.
 ///
-/// Uses `config`'s sampling, batch grid and generation blocks in flight (the rest of it is
+/// Uses `config`'s sampling, batch size and generate calls in flight (the rest of it is
 /// not looked at). Returns the generation counts (`generation`, `generations_generated`,
 /// `generations_cached`; the rest stays 0).
 ///
@@ -329,12 +339,12 @@ pub async fn completions(
     prompts.check_rendered()?;
     let mut summary = SweepSummary { generation: true, ..SweepSummary::default() };
     let job = generations::GenJob::new(generator, cache, observer, prompts, sampling, config);
-    let gens = generations::completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary).await?;
+    let gens = generations::completions(&job, &cache_blocks(prompts.len()), &mut summary).await?;
     Ok((gens, summary))
 }
 
 /// The sampling of a generation-only phase, checked: set, valid, one completion per prompt,
-/// and a batch grid (batch size ≥ 1).
+/// and a batch size ≥ 1.
 fn generation_sampling(config: &SweepConfig) -> Result<&SamplingParams> {
     let Some(sampling) = &config.sampling else {
         return Err(Error::invalid("generation", "the sweep settings ask for no completions (sampling is None)"));
@@ -349,11 +359,44 @@ fn generation_sampling(config: &SweepConfig) -> Result<&SamplingParams> {
     Ok(sampling)
 }
 
-/// The block grid of `n` rows for batch size `b`: `[0, b)`, `[b, 2b)`, …, the last one shorter.
-/// Generation block entries, activation batch entries and shards all use it.
-pub fn blocks(n: usize, b: usize) -> Vec<(usize, usize)> {
-    let b = b.max(1);
+/// Prompts per block of the cache grid: generation block entries, activation block entries
+/// and shard ownership all cut the prompts into blocks of this many rows ([`cache_blocks`]),
+/// whatever the batch size, so a run at another batch size (or a plain run after a sharded
+/// one) finds every entry.
+///
+/// Why 16: small enough that a killed run loses little (at most the rows in flight and a
+/// partly done block) and that a few hundred prompts give N shards work (90 prompts are 6
+/// blocks); large enough that object counts stay sane on S3 (10 000 prompts × 80 layers are
+/// 50 000 block entries before they are folded, not 800 000 of single rows) and that an
+/// entry is not tiny (16 rows × 8192 hidden × 4 bytes = 512 KiB). It is also the default
+/// batch size and divides the usual ones (32, 64, 128), so default passes end on block
+/// boundaries, and the blocks of caches written at batch size 16 before the grid was fixed
+/// are still found.
+///
+/// Changing it makes every block entry a miss (whole-set and layer entries still hit).
+pub const CACHE_BLOCK_ROWS: usize = 16;
+
+/// The cache grid of `n` rows: `[0, 16)`, `[16, 32)`, …, the last one shorter (blocks of
+/// [`CACHE_BLOCK_ROWS`]). Generation block entries, activation block entries and shards all
+/// use it.
+pub fn cache_blocks(n: usize) -> Vec<(usize, usize)> {
+    blocks(n, CACHE_BLOCK_ROWS)
+}
+
+/// `n` rows cut into consecutive chunks of `size`: `[0, size)`, `[size, 2·size)`, …, the last
+/// one shorter. `blocks(n, CACHE_BLOCK_ROWS)` is the cache grid ([`cache_blocks`]).
+pub fn blocks(n: usize, size: usize) -> Vec<(usize, usize)> {
+    let b = size.max(1);
     (0..n).step_by(b).map(|s| (s, (s + b).min(n))).collect()
+}
+
+/// The rows of `blocks`, in order, cut into forward passes (or generate calls) of up to
+/// `batch` rows: a pass holds the rows of several blocks when they are smaller than the
+/// batch (neighbours or not: a shard's blocks are not), a block larger than the batch takes
+/// several passes.
+fn passes(blocks: &[(usize, usize)], batch: usize) -> Vec<Vec<usize>> {
+    let rows: Vec<usize> = blocks.iter().flat_map(|&(s, e)| s..e).collect();
+    rows.chunks(batch.max(1)).map(<[usize]>::to_vec).collect()
 }
 
 /// Runs a sweep: validates, generates (or reads cached completions), extracts every
@@ -392,8 +435,7 @@ pub async fn features(
         (Some(sampling), Some(generator)) => {
             let job = generations::GenJob::new(generator, parts.cache, parts.observer, prompts, sampling, config);
             let (texts, source, gens) =
-                generations::texts_with_completions(&job, &blocks(prompts.len(), config.batch_size), &mut summary)
-                    .await?;
+                generations::texts_with_completions(&job, &cache_blocks(prompts.len()), &mut summary).await?;
             (texts, source, Some(gens))
         }
         _ => {

@@ -67,6 +67,10 @@ fn nan2() -> [f64; 2] {
 fn is_nan(v: &f64) -> bool {
     v.is_nan()
 }
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
 
 impl LayerScore {
     /// An empty score of `layer` (every score NaN or absent).
@@ -115,18 +119,23 @@ pub struct SweepSummary {
     pub generations_generated: usize,
     /// Completions read from the cache.
     pub generations_cached: usize,
-    /// Layers with at least one batch computed now.
+    /// Layers with at least one block computed now.
     pub layers_computed: usize,
     /// Layers read whole from the cache.
     pub layers_cached: usize,
-    /// Batches that needed a forward pass.
+    /// Blocks of the cache grid ([`super::CACHE_BLOCK_ROWS`] prompts each) that needed a
+    /// forward pass ("batches computed" in the summary line).
     pub batches_computed: usize,
-    /// Batches whose every needed layer was in the cache.
+    /// Blocks of the cache grid whose every needed layer was in the cache.
     pub batches_cached: usize,
-    /// Calls to the extractor (one per computed batch, plus out-of-memory retries).
+    /// Calls to the extractor: one per forward pass of up to `batch_size` rows (a pass may
+    /// span several blocks, a block may take several passes), plus out-of-memory retries.
     pub extract_calls: usize,
-    /// (layer, batch) entries written.
+    /// (layer, block) entries written.
     pub entries_written: usize,
+    /// Out-of-memory retries of the extractor (counted in `extract_calls`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub oom_retries: usize,
     /// Corrupt or truncated cache entries met (failed checksum: treated as misses and
     /// recomputed), as counted by [`crate::CacheStore::corrupt_entries`] over the run.
     #[serde(default)]
@@ -153,7 +162,7 @@ impl std::fmt::Display for SweepSummary {
             " · activations: {} layers computed, {} cached ({} batches computed, {} cached)",
             self.layers_computed, self.layers_cached, self.batches_computed, self.batches_cached
         )?;
-        let oom_retries = self.extract_calls.saturating_sub(self.batches_computed);
+        let oom_retries = self.oom_retries;
         if oom_retries > 0 {
             write!(f, " · {oom_retries} out-of-memory retr{}", if oom_retries == 1 { "y" } else { "ies" })?;
         }

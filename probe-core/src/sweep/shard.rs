@@ -1,13 +1,15 @@
-//! Sharded sweeps: `N` workers split the blocks of the batch grid between them, each
+//! Sharded sweeps: `N` workers split the blocks of the cache grid between them, each
 //! generating and extracting only its own blocks into one shared cache, and a merge folds
 //! the block entries into whole entries, trains the probes and reports.
 //!
-//! Block `i` is rows `[i·b, (i+1)·b)` for the batch size `b` (the grid of the generation
-//! block entries and activation batch entries, see [`crate::sweep`]); shard `k` of `N`
-//! (`1 ≤ k ≤ N`) owns the blocks with `i mod N = k − 1`. No two shards write the same
-//! entry, no shard waits for another, and no shard writes a whole-set or whole-layer entry:
-//! [`merge`] does, once every block exists. A plain [`super::run`] over a cache that shards
-//! filled computes only what is missing.
+//! Block `i` is rows `[16·i, 16·(i+1))` ([`super::CACHE_BLOCK_ROWS`]: the grid of the
+//! generation and activation block entries, see [`crate::sweep`]), whatever the batch size;
+//! shard `k` of `N` (`1 ≤ k ≤ N`) owns the blocks with `i mod N = k − 1`. No two shards write
+//! the same entry, no shard waits for another, and no shard writes a whole-set or whole-layer
+//! entry: [`merge`] does, once every block exists. A plain [`super::run`] over a cache that
+//! shards filled computes only what is missing, at any batch size (the shards may each have
+//! used another one). A shard's blocks are not neighbours (for `N > 1`), so its forward passes
+//! and generate calls hold one block at most: [`super::CACHE_BLOCK_ROWS`] rows.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::activations::{self, Job};
 use super::generations::{self, GenJob, Merged};
-use super::{PromptSet, SweepConfig, SweepParts, SweepReport, SweepSummary, blocks, validate};
+use super::{PromptSet, SweepConfig, SweepParts, SweepReport, SweepSummary, cache_blocks, validate};
 use crate::key::ActivationSource;
 use crate::{Error, Result};
 
@@ -65,9 +67,10 @@ impl Shard {
         Self { index: block % count.max(1) + 1, count: count.max(1) }
     }
 
-    /// This shard's blocks of `n` rows at batch size `batch`: (block index, rows `[start, end)`).
-    pub fn blocks(&self, n: usize, batch: usize) -> Vec<(usize, (usize, usize))> {
-        blocks(n, batch).into_iter().enumerate().filter(|(i, _)| self.owns(*i)).collect()
+    /// This shard's blocks of the cache grid of `n` rows ([`super::cache_blocks`]): (block
+    /// index, rows `[start, end)`).
+    pub fn blocks(&self, n: usize) -> Vec<(usize, (usize, usize))> {
+        cache_blocks(n).into_iter().enumerate().filter(|(i, _)| self.owns(*i)).collect()
     }
 }
 
@@ -139,7 +142,7 @@ pub async fn run_shard(
     let info = parts.extractor.model_info();
     let layers = sorted(&config.layers);
     let n = prompts.len();
-    let mine = shard.blocks(n, config.batch_size);
+    let mine = shard.blocks(n);
     let own_rows: Vec<(usize, usize)> = mine.iter().map(|&(_, r)| r).collect();
     let mut work = SweepSummary { generation: config.sampling.is_some(), ..SweepSummary::default() };
     let corrupt_before = parts.cache.corrupt_entries();
@@ -162,7 +165,7 @@ pub async fn run_shard(
     work.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
     let summary = ShardSummary {
         shard,
-        total_blocks: blocks(n, config.batch_size).len(),
+        total_blocks: cache_blocks(n).len(),
         blocks: mine.iter().map(|&(i, _)| i).collect(),
         rows: own_rows.iter().map(|r| r.1 - r.0).sum(),
         work,
@@ -189,8 +192,7 @@ pub async fn generate_shard(
 ) -> Result<SweepSummary> {
     shard.check()?;
     let sampling = super::generation_sampling(config)?;
-    let own_rows: Vec<(usize, usize)> =
-        shard.blocks(prompts.len(), config.batch_size).into_iter().map(|(_, r)| r).collect();
+    let own_rows: Vec<(usize, usize)> = shard.blocks(prompts.len()).into_iter().map(|(_, r)| r).collect();
     let mut work = SweepSummary { generation: true, ..SweepSummary::default() };
     let job = GenJob::new(generator, cache, observer, prompts, sampling, config);
     generations::shard_texts(&job, &own_rows, &mut work).await?;
@@ -201,9 +203,10 @@ pub async fn generate_shard(
 /// (whole entries or block entries), then folds the block entries into whole entries,
 /// trains the probes and reports — the same report as [`super::run`] over one worker.
 ///
-/// The report's summary counts the work of the sharded run: block entries found count as
-/// generated or computed (by the shards), whole entries as cached, and `extract_calls` is
-/// the number of computed batches (out-of-memory retries inside the shards are not seen).
+/// The report's summary is the one a single worker at `config`'s batch size would give over
+/// an empty cache: block entries found count as generated or computed (by the shards), whole
+/// entries as cached, and `extract_calls` is that worker's forward passes (`n / batch_size`,
+/// rounded up; the shards' own passes and out-of-memory retries are in their summaries).
 /// `shards`, when given, names the shards whose blocks are missing in the error.
 ///
 /// # Errors
@@ -219,7 +222,7 @@ pub async fn merge(
     let info = parts.extractor.model_info();
     let layers = sorted(&config.layers);
     let n = prompts.len();
-    let grid = blocks(n, config.batch_size);
+    let grid = cache_blocks(n);
     let mut summary = SweepSummary { generation: config.sampling.is_some(), ..SweepSummary::default() };
     let corrupt_before = parts.cache.corrupt_entries();
 
@@ -243,7 +246,7 @@ pub async fn merge(
     summary.layers_computed = found.parts.len();
     if summary.layers_computed > 0 {
         summary.batches_computed = grid.len();
-        summary.extract_calls = grid.len();
+        summary.extract_calls = n.div_ceil(config.batch_size);
         summary.entries_written = grid.len() * summary.layers_computed;
     }
     let features = activations::merge_fold(parts.cache, &job, found).await?;
@@ -251,7 +254,7 @@ pub async fn merge(
     super::report(&parts, prompts, config, &info, &features, summary)
 }
 
-/// The blocks of the batch grid that the cache lacks, each with what is missing
+/// The blocks of the cache grid ([`super::cache_blocks`]) that the cache lacks, each with what is missing
 /// (`"generations"`, `"layers 1,3"`): what [`merge`] would name, read without writing
 /// anything. Empty when every block (or every whole entry) is there.
 ///
@@ -285,7 +288,7 @@ async fn lookup<'a>(
     info: &crate::ModelInfo,
     layers: &[usize],
 ) -> Result<Lookup<'a>> {
-    let grid = blocks(prompts.len(), config.batch_size);
+    let grid = cache_blocks(prompts.len());
     let mut gen_job = None;
     let (generations, source) = match (&config.sampling, parts.generator) {
         (Some(sampling), Some(generator)) => {
@@ -298,6 +301,7 @@ async fn lookup<'a>(
                 model: generator.model_id(),
                 texts: prompts.texts(),
                 in_flight: 1,
+                batch: config.batch_size,
             };
             let found = generations::merge_lookup(&job, &grid).await?;
             let digest = job.whole_key().digest;
@@ -316,7 +320,7 @@ async fn lookup<'a>(
     let mut missing: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     if let Some(Merged::Missing(rows)) = &generations {
         for r in rows {
-            missing.entry(r.0 / config.batch_size.max(1)).or_default().push("generations".into());
+            missing.entry(r.0 / super::CACHE_BLOCK_ROWS).or_default().push("generations".into());
         }
     }
     let mut by_block: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
