@@ -156,7 +156,8 @@ fn a_stopped_s3_server_fails_the_sweep_after_bounded_retries_and_a_rerun_resumes
     assert!(resumed.starts_with("generations: 0 generated, 80 cached · activations: 2 layers computed"), "{resumed}");
     let (computed, cached) = batches(&resumed);
     assert!(cached >= 4, "the batches committed before the stop are reused: {resumed}");
-    assert_eq!(computed + cached, 10, "{resumed}");
+    // 80 prompts are 5 cache blocks of 16 (`sweep::CACHE_BLOCK_ROWS`), whatever --batch-size 8.
+    assert_eq!(computed + cached, 5, "{resumed}");
     assert_eq!(report_without_counts(&d.join("out-resumed/report.json")), want, "same report");
 
     // Killed and replaced by a new, empty server: everything is computed again.

@@ -34,35 +34,43 @@ impl ModelFolder {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming the folder or file.
-    pub fn open(
-        model: &str,
-        backend: Backend,
-        template_file: Option<&Path>,
-        folder_optional: bool,
-        extract_on_servers: bool,
-    ) -> Result<Self> {
+    pub fn open(model: &str, backend: Backend, template_file: Option<&Path>, folder_optional: bool) -> Result<Self> {
         let dir = Path::new(model);
         if !dir.is_dir() && folder_optional {
             return Ok(Self::bare(model));
         }
-        let num_layers = match backend {
-            // The servers load the model, whatever candle supports.
-            Backend::Vllm if extract_on_servers || folder_optional => crate::registry::config_layers(model)?,
-            b => b.model_layers(model)?,
-        };
-        let spec = if backend == Backend::Mock {
-            Some(crate::mock::spec()?)
+        let (spec, num_layers) = if backend == Backend::Mock {
+            (Some(crate::mock::spec()?), crate::mock::MOCK_LAYERS)
         } else {
-            let config = dir.join("config.json");
-            match std::fs::read_to_string(&config) {
-                Ok(text) => Some(ModelSpec::from_hf(&HfConfig::parse(&text)?).map_err(|e| match e {
-                    Error::InvalidInput { what, message } => {
-                        Error::invalid(format!("{what} in {}", config.display()), message)
-                    }
-                    other => other,
-                })?),
-                Err(_) => None,
+            if !dir.is_dir() {
+                return Err(Error::invalid(
+                    "model",
+                    format!("{model:?} is not a folder (expected a Hugging Face model folder)"),
+                ));
             }
+            // config.json, read and parsed once for the layer count and the planner's shape.
+            let config = dir.join("config.json");
+            let text = std::fs::read_to_string(&config)
+                .map_err(|e| Error::invalid("model", format!("{}: cannot be read: {e}", config.display())))?;
+            let named = |e: Error| match e {
+                Error::InvalidInput { what, message } if what == "model" => {
+                    Error::invalid("model", format!("{}: {message}", config.display()))
+                }
+                Error::InvalidInput { what, message } => {
+                    Error::invalid(format!("{what} in {}", config.display()), message)
+                }
+                other => other,
+            };
+            let hf =
+                HfConfig::parse(&text).map_err(|e| Error::invalid("model", format!("{}: {e}", config.display())))?;
+            let layers = HfConfig::required(hf.num_hidden_layers, "num_hidden_layers")
+                .map_err(|e| Error::invalid("model", format!("{}: {e}", config.display())))?;
+            // vllm: the servers load the model, whatever candle supports; a call that extracts
+            // on candle checks the folder then ([`super::Session::prepare`]).
+            if backend != Backend::Vllm {
+                backend.check_folder(model)?;
+            }
+            (Some(ModelSpec::from_hf(&hf).map_err(named)?), layers)
         };
         let template = match template_file {
             Some(f) => Some(ChatTemplate::from_file(f, dir)?),

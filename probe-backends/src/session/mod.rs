@@ -237,7 +237,7 @@ impl Session {
         let template = settings.run.chat_template.as_deref();
         // A vLLM server may serve a model by name: generation needs no folder.
         let optional = backend == Backend::Vllm && !settings.extracts_on_servers();
-        let folder = ModelFolder::open(&model, backend, template, optional, settings.extracts_on_servers())?;
+        let folder = ModelFolder::open(&model, backend, template, optional)?;
         let detected = plan::inventory(&settings)?;
         Ok(Self {
             settings,
@@ -343,6 +343,10 @@ impl Session {
         let on_servers = s.extracts_on_servers() && task != Task::Generate;
         if on_servers && task == Task::Shard {
             return Err(Error::invalid("extractor", "\"vllm\" with shards: not yet (shards extract with candle)"));
+        }
+        if self.backend == Backend::Vllm && !on_servers && task != Task::Generate {
+            // Generation on the servers, extraction on candle from the same folder.
+            self.backend.check_folder(self.folder.name())?;
         }
         let prompts = self.folder.render(prompts)?;
         let layers = match task {
