@@ -183,7 +183,7 @@ fn or_none(s: &str) -> &str {
     if s.is_empty() { "none" } else { s }
 }
 
-/// A prompt set tested with a sweep's probes ([`Session::test_on`]).
+/// A prompt set tested with a sweep's probes ([`Session::sweep_and_test`]).
 #[derive(Debug, Clone)]
 pub struct Tested {
     /// The set, chat prompts rendered.
@@ -547,7 +547,7 @@ impl Session {
     fn identities(&self, prompts: &PromptSet) -> Result<(Prepared, Arc<dyn CacheStore>, Opened)> {
         // Runs nothing on a device: the GPUs of `[devices]` need not exist here.
         let prepared = self.prepare_with(Task::Shard, prompts, true)?;
-        let cache: Arc<dyn CacheStore> = probe_cache::from_url(&self.settings.cache_url())?.into();
+        let cache = probe_cache::from_url(&self.settings.cache_url())?;
         let dtype = plan::dtype_name(prepared.plan.as_ref());
         let model = identity::opened(self.backend, self.folder.name(), dtype, &prepared.servers.urls())?;
         Ok((prepared, cache, model))
