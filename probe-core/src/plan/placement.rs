@@ -233,7 +233,7 @@ fn roles(
             if all.len() < 2 && req.mode == Some(ShareMode::Exclusive) {
                 return Err(Error::invalid(
                     "GPU roles",
-                    "exclusive mode needs at least 2 GPUs (one to generate, one to extract), found 1; use --mode time-shared",
+                    "exclusive mode needs at least 2 GPUs (one to generate, one to extract), found 1; use mode time-shared ([devices] mode)",
                 ));
             }
             if all.len() < 2 || req.mode == Some(ShareMode::TimeShared) {
@@ -247,7 +247,7 @@ fn roles(
                             "GPU roles",
                             format!(
                                 "exclusive mode: extraction needs {} of weights, which takes all {} GPUs and leaves \
-                                 none for generation; use --mode time-shared",
+                                 none for generation; use mode time-shared ([devices] mode)",
                                 gib(model.weights_bytes),
                                 all.len()
                             ),
@@ -273,7 +273,7 @@ fn roles(
                 "GPU roles",
                 format!(
                     "GPU {} {} in both the generation and the extraction GPUs; exclusive mode refuses overlap \
-                     (give disjoint sets or use --mode time-shared)",
+                     (give disjoint sets or use mode time-shared ([devices] mode))",
                     overlap.iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
                     if overlap.len() == 1 { "is" } else { "are" }
                 ),

@@ -331,7 +331,7 @@ impl RunPlan {
             && given as u64 > e.planned_batch_size
         {
             notes.push(format!(
-                "--batch-size {given} is larger than the planned {} (out-of-memory errors shrink it)",
+                "batch_size {given} is larger than the planned {} (out-of-memory errors shrink it)",
                 e.planned_batch_size
             ));
         }
