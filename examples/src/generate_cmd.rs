@@ -45,6 +45,8 @@ pub(crate) async fn run(args: GenerateArgs, quiet: bool) -> Result<()> {
     if settings.vllm.log_dir.is_none() {
         settings = settings.vllm_log_dir(args.out.parent().unwrap_or(std::path::Path::new("")).join("vllm-logs"));
     }
+    // Before the folder is read: tch and ort never generate, whatever the model.
+    settings.backend_or_default().check_generates()?;
     let prompts = PromptSet::load(&args.prompts, PromptFormat::texts())?;
     let session = flags::open(&args.run.model, settings, quiet).await?;
     let prepared = session.prepare(Task::Generate, &prompts)?;

@@ -65,6 +65,18 @@ impl Backend {
         matches!(self, Self::Candle | Self::Vllm | Self::Mock)
     }
 
+    /// Fails for a backend that cannot generate (tch and ort extract only).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the backend.
+    pub fn check_generates(self) -> Result<()> {
+        if self.generates() {
+            Ok(())
+        } else {
+            Err(Error::invalid("backend", format!("{} cannot generate (use candle or vllm)", self.name())))
+        }
+    }
+
     /// Fails when the backend's cargo feature is off (`vllm` extracts on candle: both).
     ///
     /// # Errors

@@ -334,11 +334,8 @@ impl Session {
             }
             _ => {}
         }
-        if matches!(task, Task::Generate) && !self.backend.generates() {
-            return Err(Error::invalid(
-                "backend",
-                format!("{} cannot generate (use candle or vllm)", self.backend.name()),
-            ));
+        if task == Task::Generate {
+            self.backend.check_generates()?;
         }
         let on_servers = s.extracts_on_servers() && task != Task::Generate;
         if on_servers && task == Task::Shard {
