@@ -35,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+mod attention;
 mod backend;
 mod block;
 mod config;
