@@ -28,6 +28,8 @@ pub(crate) struct Shape {
     pub(crate) window: Option<usize>,
     /// `cap · tanh(scores / cap)` before the mask (Gemma 2).
     pub(crate) softcap: Option<f64>,
+    /// The f32 score bytes one chunk may hold (`None`: the device's default).
+    pub(crate) chunk_bytes: Option<u64>,
 }
 
 /// The dtype the matmuls run in: f32 on the CPU, the compute dtype on a GPU.
@@ -44,7 +46,7 @@ fn budget(device: &Device) -> u64 {
 /// t, d]`, `t ≥ s`; views of a larger buffer are fine), query `i` at key position
 /// `t - s + i`. Returns `[b, s, heads · d]` in `q`'s dtype.
 pub(crate) fn causal(q: &Tensor, k: &Tensor, v: &Tensor, shape: Shape) -> Result<Tensor> {
-    causal_within(q, k, v, shape, budget(q.device()))
+    causal_within(q, k, v, shape, shape.chunk_bytes.unwrap_or_else(|| budget(q.device())))
 }
 
 /// [`causal`] in chunks of at most `budget` bytes of scores.
@@ -193,7 +195,7 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (b, nkv, t, d), &dev)?;
         for window in [None, Some(7), Some(100), Some(1000)] {
             for softcap in [None, Some(1.5)] {
-                let shape = Shape { window, softcap };
+                let shape = Shape { window, softcap, chunk_bytes: None };
                 let want = reference(&q, &k, &v, shape)?;
                 // 4 · 2 · 4 · 320 bytes per query row: chunks of 7 rows, and all rows at once.
                 for budget in [72_000, ATTENTION_CHUNK_BYTES_CPU] {
@@ -222,7 +224,7 @@ mod tests {
         let k = Tensor::randn(0f32, 1.0, (3, nkv, keys, d), &dev)?;
         let v = Tensor::randn(0f32, 1.0, (3, nkv, keys, d), &dev)?;
         for window in [None, Some(3)] {
-            let shape = Shape { window, softcap: None };
+            let shape = Shape { window, softcap: None, chunk_bytes: None };
             let mask = rows_mask(&lens, keys, window, &dev)?;
             let got = rows(&q, &k, &v, mask.as_ref(), shape)?;
             for (r, &len) in lens.iter().enumerate() {

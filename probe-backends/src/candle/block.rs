@@ -56,6 +56,8 @@ pub(crate) struct Step<'a> {
     /// Batched decoding (one new token per row): where the new keys go, which keys each row
     /// sees. `None` for a prefill or an extraction (causal over the input).
     pub(crate) decode: Option<DecodeStep>,
+    /// Attention's chunk budget (`None`: the device's default).
+    pub(crate) chunk_bytes: Option<u64>,
 }
 
 /// What the blocks of one batched decode step share (see [`super::kv::DecodeKv`]).
@@ -194,7 +196,7 @@ impl Block {
         };
         // Rows of a batched decode step rotate at their own positions (`cos`: `[b, 1, ·]`).
         let (q, k) = if self.rotary { (rope(&q, rows)?, rope(&k, rows)?) } else { (q, k) };
-        let shape = attention::Shape { window: self.window, softcap: cfg.attn_softcap };
+        let shape = attention::Shape { window: self.window, softcap: cfg.attn_softcap, chunk_bytes: step.chunk_bytes };
         let out = match kv {
             Kv::None => attention::causal(&q, &k, &v, shape)?,
             Kv::Keep(kept) => {

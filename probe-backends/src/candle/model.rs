@@ -78,6 +78,8 @@ pub(crate) struct Decoder {
     dtype: DType,
     /// The blocks' devices (a layer split; one device by default).
     stages: Stages,
+    /// Attention's chunk budget (`None`: the device's default).
+    chunk_bytes: Option<u64>,
 }
 
 impl Decoder {
@@ -109,7 +111,26 @@ impl Decoder {
         };
         let inv_freq = cfg.rope.inv_freq();
         let local_inv_freq = cfg.local_rope.as_ref().map(|r| r.inv_freq());
-        Ok(Self { cfg, embed, positions, blocks, norm, lm_head, inv_freq, local_inv_freq, device, dtype, stages })
+        Ok(Self {
+            cfg,
+            embed,
+            positions,
+            blocks,
+            norm,
+            lm_head,
+            inv_freq,
+            local_inv_freq,
+            device,
+            dtype,
+            stages,
+            chunk_bytes: None,
+        })
+    }
+
+    /// Sets attention's chunk budget (`None`: the device's default).
+    pub(crate) fn with_attention_chunk_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.chunk_bytes = bytes;
+        self
     }
 
     /// The device the weights live on.
@@ -151,7 +172,13 @@ impl Decoder {
             (Some(rope), Some(inv_freq)) => Some(rows(rope, inv_freq)?),
             _ => None,
         };
-        Ok(Step { cfg: &self.cfg, rope: rows(&self.cfg.rope, &self.inv_freq)?, local_rope, decode: None })
+        Ok(Step {
+            cfg: &self.cfg,
+            rope: rows(&self.cfg.rope, &self.inv_freq)?,
+            local_rope,
+            decode: None,
+            chunk_bytes: self.chunk_bytes,
+        })
     }
 
     /// Runs `ids` (`[b, s]`, right-padded; `lens` the real lengths) up to `last_layer`
@@ -258,8 +285,13 @@ impl Decoder {
                 None => None,
             },
         };
-        let step =
-            Step { cfg: &self.cfg, rope: rows(&self.cfg.rope, &self.inv_freq)?, local_rope, decode: Some(decode) };
+        let step = Step {
+            cfg: &self.cfg,
+            rope: rows(&self.cfg.rope, &self.inv_freq)?,
+            local_rope,
+            decode: Some(decode),
+            chunk_bytes: self.chunk_bytes,
+        };
         let steps = self.stages.steps(step)?;
         let mut x = self.embed(&Tensor::from_vec(ids.to_vec(), (b, 1), &self.device)?, &offsets)?;
         for (i, block) in self.blocks.iter().enumerate() {

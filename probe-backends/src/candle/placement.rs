@@ -133,6 +133,7 @@ impl Stages {
                         })
                     })
                     .transpose()?,
+                chunk_bytes: step.chunk_bytes,
             });
         }
         out.insert(0, step);
