@@ -51,16 +51,30 @@ pub(crate) fn causal(q: &Tensor, k: &Tensor, v: &Tensor, shape: Shape) -> Result
 
 /// [`causal`] in chunks of at most `budget` bytes of scores.
 fn causal_within(q: &Tensor, k: &Tensor, v: &Tensor, shape: Shape, budget: u64) -> Result<Tensor> {
+    let (b, nh, s, _) = q.dims4()?;
+    let t = k.dim(2)?;
+    let (dtype, device) = (q.dtype(), q.device());
+    let work = work_dtype(device, dtype);
+    let (q, k, v) = (q.to_dtype(work)?, k.to_dtype(work)?, v.to_dtype(work)?);
+    let chunk = attention_chunk_rows(b as u64, nh as u64, s as u64, t as u64, budget) as usize;
+    let out = if device.is_cpu() {
+        super::attention_cpu::causal(&q, &k, &v, shape.window, shape.softcap, chunk)?
+    } else {
+        causal_ops(&q, &k, &v, shape, chunk)?
+    };
+    out.to_dtype(dtype)
+}
+
+/// [`causal`] in candle's tensor ops (any device; the GPU's path), chunks of `chunk` rows, in
+/// `q`'s dtype (scores and softmax in f32).
+fn causal_ops(q: &Tensor, k: &Tensor, v: &Tensor, shape: Shape, chunk: usize) -> Result<Tensor> {
     let (b, nh, s, d) = q.dims4()?;
     let (_, nkv, t, _) = k.dims4()?;
     let rep = nh / nkv;
     let offset = t - s;
-    let (dtype, device) = (q.dtype(), q.device());
-    let work = work_dtype(device, dtype);
-    let (q, k, v) = (q.to_dtype(work)?, k.to_dtype(work)?, v.to_dtype(work)?);
+    let (work, device) = (q.dtype(), q.device());
     // [b, nkv, rep, s, d]: a chunk of rows of every query head of a kv head.
     let q = q.reshape((b, nkv, rep, s, d))?;
-    let chunk = attention_chunk_rows(b as u64, nh as u64, s as u64, t as u64, budget) as usize;
     let mut outs = Vec::with_capacity(s.div_ceil(chunk));
     let mut c0 = 0;
     while c0 < s {
@@ -89,7 +103,7 @@ fn causal_within(q: &Tensor, k: &Tensor, v: &Tensor, shape: Shape, budget: u64) 
     }
     let out = if outs.len() == 1 { outs.pop().expect("one chunk") } else { Tensor::cat(&outs, 3)? };
     // [b, nkv, rep, s, d] → [b, s, nkv · rep · d]
-    out.permute((0, 3, 1, 2, 4))?.contiguous()?.reshape((b, s, nh * d))?.to_dtype(dtype)
+    out.permute((0, 3, 1, 2, 4))?.contiguous()?.reshape((b, s, nh * d))
 }
 
 /// The additive mask (`[n, keys]`, f32: 0 or −∞) of queries at positions `first..first + n`
@@ -197,10 +211,15 @@ mod tests {
             for softcap in [None, Some(1.5)] {
                 let shape = Shape { window, softcap, chunk_bytes: None };
                 let want = reference(&q, &k, &v, shape)?;
-                // 4 · 2 · 4 · 320 bytes per query row: chunks of 7 rows, and all rows at once.
-                for budget in [72_000, ATTENTION_CHUNK_BYTES_CPU] {
-                    let got = causal_within(&q, &k, &v, shape, budget)?;
-                    assert!(max_diff(&got, &want) < 1e-5, "window {window:?}, softcap {softcap:?}, budget {budget}");
+                // Chunks of 7 rows, and all rows at once; the CPU kernel and candle's ops.
+                for chunk in [7, s] {
+                    let budget = (4 * b * nh * t * chunk) as u64;
+                    let kernel = causal_within(&q, &k, &v, shape, budget)?;
+                    let ops = causal_ops(&q, &k, &v, shape, chunk)?;
+                    for (what, got) in [("kernel", kernel), ("ops", ops)] {
+                        let e = max_diff(&got, &want);
+                        assert!(e < 1e-5, "{what}: window {window:?}, softcap {softcap:?}, chunk {chunk}: {e}");
+                    }
                 }
             }
         }

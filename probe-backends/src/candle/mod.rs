@@ -36,6 +36,7 @@
 //! ```
 
 mod attention;
+mod attention_cpu;
 mod backend;
 mod block;
 mod config;
