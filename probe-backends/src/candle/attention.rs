@@ -3,10 +3,14 @@
 //! - [`causal`] (prefill and extraction): the queries go in chunks of rows; each chunk attends
 //!   over the keys its rows can see (none after its last query: the causal upper triangle is
 //!   skipped; none before the first query's window on a sliding layer), so one chunk's scores,
-//!   `[batch, heads, rows, keys seen]` in f32, are all that is held. The rows per chunk keep
+//!   `[batch, heads, rows, keys seen]` in f32, are the most that is held. The rows per chunk keep
 //!   that within a byte budget ([`probe_core::plan::memory::ATTENTION_CHUNK_BYTES_CPU`], or
 //!   `_GPU`), which the planner counts too. Each query row's softmax runs over all its keys at
-//!   once: the same arithmetic as a full score matrix, row by row.
+//!   once: the same arithmetic as a full score matrix, row by row (exact, no online rescaling).
+//!   On the CPU a fused kernel ([`super::attention_cpu`]) runs each chunk as per-head tasks with
+//!   an L2-sized score tile per thread; on a GPU candle's ops run each chunk as a few batched
+//!   matmuls and element-wise kernels (no `candle-flash-attn`: its nvcc build of flash-attention
+//!   v2 is long, and this path needs no extra CUDA code).
 //! - [`rows`] (batched decoding): one new query per row over that row's own keys, every row in
 //!   one matmul; rows with fewer keys are padded and masked.
 //!
@@ -117,7 +121,7 @@ fn chunk_mask(
     device: &Device,
 ) -> Result<Option<Tensor>> {
     let future = lo + keys > first + 1;
-    let past = window.is_some_and(|w| lo + w <= first + n - 1);
+    let past = window.is_some_and(|w| lo + w < first + n);
     if !future && !past {
         return Ok(None);
     }
