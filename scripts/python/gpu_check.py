@@ -8,6 +8,8 @@ of its image); with `gpu-check --dry`, under the test environment on the CPU.
     gpu_check.py inputs     --tokenizer DIR --out DIR --hidden H --layers L --heads N
                             --kv-heads K --intermediate I --device DEV
                             --long N T FILE.jsonl --sweep N T FILE.jsonl
+                            --very-long N T FILE.jsonl
+    gpu_check.py long       --model DIR --inputs FILE.jsonl --probe FILE.safetensors --dtype D --device DEV
     gpu_check.py throughput --model DIR --inputs FILE.jsonl --batch B --iters K --device DEV
     gpu_check.py hog        --leave-gib G        (holds all but G GiB of GPU 0 until killed)
     gpu_check.py same       A.safetensors B.safetensors --tol T
@@ -181,7 +183,7 @@ def make_llama(args):
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
         num_key_value_heads=args.kv_heads,
-        max_position_embeddings=2048,
+        max_position_embeddings=8192,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
@@ -231,7 +233,46 @@ def inputs(args) -> int:
     make_llama(args)
     texts(args.tokenizer, int(args.long[0]), int(args.long[1]), args.long[2], labels=False)
     texts(args.tokenizer, int(args.sweep[0]), int(args.sweep[1]), args.sweep[2], labels=True)
+    texts(args.tokenizer, int(args.very_long[0]), int(args.very_long[1]), args.very_long[2], labels=False)
     return 0
+
+
+def long(args) -> int:
+    """probe's last-token hidden states of long texts (`probe extract` in `dtype`) against
+    transformers in f32 (SDPA, each text alone) on `device`; bf16 within the fidelity step's bound."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device).eval()
+    rows = [json.loads(line)["text"] for line in Path(args.inputs).read_text().splitlines() if line.strip()]
+    ids = [tok(text, return_tensors="pt").input_ids.to(args.device) for text in rows]
+    lengths = [i.shape[1] for i in ids]
+
+    def last_tokens(m) -> dict[int, list]:
+        out: dict[int, list] = {}
+        with torch.no_grad():
+            for i in ids:
+                for layer, h in enumerate(m(input_ids=i, output_hidden_states=True).hidden_states):
+                    out.setdefault(layer, []).append(h[0, -1].float().cpu())
+        return out
+
+    ref = last_tokens(model)
+    ref16 = last_tokens(model.to(torch.bfloat16)) if args.dtype == "bf16" else {}
+    got = probe_file(Path(args.probe))
+    failed, worst = 0, 0.0
+    for layer in sorted(got):
+        r = torch.stack(ref[layer])
+        err = rel_err(got[layer], r)
+        bound = F32_BOUND
+        if args.dtype == "bf16":
+            bound = max(BF16_BOUND, 2 * rel_err(torch.stack(ref16[layer]), r))
+        failed += err > bound
+        worst = max(worst, err)
+        print(f"{'ok  ' if err <= bound else 'FAIL'} layer {layer}: {err:.2e} (bound {bound:.0e})")
+    peak = f", transformers' peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if args.device.startswith("cuda") else ""
+    print(f"long prompts {lengths} tokens, probe {args.dtype}: worst {worst:.2e} over {len(got)} layers{peak}")
+    return 1 if failed or not got else 0
 
 
 def throughput(args) -> int:
@@ -304,8 +345,14 @@ def main() -> int:
     for k in ("hidden", "layers", "heads", "kv-heads", "intermediate"):
         m.add_argument(f"--{k}", type=int, required=True)
     m.add_argument("--device", default="cuda")
-    for k in ("long", "sweep"):
+    for k in ("long", "sweep", "very-long"):
         m.add_argument(f"--{k}", nargs=3, metavar=("N", "TOKENS", "FILE"), required=True)
+    lp = sub.add_parser("long")
+    lp.add_argument("--model", required=True)
+    lp.add_argument("--inputs", required=True)
+    lp.add_argument("--probe", required=True)
+    lp.add_argument("--dtype", default="bf16")
+    lp.add_argument("--device", default="cuda")
     r = sub.add_parser("throughput")
     r.add_argument("--model", required=True)
     r.add_argument("--inputs", required=True)
@@ -320,7 +367,7 @@ def main() -> int:
     s.add_argument("--tol", type=float, required=True)
     args = p.parse_args()
     run = {"fidelity": fidelity, "generation": generation, "inputs": inputs,
-           "throughput": throughput, "hog": hog, "same": same}[args.cmd]
+           "throughput": throughput, "hog": hog, "same": same, "long": long}[args.cmd]
     return run(args)
 
 

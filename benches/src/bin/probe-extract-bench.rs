@@ -5,6 +5,9 @@
 //! `probe-extract-bench --backend vllm --url http://127.0.0.1:PORT --model DIR …`: the same inputs
 //! through vLLM's own hidden states (a server started with probe's extraction flags, e.g.
 //! `PROBE_VLLM_HIDDEN_STATES_DIR=DIR scripts/start-vllm MODEL PORT LOG`).
+//! `probe-extract-bench --model DIR --ids FILE --batch 4`: one pass over the token ids in FILE (a
+//! JSON list of lists; rows of different lengths are padded per batch), no warm-up, and
+//! `"pass_s"` in the JSON line too (the probe side of `benches/peer/long.py`, whole processes).
 //! `probe-extract-bench --vllm-server-command --model DIR --gpu 0 --port P --hidden-states-dir D`:
 //! prints, without starting it, the command of a vLLM server on GPU 0 (or the CPU without
 //! `--gpu`) that writes those hidden states (probe's launcher builds it).
@@ -51,6 +54,9 @@ struct Args {
     /// Timed passes.
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Token ids to extract once (a JSON list of lists) instead of random ones.
+    #[arg(long)]
+    ids: Option<PathBuf>,
     /// Compute threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -144,6 +150,23 @@ async fn run() -> Result<()> {
     let load_s = t.elapsed().as_secs_f64();
     let info = e.model_info();
     let layers = a.layers.parse::<probe_core::sweep::LayerSelection>()?.resolve(info.num_layers)?;
+    if let Some(file) = &a.ids {
+        let text = std::fs::read(file).map_err(|e| Error::invalid("ids", format!("{}: {e}", file.display())))?;
+        let ids: Vec<Vec<u32>> =
+            serde_json::from_slice(&text).map_err(|e| Error::invalid("ids", format!("{}: {e}", file.display())))?;
+        let tokens: usize = ids.iter().map(Vec::len).sum();
+        let t = Instant::now();
+        let acts = e.extract(ActivationRequest::token_ids(ids, layers).with_batch_size(a.batch)).await?;
+        std::hint::black_box(&acts);
+        let pass_s = t.elapsed().as_secs_f64();
+        println!(
+            "{{\"backend\":\"{}\",\"layers\":\"{}\",\"tokens\":{tokens},\"pass_s\":{pass_s:.2},\"tokens_per_s\":{:.1},\"load_s\":{load_s:.2}}}",
+            a.backend,
+            a.layers,
+            tokens as f64 / pass_s
+        );
+        return Ok(());
+    }
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let ids: Vec<Vec<u32>> = (0..a.batch)
         .map(|_| {

@@ -196,8 +196,9 @@ impl CandleBackend {
         .with_dtype(options.dtype.as_str())
         .with_tokenizer(tokenizer_desc);
         let stages = Stages::open(&device, &options.split, cfg.num_layers)?;
-        let decoder =
-            Decoder::load(&vb, cfg, stages).map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?;
+        let decoder = Decoder::load(&vb, cfg, stages)
+            .map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?
+            .with_attention_chunk_bytes(options.attention_chunk_bytes);
         let id = ModelId::new(dir.to_string_lossy(), revision);
         Ok(CandleBackend { inner: Arc::new(Inner { id, info, decoder, tokenizer, eos, options }) })
     }

@@ -1,9 +1,10 @@
 //! One decoder block: attention (grouped-query, RoPE, optional q/k norms, sliding window) and
 //! the MLP, with the architecture's norm placement.
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{D, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::attention;
 use super::config::{GptNames, ModelConfig, NormPlacement, QkNorm};
 use super::kv::Kv;
 use super::layers::{Linear, Norm};
@@ -52,7 +53,23 @@ pub(crate) struct Step<'a> {
     pub(crate) rope: RopeRows,
     /// RoPE of sliding layers, where it differs (Gemma 3).
     pub(crate) local_rope: Option<RopeRows>,
-    /// Additive masks `[b or 1, 1, s, t]` for full and sliding layers; `None` = nothing masked.
+    /// Batched decoding (one new token per row): where the new keys go, which keys each row
+    /// sees. `None` for a prefill or an extraction (causal over the input).
+    pub(crate) decode: Option<DecodeStep>,
+    /// Attention's chunk budget (`None`: the device's default).
+    pub(crate) chunk_bytes: Option<u64>,
+}
+
+/// What the blocks of one batched decode step share (see [`super::kv::DecodeKv`]).
+#[derive(Debug)]
+pub(crate) struct DecodeStep {
+    /// The buffer position of each row's new key and value, as `scatter_set` indices:
+    /// `[b, kv_heads, 1, head_dim]` (u32).
+    pub(crate) at: Tensor,
+    /// Keys attended to: the most any row holds after this step's.
+    pub(crate) keys: usize,
+    /// Additive masks `[b, 1, 1, keys]` of full and sliding layers (a row's own keys, the last
+    /// `window` of them); `None` = nothing masked.
     pub(crate) full_mask: Option<Tensor>,
     pub(crate) sliding_mask: Option<Tensor>,
 }
@@ -110,11 +127,11 @@ impl Block {
             }
         };
         Ok(Self {
-            qkv: Linear::fuse(&[q, k, v])?,
-            o: Linear::load(vb, &format!("{p}.self_attn.o_proj"), h, nh * d, cfg.o_bias)?,
+            qkv: Linear::fuse(&[q, k, v])?.ready()?,
+            o: Linear::load(vb, &format!("{p}.self_attn.o_proj"), h, nh * d, cfg.o_bias)?.ready()?,
             q_norm,
             k_norm,
-            mlp: Mlp::load(vb, cfg, i)?,
+            mlp: Mlp::load(vb, cfg, i)?.ready()?,
             input_norm,
             post_attn_norm,
             pre_mlp_norm,
@@ -138,11 +155,11 @@ impl Block {
         }
         let q = qkv.rows(0, nh * d)?.scaled(cfg.attn_scale)?;
         Ok(Self {
-            qkv: Linear::fuse(&[q, qkv.rows(nh * d, 2 * nh * d)?])?,
-            o: linear(g.attn[1], h, nh * d, cfg.o_bias)?,
+            qkv: Linear::fuse(&[q, qkv.rows(nh * d, 2 * nh * d)?])?.ready()?,
+            o: linear(g.attn[1], h, nh * d, cfg.o_bias)?.ready()?,
             q_norm: None,
             k_norm: None,
-            mlp: Mlp::load(vb, cfg, i)?,
+            mlp: Mlp::load(vb, cfg, i)?.ready()?,
             input_norm: Some(norm(g.norms[0])?),
             post_attn_norm: None,
             pre_mlp_norm: Some(norm(g.norms[1])?),
@@ -179,56 +196,25 @@ impl Block {
         };
         // Rows of a batched decode step rotate at their own positions (`cos`: `[b, 1, ·]`).
         let (q, k) = if self.rotary { (rope(&q, rows)?, rope(&k, rows)?) } else { (q, k) };
-        let mask = if self.window.is_some() { &step.sliding_mask } else { &step.full_mask };
+        let shape = attention::Shape { window: self.window, softcap: cfg.attn_softcap, chunk_bytes: step.chunk_bytes };
         let out = match kv {
-            Kv::None => self.attend(&q, &k, &v, mask.as_ref(), step)?,
-            Kv::Batch(c) => {
-                let (k, v) = c.append(&k, &v)?;
-                self.attend(&q, &k, &v, mask.as_ref(), step)?
+            Kv::None => attention::causal(&q, &k, &v, shape)?,
+            Kv::Keep(kept) => {
+                let out = attention::causal(&q, &k, &v, shape)?;
+                *kept = Some((k, v));
+                out
             }
-            Kv::Rows(caches) => {
-                // One query per row over that row's own keys; a sliding window keeps the last
-                // `window` of them (what the mask of one query would leave visible).
-                let mut outs = Vec::with_capacity(b);
-                for (r, c) in caches.iter_mut().enumerate() {
-                    let (kr, vr) = c.append(&k.narrow(0, r, 1)?, &v.narrow(0, r, 1)?)?;
-                    let t = kr.dim(2)?;
-                    let (kr, vr) = match self.window {
-                        Some(w) if t > w => {
-                            (kr.narrow(2, t - w, w)?.contiguous()?, vr.narrow(2, t - w, w)?.contiguous()?)
-                        }
-                        _ => (kr, vr),
-                    };
-                    outs.push(self.attend(&q.narrow(0, r, 1)?, &kr, &vr, None, step)?);
-                }
-                Tensor::cat(&outs, 0)?
+            Kv::Decode(kb, vb) => {
+                let Some(d) = &step.decode else { candle_core::bail!("a decode step without its DecodeStep") };
+                let (kb, vb) = (kb.narrow(0, 0, b)?, vb.narrow(0, 0, b)?);
+                kb.scatter_set(&d.at, &k, 2)?;
+                vb.scatter_set(&d.at, &v, 2)?;
+                let (k, v) = (kb.narrow(2, 0, d.keys)?, vb.narrow(2, 0, d.keys)?);
+                let mask = if self.window.is_some() { &d.sliding_mask } else { &d.full_mask };
+                attention::rows(&q, &k, &v, mask.as_ref(), shape)?
             }
         };
         self.o.forward(&out)
-    }
-
-    /// Softmax attention of `q` (`[b, heads, s, d]`) over `k` and `v` (`[b, kv_heads, t, d]`,
-    /// contiguous) under the additive `mask`; returns `[b, s, heads · d]`.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, step: &Step) -> Result<Tensor> {
-        let cfg = step.cfg;
-        let (b, nh, s, d) = q.dims4()?;
-        let nkv = cfg.num_kv_heads;
-        let t = k.dim(2)?;
-        let rep = nh / nkv;
-        // [b, nkv, rep·s, d] · [b, nkv, d, t]: the `rep` query heads of a kv head share its keys.
-        let scores = q.reshape((b, nkv, rep * s, d))?.matmul(&k.t()?)?;
-        // The attention scale is folded into q's weights (or its norm).
-        let mut scores = scores.reshape((b, nh, s, t))?;
-        if let Some(cap) = cfg.attn_softcap {
-            scores = ((scores / cap)?.tanh()? * cap)?;
-        }
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        let in_dtype = scores.dtype();
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
-        let out = probs.reshape((b, nkv, rep * s, t))?.matmul(v)?;
-        out.reshape((b, nh, s, d))?.transpose(1, 2)?.contiguous()?.reshape((b, s, nh * d))
     }
 
     /// `x` (`[b, s, h]`) through the block; `cache` holds earlier keys and values (generation).

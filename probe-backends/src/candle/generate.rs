@@ -1,9 +1,10 @@
 //! Generation with continuous batching: up to the batch size of sequences (every sample of
-//! the prompts admitted so far) decode together, one token each per step, each with its own
-//! KV cache (no padding: a row attends over its own keys at its own positions). Prompts are
-//! prefilled together (right-padded, as extraction runs them) when there is room for their
-//! samples; the samples then join the batch, and a finished sequence leaves it (its cache
-//! dropped) so that the next prompts can join.
+//! the prompts admitted so far) decode together, one token each per step, each at its own
+//! positions over its own keys. Prompts are prefilled together (right-padded, as extraction
+//! runs them) when there is room for their samples; the samples then join the batch (their
+//! keys copied into the decode buffers, [`super::kv::DecodeKv`]), every step attends for all
+//! rows in one batched operation (keys padded to the longest row and masked), and a finished
+//! sequence leaves (the last row moves into its slot) so that the next prompts can join.
 
 use candle_core::Tensor;
 use probe_core::{Error, FinishReason, Generation, GenerationRequest, Result, SamplingParams};
@@ -11,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::backend::Inner;
-use super::kv::Cache;
+use super::kv::DecodeKv;
 
 fn be(e: candle_core::Error) -> Error {
     super::oom::error(e)
@@ -98,7 +99,6 @@ struct Row {
     done: Option<FinishReason>,
     text: Option<String>,
     rng: StdRng,
-    cache: Cache,
 }
 
 /// A finished completion: (token ids, finish reason, text).
@@ -134,7 +134,9 @@ impl Inner {
     fn decode_batched(&self, prompts: &[Vec<u32>], p: &SamplingParams, batch: usize) -> Result<Vec<Vec<Completion>>> {
         let per_prompt = if p.is_greedy() { 1 } else { p.n as usize };
         let mut done: Vec<Vec<Option<Completion>>> = vec![vec![None; per_prompt]; prompts.len()];
+        // Row `i` of `active` decodes in slot `i` of `kv`.
         let mut active: Vec<Row> = Vec::new();
+        let mut kv = DecodeKv::new(self.decoder.cfg.num_layers, batch.min(prompts.len() * per_prompt));
         let mut next_prompt = 0;
         loop {
             // Admit the next prompts while their samples fit (one alone into an empty batch),
@@ -147,9 +149,7 @@ impl Inner {
                 next_prompt += 1;
             }
             if !group.is_empty() {
-                for row in self.prefill(&group, prompts, p, per_prompt)? {
-                    self.admit(row, &mut active, &mut done)?;
-                }
+                self.prefill(&group, prompts, p, per_prompt, &mut active, &mut kv, &mut done)?;
             }
             if active.is_empty() {
                 // Every admitted sequence finished at its first token: admit more, or stop.
@@ -159,13 +159,19 @@ impl Inner {
                 continue;
             }
             let ids: Vec<u32> = active.iter().map(|r| *r.ids.last().unwrap_or(&0)).collect();
-            let mut caches: Vec<&mut Cache> = active.iter_mut().map(|r| &mut r.cache).collect();
-            let logits = self.decoder.next_logits_rows(&ids, &mut caches).map_err(be)?;
+            let logits = self.decoder.next_logits_rows(&ids, &mut kv).map_err(be)?;
             let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(be)?;
-            let rows = std::mem::take(&mut active);
-            for (mut row, l) in rows.into_iter().zip(&logits) {
-                self.push_token(&mut row, l, p)?;
-                self.admit(row, &mut active, &mut done)?;
+            let mut finished = Vec::new();
+            for (i, (row, l)) in active.iter_mut().zip(&logits).enumerate() {
+                self.push_token(row, l, p)?;
+                if row.done.is_some() {
+                    finished.push(i);
+                }
+            }
+            // From the last: a swap-removal only moves rows that stay.
+            for &i in finished.iter().rev() {
+                kv.swap_remove(i).map_err(be)?;
+                self.finish(active.swap_remove(i), &mut done)?;
             }
         }
         let mut out = Vec::with_capacity(prompts.len());
@@ -179,9 +185,20 @@ impl Inner {
         Ok(out)
     }
 
-    /// Runs prompts `group` (indices into `prompts`) as one right-padded batch and draws the
-    /// first token of each of their `rows` samples.
-    fn prefill(&self, group: &[usize], prompts: &[Vec<u32>], p: &SamplingParams, rows: usize) -> Result<Vec<Row>> {
+    /// Runs prompts `group` (indices into `prompts`) as one right-padded batch, draws the
+    /// first token of each of their `rows` samples, and adds the samples that go on to
+    /// `active` and `kv` (the others to `done`).
+    #[allow(clippy::too_many_arguments)]
+    fn prefill(
+        &self,
+        group: &[usize],
+        prompts: &[Vec<u32>],
+        p: &SamplingParams,
+        rows: usize,
+        active: &mut Vec<Row>,
+        kv: &mut DecodeKv,
+        done: &mut [Vec<Option<Completion>>],
+    ) -> Result<()> {
         let lens: Vec<usize> = group.iter().map(|&pi| prompts[pi].len()).collect();
         let width = lens.iter().copied().max().unwrap_or(1);
         let mut ids = Vec::with_capacity(group.len() * width);
@@ -191,24 +208,23 @@ impl Inner {
         }
         let device = self.decoder.device().clone();
         let input = Tensor::from_vec(ids, (group.len(), width), &device).map_err(be)?;
-        let room: Vec<usize> = lens.iter().map(|l| l + p.max_tokens as usize).collect();
-        let (logits, caches) = self.decoder.prefill(&input, &lens, &room).map_err(be)?;
+        let (logits, kept) = self.decoder.prefill(&input, &lens).map_err(be)?;
         let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(be)?;
-        let mut out = Vec::with_capacity(group.len() * rows);
-        for ((&pi, mut cache), logits) in group.iter().zip(caches).zip(&logits) {
+        for (r, (&pi, logits)) in group.iter().zip(&logits).enumerate() {
             for s in 0..rows {
                 let rng = StdRng::seed_from_u64(stream_seed(p.seed, pi, s as u32));
-                // The last sample takes the prefill's cache; the others a copy each.
-                let cache = match s + 1 == rows {
-                    true => std::mem::replace(&mut cache, self.decoder.new_cache(0)),
-                    false => cache.fork().map_err(be)?,
-                };
-                let mut row = Row { prompt: pi, sample: s, ids: Vec::new(), done: None, text: None, rng, cache };
+                let mut row = Row { prompt: pi, sample: s, ids: Vec::new(), done: None, text: None, rng };
                 self.push_token(&mut row, logits, p)?;
-                out.push(row);
+                if row.done.is_some() {
+                    self.finish(row, done)?;
+                } else {
+                    // Each sample its own copy of the prompt's keys.
+                    kv.push(&kept, r, lens[r], lens[r] + p.max_tokens as usize).map_err(be)?;
+                    active.push(row);
+                }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Draws `row`'s next token from `logits` and marks it done at an end-of-sequence token,
@@ -231,13 +247,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Keeps an unfinished `row` in the batch; a finished one leaves it (its cache dropped)
-    /// for its prompt's completions.
-    fn admit(&self, row: Row, active: &mut Vec<Row>, done: &mut [Vec<Option<Completion>>]) -> Result<()> {
-        let Some(reason) = row.done else {
-            active.push(row);
-            return Ok(());
-        };
+    /// Files a finished `row` under its prompt's completions.
+    fn finish(&self, row: Row, done: &mut [Vec<Option<Completion>>]) -> Result<()> {
+        let reason = row.done.unwrap_or(FinishReason::Length);
         let text = match row.text {
             Some(t) => t,
             None => drop_incomplete_tail(self.decode(&row.ids)?),

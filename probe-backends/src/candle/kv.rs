@@ -1,111 +1,180 @@
-//! Key/value caches of generation: one per sequence, so that sequences of different lengths
-//! decode together (each row attends over its own keys, no padding) and a finished one leaves
-//! the batch by dropping its cache.
+//! Key/value caches of generation. A prefill keeps each layer's keys and values of the whole
+//! batch; the sequences that decode together then live in one buffer per layer,
+//! `[slots, kv_heads, capacity, head_dim]`, row `i` of a decode step in slot `i`, so that a
+//! decode step attends for every row in one batched matmul (each row's keys padded to the
+//! longest and masked). A finished sequence leaves by moving the last slot into its place.
 
 use candle_core::{Result, Tensor};
 
-/// One layer's keys and values: buffers `[b, kv_heads, capacity, head_dim]` (allocated at the
-/// first step, grown when full) of which the first `len` positions are held. Appending copies
-/// only the new positions; a single row's keys are read in place (a narrowed view: candle's
-/// matmul takes its strides), several rows' as one contiguous copy.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct LayerKv {
-    buf: Option<(Tensor, Tensor)>,
-    len: usize,
-    capacity: usize,
-}
-
-impl LayerKv {
-    /// An empty cache with room for `capacity` positions before it grows.
-    fn with_capacity(capacity: usize) -> Self {
-        Self { buf: None, len: 0, capacity }
-    }
-
-    /// Appends `k` and `v` (`[b, kv_heads, s, head_dim]`, contiguous) along the sequence axis;
-    /// returns every key and value held.
-    pub(crate) fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let s = k.dim(2)?;
-        let room = self.buf.as_ref().map_or(0, |(k, _)| k.dims()[2]);
-        if self.len + s > room {
-            let grown = (self.len + s).max(self.capacity).max(2 * room);
-            let alloc = |t: &Tensor| {
-                let mut shape = t.dims().to_vec();
-                shape[2] = grown;
-                Tensor::zeros(shape, t.dtype(), t.device())
-            };
-            let (nk, nv) = (alloc(k)?, alloc(v)?);
-            if let Some((ok, ov)) = &self.buf {
-                nk.slice_set(&ok.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-                nv.slice_set(&ov.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-            }
-            self.buf = Some((nk, nv));
-        }
-        let (bk, bv) = self.buf.as_ref().expect("allocated above");
-        bk.slice_set(k, 2, self.len)?;
-        bv.slice_set(v, 2, self.len)?;
-        self.len += s;
-        let (k, v) = (bk.narrow(2, 0, self.len)?, bv.narrow(2, 0, self.len)?);
-        if k.dim(0)? == 1 { Ok((k, v)) } else { Ok((k.contiguous()?, v.contiguous()?)) }
-    }
-
-    /// Row `r`'s first `len` positions as a cache of its own, with room for `capacity`.
-    pub(crate) fn row(&self, r: usize, len: usize, capacity: usize) -> Result<Self> {
-        let mut out = Self::with_capacity(capacity);
-        if let Some((k, v)) = &self.buf {
-            let part = |t: &Tensor| t.narrow(0, r, 1)?.narrow(2, 0, len)?.contiguous();
-            out.append(&part(k)?, &part(v)?)?;
-        }
-        Ok(out)
-    }
-
-    /// A copy that shares no buffer with `self` (appending to one never writes into the other).
-    fn fork(&self) -> Result<Self> {
-        let buf = match &self.buf {
-            Some((k, v)) => Some((k.copy()?, v.copy()?)),
-            None => None,
-        };
-        Ok(Self { buf, len: self.len, capacity: self.capacity })
-    }
-}
-
-/// The cache a block's attention reads and extends in one forward call.
-pub(crate) enum Kv<'a, 'c> {
+/// What one block's attention reads and extends in one forward call.
+#[derive(Debug)]
+pub(crate) enum Kv<'a> {
     /// No cache: the sequence is the whole input (extraction).
     None,
-    /// The whole batch's keys and values in one cache (a prefill; rows of equal length).
-    Batch(&'a mut LayerKv),
-    /// One new token per row, each row with its own cache (batched decoding of sequences of
-    /// different lengths).
-    Rows(&'a mut [&'c mut LayerKv]),
+    /// A prefill: the block leaves its keys and values (`[b, kv_heads, s, head_dim]`) here.
+    Keep(&'a mut Option<(Tensor, Tensor)>),
+    /// A decode step: the layer's key and value buffers (see [`DecodeKv`]); the step's
+    /// [`super::block::DecodeStep`] says where each row's new key goes and which keys it sees.
+    Decode(&'a Tensor, &'a Tensor),
 }
 
-/// Per-layer key/value caches of one sequence (or of the equal-length rows of one prefill).
-/// Not `Clone`: the buffers are written in place, so a copy is a [`Cache::fork`].
-#[derive(Debug)]
-pub(crate) struct Cache {
-    pub(crate) layers: Vec<LayerKv>,
+/// One decoding sequence's place in the buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RowKv {
     /// Positions fed so far.
     pub(crate) len: usize,
-    /// Of those, the first `dropped` are no longer in `layers` (Phi-3's longrope switch, see
-    /// [`super::model::Decoder::next_logits_rows`]).
+    /// Of those, the first `dropped` are no longer held (Phi-3's longrope switch, see
+    /// [`super::model::Decoder::next_logits_rows`]); the slot holds positions
+    /// `dropped..len` at `0..len - dropped`.
     pub(crate) dropped: usize,
 }
 
-impl Cache {
-    /// An empty cache for `layers` layers, with room for `capacity` positions.
-    pub(crate) fn new(layers: usize, capacity: usize) -> Self {
-        Self { layers: vec![LayerKv::with_capacity(capacity); layers], len: 0, dropped: 0 }
+impl RowKv {
+    /// Keys held.
+    pub(crate) fn held(&self) -> usize {
+        self.len - self.dropped
+    }
+}
+
+/// The keys and values of the sequences decoding together (see the module docs).
+#[derive(Debug)]
+pub(crate) struct DecodeKv {
+    /// Per layer: keys and values, `[slots, kv_heads, capacity, head_dim]` (allocated by the
+    /// first row, on that layer's device, in its dtype).
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    rows: Vec<RowKv>,
+    /// Slots to allocate at first.
+    slots_hint: usize,
+}
+
+impl DecodeKv {
+    /// Empty buffers for `layers` layers, sized for `slots` sequences at first.
+    pub(crate) fn new(layers: usize, slots: usize) -> Self {
+        Self { layers: vec![None; layers], rows: Vec::new(), slots_hint: slots.max(1) }
     }
 
-    /// Forgets every key and value held (the positions fed so far stay counted, as dropped).
-    pub(crate) fn drop_all(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = LayerKv::with_capacity(l.capacity));
-        self.dropped = self.len;
+    /// The rows, in slot order.
+    pub(crate) fn rows(&self) -> &[RowKv] {
+        &self.rows
     }
 
-    /// A copy that shares no buffer with `self`: one sample's cache after a shared prefill.
-    pub(crate) fn fork(&self) -> Result<Self> {
-        let layers = self.layers.iter().map(LayerKv::fork).collect::<Result<_>>()?;
-        Ok(Self { layers, len: self.len, dropped: self.dropped })
+    /// The rows, in slot order, to update.
+    pub(crate) fn rows_mut(&mut self) -> &mut [RowKv] {
+        &mut self.rows
+    }
+
+    /// Layer `i`'s key and value buffers.
+    pub(crate) fn layer(&self, i: usize) -> Result<(&Tensor, &Tensor)> {
+        match &self.layers[i] {
+            Some((k, v)) => Ok((k, v)),
+            None => candle_core::bail!("no decode buffers for layer {i}: no row was added"),
+        }
+    }
+
+    /// (slots, capacity) of the buffers; (0, 0) before the first row.
+    fn size(&self) -> (usize, usize) {
+        self.layers.iter().flatten().next().map_or((0, 0), |(k, _)| (k.dims()[0], k.dims()[2]))
+    }
+
+    /// Makes room for `slots` rows of `capacity` positions (the buffers grow, never shrink);
+    /// `like` gives each layer's shape, dtype and device when nothing is allocated yet.
+    fn reserve(&mut self, slots: usize, capacity: usize, like: &[(Tensor, Tensor)]) -> Result<()> {
+        let (have_slots, have_cap) = self.size();
+        if have_slots >= slots && have_cap >= capacity {
+            return Ok(());
+        }
+        let slots = if have_slots >= slots { have_slots } else { slots.max(2 * have_slots).max(self.slots_hint) };
+        let capacity = if have_cap >= capacity { have_cap } else { capacity.max(have_cap + have_cap / 2) };
+        for (layer, (lk, _)) in self.layers.iter_mut().zip(like) {
+            let (_, nkv, _, d) = lk.dims4()?;
+            let alloc = || Tensor::zeros((slots, nkv, capacity, d), lk.dtype(), lk.device());
+            let (nk, nv) = (alloc()?, alloc()?);
+            if let Some((ok, ov)) = layer.as_ref() {
+                // The old buffers fill the first slots, their positions at the start.
+                nk.narrow(0, 0, have_slots)?.slice_set(ok, 2, 0)?;
+                nv.narrow(0, 0, have_slots)?.slice_set(ov, 2, 0)?;
+            }
+            *layer = Some((nk, nv));
+        }
+        Ok(())
+    }
+
+    /// Adds a row (the last slot): the first `len` positions of row `r` of a prefill's keys and
+    /// values (`prefill[layer]`: `[b, kv_heads, s, head_dim]`), with room for `room` positions.
+    pub(crate) fn push(&mut self, prefill: &[(Tensor, Tensor)], r: usize, len: usize, room: usize) -> Result<()> {
+        let slot = self.rows.len();
+        self.reserve(slot + 1, room.max(len), prefill)?;
+        for (layer, (pk, pv)) in self.layers.iter().zip(prefill) {
+            let (bk, bv) = layer.as_ref().expect("reserved above");
+            let part = |t: &Tensor| t.narrow(0, r, 1)?.narrow(2, 0, len)?.contiguous();
+            bk.narrow(0, slot, 1)?.slice_set(&part(pk)?, 2, 0)?;
+            bv.narrow(0, slot, 1)?.slice_set(&part(pv)?, 2, 0)?;
+        }
+        self.rows.push(RowKv { len, dropped: 0 });
+        Ok(())
+    }
+
+    /// Removes row `i`: the last row moves into its slot (as [`Vec::swap_remove`]).
+    pub(crate) fn swap_remove(&mut self, i: usize) -> Result<()> {
+        let last = self.rows.len() - 1;
+        if i != last {
+            let held = self.rows[last].held();
+            for (bk, bv) in self.layers.iter().flatten() {
+                // A copy first: source and destination share the buffer.
+                let part = |t: &Tensor| t.narrow(0, last, 1)?.narrow(2, 0, held)?.copy();
+                bk.narrow(0, i, 1)?.slice_set(&part(bk)?, 2, 0)?;
+                bv.narrow(0, i, 1)?.slice_set(&part(bv)?, 2, 0)?;
+            }
+        }
+        self.rows.swap_remove(i);
+        Ok(())
+    }
+
+    /// Makes room for `held` keys in every row (before a step that would exceed the capacity).
+    pub(crate) fn reserve_positions(&mut self, held: usize) -> Result<()> {
+        let (slots, cap) = self.size();
+        if held <= cap {
+            return Ok(());
+        }
+        let like: Vec<(Tensor, Tensor)> = self.layers.iter().flatten().cloned().collect();
+        self.reserve(slots, held, &like)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+
+    /// One layer's prefill of `b` rows of `s` positions whose values name (row, position).
+    fn prefill(b: usize, s: usize) -> Vec<(Tensor, Tensor)> {
+        let t = Tensor::arange(0f32, (b * s) as f32, &Device::Cpu).unwrap().reshape((b, 1, s, 1)).unwrap();
+        vec![(t.clone(), (t * 10.0).unwrap())]
+    }
+
+    fn keys(kv: &DecodeKv, slot: usize, n: usize) -> Vec<f32> {
+        let (k, _) = kv.layer(0).unwrap();
+        k.narrow(0, slot, 1).unwrap().narrow(2, 0, n).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn rows_join_grow_and_leave() {
+        let p = prefill(3, 4);
+        let mut kv = DecodeKv::new(1, 1);
+        kv.push(&p, 0, 2, 3).unwrap();
+        kv.push(&p, 2, 4, 6).unwrap(); // more slots and positions than allocated
+        kv.push(&p, 1, 3, 3).unwrap();
+        assert_eq!(kv.size(), (4, 6));
+        assert_eq!(keys(&kv, 0, 2), [0.0, 1.0]);
+        assert_eq!(keys(&kv, 1, 4), [8.0, 9.0, 10.0, 11.0]);
+        kv.swap_remove(0).unwrap();
+        assert_eq!(kv.rows().iter().map(|r| r.len).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(keys(&kv, 0, 3), [4.0, 5.0, 6.0]);
+        kv.reserve_positions(20).unwrap();
+        assert_eq!(keys(&kv, 1, 4), [8.0, 9.0, 10.0, 11.0]);
+        let (_, v) = kv.layer(0).unwrap();
+        assert_eq!(v.dims(), [4, 1, 20, 1]);
+        assert_eq!(v.dtype(), DType::F32);
     }
 }

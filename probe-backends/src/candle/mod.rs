@@ -14,9 +14,13 @@
 //!
 //! Extraction runs one forward pass per batch that stops after the deepest requested layer
 //! and never computes logits; layers are numbered as transformers' `output_hidden_states`.
+//! Attention never holds a `[batch, heads, seq, seq]` score matrix: queries go in chunks over
+//! only the keys they see (causal, sliding window), with f32 scores and softmax in every dtype;
+//! on the CPU a fused kernel, on a GPU candle's ops (see the `attention` module).
 //! Generation decodes with continuous batching: up to `default_batch_size` sequences (the `n`
-//! samples of the admitted prompts) advance one token per step, each with its own KV cache at
-//! its own positions; the admitted prompts are prefilled together, a finished sequence leaves
+//! samples of the admitted prompts) advance one token per step, each at its own positions over
+//! its own keys, all rows' attention in one batched operation (keys padded to the longest row
+//! and masked); the admitted prompts are prefilled together, a finished sequence leaves
 //! the batch and the next prompt joins (greedy decoding computes one row per prompt and copies
 //! it `n` times). Each sample draws
 //! from its own RNG stream seeded by (seed, prompt index, sample index), so results do not
@@ -35,6 +39,8 @@
 //! # Ok(()) }
 //! ```
 
+mod attention;
+mod attention_cpu;
 mod backend;
 mod block;
 mod config;

@@ -8,9 +8,10 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::block::{Block, RopeRows, Step};
+use super::attention;
+use super::block::{Block, DecodeStep, RopeRows, Step};
 use super::config::ModelConfig;
-use super::kv::{Cache, Kv, LayerKv};
+use super::kv::{DecodeKv, Kv, RowKv};
 use super::layers::Norm;
 use super::placement::Stages;
 use super::rope::Rope;
@@ -77,6 +78,8 @@ pub(crate) struct Decoder {
     dtype: DType,
     /// The blocks' devices (a layer split; one device by default).
     stages: Stages,
+    /// Attention's chunk budget (`None`: the device's default).
+    chunk_bytes: Option<u64>,
 }
 
 impl Decoder {
@@ -108,7 +111,26 @@ impl Decoder {
         };
         let inv_freq = cfg.rope.inv_freq();
         let local_inv_freq = cfg.local_rope.as_ref().map(|r| r.inv_freq());
-        Ok(Self { cfg, embed, positions, blocks, norm, lm_head, inv_freq, local_inv_freq, device, dtype, stages })
+        Ok(Self {
+            cfg,
+            embed,
+            positions,
+            blocks,
+            norm,
+            lm_head,
+            inv_freq,
+            local_inv_freq,
+            device,
+            dtype,
+            stages,
+            chunk_bytes: None,
+        })
+    }
+
+    /// Sets attention's chunk budget (`None`: the device's default).
+    pub(crate) fn with_attention_chunk_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.chunk_bytes = bytes;
+        self
     }
 
     /// The device the weights live on.
@@ -139,50 +161,13 @@ impl Decoder {
         }
     }
 
-    /// An additive mask `[rows, 1, s, offset + s]`: query `i` (at position `offset + i`) sees
-    /// key `j` when `j ≤ offset + i`, `j < lens[row]` and, with a window, `offset + i - j < window`
-    /// (a padding query sees only itself).
-    /// `None` when nothing would be masked.
-    fn mask(&self, lens: &[usize], s: usize, offset: usize, window: Option<usize>) -> Result<Option<Tensor>> {
-        let t = offset + s;
-        let padded = lens.iter().any(|&l| l < t);
-        let windowed = window.is_some_and(|w| t > w);
-        if s == 1 && !padded && !windowed {
-            return Ok(None);
-        }
-        let rows = if padded { lens.len() } else { 1 };
-        let mut m = vec![0f32; rows * s * t];
-        for r in 0..rows {
-            let len = if padded { lens[r] } else { t };
-            for i in 0..s {
-                let qpos = offset + i;
-                let row = &mut m[(r * s + i) * t..(r * s + i + 1) * t];
-                for (j, v) in row.iter_mut().enumerate() {
-                    // A padding query sees only itself: its output is never used, but it
-                    // must stay finite (a NaN there would reach real rows through `0 · NaN`).
-                    let visible = if qpos >= len {
-                        j == qpos
-                    } else {
-                        j <= qpos && j < len && window.is_none_or(|w| qpos - j < w)
-                    };
-                    if !visible {
-                        *v = f32::NEG_INFINITY;
-                    }
-                }
-            }
-        }
-        Ok(Some(Tensor::from_vec(m, (rows, 1, s, t), &self.device)?.to_dtype(self.dtype)?))
-    }
-
-    /// What the blocks share when `s` positions from `offset` run over rows of lengths `lens`,
-    /// the first `dropped` positions missing from the key/value cache.
-    fn step(&self, lens: &[usize], s: usize, offset: usize, dropped: usize) -> Result<Step<'_>> {
-        let window = self.cfg.windows.iter().flatten().copied().min();
+    /// What the blocks share when `s` positions from 0 run over rows of lengths `lens` (a
+    /// prefill or an extraction: attention is causal over the input, see [`super::attention`]).
+    fn step(&self, lens: &[usize], s: usize) -> Result<Step<'_>> {
         let rows = |rope: &Rope, inv_freq: &[f32]| -> Result<RopeRows> {
-            let (cos, sin) = rope.rows(inv_freq, lens, offset, s, &self.device, self.dtype)?;
+            let (cos, sin) = rope.rows(inv_freq, lens, 0, s, &self.device, self.dtype)?;
             Ok(RopeRows { cos, sin })
         };
-        let kv_lens: Vec<usize> = lens.iter().map(|l| l - dropped).collect();
         let local_rope = match (&self.cfg.local_rope, &self.local_inv_freq) {
             (Some(rope), Some(inv_freq)) => Some(rows(rope, inv_freq)?),
             _ => None,
@@ -191,8 +176,8 @@ impl Decoder {
             cfg: &self.cfg,
             rope: rows(&self.cfg.rope, &self.inv_freq)?,
             local_rope,
-            full_mask: self.mask(&kv_lens, s, offset - dropped, None)?,
-            sliding_mask: if window.is_some() { self.mask(&kv_lens, s, offset - dropped, window)? } else { None },
+            decode: None,
+            chunk_bytes: self.chunk_bytes,
         })
     }
 
@@ -208,7 +193,7 @@ impl Decoder {
     ) -> probe_core::Result<()> {
         let be = super::oom::error;
         let (_, s) = ids.dims2().map_err(be)?;
-        let steps = self.step(lens, s, 0, 0).and_then(|step| self.stages.steps(step)).map_err(be)?;
+        let steps = self.step(lens, s).and_then(|step| self.stages.steps(step)).map_err(be)?;
         let mut x = self.embed(ids, &[0]).map_err(be)?;
         visit(0, &x)?;
         let l = self.cfg.num_layers;
@@ -227,57 +212,62 @@ impl Decoder {
         Ok(())
     }
 
-    /// Fresh key/value caches for one sequence (or the equal rows of one prefill) of up to
-    /// `capacity` positions (more grow the buffers).
-    pub(crate) fn new_cache(&self, capacity: usize) -> Cache {
-        Cache::new(self.cfg.num_layers, capacity)
-    }
-
     /// Phi-3 with longrope, as transformers 5.19 generates (`Phi3ForCausalLM.
     /// prepare_inputs_for_generation`): when the sequence grows past the longrope threshold
     /// while the cache holds no more positions than that, the cache is dropped and the new
     /// tokens run without the earlier ones (at their positions, on the long factors). Once
     /// dropped, the cache stays that short, so every later step runs alone too. Each sequence
-    /// of a batched decode has its own cache, so this happens per sequence, as it would alone.
-    fn drop_cache_at_longrope_switch(&self, cache: &mut Cache, s: usize) {
+    /// of a batched decode has its own keys, so this happens per sequence, as it would alone.
+    fn drop_cache_at_longrope_switch(&self, row: &mut RowKv, s: usize) {
         let Some(threshold) = self.cfg.rope.longrope_threshold().filter(|_| self.cfg.spec.fused) else { return };
-        let held = cache.len - cache.dropped;
-        if held > 0 && cache.len + s > threshold && held <= threshold {
-            cache.drop_all();
+        let held = row.held();
+        if held > 0 && row.len + s > threshold && held <= threshold {
+            row.dropped = row.len;
         }
     }
 
-    /// Runs prompts `ids` (`[b, s]`, right-padded; `lens` the real lengths) from empty
-    /// caches; returns the logits at each row's last real token (`[b, vocab]` in f32,
-    /// soft-capped where the architecture does so) and each row's own cache, with room for
-    /// `capacity[r]` positions.
-    pub(crate) fn prefill(&self, ids: &Tensor, lens: &[usize], capacity: &[usize]) -> Result<(Tensor, Vec<Cache>)> {
+    /// Runs prompts `ids` (`[b, s]`, right-padded; `lens` the real lengths); returns the
+    /// logits at each row's last real token (`[b, vocab]` in f32, soft-capped where the
+    /// architecture does so) and every layer's keys and values (`[b, kv_heads, s, head_dim]`,
+    /// for [`DecodeKv::push`]).
+    pub(crate) fn prefill(&self, ids: &Tensor, lens: &[usize]) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
         let (b, s) = ids.dims2()?;
-        let steps = self.stages.steps(self.step(lens, s, 0, 0)?)?;
+        let steps = self.stages.steps(self.step(lens, s)?)?;
         let mut x = self.embed(ids, &[0])?;
-        let mut batch = self.new_cache(s);
-        for (i, (block, kv)) in self.blocks.iter().zip(batch.layers.iter_mut()).enumerate() {
-            x = block.forward(&self.stages.enter(i, x)?, self.stages.step_of(&steps, i), Kv::Batch(kv))?;
+        let mut kept = Vec::with_capacity(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mut kv = None;
+            x = block.forward(&self.stages.enter(i, x)?, self.stages.step_of(&steps, i), Kv::Keep(&mut kv))?;
+            kept.push(kv.ok_or_else(|| candle_core::Error::Msg(format!("block {i} kept no keys")))?);
         }
         let mut last = Vec::with_capacity(b);
-        let mut caches = Vec::with_capacity(b);
-        for (r, (&len, &room)) in lens.iter().zip(capacity).enumerate() {
+        for (r, &len) in lens.iter().enumerate() {
             last.push(x.narrow(0, r, 1)?.narrow(1, len - 1, 1)?);
-            let layers = batch.layers.iter().map(|l| l.row(r, len, room)).collect::<Result<_>>()?;
-            caches.push(Cache { layers, len, dropped: 0 });
         }
         let last = Tensor::cat(&last, 0)?.squeeze(1)?.contiguous()?;
-        Ok((self.logits(&last)?, caches))
+        Ok((self.logits(&last)?, kept))
     }
 
-    /// One decode step of sequences of different lengths: `ids[r]` is fed after what
-    /// `caches[r]` holds, at that sequence's own position (its RoPE frequencies, learned
+    /// One decode step of the sequences in `kv` (row `r` in slot `r`): `ids[r]` is fed after
+    /// what row `r` holds, at that sequence's own position (its RoPE frequencies, learned
     /// position and sliding window as if it ran alone); returns the logits, `[b, vocab]` in f32.
-    /// The projections and MLPs run on all rows at once, attention row by row.
-    pub(crate) fn next_logits_rows(&self, ids: &[u32], caches: &mut [&mut Cache]) -> Result<Tensor> {
+    /// Every row runs at once, attention included: each row's keys padded to the longest
+    /// and masked ([`super::attention::rows`]).
+    pub(crate) fn next_logits_rows(&self, ids: &[u32], kv: &mut DecodeKv) -> Result<Tensor> {
         let b = ids.len();
-        caches.iter_mut().for_each(|c| self.drop_cache_at_longrope_switch(c, 1));
-        let offsets: Vec<usize> = caches.iter().map(|c| c.len).collect();
+        if kv.rows().len() != b {
+            candle_core::bail!("{b} tokens for {} decoding rows", kv.rows().len());
+        }
+        kv.rows_mut().iter_mut().for_each(|r| self.drop_cache_at_longrope_switch(r, 1));
+        let offsets: Vec<usize> = kv.rows().iter().map(|r| r.len).collect();
+        // Keys held after this step's, and where this step's go.
+        let held: Vec<usize> = kv.rows().iter().map(|r| r.held() + 1).collect();
+        let keys = held.iter().copied().max().unwrap_or(1);
+        kv.reserve_positions(keys)?;
+        let per_row = self.cfg.num_kv_heads * self.cfg.head_dim;
+        let at: Vec<u32> = held.iter().flat_map(|&h| std::iter::repeat_n((h - 1) as u32, per_row)).collect();
+        let at = Tensor::from_vec(at, (b, self.cfg.num_kv_heads, 1, self.cfg.head_dim), &self.device)?;
+        let window = self.cfg.windows.iter().flatten().copied().min();
         let rows = |rope: &Rope, inv_freq: &[f32]| -> Result<RopeRows> {
             let (cos, sin) = rope.at_positions(inv_freq, &offsets, &self.device, self.dtype)?;
             Ok(RopeRows { cos, sin })
@@ -286,20 +276,29 @@ impl Decoder {
             (Some(rope), Some(inv_freq)) => Some(rows(rope, inv_freq)?),
             _ => None,
         };
+        let decode = DecodeStep {
+            at,
+            keys,
+            full_mask: attention::rows_mask(&held, keys, None, &self.device)?,
+            sliding_mask: match window {
+                Some(_) => attention::rows_mask(&held, keys, window, &self.device)?,
+                None => None,
+            },
+        };
         let step = Step {
             cfg: &self.cfg,
             rope: rows(&self.cfg.rope, &self.inv_freq)?,
             local_rope,
-            full_mask: None,
-            sliding_mask: None,
+            decode: Some(decode),
+            chunk_bytes: self.chunk_bytes,
         };
         let steps = self.stages.steps(step)?;
         let mut x = self.embed(&Tensor::from_vec(ids.to_vec(), (b, 1), &self.device)?, &offsets)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            let mut kvs: Vec<&mut LayerKv> = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
-            x = block.forward(&self.stages.enter(i, x)?, self.stages.step_of(&steps, i), Kv::Rows(&mut kvs))?;
+            let (kb, vb) = kv.layer(i)?;
+            x = block.forward(&self.stages.enter(i, x)?, self.stages.step_of(&steps, i), Kv::Decode(kb, vb))?;
         }
-        caches.iter_mut().for_each(|c| c.len += 1);
+        kv.rows_mut().iter_mut().for_each(|r| r.len += 1);
         self.logits(&x.squeeze(1)?)
     }
 

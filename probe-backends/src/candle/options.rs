@@ -106,6 +106,10 @@ pub struct CandleOptions {
     /// A layer split: the blocks of each device, in order from block 0 (empty: every block
     /// on `device`). The embedding runs on `device`, the final norm on the last share's.
     pub split: Vec<super::BlockShare>,
+    /// The f32 attention scores one query chunk may hold, in bytes (`None`: the device's
+    /// default, [`probe_core::plan::memory::ATTENTION_CHUNK_BYTES_CPU`] or `_GPU`, which the
+    /// planner counts). Smaller saves memory on long inputs, larger saves kernel launches.
+    pub attention_chunk_bytes: Option<u64>,
 }
 
 impl Default for CandleOptions {
@@ -115,6 +119,7 @@ impl Default for CandleOptions {
             device: CandleDevice::Cpu,
             default_batch_size: probe_core::DEFAULT_BATCH_SIZE,
             split: Vec::new(),
+            attention_chunk_bytes: None,
         }
     }
 }
@@ -133,6 +138,11 @@ impl CandleOptions {
     /// Splits the blocks over devices (see [`CandleOptions::split`]).
     pub fn with_split(mut self, split: Vec<super::BlockShare>) -> Self {
         self.split = split;
+        self
+    }
+    /// Sets the attention's chunk budget (see [`CandleOptions::attention_chunk_bytes`]).
+    pub fn with_attention_chunk_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.attention_chunk_bytes = bytes;
         self
     }
     /// Sets the default batch size (values below 1 count as 1).

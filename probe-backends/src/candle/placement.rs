@@ -15,7 +15,7 @@ use probe_core::{
     Positions, Result, SpecialTokens,
 };
 
-use super::block::{RopeRows, Step};
+use super::block::{DecodeStep, RopeRows, Step};
 use super::{CandleBackend, CandleDevice, CandleOptions};
 
 /// One device's contiguous run of transformer blocks (0-based, `first..=last`).
@@ -121,8 +121,19 @@ impl Stages {
                 cfg: step.cfg,
                 rope: rows(&step.rope)?,
                 local_rope: step.local_rope.as_ref().map(rows).transpose()?,
-                full_mask: step.full_mask.as_ref().map(mv).transpose()?,
-                sliding_mask: step.sliding_mask.as_ref().map(mv).transpose()?,
+                decode: step
+                    .decode
+                    .as_ref()
+                    .map(|s| -> candle_core::Result<DecodeStep> {
+                        Ok(DecodeStep {
+                            at: mv(&s.at)?,
+                            keys: s.keys,
+                            full_mask: s.full_mask.as_ref().map(mv).transpose()?,
+                            sliding_mask: s.sliding_mask.as_ref().map(mv).transpose()?,
+                        })
+                    })
+                    .transpose()?,
+                chunk_bytes: step.chunk_bytes,
             });
         }
         out.insert(0, step);

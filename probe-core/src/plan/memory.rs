@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::ModelSpec;
+use super::units::MIB;
 use crate::{Error, Positions, Result};
 
 /// Number formats for weights and the KV cache.
@@ -198,11 +199,31 @@ pub fn kv_bytes_for_sequence(s: &ModelSpec, kv_dtype: Dtype, tokens: u64) -> u64
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttentionKind {
-    /// Scores materialised as `[batch, heads, seq, seq]` (eager attention, candle's CPU path).
-    #[default]
+    /// Scores materialised as `[batch, heads, seq, seq]` (transformers' eager attention).
     Eager,
     /// Fused attention (flash / SDPA): no score matrix.
     Fused,
+    /// probe's candle attention (the default extractor): queries in chunks, each chunk's f32
+    /// scores over the keys it sees, never `[batch, heads, seq, seq]`; at most
+    /// [`ATTENTION_CHUNK_BYTES_GPU`] per chunk (unless a single query row needs more), counted
+    /// three times (scores, masked scores, probabilities).
+    #[default]
+    Chunked,
+}
+
+/// The f32 scores one query chunk of probe's candle attention may hold on the CPU: small
+/// enough to stay in the caches of a few cores.
+pub const ATTENTION_CHUNK_BYTES_CPU: u64 = 32 * MIB;
+
+/// The f32 scores one query chunk of probe's candle attention may hold on a GPU: large enough
+/// that a long prompt takes few chunks (kernel launches), small next to the weights.
+pub const ATTENTION_CHUNK_BYTES_GPU: u64 = 512 * MIB;
+
+/// Query rows per chunk of probe's candle attention: as many as keep `batch × heads × rows ×
+/// keys` f32 scores within `budget` bytes, at least 1, at most `queries`.
+pub fn attention_chunk_rows(batch: u64, heads: u64, queries: u64, keys: u64, budget: u64) -> u64 {
+    let row = 4 * batch.max(1) * heads.max(1) * keys.max(1);
+    (budget / row).clamp(1, queries.max(1))
 }
 
 /// An extraction batch: what the forward pass holds at its peak.
@@ -226,7 +247,7 @@ pub struct ExtractionShape {
 impl ExtractionShape {
     /// A batch of `batch` × `seq_len` tokens capturing `layers` layers at `positions`.
     pub fn new(batch: u64, seq_len: u64, layers: u64, positions: Positions, dtype: Dtype) -> Self {
-        Self { batch, seq_len, layers, positions, attention: AttentionKind::Eager, dtype }
+        Self { batch, seq_len, layers, positions, attention: AttentionKind::default(), dtype }
     }
     /// Sets the attention implementation.
     pub fn with_attention(mut self, a: AttentionKind) -> Self {
@@ -238,7 +259,7 @@ impl ExtractionShape {
 /// Peak transient bytes of a forward over `tokens` tokens in `batch` sequences of `seq`
 /// tokens (no KV cache, no logits): the residual stream and normed input, plus the larger
 /// of the attention step (q, k, v, output, and the score matrix and its softmax when
-/// eager) and the gated MLP step (gate‖up and the activated product).
+/// eager, one query chunk's scores when chunked) and the gated MLP step (gate‖up and the activated product).
 pub fn forward_peak_bytes(s: &ModelSpec, batch: u64, seq: u64, dtype: Dtype, attention: AttentionKind) -> u64 {
     let b = dtype.activation_bytes();
     let t = batch * seq;
@@ -246,9 +267,16 @@ pub fn forward_peak_bytes(s: &ModelSpec, batch: u64, seq: u64, dtype: Dtype, att
     let q = (s.num_heads * s.head_dim) as u64;
     let kv = (s.num_kv_heads * s.head_dim) as u64;
     let stream = 2 * t * h * b;
+    let heads = s.num_heads as u64;
     let scores = match attention {
-        AttentionKind::Eager => 2 * batch * s.num_heads as u64 * seq * seq * b.max(4),
+        AttentionKind::Eager => 2 * batch * heads * seq * seq * b.max(4),
         AttentionKind::Fused => 0,
+        // The budget (a chunk's rows never hold more), or one query row when that is more,
+        // or the whole matrix when that is less: a bound that grows with batch and seq.
+        AttentionKind::Chunked => {
+            let row = 4 * batch * heads * seq;
+            3 * (row * seq).min(row.max(ATTENTION_CHUNK_BYTES_GPU))
+        }
     };
     let attn = t * (2 * q + 2 * kv) * b + scores;
     let mlp = t * 3 * s.intermediate_size as u64 * b;

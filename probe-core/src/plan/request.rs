@@ -174,7 +174,7 @@ impl Default for ExtractionWorkload {
             max_batch_size: 64,
             layers: None,
             positions: Positions::Last,
-            attention: AttentionKind::Eager,
+            attention: AttentionKind::default(),
         }
     }
 }
