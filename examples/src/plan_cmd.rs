@@ -73,8 +73,9 @@ pub(crate) struct PlanArgs {
     /// Position reduction of the captured layers: last, mean, all.
     #[arg(long, default_value = "last")]
     pub(crate) positions: Positions,
-    /// The extractor's attention: eager (scores materialised) or fused.
-    #[arg(long, default_value = "eager", value_parser = parse_attention)]
+    /// The extractor's attention: chunked (probe's candle attention: one query chunk's scores),
+    /// eager (scores materialised, as transformers' eager) or fused (flash / SDPA).
+    #[arg(long, default_value = "chunked", value_parser = parse_attention)]
     pub(crate) attention: AttentionKind,
     /// No CPU offload of extraction layers.
     #[arg(long)]
@@ -163,9 +164,10 @@ fn paged(
 
 fn parse_attention(s: &str) -> std::result::Result<AttentionKind, String> {
     match s {
+        "chunked" => Ok(AttentionKind::Chunked),
         "eager" => Ok(AttentionKind::Eager),
         "fused" | "flash" | "sdpa" => Ok(AttentionKind::Fused),
-        other => Err(format!("{other:?} (expected eager or fused)")),
+        other => Err(format!("{other:?} (expected chunked, eager or fused)")),
     }
 }
 
