@@ -167,7 +167,7 @@ pub(crate) async fn with_signals<T>(on: bool, work: impl Future<Output = Result<
 }
 
 /// The library names settings by field; the command line names them by flag.
-const FLAGS: [(&str, &str); 14] = [
+const FLAGS: [(&str, &str); 13] = [
     ("batch_size", "--batch-size"),
     ("urls", "--url"),
     ("chat_template", "--chat-template"),
@@ -181,7 +181,6 @@ const FLAGS: [(&str, &str); 14] = [
     ("test-on", "--test-on"),
     ("max_tokens", "--max-tokens"),
     ("temperature", "--temperature"),
-    ("top_p", "top_p ([generation])"),
 ];
 
 /// `e` with a settings field named as its flag.

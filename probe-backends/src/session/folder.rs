@@ -1,7 +1,7 @@
 //! [`ModelFolder`]: a model folder opened once — its parsed `config.json`, its tokenizer and
 //! its chat template — handed to the planner, the prompt renderer and the backends.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use probe_core::hf_config::HfConfig;
 use probe_core::plan::ModelSpec;
@@ -101,11 +101,6 @@ impl ModelFolder {
     /// The model as given.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The folder.
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from(&self.name)
     }
 
     /// The shape from `config.json` (`None` without one).

@@ -71,6 +71,8 @@ pub struct Session {
     observer: Arc<dyn SweepObserver>,
     /// Models loaded in process, by dtype, kept for the session's later calls.
     opened: Mutex<HashMap<String, Opened>>,
+    /// The cache store, opened on first use (bad input before it writes nothing).
+    cache: std::sync::OnceLock<Arc<dyn CacheStore>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -246,6 +248,7 @@ impl Session {
             detected,
             observer: Arc::new(NoProgress),
             opened: Mutex::new(HashMap::new()),
+            cache: std::sync::OnceLock::new(),
         })
     }
 
@@ -270,7 +273,16 @@ impl Session {
     /// # Errors
     /// The store's errors for a URL it cannot open.
     pub fn cache_location(&self) -> Result<String> {
-        Ok(probe_cache::from_url(&self.settings.cache_url())?.location())
+        Ok(self.cache()?.location())
+    }
+
+    /// The cache store, opened once.
+    fn cache(&self) -> Result<Arc<dyn CacheStore>> {
+        if let Some(c) = self.cache.get() {
+            return Ok(c.clone());
+        }
+        let opened = probe_cache::from_url(&self.settings.cache_url())?;
+        Ok(self.cache.get_or_init(|| opened).clone())
     }
 
     /// The backend.
@@ -354,7 +366,6 @@ impl Session {
         };
         let sampling = s.sampling()?;
         let urls = s.server_urls();
-        let launches_for = |generate: bool| self.backend == Backend::Vllm && (generate || on_servers);
         let mut servers = Servers::plan(s, self.backend, self.folder.name(), &urls, generates, s.log_dir(), dry_run)?;
         if on_servers {
             servers.extract_on_servers(s, self.folder.name(), self.folder.num_layers()?, s.log_dir())?;
@@ -370,7 +381,7 @@ impl Session {
                 (false, true) => Some(1),
                 (false, false) => None,
             },
-            launches: servers.launches() && launches_for(generates),
+            launches: servers.launches(),
             in_process: !on_servers && (task != Task::Generate || self.backend != Backend::Vllm),
             hidden_states_on_servers: on_servers,
             layers: layers.len().max(1) as u64,
@@ -392,28 +403,34 @@ impl Session {
         Ok(Prepared { prompts, config, plan: run_plan, servers })
     }
 
-    /// The model loaded in process for `prepared` (kept for later calls), OOM injection
-    /// applied in `testing` builds.
-    async fn model(&self, prepared: &Prepared, dtype: &str) -> Result<Opened> {
+    /// The model loaded in process where `plan` places it (the CPU, or `[devices]
+    /// extraction_gpus`, without a plan), computing in `dtype`, generating (vllm) on the servers
+    /// at `urls`; kept for the session's later calls; OOM injection applied in `testing` builds.
+    async fn model(&self, plan: Option<&RunPlan>, urls: Vec<String>, batch_size: usize, dtype: &str) -> Result<Opened> {
         let mut opened = self.opened.lock().await;
         if let Some(m) = opened.get(dtype) {
             return Ok(m.clone());
         }
         tracing::info!("loading {} with {}", self.folder.name(), self.backend.name());
-        let plan = prepared.plan.as_ref();
         let gpu = plan.map_or(self.settings.first_extraction_gpu(), RunPlan::first_extraction_gpu);
         let mut options = OpenOptions::default()
             .on(gpu)
             .with_dtype(dtype)
-            .with_urls(prepared.servers.urls())
+            .with_urls(urls)
             .with_gpus_as_cpu(crate::mock::gpus_as_cpu())
-            .with_batch_size(Some(prepared.config.batch_size));
+            .with_batch_size(Some(batch_size));
         if let Some(e) = plan.and_then(|p| p.extraction.as_ref()).filter(|e| !e.placement.is_empty()) {
             options = options.with_placement(e.placement.clone());
         }
         let model = crate::mock::inject(registry::open(self.backend, self.folder.name(), &options)?)?;
         opened.insert(dtype.to_owned(), model.clone());
         Ok(model)
+    }
+
+    /// [`Session::model`] as `prepared` plans it.
+    async fn planned_model(&self, prepared: &Prepared) -> Result<Opened> {
+        let plan = prepared.plan.as_ref();
+        self.model(plan, prepared.servers.urls(), prepared.config.batch_size, plan::dtype_name(plan)).await
     }
 
     /// A sweep: completions (generated once, cached), activations of every layer (computed
@@ -437,7 +454,7 @@ impl Session {
                 return Err(Error::invalid("test-on", format!("the prompt set {:?} is the training set", t.name)));
             }
         }
-        let cache = probe_cache::from_url(&self.settings.cache_url())?;
+        let cache = self.cache()?;
         let memory = MemorySampler::start(MEMORY_INTERVAL);
         let observer = Sampled { inner: self.observer.as_ref(), memory: &memory };
         let launched = prepared.servers.on_demand(self.folder.name())?;
@@ -449,13 +466,10 @@ impl Session {
             let (m, l) = prepared.servers.open_extraction(self.folder.name())?;
             (crate::mock::inject(m)?, l)
         } else {
-            (self.model(&prepared, plan::dtype_name(prepared.plan.as_ref())).await?, None)
+            (self.planned_model(&prepared).await?, None)
         };
         memory.phase_finished("load");
-        let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(&observer);
-        if let Some(g) = ld.map(|g| g as &dyn Generator).or(model.generator.as_deref()) {
-            parts = parts.with_generator(g);
-        }
+        let parts = parts(&model, cache.as_ref(), &observer, ld.map(|g| g as &dyn Generator));
         let mut report = sweep::run(parts, &prepared.prompts, &prepared.config).await?;
         let mut tested = Vec::new();
         for set in tests {
@@ -480,18 +494,15 @@ impl Session {
     /// As [`Session::sweep`].
     pub async fn shard(&self, prompts: &PromptSet, shard: Shard) -> Result<ShardSummary> {
         let prepared = self.prepare(Task::Shard, prompts)?;
-        let cache = probe_cache::from_url(&self.settings.cache_url())?;
+        let cache = self.cache()?;
         let observer = self.observer.as_ref();
         let launched = prepared.servers.on_demand(self.folder.name())?;
         let ld = launched.as_deref();
         let generated =
             servers::generation_first(ld, &prepared.prompts, &prepared.config, cache.as_ref(), observer, Some(shard))
                 .await?;
-        let model = self.model(&prepared, plan::dtype_name(prepared.plan.as_ref())).await?;
-        let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(observer);
-        if let Some(g) = ld.map(|g| g as &dyn Generator).or(model.generator.as_deref()) {
-            parts = parts.with_generator(g);
-        }
+        let model = self.planned_model(&prepared).await?;
+        let parts = parts(&model, cache.as_ref(), observer, ld.map(|g| g as &dyn Generator));
         let result = sweep::run_shard(parts, &prepared.prompts, &prepared.config, shard).await;
         if let Some(g) = ld {
             g.stop("after the shard").await?;
@@ -515,10 +526,7 @@ impl Session {
             return Err(Error::invalid("shards", "0 (must be ≥ 1)"));
         }
         let (prepared, cache, model) = self.identities(prompts)?;
-        let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(self.observer.as_ref());
-        if let Some(g) = model.generator.as_deref() {
-            parts = parts.with_generator(g);
-        }
+        let parts = parts(&model, cache.as_ref(), self.observer.as_ref(), None);
         sweep::merge(parts, &prepared.prompts, &prepared.config, shards).await
     }
 
@@ -532,10 +540,7 @@ impl Session {
             return Err(Error::invalid("shards", "0 (must be ≥ 1)"));
         }
         let (prepared, cache, model) = self.identities(prompts)?;
-        let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref());
-        if let Some(g) = model.generator.as_deref() {
-            parts = parts.with_generator(g);
-        }
+        let parts = parts(&model, cache.as_ref(), &NoProgress, None);
         let missing = sweep::missing_blocks(parts, &prepared.prompts, &prepared.config).await?;
         Ok(ShardProgress { grid: sweep::cache_blocks(prepared.prompts.len()), missing, count })
     }
@@ -544,7 +549,7 @@ impl Session {
     fn identities(&self, prompts: &PromptSet) -> Result<(Prepared, Arc<dyn CacheStore>, Opened)> {
         // Runs nothing on a device: the GPUs of `[devices]` need not exist here.
         let prepared = self.prepare_with(Task::Shard, prompts, true)?;
-        let cache = probe_cache::from_url(&self.settings.cache_url())?;
+        let cache = self.cache()?;
         let dtype = plan::dtype_name(prepared.plan.as_ref());
         let model = identity::opened(self.backend, self.folder.name(), dtype, &prepared.servers.urls())?;
         Ok((prepared, cache, model))
@@ -565,11 +570,11 @@ impl Session {
                 registry::open_generator(self.backend, self.folder.name(), &options)?
             }
             None => {
-                let model = self.model(&prepared, plan::dtype_name(prepared.plan.as_ref())).await?;
+                let model = self.planned_model(&prepared).await?;
                 model.generator.ok_or_else(|| Error::not_supported("generation", self.backend.name()))?
             }
         };
-        let cache = probe_cache::from_url(&self.settings.cache_url())?;
+        let cache = self.cache()?;
         let (gens, counts) = sweep::completions(
             generator.as_ref(),
             cache.as_ref(),
@@ -651,7 +656,7 @@ impl Session {
             let (m, l) = prepared.servers.open_extraction(self.folder.name())?;
             return Ok((prepared, crate::mock::inject(m)?, l));
         }
-        let model = self.model(&prepared, plan::dtype_name(prepared.plan.as_ref())).await?;
+        let model = self.planned_model(&prepared).await?;
         Ok((prepared, model, None))
     }
 
@@ -686,12 +691,11 @@ impl Session {
             .with_positions(probe.meta.positions.clone())
             .with_batch_size(self.settings.extraction.batch_size.unwrap_or(settings::defaults::BATCH_SIZE))
             .with_sampling(probe.meta.sampling.clone());
-        let prepared = Prepared { prompts, config, plan: None, servers: Servers::none(self.backend)? };
-        let model = self.model(&prepared, &probe.meta.dtype).await?;
+        let model = self.model(None, Vec::new(), config.batch_size, &probe.meta.dtype).await?;
         probe.check(&model.extractor.model_info())?;
-        let cache = probe_cache::from_url(&self.settings.cache_url())?;
+        let cache = self.cache()?;
         let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(self.observer.as_ref());
-        if prepared.config.sampling.is_some() {
+        if config.sampling.is_some() {
             let g = model.generator.as_deref().ok_or_else(|| {
                 Error::invalid(
                     "backend",
@@ -700,7 +704,7 @@ impl Session {
             })?;
             parts = parts.with_generator(g);
         }
-        let (features, _) = sweep::features(parts, &prepared.prompts, &prepared.config).await?;
+        let (features, _) = sweep::features(parts, &prompts, &config).await?;
         probe.apply(&features[&probe.meta.layer])
     }
 
@@ -712,6 +716,21 @@ impl Session {
     pub async fn close(self) -> Result<()> {
         self.opened.lock().await.clear();
         Ok(())
+    }
+}
+
+/// The parts of a sweep: `model`'s extractor, the cache, the observer, and the launched servers'
+/// generator or else the model's own.
+fn parts<'a>(
+    model: &'a Opened,
+    cache: &'a dyn CacheStore,
+    observer: &'a dyn SweepObserver,
+    launched: Option<&'a dyn Generator>,
+) -> SweepParts<'a> {
+    let parts = SweepParts::new(model.extractor.as_ref(), cache).with_observer(observer);
+    match launched.or(model.generator.as_deref()) {
+        Some(g) => parts.with_generator(g),
+        None => parts,
     }
 }
 

@@ -91,22 +91,6 @@ impl Servers {
         Ok(Self { roles, backend, generates, urls: urls.to_vec(), launcher, roles_given, extracts: false })
     }
 
-    /// No servers and the CPU roles: a call that only loads a model in process.
-    ///
-    /// # Errors
-    /// None in practice (the default roles are valid).
-    pub(crate) fn none(backend: Backend) -> Result<Self> {
-        Ok(Self {
-            roles: Roles::new(None, None, None)?,
-            backend,
-            generates: false,
-            urls: Vec::new(),
-            launcher: None,
-            roles_given: false,
-            extracts: false,
-        })
-    }
-
     /// `--extractor vllm`: the servers extract too. Servers this run launches get the
     /// hidden-states flags (files under `<log dir>/hidden-states`, deleted as they are read)
     /// and stay up until the run ends: they are the extractor, so nothing is time-shared.
