@@ -137,7 +137,7 @@ pub(crate) async fn run(args: SweepArgs, quiet: bool) -> Result<()> {
     }
     let launches = prepared.launches_servers();
     if let Some(shard) = args.shard {
-        let summary = flags::with_signals(launches, session.shard(&prompts, shard)).await?;
+        let summary = flags::with_signals(launches, session.shard_prepared(&prepared, shard)).await?;
         println!("{summary}");
         println!("cache: {}", session.cache_location()?);
         println!("when every shard of {0} is done: probe merge (same arguments, --shards {0})", shard.count);
@@ -145,7 +145,7 @@ pub(crate) async fn run(args: SweepArgs, quiet: bool) -> Result<()> {
     }
     let tests = args.test_on.iter().map(|p| PromptSet::load(p, probe_core::sweep::PromptFormat::texts()));
     let tests: Vec<PromptSet> = tests.collect::<Result<_>>()?;
-    let (report, tested) = flags::with_signals(launches, session.sweep_and_test(&prompts, &tests)).await?;
+    let (report, tested) = flags::with_signals(launches, session.sweep_prepared(&prepared, &tests)).await?;
     let written = outputs::write_all(&report, &args.out)?;
     for t in &tested {
         let path = args.out.join(format!("predictions-{}.jsonl", t.set.name));

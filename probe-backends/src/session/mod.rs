@@ -88,6 +88,8 @@ impl std::fmt::Debug for Session {
 /// A call resolved and checked, before anything expensive.
 #[derive(Debug)]
 pub struct Prepared {
+    /// What the call does.
+    pub task: Task,
     /// The prompts, chat prompts rendered.
     pub prompts: PromptSet,
     /// The sweep configuration the call runs.
@@ -185,7 +187,7 @@ fn or_none(s: &str) -> &str {
     if s.is_empty() { "none" } else { s }
 }
 
-/// A prompt set tested with a sweep's probes ([`Session::sweep_and_test`]).
+/// A prompt set tested with a sweep's probes ([`Session::sweep_prepared`]).
 #[derive(Debug, Clone)]
 pub struct Tested {
     /// The set, chat prompts rendered.
@@ -400,7 +402,7 @@ impl Session {
         if let Some(p) = &run_plan {
             config = config.with_plan(p.clone());
         }
-        Ok(Prepared { prompts, config, plan: run_plan, servers })
+        Ok(Prepared { task, prompts, config, plan: run_plan, servers })
     }
 
     /// The model loaded in process where `plan` places it (the CPU, or `[devices]
@@ -439,7 +441,7 @@ impl Session {
     /// # Errors
     /// As [`Session::prepare`], the backends' and the cache's errors.
     pub async fn sweep(&self, prompts: &PromptSet) -> Result<SweepReport> {
-        Ok(self.sweep_and_test(prompts, &[]).await?.0)
+        Ok(self.sweep_prepared(&self.prepare(Task::Sweep, prompts)?, &[]).await?.0)
     }
 
     /// [`Session::sweep`], then the probes tested on each of `tests` (generalisation across
@@ -447,8 +449,8 @@ impl Session {
     ///
     /// # Errors
     /// As [`Session::sweep`]; a test set named like the training set.
-    pub async fn sweep_and_test(&self, prompts: &PromptSet, tests: &[PromptSet]) -> Result<(SweepReport, Vec<Tested>)> {
-        let prepared = self.prepare(Task::Sweep, prompts)?;
+    pub async fn sweep_prepared(&self, prepared: &Prepared, tests: &[PromptSet]) -> Result<(SweepReport, Vec<Tested>)> {
+        expect_task(prepared, Task::Sweep)?;
         for t in tests {
             if t.name == prepared.prompts.name {
                 return Err(Error::invalid("test-on", format!("the prompt set {:?} is the training set", t.name)));
@@ -466,7 +468,7 @@ impl Session {
             let (m, l) = prepared.servers.open_extraction(self.folder.name())?;
             (crate::mock::inject(m)?, l)
         } else {
-            (self.planned_model(&prepared).await?, None)
+            (self.planned_model(prepared).await?, None)
         };
         memory.phase_finished("load");
         let parts = parts(&model, cache.as_ref(), &observer, ld.map(|g| g as &dyn Generator));
@@ -493,7 +495,15 @@ impl Session {
     /// # Errors
     /// As [`Session::sweep`].
     pub async fn shard(&self, prompts: &PromptSet, shard: Shard) -> Result<ShardSummary> {
-        let prepared = self.prepare(Task::Shard, prompts)?;
+        self.shard_prepared(&self.prepare(Task::Shard, prompts)?, shard).await
+    }
+
+    /// [`Session::shard`] of a call prepared with [`Task::Shard`] (no second preparation).
+    ///
+    /// # Errors
+    /// As [`Session::shard`]; a call prepared for another task.
+    pub async fn shard_prepared(&self, prepared: &Prepared, shard: Shard) -> Result<ShardSummary> {
+        expect_task(prepared, Task::Shard)?;
         let cache = self.cache()?;
         let observer = self.observer.as_ref();
         let launched = prepared.servers.on_demand(self.folder.name())?;
@@ -501,7 +511,7 @@ impl Session {
         let generated =
             servers::generation_first(ld, &prepared.prompts, &prepared.config, cache.as_ref(), observer, Some(shard))
                 .await?;
-        let model = self.planned_model(&prepared).await?;
+        let model = self.planned_model(prepared).await?;
         let parts = parts(&model, cache.as_ref(), observer, ld.map(|g| g as &dyn Generator));
         let result = sweep::run_shard(parts, &prepared.prompts, &prepared.config, shard).await;
         if let Some(g) = ld {
@@ -731,6 +741,15 @@ fn parts<'a>(
     match launched.or(model.generator.as_deref()) {
         Some(g) => parts.with_generator(g),
         None => parts,
+    }
+}
+
+/// A prepared call of another task is a caller's mistake, named.
+fn expect_task(prepared: &Prepared, task: Task) -> Result<()> {
+    if prepared.task == task {
+        Ok(())
+    } else {
+        Err(Error::invalid("prepared call", format!("prepared for {:?}, run as {task:?}", prepared.task)))
     }
 }
 
