@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::Args;
 use probe_backends::session::Task;
 use probe_core::sweep::{self, LayerSelection, PromptFormat, PromptSet};
-use probe_core::{Error, Readout, Result, codec};
+use probe_core::{Error, Readout, Result, Site, codec};
 
 use crate::flags::{self, RunFlags};
 
@@ -29,6 +29,12 @@ pub(crate) struct ExtractArgs {
     /// inputs are prompts, so last-prompt is last), or all (every token, to a folder of shards).
     #[arg(long)]
     pub(crate) positions: Readout,
+    /// Where activations are read: resid (the residual stream between blocks, `--layers` in
+    /// `output_hidden_states` numbering), or inside each block (`--layers` = blocks `0..L`):
+    /// resid_mid, attn_out, mlp_out, heads (`o_proj`'s input per head) or router (MoE router
+    /// logits); candle only [default: resid].
+    #[arg(long)]
+    pub(crate) site: Option<Site>,
     /// Output safetensors file (a folder for `--positions all`).
     #[arg(long)]
     pub(crate) out: PathBuf,
@@ -50,6 +56,9 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
     }
     let mut settings = args.run.settings()?.layers(args.layers.clone()).positions(args.positions.clone());
     settings = settings.dry_run(args.dry_run).no_generate(true);
+    if let Some(site) = args.site {
+        settings = settings.site(site);
+    }
     if settings.vllm.log_dir.is_none() {
         settings = settings.vllm_log_dir(args.out.parent().unwrap_or(std::path::Path::new(".")).join("vllm-logs"));
     }
@@ -59,6 +68,10 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
     }
     let inputs = PromptSet::load(&args.input, PromptFormat::texts())?;
     let all = args.positions == Readout::All;
+    let site = args.site.unwrap_or_default();
+    if all && !site.is_resid() {
+        return Err(Error::invalid("site", format!("{site} with --positions all: not yet (use last or mean)")));
+    }
     if all && args.out.extension().is_some_and(|e| e == "safetensors") {
         return Err(Error::invalid(
             "out",
@@ -99,22 +112,34 @@ pub(crate) async fn run(args: ExtractArgs, quiet: bool) -> Result<()> {
     let extracted = flags::with_signals(launches, session.extract(&inputs)).await?;
     let info = &extracted.model;
     let names: Vec<String> = extracted.layers.keys().map(|l| format!("layer.{l}")).collect();
-    let named: Vec<(&str, &probe_core::Tensor)> =
-        names.iter().map(String::as_str).zip(extracted.layers.values()).collect();
+    // Heads as `[n, heads, head_dim]` (the library hands every site out as rows).
+    let tensors: Vec<probe_core::Tensor> = extracted
+        .layers
+        .values()
+        .map(|t| match site {
+            Site::Heads => probe_core::Tensor::new(vec![t.rows(), info.num_heads, info.head_dim], t.data.clone()),
+            _ => t.clone(),
+        })
+        .collect();
+    let named: Vec<(&str, &probe_core::Tensor)> = names.iter().map(String::as_str).zip(&tensors).collect();
     let ids = serde_json::to_string(&inputs.prompts.iter().map(|p| p.id.as_str()).collect::<Vec<_>>())
         .map_err(|e| Error::backend("json", e))?;
-    let meta = meta(info, &[("positions", args.positions.to_string()), ("ids", ids)]);
+    let meta = meta(info, &[("positions", args.positions.to_string()), ("site", site.to_string()), ("ids", ids)]);
     let bytes = codec::encode_tensors(&named, Some(meta))?;
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
     }
     std::fs::write(&args.out, bytes).map_err(|e| Error::io(args.out.display(), e))?;
     println!(
-        "wrote {} tensors ({}) of {} inputs × {} to {}",
+        "wrote {} tensors ({}) of {} inputs × {} ({site}) to {}",
         names.len(),
         names.join(", "),
         inputs.len(),
-        info.hidden_size,
+        tensors.first().map_or(String::new(), |t| t.shape[1..]
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join("×")),
         args.out.display()
     );
     session.close().await

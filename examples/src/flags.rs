@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use probe_backends::registry::Backend;
-use probe_backends::session::{Prepared, Session, Settings};
+use probe_backends::session::{Prepared, Session, Settings, Steer};
 use probe_core::plan::Dtype;
 use probe_core::{Error, Result};
 
@@ -62,6 +62,25 @@ pub(crate) struct SamplingFlags {
     /// Seed of the sampler, the probe folds, the control task and the bootstrap [default: 0].
     #[arg(long)]
     pub(crate) seed: Option<u64>,
+    /// Steer generation (candle) along a safetensors file's tensor `direction` (`[hidden]`;
+    /// `[head_dim]` with --steer-head); repeatable: the i-th goes with the i-th --steer-layer,
+    /// --steer-alpha and --steer-head (one given serves all).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) steer_vector: Vec<PathBuf>,
+    /// Steer along a saved probe's direction (`<out>/probes/layer-<L>.safetensors`, mapped from
+    /// standardised to residual-stream space); repeatable, after the --steer-vector ones.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) steer_probe: Vec<PathBuf>,
+    /// The block whose incoming residual stream is steered (HF `hidden_states[L]`) [default
+    /// for a probe: its layer].
+    #[arg(long, value_name = "L")]
+    pub(crate) steer_layer: Vec<usize>,
+    /// Adds ALPHA · direction/‖direction‖ at every position, prompt and generated.
+    #[arg(long, value_name = "ALPHA", allow_negative_numbers = true)]
+    pub(crate) steer_alpha: Vec<f32>,
+    /// Steer head H of block B instead (`B:H`, Inference-Time Intervention).
+    #[arg(long, value_name = "B:H")]
+    pub(crate) steer_head: Vec<String>,
 }
 
 impl RunFlags {
@@ -98,7 +117,10 @@ impl RunFlags {
 
 impl SamplingFlags {
     /// `s` with these flags over it.
-    pub(crate) fn apply(&self, mut s: Settings) -> Settings {
+    ///
+    /// # Errors
+    /// Steering flags that do not pair up (naming the flag).
+    pub(crate) fn apply(&self, mut s: Settings) -> Result<Settings> {
         if let Some(n) = self.max_tokens {
             s = s.max_tokens(n);
         }
@@ -108,7 +130,38 @@ impl SamplingFlags {
         if let Some(seed) = self.seed {
             s = s.seed(seed);
         }
-        s
+        let sources: Vec<(Option<PathBuf>, Option<PathBuf>)> = self
+            .steer_vector
+            .iter()
+            .map(|v| (Some(v.clone()), None))
+            .chain(self.steer_probe.iter().map(|p| (None, Some(p.clone()))))
+            .collect();
+        let n = sources.len();
+        // The i-th value, or the only one for every intervention.
+        fn nth<T: Clone>(flag: &str, values: &[T], i: usize, n: usize) -> Result<Option<T>> {
+            match values.len() {
+                0 => Ok(None),
+                1 => Ok(Some(values[0].clone())),
+                k if k == n => Ok(Some(values[i].clone())),
+                k => Err(Error::invalid(flag, format!("{k} values for {n} steering directions (give 1 or {n})"))),
+            }
+        }
+        if n == 0 {
+            let given = !self.steer_layer.is_empty() || !self.steer_alpha.is_empty() || !self.steer_head.is_empty();
+            if given {
+                return Err(Error::invalid("steer-vector", "steering flags without --steer-vector or --steer-probe"));
+            }
+            return Ok(s);
+        }
+        let mut steer = Vec::with_capacity(n);
+        for (i, (vector, probe)) in sources.into_iter().enumerate() {
+            let alpha = nth("--steer-alpha", &self.steer_alpha, i, n)?
+                .ok_or_else(|| Error::invalid("--steer-alpha", "steering needs --steer-alpha"))?;
+            let layer = nth("--steer-layer", &self.steer_layer, i, n)?;
+            let head = nth("--steer-head", &self.steer_head, i, n)?;
+            steer.push(Steer { vector, probe, layer, head, alpha });
+        }
+        Ok(s.steer(steer))
     }
 }
 
@@ -167,7 +220,8 @@ pub(crate) async fn with_signals<T>(on: bool, work: impl Future<Output = Result<
 }
 
 /// The library names settings by field; the command line names them by flag.
-const FLAGS: [(&str, &str); 13] = [
+const FLAGS: [(&str, &str); 14] = [
+    ("site", "--site"),
     ("batch_size", "--batch-size"),
     ("urls", "--url"),
     ("chat_template", "--chat-template"),

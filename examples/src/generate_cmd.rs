@@ -37,7 +37,7 @@ pub(crate) async fn run(args: GenerateArgs, quiet: bool) -> Result<()> {
     if args.json && !args.dry_run {
         return Err(Error::invalid("json", "--json prints the plan of a dry run: add --dry-run"));
     }
-    let mut settings = args.sampling.apply(args.run.settings()?).dry_run(args.dry_run);
+    let mut settings = args.sampling.apply(args.run.settings()?)?.dry_run(args.dry_run);
     // Without --cache (and `[cache] url`), the completions go through a cache in memory.
     if args.run.cache.is_none() && settings.cache.url.is_none() {
         settings = settings.cache("memory://");

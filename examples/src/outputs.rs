@@ -1,4 +1,5 @@
-//! Files a sweep writes: `report.json`, `report.md` and `accuracy.svg`.
+//! Files a sweep writes: `report.json`, `report.md`, `accuracy.svg` and, for a `heads` sweep,
+//! `heads.svg`.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,12 @@ pub(crate) fn write_all(report: &SweepReport, out: &Path) -> Result<Written> {
     })?;
     let plot = out.join("accuracy.svg");
     write_atomically(&plot, |tmp| plot_accuracy(report, tmp))?;
+    if !report.heads.is_empty() {
+        let heads = out.join("heads.svg");
+        write_atomically(&heads, |tmp| {
+            std::fs::write(tmp, render_heads(report)?).map_err(|e| Error::io(tmp.display(), e))
+        })?;
+    }
     let probes = (!report.probes.is_empty()).then(|| out.join("probes"));
     for (p, dir) in report.probes.iter().zip(std::iter::repeat(&probes).flatten()) {
         p.save(dir)?;
@@ -46,6 +53,56 @@ fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         return Err(e);
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display(), e))
+}
+
+/// The heat map of a `heads` sweep as SVG text: block (rows) × head (columns), each cell
+/// coloured by the head's held-out score (white at chance or below, dark blue at 1), the score
+/// written in it.
+fn render_heads(report: &SweepReport) -> Result<String> {
+    let err = |e: String| Error::backend("plotters", e);
+    let blocks: Vec<usize> = {
+        let mut b: Vec<usize> = report.heads.iter().map(|h| h.layer).collect();
+        b.dedup();
+        b
+    };
+    let n_heads = report.heads.iter().filter_map(|h| h.head).max().map_or(1, |h| h + 1);
+    let chance = if report.task == "regression" { 0.0 } else { 1.0 / report.classes.len().max(1) as f64 };
+    let (cell_w, cell_h) = (40u32, 24u32);
+    let width = 80 + cell_w * n_heads as u32;
+    let height = 80 + cell_h * blocks.len() as u32;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width.max(320), height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("Probe score per head — {}", report.prompt_set), ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0..n_heads, 0..blocks.len())
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("head")
+            .y_desc("block")
+            .x_label_formatter(&|h| h.to_string())
+            .y_label_formatter(&|r| blocks.get(*r).map_or(String::new(), usize::to_string))
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        let cells = report.heads.iter().filter_map(|s| {
+            let row = blocks.iter().position(|&b| b == s.layer)?;
+            let head = s.head?;
+            let t = ((s.score() - chance) / (1.0 - chance)).clamp(0.0, 1.0);
+            let t = if t.is_finite() { t } else { 0.0 };
+            let shade = |c: f64| (255.0 - t * (255.0 - c)) as u8;
+            let colour = RGBColor(shade(8.0), shade(48.0), shade(107.0));
+            Some(Rectangle::new([(head, row), (head + 1, row + 1)], colour.filled()))
+        });
+        chart.draw_series(cells).map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    Ok(svg)
 }
 
 /// A line of the accuracy plot: its points, colour and legend.

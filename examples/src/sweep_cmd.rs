@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use probe_backends::session::{Session, Settings, Task};
 use probe_core::sweep::{self, LabelKind, LayerSelection, PromptSet, Shard, SweepReport};
-use probe_core::{Error, Readout, Result};
+use probe_core::{Error, Readout, Result, Site};
 
 use crate::flags::{self, RunFlags, SamplingFlags};
 use crate::outputs;
@@ -30,6 +30,12 @@ pub(crate) struct SweepArgs {
     /// marker:TEXT (the last token of TEXT's last occurrence) [default: last].
     #[arg(long)]
     pub(crate) positions: Option<Readout>,
+    /// Where activations are read: resid (the residual stream between blocks, `--layers` in
+    /// `output_hidden_states` numbering), or inside each block (`--layers` = blocks `0..L`):
+    /// resid_mid, attn_out, mlp_out, heads (`o_proj`'s input per head) or router (MoE router
+    /// logits); candle only [default: resid].
+    #[arg(long)]
+    pub(crate) site: Option<Site>,
     #[command(flatten)]
     pub(crate) sampling: SamplingFlags,
     /// Stratified cross-validation folds of the probes (≥ 2) [default: 5].
@@ -81,12 +87,15 @@ impl SweepArgs {
         if self.json && !self.dry_run {
             return Err(Error::invalid("json", "--json prints the plan of a dry run: add --dry-run"));
         }
-        let mut s = self.sampling.apply(self.run.settings()?).layers(self.layers.clone()).dry_run(self.dry_run);
+        let mut s = self.sampling.apply(self.run.settings()?)?.layers(self.layers.clone()).dry_run(self.dry_run);
         if s.vllm.log_dir.is_none() {
             s = s.vllm_log_dir(self.out.join("vllm-logs"));
         }
         if let Some(p) = &self.positions {
             s = s.positions(p.clone());
+        }
+        if let Some(site) = self.site {
+            s = s.site(site);
         }
         if let Some(f) = self.folds {
             s = s.folds(f);

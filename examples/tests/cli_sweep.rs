@@ -331,3 +331,52 @@ fn saved_probes_applied_to_another_set_reproduce_the_sweeps_test_predictions() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("model") && err.contains("other-model"), "{err}");
 }
+
+/// `--site heads` on a candle fixture: one probe per (block, head) in `report.json` `heads[]`,
+/// `heads.svg`, the top heads in `report.md`; other sites cached under their own keys; a site
+/// the model lacks refused naming it.
+#[cfg(feature = "candle")]
+#[test]
+fn sweep_site_heads_trains_a_probe_per_head() {
+    let Some(fixtures) = probe_core::testing::require_service("PROBE_FIXTURES") else { return };
+    let model = format!("{fixtures}/models/llama");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{model}/config.json")).unwrap()).unwrap();
+    let (blocks, heads) = (cfg["num_hidden_layers"].as_u64().unwrap(), cfg["num_attention_heads"].as_u64().unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_prompts(&d.join("prompts.jsonl"), 20);
+    let args = |site: &'static str, out: &'static str| {
+        let mut a = vec!["sweep", "--model", model.as_str(), "--prompts", "prompts.jsonl", "--layers", "all"];
+        a.extend(["--cache", "cache", "--out", out, "--no-generate", "--folds", "2", "--quiet", "--site", site]);
+        a
+    };
+    let stdout = ok(&probe(d, &args("heads", "out")));
+    assert!(summary_line(&stdout).contains(&format!("{blocks} layers computed")), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/report.json")).unwrap()).unwrap();
+    assert_eq!(report["site"], "heads");
+    assert_eq!(report["layers"].as_array().unwrap().len() as u64, blocks);
+    let per_head = report["heads"].as_array().unwrap();
+    assert_eq!(per_head.len() as u64, blocks * heads);
+    for (i, h) in per_head.iter().enumerate() {
+        assert_eq!((h["layer"].as_u64(), h["head"].as_u64()), (Some(i as u64 / heads), Some(i as u64 % heads)));
+        assert!(h["accuracy"].as_f64().is_some() && h["ci95"].is_array() && h["selectivity"].is_number(), "{h}");
+    }
+    assert!(std::fs::read_to_string(d.join("out/heads.svg")).unwrap().starts_with("<svg"));
+    let md = std::fs::read_to_string(d.join("out/report.md")).unwrap();
+    assert!(md.contains("## Top heads") && md.contains("site `heads`"), "{md}");
+    let probe_meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/probes/layer-0.json")).unwrap()).unwrap();
+    assert_eq!(probe_meta["site"], "heads");
+
+    // Another site is another cache entry; the same site again is read from the cache.
+    let attn = ok(&probe(d, &args("attn_out", "out2")));
+    assert!(summary_line(&attn).contains(&format!("{blocks} layers computed, 0 cached")), "{attn}");
+    let again = ok(&probe(d, &args("heads", "out3")));
+    assert!(summary_line(&again).contains(&format!("0 layers computed, {blocks} cached")), "{again}");
+
+    let refused = probe(d, &args("router", "out4"));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("router"), "{err}");
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{Capabilities, Error, ModelId, Result};
+use crate::{Capabilities, Error, ModelId, Result, Site};
 
 /// How the token positions of one input are reduced to what is returned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -134,6 +134,9 @@ pub struct ActivationRequest {
     /// takes the span's last token); `None`: every token. [`Positions::All`] ignores them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spans: Option<Vec<Span>>,
+    /// Where activations are read; sites inside blocks number `layers` by block (`0..L`).
+    #[serde(default, skip_serializing_if = "Site::is_resid")]
+    pub site: Site,
 }
 
 /// Tokens `[start, end)` of one input.
@@ -179,6 +182,25 @@ impl ActivationRequest {
     pub fn with_batch_size(mut self, b: usize) -> Self {
         self.batch_size = Some(b);
         self
+    }
+    /// Sets where activations are read.
+    pub fn with_site(mut self, site: Site) -> Self {
+        self.site = site;
+        self
+    }
+    /// Refuses a site other than [`Site::Resid`] for an extractor that reads only the residual
+    /// stream, naming the one that reads the others.
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`] for any other site.
+    pub fn require_resid(&self, backend: &str) -> Result<()> {
+        if self.site.is_resid() {
+            return Ok(());
+        }
+        Err(Error::not_supported(
+            format!("site {} (only the residual stream here; the candle extractor reads every site)", self.site),
+            backend,
+        ))
     }
     /// Sets the token span of every input that `Last` and `Mean` read.
     pub fn with_spans(mut self, spans: Vec<Span>) -> Self {
@@ -233,6 +255,17 @@ impl ActivationRequest {
         }
         if self.layers.is_empty() {
             return Err(Error::invalid("layers", "no layers requested"));
+        }
+        if self.site.in_block() {
+            if let Some(&bad) = self.layers.iter().find(|&&l| l >= info.num_layers) {
+                return Err(Error::invalid(
+                    "block",
+                    format!(
+                        "{bad} is out of range for site {}: the model has blocks 0..{}",
+                        self.site, info.num_layers
+                    ),
+                ));
+            }
         }
         if let Some(&bad) = self.layers.iter().find(|&&l| l > info.num_layers) {
             return Err(Error::invalid(
@@ -354,6 +387,15 @@ pub struct ModelInfo {
     /// Tokenizer settings that change the tokens (e.g. `add_special_tokens=true`),
     /// part of activation cache keys.
     pub tokenizer: String,
+    /// Attention heads per block (0: not reported; [`Site::Heads`] then unavailable).
+    #[serde(default)]
+    pub num_heads: usize,
+    /// Dimension of one head.
+    #[serde(default)]
+    pub head_dim: usize,
+    /// Experts of a mixture-of-experts MLP (0 for a dense model; the width of [`Site::Router`]).
+    #[serde(default)]
+    pub num_experts: usize,
 }
 
 impl ModelInfo {
@@ -373,6 +415,29 @@ impl ModelInfo {
             vocab_size,
             dtype: "f32".into(),
             tokenizer: String::new(),
+            num_heads: 0,
+            head_dim: 0,
+            num_experts: 0,
+        }
+    }
+    /// Sets the attention heads per block and their dimension.
+    pub fn with_heads(mut self, num_heads: usize, head_dim: usize) -> Self {
+        self.num_heads = num_heads;
+        self.head_dim = head_dim;
+        self
+    }
+    /// Sets the number of experts (a mixture of experts).
+    pub fn with_experts(mut self, num_experts: usize) -> Self {
+        self.num_experts = num_experts;
+        self
+    }
+    /// The values one token holds at `site`: `hidden_size`, `num_heads · head_dim` for
+    /// [`Site::Heads`], `num_experts` for [`Site::Router`].
+    pub fn width(&self, site: Site) -> usize {
+        match site {
+            Site::Heads => self.num_heads * self.head_dim,
+            Site::Router => self.num_experts,
+            Site::Resid | Site::ResidMid | Site::AttnOut | Site::MlpOut => self.hidden_size,
         }
     }
     /// Sets the dtype.

@@ -24,11 +24,23 @@ pub struct SamplingParams {
     pub n: u32,
     /// Generation stops before any of these strings; they are not part of the completion.
     pub stop: Vec<String>,
+    /// Steering applied while generating (absent when none, so plain keys keep their digests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steering: Vec<crate::Intervention>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: 0, max_tokens: 64, seed: 0, n: 1, stop: Vec::new() }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_tokens: 64,
+            seed: 0,
+            n: 1,
+            stop: Vec::new(),
+            steering: Vec::new(),
+        }
     }
 }
 
@@ -70,6 +82,11 @@ impl SamplingParams {
     /// Sets the stop strings.
     pub fn with_stop(mut self, stop: Vec<String>) -> Self {
         self.stop = stop;
+        self
+    }
+    /// Sets the steering applied while generating.
+    pub fn with_steering(mut self, steering: Vec<crate::Intervention>) -> Self {
+        self.steering = steering;
         self
     }
 

@@ -6,7 +6,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheKey, EntryKind};
-use crate::{ModelId, ModelInfo, Readout, SamplingParams, SpecialTokens};
+use crate::{ModelId, ModelInfo, Readout, SamplingParams, Site, SpecialTokens};
 
 /// Version of the key serialisation; bump it when the canonical form changes.
 pub const KEY_SCHEMA_VERSION: u32 = 1;
@@ -212,6 +212,9 @@ struct ActivationSpec<'a> {
     layer: usize,
     positions: &'a Readout,
     rows: Option<(usize, usize)>,
+    /// Absent for the residual stream, so its keys keep their digests.
+    #[serde(skip_serializing_if = "Site::is_resid")]
+    site: Site,
 }
 
 /// The key of one layer's activations. `rows` narrows it to a slice `[start, end)` of the
@@ -221,6 +224,19 @@ pub fn activation_key(
     prompt_set: &str,
     source: &ActivationSource,
     layer: usize,
+    positions: &Readout,
+    rows: Option<(usize, usize)>,
+) -> CacheKey {
+    activation_key_at(info, prompt_set, source, (Site::Resid, layer), positions, rows)
+}
+
+/// [`activation_key`] of one layer (block) of `site`; the residual stream's keys are those of
+/// [`activation_key`].
+pub fn activation_key_at(
+    info: &ModelInfo,
+    prompt_set: &str,
+    source: &ActivationSource,
+    (site, layer): (Site, usize),
     positions: &Readout,
     rows: Option<(usize, usize)>,
 ) -> CacheKey {
@@ -235,6 +251,7 @@ pub fn activation_key(
             layer,
             positions,
             rows,
+            site,
         },
     );
     CacheKey::new(EntryKind::Activations, model_slug(&info.id.id), slug(prompt_set), Some(layer), digest)
@@ -297,6 +314,26 @@ mod tests {
             by_text.digest, by_ids.digest,
             "activations of generated ids never reuse those of re-tokenised text"
         );
+    }
+
+    #[test]
+    fn every_site_has_its_own_activation_keys_and_resid_keeps_its_digest() {
+        let info = ModelInfo::new(ModelId::new("m", "r"), "llama", 2, 4, 10);
+        let src = ActivationSource::texts(&["a".to_owned()]);
+        let resid = activation_key(&info, "set", &src, 1, &Readout::Last, None);
+        assert_eq!(resid, activation_key_at(&info, "set", &src, (Site::Resid, 1), &Readout::Last, None));
+        // The digest of schema v1 before sites existed.
+        let before = digest_of(
+            "activations",
+            &serde_json::json!({"source": src, "model": "m", "revision": "r", "dtype": "f32", "tokenizer": "",
+                "layer": 1, "positions": "last", "rows": null}),
+        );
+        assert_eq!(resid.digest, before);
+        let digests: std::collections::BTreeSet<String> = Site::ALL
+            .into_iter()
+            .map(|site| activation_key_at(&info, "set", &src, (site, 1), &Readout::Last, None).digest)
+            .collect();
+        assert_eq!(digests.len(), Site::ALL.len());
     }
 
     #[test]

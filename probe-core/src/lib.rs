@@ -56,6 +56,8 @@ pub mod hf_config;
 pub mod key;
 pub mod plan;
 mod readout;
+mod site;
+mod steer;
 pub mod sweep;
 pub mod testing;
 
@@ -75,3 +77,5 @@ pub const DEFAULT_BATCH_SIZE: usize = 16;
 pub use error::{BoxError, Error, Result};
 pub use generation::{FinishReason, Generation, GenerationRequest, Generator, ModelId, SamplingParams};
 pub use readout::Readout;
+pub use site::Site;
+pub use steer::{DIRECTION_TENSOR, Intervention};

@@ -194,7 +194,9 @@ impl CandleBackend {
             cfg.vocab_size,
         )
         .with_dtype(options.dtype.as_str())
-        .with_tokenizer(tokenizer_desc);
+        .with_tokenizer(tokenizer_desc)
+        .with_heads(cfg.num_heads, cfg.head_dim)
+        .with_experts(cfg.moe.as_ref().map_or(0, |m| m.num_experts));
         let stages = Stages::open(&device, &options.split, cfg.num_layers)?;
         let decoder = Decoder::load(&vb, cfg, stages)
             .map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?
@@ -219,7 +221,9 @@ impl CandleBackend {
             id.cfg.vocab_size,
         )
         .with_dtype(options.dtype.as_str())
-        .with_tokenizer(id.tokenizer_desc))
+        .with_tokenizer(id.tokenizer_desc)
+        .with_heads(id.cfg.num_heads, id.cfg.head_dim)
+        .with_experts(id.cfg.moe.as_ref().map_or(0, |m| m.num_experts)))
     }
 
     /// Checks the model folder `dir` as [`CandleBackend::load`] would, reading only

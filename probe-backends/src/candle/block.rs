@@ -3,6 +3,7 @@
 
 use candle_core::{D, Result, Tensor};
 use candle_nn::VarBuilder;
+use probe_core::Site;
 
 use super::attention;
 use super::config::{GptNames, ModelConfig, NormPlacement, QkNorm};
@@ -72,6 +73,33 @@ pub(crate) struct DecodeStep {
     /// `window` of them); `None` = nothing masked.
     pub(crate) full_mask: Option<Tensor>,
     pub(crate) sliding_mask: Option<Tensor>,
+}
+
+/// The one site inside a block that an extraction reads, and what the block found there.
+#[derive(Debug)]
+pub(crate) struct Tap {
+    site: Site,
+    /// `[b, s, width]` (`[b, s, heads·head_dim]` for [`Site::Heads`]), in the block's dtype.
+    pub(crate) value: Option<Tensor>,
+}
+
+impl Tap {
+    /// A tap of `site` (one inside a block: not [`Site::Resid`]).
+    pub(crate) fn new(site: Site) -> Self {
+        Self { site, value: None }
+    }
+}
+
+/// Keeps `t` when `tap` reads `site`.
+fn put(tap: &mut Option<&mut Tap>, site: Site, t: &Tensor) {
+    if let Some(tap) = tap.as_deref_mut().filter(|tap| tap.site == site) {
+        tap.value = Some(t.clone());
+    }
+}
+
+/// Where the MLP keeps its router logits, when `tap` reads them.
+fn router<'a>(tap: &'a mut Option<&mut Tap>) -> Option<&'a mut Option<Tensor>> {
+    tap.as_deref_mut().filter(|t| t.site == Site::Router).map(|t| &mut t.value)
 }
 
 /// Rotates the first `2 · cos.dim(1)` dimensions of `x` (`[b, heads, s, d]`), rotate-half style;
@@ -170,7 +198,24 @@ impl Block {
         })
     }
 
-    fn attention(&self, x: &Tensor, step: &Step, kv: Kv) -> Result<Tensor> {
+    /// Whether attention and MLP read the same input (no residual stream between them).
+    pub(crate) fn parallel(&self) -> bool {
+        self.parallel
+    }
+
+    /// Whether the MLP is a mixture of experts (has router logits).
+    pub(crate) fn sparse(&self) -> bool {
+        matches!(self.mlp, Mlp::Sparse(_))
+    }
+
+    fn attention(
+        &self,
+        x: &Tensor,
+        step: &Step,
+        kv: Kv,
+        tap: &mut Option<&mut Tap>,
+        heads_add: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let cfg = step.cfg;
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -214,35 +259,61 @@ impl Block {
                 attention::rows(&q, &k, &v, mask.as_ref(), shape)?
             }
         };
+        // Steering of heads (`[heads·head_dim]`, zero outside the steered heads).
+        let out = match heads_add {
+            Some(add) => out.broadcast_add(&add.to_device(out.device())?.to_dtype(out.dtype())?)?,
+            None => out,
+        };
+        put(tap, Site::Heads, &out);
         self.o.forward(&out)
     }
 
     /// `x` (`[b, s, h]`) through the block; `cache` holds earlier keys and values (generation).
     pub(crate) fn forward(&self, x: &Tensor, step: &Step, cache: Kv) -> Result<Tensor> {
+        self.forward_tap(x, step, cache, None, None)
+    }
+
+    /// [`Block::forward`], keeping what `tap` reads on the way (nothing more is computed: the
+    /// tapped tensor is one the block makes anyway), and adding `heads_add` (`[heads·head_dim]`)
+    /// to the output projection's input (steering of heads).
+    pub(crate) fn forward_tap(
+        &self,
+        x: &Tensor,
+        step: &Step,
+        cache: Kv,
+        mut tap: Option<&mut Tap>,
+        heads_add: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let tap = &mut tap;
         if self.parallel {
             // x + attn(norm₁(x)) + mlp(norm₂(x)), both norms present in such blocks.
             let norm = |n: &Option<Norm>| n.as_ref().map_or_else(|| Ok(x.clone()), |n| n.forward(x));
-            let a = self.attention(&norm(&self.input_norm)?, step, cache)?;
-            let m = self.mlp.forward(&norm(&self.pre_mlp_norm)?, step.cfg.activation)?;
+            let a = self.attention(&norm(&self.input_norm)?, step, cache, tap, heads_add)?;
+            put(tap, Site::AttnOut, &a);
+            let m = self.mlp.forward(&norm(&self.pre_mlp_norm)?, step.cfg.activation, router(tap))?;
+            put(tap, Site::MlpOut, &m);
             return (m + a)? + x;
         }
         let a = match &self.input_norm {
-            Some(n) => self.attention(&n.forward(x)?, step, cache)?,
-            None => self.attention(x, step, cache)?,
+            Some(n) => self.attention(&n.forward(x)?, step, cache, tap, heads_add)?,
+            None => self.attention(x, step, cache, tap, heads_add)?,
         };
         let a = match &self.post_attn_norm {
             Some(n) => n.forward(&a)?,
             None => a,
         };
+        put(tap, Site::AttnOut, &a);
         let x = (x + a)?;
+        put(tap, Site::ResidMid, &x);
         let m = match &self.pre_mlp_norm {
-            Some(n) => self.mlp.forward(&n.forward(&x)?, step.cfg.activation)?,
-            None => self.mlp.forward(&x, step.cfg.activation)?,
+            Some(n) => self.mlp.forward(&n.forward(&x)?, step.cfg.activation, router(tap))?,
+            None => self.mlp.forward(&x, step.cfg.activation, router(tap))?,
         };
         let m = match &self.post_mlp_norm {
             Some(n) => n.forward(&m)?,
             None => m,
         };
+        put(tap, Site::MlpOut, &m);
         x + m
     }
 }

@@ -2,7 +2,7 @@
 //! that stops at the deepest requested layer, reduce each captured layer on the device.
 
 use candle_core::{DType, Tensor};
-use probe_core::{ActivationRequest, Activations, Error, Inputs, LayerActivations, Positions, Result};
+use probe_core::{ActivationRequest, Activations, Error, Inputs, LayerActivations, Positions, Result, Site};
 
 use super::backend::Inner;
 
@@ -11,7 +11,55 @@ fn be(e: candle_core::Error) -> Error {
 }
 
 impl Inner {
+    /// Refuses a site the requested blocks lack, naming it (before any work).
+    fn check_site(&self, request: &ActivationRequest) -> Result<()> {
+        let blocks = self.decoder.blocks();
+        let arch = &self.info.architecture;
+        for &b in &request.layers {
+            let Some(block) = blocks.get(b).filter(|_| request.site.in_block()) else { continue };
+            match request.site {
+                Site::Router if !blocks.iter().any(|b| b.sparse()) => {
+                    return Err(Error::invalid(
+                        "site",
+                        format!("router: {arch} is not a mixture of experts (its MLPs have no router)"),
+                    ));
+                }
+                Site::Router if !block.sparse() => {
+                    return Err(Error::invalid(
+                        "site",
+                        format!("router: block {b} of {arch} has a dense MLP, no router"),
+                    ));
+                }
+                Site::ResidMid if block.parallel() => {
+                    return Err(Error::invalid(
+                        "site",
+                        format!(
+                            "resid_mid: {arch}'s blocks add attention and MLP to the same input (parallel \
+                             residual), so there is no residual stream between them; read attn_out and mlp_out"
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// What one position holds at `site`: its width and the shape of one position's values.
+    fn site_shape(&self, site: Site) -> (usize, Vec<usize>) {
+        let cfg = &self.decoder.cfg;
+        match site {
+            Site::Heads => (cfg.num_heads * cfg.head_dim, vec![cfg.num_heads, cfg.head_dim]),
+            Site::Router => {
+                let e = cfg.moe.as_ref().map_or(0, |m| m.num_experts);
+                (e, vec![e])
+            }
+            Site::Resid | Site::ResidMid | Site::AttnOut | Site::MlpOut => (cfg.hidden_size, vec![cfg.hidden_size]),
+        }
+    }
+
     pub(crate) fn extract(&self, request: &ActivationRequest) -> Result<Activations> {
+        self.check_site(request)?;
         let ids: Vec<Vec<u32>> = match &request.inputs {
             Inputs::Texts(texts) => {
                 texts.iter().map(|t| self.tokenize_with(t, request.special_tokens)).collect::<Result<_>>()?
@@ -26,7 +74,8 @@ impl Inner {
         let layers = request.sorted_layers();
         let deepest = *layers.last().ok_or_else(|| Error::invalid("layers", "no layers requested"))?;
         let n = ids.len();
-        let hidden = self.decoder.cfg.hidden_size;
+        let site = request.site;
+        let (hidden, per_position) = self.site_shape(site);
         let positions = request.positions;
         let max_len = ids.iter().map(Vec::len).max().unwrap_or(0);
         let row_width = match positions {
@@ -95,12 +144,16 @@ impl Inner {
                 }
                 Ok(())
             };
-            self.decoder.hidden_states(&input, &lens, deepest, &mut visit)?;
+            if site.in_block() {
+                self.decoder.block_states(&input, &lens, site, &layers, &mut visit)?;
+            } else {
+                self.decoder.hidden_states(&input, &lens, deepest, &mut visit)?;
+            }
         }
 
         let shape = match positions {
-            Positions::All => vec![n, max_len, hidden],
-            Positions::Last | Positions::Mean => vec![n, hidden],
+            Positions::All => [vec![n, max_len], per_position].concat(),
+            Positions::Last | Positions::Mean => [vec![n], per_position].concat(),
         };
         let tensors = layers
             .iter()

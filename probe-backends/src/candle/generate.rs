@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use super::backend::Inner;
 use super::kv::DecodeKv;
+use super::model::Steering;
 
 fn be(e: candle_core::Error) -> Error {
     super::oom::error(e)
@@ -111,6 +112,9 @@ impl Inner {
 
     pub(crate) fn generate(&self, request: &GenerationRequest) -> Result<Vec<Generation>> {
         let p = &request.sampling;
+        for i in &p.steering {
+            i.validate(&self.info)?;
+        }
         let prompts: Vec<Vec<u32>> =
             request.prompts.iter().map(|t| self.tokenize_with(t, request.special_tokens)).collect::<Result<_>>()?;
         for (i, ids) in prompts.iter().enumerate() {
@@ -133,6 +137,7 @@ impl Inner {
     /// decodes alone). Greedy samples are identical: one row per prompt, copied.
     fn decode_batched(&self, prompts: &[Vec<u32>], p: &SamplingParams, batch: usize) -> Result<Vec<Vec<Completion>>> {
         let per_prompt = if p.is_greedy() { 1 } else { p.n as usize };
+        let steer = self.decoder.steering(&p.steering)?;
         let mut done: Vec<Vec<Option<Completion>>> = vec![vec![None; per_prompt]; prompts.len()];
         // Row `i` of `active` decodes in slot `i` of `kv`.
         let mut active: Vec<Row> = Vec::new();
@@ -149,7 +154,7 @@ impl Inner {
                 next_prompt += 1;
             }
             if !group.is_empty() {
-                self.prefill(&group, prompts, p, per_prompt, &mut active, &mut kv, &mut done)?;
+                self.prefill(&group, prompts, (p, &steer), per_prompt, &mut active, &mut kv, &mut done)?;
             }
             if active.is_empty() {
                 // Every admitted sequence finished at its first token: admit more, or stop.
@@ -159,7 +164,7 @@ impl Inner {
                 continue;
             }
             let ids: Vec<u32> = active.iter().map(|r| *r.ids.last().unwrap_or(&0)).collect();
-            let logits = self.decoder.next_logits_rows(&ids, &mut kv).map_err(be)?;
+            let logits = self.decoder.next_logits_rows(&ids, &mut kv, &steer).map_err(be)?;
             let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(be)?;
             let mut finished = Vec::new();
             for (i, (row, l)) in active.iter_mut().zip(&logits).enumerate() {
@@ -193,7 +198,7 @@ impl Inner {
         &self,
         group: &[usize],
         prompts: &[Vec<u32>],
-        p: &SamplingParams,
+        (p, steer): (&SamplingParams, &Steering),
         rows: usize,
         active: &mut Vec<Row>,
         kv: &mut DecodeKv,
@@ -208,7 +213,7 @@ impl Inner {
         }
         let device = self.decoder.device().clone();
         let input = Tensor::from_vec(ids, (group.len(), width), &device).map_err(be)?;
-        let (logits, kept) = self.decoder.prefill(&input, &lens).map_err(be)?;
+        let (logits, kept) = self.decoder.prefill(&input, &lens, steer).map_err(be)?;
         let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(be)?;
         for (r, (&pi, logits)) in group.iter().zip(&logits).enumerate() {
             for s in 0..rows {

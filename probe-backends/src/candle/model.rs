@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention;
-use super::block::{Block, DecodeStep, RopeRows, Step};
+use super::block::{Block, DecodeStep, RopeRows, Step, Tap};
 use super::config::ModelConfig;
 use super::kv::{DecodeKv, Kv, RowKv};
 use super::layers::Norm;
@@ -58,6 +58,29 @@ impl Names {
             positions: None,
             final_norm: "norm",
         }
+    }
+}
+
+/// What steering adds, per block: to the residual stream entering it (`[hidden]`) and to its
+/// output projection's input (`[heads·head_dim]`), each the sum of its interventions' scaled
+/// directions, in the weights' dtype.
+#[derive(Debug, Default)]
+pub(crate) struct Steering {
+    resid: Vec<Option<Tensor>>,
+    heads: Vec<Option<Tensor>>,
+}
+
+impl Steering {
+    /// `x` entering block `i`, steered.
+    fn enter(&self, i: usize, x: Tensor) -> Result<Tensor> {
+        match self.resid.get(i).and_then(Option::as_ref) {
+            Some(add) => x.broadcast_add(&add.to_device(x.device())?),
+            None => Ok(x),
+        }
+    }
+
+    fn heads(&self, i: usize) -> Option<&Tensor> {
+        self.heads.get(i).and_then(Option::as_ref)
     }
 }
 
@@ -125,6 +148,34 @@ impl Decoder {
             stages,
             chunk_bytes: None,
         })
+    }
+
+    /// The steering of `interventions` (each checked with [`probe_core::Intervention::validate`]).
+    pub(crate) fn steering(&self, interventions: &[probe_core::Intervention]) -> probe_core::Result<Steering> {
+        let be = super::oom::error;
+        let (l, h) = (self.cfg.num_layers, self.cfg.hidden_size);
+        let (nh, d) = (self.cfg.num_heads, self.cfg.head_dim);
+        let mut resid: Vec<Option<Vec<f32>>> = vec![None; l];
+        let mut heads: Vec<Option<Vec<f32>>> = vec![None; l];
+        for i in interventions {
+            let add = i.scaled()?;
+            let (slot, at, width) = match i.head {
+                None => (&mut resid[i.layer], 0, h),
+                Some(head) => (&mut heads[i.layer], head * d, nh * d),
+            };
+            let v = slot.get_or_insert_with(|| vec![0f32; width]);
+            v[at..at + add.len()].iter_mut().zip(&add).for_each(|(v, a)| *v += a);
+        }
+        let tensors = |v: Vec<Option<Vec<f32>>>| -> probe_core::Result<Vec<Option<Tensor>>> {
+            v.into_iter()
+                .map(|v| {
+                    v.map(|v| Tensor::from_vec(v.clone(), v.len(), &self.device).and_then(|t| t.to_dtype(self.dtype)))
+                        .transpose()
+                        .map_err(be)
+                })
+                .collect()
+        };
+        Ok(Steering { resid: tensors(resid)?, heads: tensors(heads)? })
     }
 
     /// Sets attention's chunk budget (`None`: the device's default).
@@ -212,6 +263,43 @@ impl Decoder {
         Ok(())
     }
 
+    /// Runs `ids` (`[b, s]`, right-padded; `lens` the real lengths) through the blocks up to the
+    /// last of `blocks` (sorted) and calls `visit(block, value)` with what each of `blocks` holds
+    /// at `site` (one inside a block, see [`Tap`]): `[b, s, width]`. Stops after the last.
+    pub(crate) fn block_states(
+        &self,
+        ids: &Tensor,
+        lens: &[usize],
+        site: probe_core::Site,
+        blocks: &[usize],
+        visit: &mut dyn FnMut(usize, &Tensor) -> probe_core::Result<()>,
+    ) -> probe_core::Result<()> {
+        let Some(&last_block) = blocks.last() else { return Ok(()) };
+        let be = super::oom::error;
+        let (_, s) = ids.dims2().map_err(be)?;
+        let steps = self.step(lens, s).and_then(|step| self.stages.steps(step)).map_err(be)?;
+        let mut x = self.embed(ids, &[0]).map_err(be)?;
+        for (i, block) in self.blocks.iter().enumerate().take(last_block + 1) {
+            x = self.stages.enter(i, x).map_err(be)?;
+            if blocks.binary_search(&i).is_err() {
+                x = block.forward(&x, self.stages.step_of(&steps, i), Kv::None).map_err(be)?;
+                continue;
+            }
+            let mut tap = Tap::new(site);
+            x = block.forward_tap(&x, self.stages.step_of(&steps, i), Kv::None, Some(&mut tap), None).map_err(be)?;
+            let value = tap
+                .value
+                .ok_or_else(|| probe_core::Error::backend("candle", format!("block {i} has no site {site}")))?;
+            visit(i, &value)?;
+        }
+        Ok(())
+    }
+
+    /// The blocks (for checks of a request against what they hold).
+    pub(crate) fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
     /// Phi-3 with longrope, as transformers 5.19 generates (`Phi3ForCausalLM.
     /// prepare_inputs_for_generation`): when the sequence grows past the longrope threshold
     /// while the cache holds no more positions than that, the cache is dropped and the new
@@ -230,14 +318,20 @@ impl Decoder {
     /// logits at each row's last real token (`[b, vocab]` in f32, soft-capped where the
     /// architecture does so) and every layer's keys and values (`[b, kv_heads, s, head_dim]`,
     /// for [`DecodeKv::push`]).
-    pub(crate) fn prefill(&self, ids: &Tensor, lens: &[usize]) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+    pub(crate) fn prefill(
+        &self,
+        ids: &Tensor,
+        lens: &[usize],
+        steer: &Steering,
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
         let (b, s) = ids.dims2()?;
         let steps = self.stages.steps(self.step(lens, s)?)?;
         let mut x = self.embed(ids, &[0])?;
         let mut kept = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let mut kv = None;
-            x = block.forward(&self.stages.enter(i, x)?, self.stages.step_of(&steps, i), Kv::Keep(&mut kv))?;
+            let input = steer.enter(i, self.stages.enter(i, x)?)?;
+            x = block.forward_tap(&input, self.stages.step_of(&steps, i), Kv::Keep(&mut kv), None, steer.heads(i))?;
             kept.push(kv.ok_or_else(|| candle_core::Error::Msg(format!("block {i} kept no keys")))?);
         }
         let mut last = Vec::with_capacity(b);
@@ -253,7 +347,7 @@ impl Decoder {
     /// position and sliding window as if it ran alone); returns the logits, `[b, vocab]` in f32.
     /// Every row runs at once, attention included: each row's keys padded to the longest
     /// and masked ([`super::attention::rows`]).
-    pub(crate) fn next_logits_rows(&self, ids: &[u32], kv: &mut DecodeKv) -> Result<Tensor> {
+    pub(crate) fn next_logits_rows(&self, ids: &[u32], kv: &mut DecodeKv, steer: &Steering) -> Result<Tensor> {
         let b = ids.len();
         if kv.rows().len() != b {
             candle_core::bail!("{b} tokens for {} decoding rows", kv.rows().len());
@@ -296,7 +390,8 @@ impl Decoder {
         let mut x = self.embed(&Tensor::from_vec(ids.to_vec(), (b, 1), &self.device)?, &offsets)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let (kb, vb) = kv.layer(i)?;
-            x = block.forward(&self.stages.enter(i, x)?, self.stages.step_of(&steps, i), Kv::Decode(kb, vb))?;
+            let input = steer.enter(i, self.stages.enter(i, x)?)?;
+            x = block.forward_tap(&input, self.stages.step_of(&steps, i), Kv::Decode(kb, vb), None, steer.heads(i))?;
         }
         kv.rows_mut().iter_mut().for_each(|r| r.len += 1);
         self.logits(&x.squeeze(1)?)

@@ -90,10 +90,15 @@ impl Moe {
         })
     }
 
-    fn forward(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+    /// `router`: where to keep the router logits (`[b, s, experts]`), when asked.
+    fn forward(&self, x: &Tensor, act: Activation, router: Option<&mut Option<Tensor>>) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let xs = x.reshape((b * s, h))?;
-        let probs = candle_nn::ops::softmax_last_dim(&self.router.forward(&xs)?.to_dtype(DType::F32)?)?;
+        let logits = self.router.forward(&xs)?;
+        if let Some(router) = router {
+            *router = Some(logits.reshape((b, s, self.experts.len()))?);
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
         let probs: Vec<Vec<f32>> = probs.to_vec2()?;
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
         let mut weights: Vec<Vec<f32>> = vec![Vec::new(); self.experts.len()];
@@ -190,11 +195,12 @@ impl Mlp {
         })
     }
 
-    /// `x` (`[b, s, h]`) through the MLP.
-    pub(crate) fn forward(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+    /// `x` (`[b, s, h]`) through the MLP; `router` keeps a mixture's router logits
+    /// (`[b, s, experts]`) when given.
+    pub(crate) fn forward(&self, x: &Tensor, act: Activation, router: Option<&mut Option<Tensor>>) -> Result<Tensor> {
         match self {
             Mlp::Dense(m) => m.forward(x, act),
-            Mlp::Sparse(m) => m.forward(x, act),
+            Mlp::Sparse(m) => m.forward(x, act, router),
             Mlp::Plain(m) => m.down.forward(&act.apply(&m.up.forward(x)?)?),
         }
     }

@@ -182,6 +182,7 @@ impl Inner {
 impl ActivationExtractor for OrtExtractor {
     async fn extract(&self, request: ActivationRequest) -> Result<Activations> {
         request.validate(&self.inner.export.info)?;
+        request.require_resid("ort")?;
         let inner = Arc::clone(&self.inner);
         let default_batch = inner.options.default_batch_size.unwrap_or(8);
         tokio::task::spawn_blocking(move || {

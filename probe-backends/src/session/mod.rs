@@ -41,7 +41,7 @@ use probe_core::{CacheStore, Error, Generation, Generator, Readout, Result, Tens
 use tokio::sync::Mutex;
 
 pub use folder::ModelFolder;
-pub use settings::Settings;
+pub use settings::{Settings, Steer};
 
 use crate::device::{Detected, MemorySampler};
 use crate::registry::{self, Backend, OpenOptions, Opened};
@@ -359,14 +359,30 @@ impl Session {
             // Generation on the servers, extraction on candle from the same folder.
             self.backend.check_folder(self.folder.name())?;
         }
+        let site = s.read_site();
+        if on_servers && !site.is_resid() {
+            return Err(Error::invalid(
+                "site",
+                format!("{site}: the vllm extractor reads only the residual stream (resid); candle reads every site"),
+            ));
+        }
         let prompts = self.folder.render(prompts)?;
         let layers = match task {
             Task::Generate => Vec::new(),
             _ => {
-                s.extraction.layers.clone().unwrap_or(sweep::LayerSelection::All).resolve(self.folder.num_layers()?)?
+                // Sites inside blocks are numbered by block: `0..L`.
+                let (selection, l) =
+                    (s.extraction.layers.clone().unwrap_or(sweep::LayerSelection::All), self.folder.num_layers()?);
+                if site.in_block() { selection.resolve_blocks(l)? } else { selection.resolve(l)? }
             }
         };
         let sampling = s.sampling()?;
+        if generates && !sampling.steering.is_empty() && self.backend == Backend::Vllm {
+            return Err(Error::not_supported(
+                "steering (--steer-*): candle steers in process (--backend candle); vLLM has no steering plugin yet",
+                "vllm",
+            ));
+        }
         let urls = s.server_urls();
         let mut servers = Servers::plan(s, self.backend, self.folder.name(), &urls, generates, s.log_dir(), dry_run)?;
         if on_servers {
@@ -398,6 +414,7 @@ impl Session {
             .with_batch_size(s.extraction.batch_size.unwrap_or(settings::defaults::BATCH_SIZE))
             .with_sampling(generates.then_some(sampling))
             .with_probe(s.probe_config()?)
+            .with_site(site)
             .with_generation_in_flight(in_flight);
         if let Some(p) = &run_plan {
             config = config.with_plan(p.clone());
@@ -620,7 +637,7 @@ impl Session {
             self.observer.as_ref(),
             &prepared.prompts,
             &c.layers,
-            &c.positions,
+            (&c.positions, c.site),
             c.batch_size,
         )
         .await;
@@ -699,6 +716,7 @@ impl Session {
         let prompts = self.folder.render(inputs.clone())?;
         let config = SweepConfig::new(vec![probe.meta.layer])
             .with_positions(probe.meta.positions.clone())
+            .with_site(probe.meta.site)
             .with_batch_size(self.settings.extraction.batch_size.unwrap_or(settings::defaults::BATCH_SIZE))
             .with_sampling(probe.meta.sampling.clone());
         let model = self.model(None, Vec::new(), config.batch_size, &probe.meta.dtype).await?;

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use probe_core::plan::Dtype;
 use probe_core::sweep::{LabelKind, LayerSelection, ProbeConfig};
-use probe_core::{Error, Readout, Result, SamplingParams};
+use probe_core::{Error, Readout, Result, SamplingParams, Site};
 use serde::{Deserialize, Deserializer};
 
 use crate::registry::Backend;
@@ -150,6 +150,10 @@ pub struct Extraction {
     /// Compute dtype: f32, bf16 or f16 [default: planned: f32 on the CPU, bf16 on GPUs].
     #[serde(default, deserialize_with = "parsed")]
     pub dtype: Option<Dtype>,
+    /// Where activations are read: resid, resid_mid, attn_out, mlp_out, heads or router
+    /// [default: resid]; `layers` are blocks (`0..L`) for every site but resid.
+    #[serde(default, deserialize_with = "parsed")]
+    pub site: Option<Site>,
 }
 
 /// `[generation]`.
@@ -164,6 +168,78 @@ pub struct Generation {
     pub top_p: Option<f32>,
     /// Seed of the sampler (and of the probes' folds).
     pub seed: Option<u64>,
+    /// Steering while generating (`[[generation.steer]]`, candle only): each adds
+    /// `alpha · d/‖d‖` at every position.
+    #[serde(default)]
+    pub steer: Vec<Steer>,
+}
+
+/// One `[[generation.steer]]`: a direction (`vector` or `probe`), where it goes and how far.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Steer {
+    /// A safetensors file holding a tensor `direction` (`[hidden]`, `[head_dim]` with `head`).
+    pub vector: Option<PathBuf>,
+    /// A probe saved by a sweep (`<out>/probes/layer-<L>.safetensors`): its weight mapped from
+    /// standardised to residual-stream space.
+    pub probe: Option<PathBuf>,
+    /// The block whose incoming residual stream receives it (`hidden_states[layer]`) [default:
+    /// the probe's layer].
+    pub layer: Option<usize>,
+    /// `"b:h"`: head h of block b instead (Inference-Time Intervention).
+    pub head: Option<String>,
+    /// The step along the unit direction.
+    pub alpha: f32,
+}
+
+impl Steer {
+    /// The intervention: reads the vector or the probe.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the value: neither or both of vector and probe, no layer
+    /// for a vector, a bad `b:h`, or an unreadable file.
+    pub fn intervention(&self) -> Result<probe_core::Intervention> {
+        let head = self
+            .head
+            .as_deref()
+            .map(|h| {
+                let bad = || Error::invalid("steer-head", format!("{h:?} (expected BLOCK:HEAD, e.g. 3:7)"));
+                let (b, h) = h.split_once(':').ok_or_else(bad)?;
+                Ok::<_, Error>((
+                    b.trim().parse::<usize>().map_err(|_| bad())?,
+                    h.trim().parse::<usize>().map_err(|_| bad())?,
+                ))
+            })
+            .transpose()?;
+        match (&self.vector, &self.probe) {
+            (Some(v), None) => {
+                let direction = probe_core::Intervention::read_vector(v)?;
+                match (head, self.layer) {
+                    (Some((b, h)), _) => Ok(probe_core::Intervention::head(b, h, direction, self.alpha)),
+                    (None, Some(l)) => Ok(probe_core::Intervention::residual(l, direction, self.alpha)),
+                    (None, None) => Err(Error::invalid(
+                        "steer-layer",
+                        format!("{}: a steering vector needs the block it enters (--steer-layer)", v.display()),
+                    )),
+                }
+            }
+            (None, Some(p)) => {
+                if head.is_some() {
+                    return Err(Error::invalid(
+                        "steer-head",
+                        "a probe's direction steers the residual stream, not a head",
+                    ));
+                }
+                let probe = probe_core::sweep::SavedProbe::load(p)?;
+                let mut i = probe_core::Intervention::from_probe(&probe, self.alpha)?;
+                if let Some(l) = self.layer {
+                    i.layer = l;
+                }
+                Ok(i)
+            }
+            _ => Err(Error::invalid("steer-vector", "give one of --steer-vector and --steer-probe per intervention")),
+        }
+    }
 }
 
 /// `[probe]`.
@@ -336,6 +412,16 @@ impl Settings {
         self.extraction.positions = Some(readout);
         self
     }
+    /// Steering while generating (`[[generation.steer]]`), replacing the file's.
+    pub fn steer(mut self, steer: Vec<Steer>) -> Self {
+        self.generation.steer = steer;
+        self
+    }
+    /// Where activations are read (`[extraction] site`).
+    pub fn site(mut self, site: Site) -> Self {
+        self.extraction.site = Some(site);
+        self
+    }
     /// Inputs per forward pass (`[extraction] batch_size`); the plan's when unset.
     pub fn batch_size(mut self, n: usize) -> Self {
         self.extraction.batch_size = Some(n);
@@ -444,6 +530,11 @@ impl Settings {
         self.run.extractor.as_deref() == Some("vllm")
     }
 
+    /// Where activations are read [default: resid].
+    pub fn read_site(&self) -> Site {
+        self.extraction.site.unwrap_or_default()
+    }
+
     /// The readout [default: last].
     pub fn readout(&self) -> Readout {
         self.extraction.positions.clone().unwrap_or(Readout::Last)
@@ -458,7 +549,8 @@ impl Settings {
         let s = SamplingParams::greedy(g.max_tokens.unwrap_or(defaults::MAX_TOKENS))
             .with_temperature(g.temperature.unwrap_or(defaults::TEMPERATURE))
             .with_top_p(g.top_p.unwrap_or(defaults::TOP_P))
-            .with_seed(self.seed_or_default());
+            .with_seed(self.seed_or_default())
+            .with_steering(g.steer.iter().map(Steer::intervention).collect::<Result<_>>()?);
         s.validate()?;
         Ok(s)
     }

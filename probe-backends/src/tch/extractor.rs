@@ -221,6 +221,7 @@ impl Inner {
 impl ActivationExtractor for TchExtractor {
     async fn extract(&self, request: ActivationRequest) -> Result<Activations> {
         request.validate(self.inner.info())?;
+        request.require_resid(BACKEND)?;
         let inner = Arc::clone(&self.inner);
         let default_batch = inner.options.default_batch_size.unwrap_or(8);
         tokio::task::spawn_blocking(move || {

@@ -374,6 +374,12 @@ impl VllmGenerator {
     /// model, a seed the server takes.
     fn check(&self, request: &GenerationRequest) -> Result<()> {
         request.validate()?;
+        if !request.sampling.steering.is_empty() {
+            return Err(Error::not_supported(
+                "steering (--steer-*): the candle backend steers in process; vLLM has no steering plugin yet",
+                BACKEND,
+            ));
+        }
         if request.model != self.config.model {
             return Err(Error::invalid(
                 "model",

@@ -244,6 +244,7 @@ async fn read(path: PathBuf) -> Result<HiddenStates> {
 impl ActivationExtractor for VllmExtractor {
     async fn extract(&self, request: ActivationRequest) -> Result<Activations> {
         request.validate(&self.info)?;
+        request.require_resid(BACKEND)?;
         let ids = self.token_ids(&request)?;
         let layers = request.sorted_layers();
         let spans = ids.iter().enumerate().map(|(i, s)| request.span(i, s.len())).collect::<Result<_>>()?;

@@ -5,11 +5,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::key::{ActivationSource, activation_key};
+use crate::key::{ActivationSource, activation_key_at};
 use crate::plan::Backoff;
 use crate::{
     ActivationExtractor, ActivationRequest, CacheKey, CacheStore, CacheStoreExt, Error, Inputs, ModelInfo, Positions,
-    PutRequest, Readout, Result, Span, SpecialTokens, Tensor, codec,
+    PutRequest, Readout, Result, Site, Span, SpecialTokens, Tensor, codec,
 };
 
 use super::{Phase, SweepEvent, SweepObserver, SweepSummary};
@@ -35,11 +35,18 @@ pub(super) struct Job<'a> {
     pub(super) batch_size: usize,
     /// How texts are tokenised (chat renderings as written).
     pub(super) special_tokens: SpecialTokens,
+    /// Where activations are read (`layers` are blocks for sites inside blocks).
+    pub(super) site: Site,
 }
 
 impl Job<'_> {
     fn key(&self, layer: usize, rows: Option<(usize, usize)>) -> CacheKey {
-        activation_key(self.info, self.prompt_set, self.source, layer, self.readout, rows)
+        activation_key_at(self.info, self.prompt_set, self.source, (self.site, layer), self.readout, rows)
+    }
+
+    /// Values per row of an entry.
+    fn width(&self) -> usize {
+        self.info.width(self.site)
     }
 
     /// The blocks of the cache grid.
@@ -59,6 +66,7 @@ impl Job<'_> {
             ("rows", format!("{start}..{end}")),
         ]
         .into_iter()
+        .chain((!self.site.is_resid()).then(|| ("site", self.site.to_string())))
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let payload = codec::encode_tensors(&[(codec::ACTIVATIONS_TENSOR, tensor)], Some(meta.clone()))?;
@@ -92,7 +100,8 @@ async fn load(cache: &dyn CacheStore, key: &CacheKey, rows: usize, hidden: usize
 /// Runs the extractor on `texts` (texts tokenised with `special`, or token ids) for `layers`
 /// through the run's out-of-memory back-off (the one path: [`Backoff`], halving, the size
 /// that worked kept for later calls). Counts the extractor calls (retries included) into
-/// `calls`. Returns the tensors by layer.
+/// `calls`. Returns the tensors by layer, `[n, width]` (a site of several values per token,
+/// [`Site::Heads`], flattened).
 #[allow(clippy::too_many_arguments)]
 async fn extract_with_backoff(
     extractor: &dyn ActivationExtractor,
@@ -100,13 +109,14 @@ async fn extract_with_backoff(
     texts: &Inputs,
     special: SpecialTokens,
     layers: &[usize],
-    (positions, spans): (Positions, Option<&[Span]>),
+    (positions, spans, site): (Positions, Option<&[Span]>, Site),
     (batch_size, backoff): (usize, &Backoff),
     calls: &mut usize,
 ) -> Result<BTreeMap<usize, Tensor>> {
     let mut request = ActivationRequest::new(texts.clone(), layers.to_vec())
         .with_special_tokens(special)
         .with_positions(positions)
+        .with_site(site)
         .with_batch_size(batch_size.min(texts.len()).max(1));
     request.spans = spans.map(<[Span]>::to_vec);
     let before = backoff.retries();
@@ -122,13 +132,15 @@ async fn extract_with_backoff(
         let t = acts.layer(layer).ok_or_else(|| {
             Error::backend("extractor", format!("layer {layer} is missing from the extractor's result"))
         })?;
-        if t.shape.len() != 2 || t.rows() != texts.len() {
+        let expected = if site == Site::Heads { 3 } else { 2 };
+        if t.shape.len() != expected || t.rows() != texts.len() {
             return Err(Error::backend(
                 "extractor",
                 format!("layer {layer} has shape {:?} for {} inputs", t.shape, texts.len()),
             ));
         }
-        out.insert(layer, t.clone());
+        let width = t.shape[1..].iter().product();
+        out.insert(layer, Tensor::new(vec![t.rows(), width], t.data.clone()));
     }
     Ok(out)
 }
@@ -155,7 +167,7 @@ fn concat(parts: Vec<Tensor>, hidden: usize) -> Tensor {
 async fn whole_layers(cache: &dyn CacheStore, job: &Job<'_>) -> Result<(BTreeMap<usize, Tensor>, Vec<usize>)> {
     let mut done: BTreeMap<usize, Tensor> = BTreeMap::new();
     for &layer in job.layers {
-        if let Some(t) = load(cache, &job.key(layer, None), job.n, job.info.hidden_size).await? {
+        if let Some(t) = load(cache, &job.key(layer, None), job.n, job.width()).await? {
             done.insert(layer, t);
         }
     }
@@ -205,7 +217,7 @@ async fn fill(
     (backoff, keep): (&Backoff, bool),
     summary: &mut SweepSummary,
 ) -> Result<BTreeMap<Rows, BTreeMap<usize, Tensor>>> {
-    let hidden = job.info.hidden_size;
+    let hidden = job.width();
     let mut found = Vec::with_capacity(own.len());
     for &(start, end) in own.keys() {
         let (mut have, mut need) = (BTreeMap::new(), Vec::new());
@@ -262,7 +274,7 @@ async fn fill(
                 &gather(own, &pass),
                 job.special_tokens,
                 &need,
-                (job.readout.positions(), spans.as_deref()),
+                (job.readout.positions(), spans.as_deref(), job.site),
                 (job.batch_size, backoff),
                 &mut summary.extract_calls,
             )
@@ -271,7 +283,7 @@ async fn fill(
                 if tensor.shape[1] != hidden {
                     return Err(Error::backend(
                         "extractor",
-                        format!("layer {layer} has shape {:?}; the model's hidden size is {hidden}", tensor.shape),
+                        format!("layer {layer} has shape {:?}; site {} has width {hidden}", tensor.shape, job.site),
                     ));
                 }
                 rows.get_mut(&layer).expect("requested layer").extend_from_slice(&tensor.data);
@@ -304,7 +316,7 @@ async fn fold(
     let blocks = job.blocks();
     let mut done = BTreeMap::new();
     for (layer, layer_parts) in parts {
-        let tensor = concat(layer_parts, job.info.hidden_size);
+        let tensor = concat(layer_parts, job.width());
         cache.put(job.put(layer, None, &tensor)?).await?;
         if can_delete {
             delete_block_entries(cache, job, layer, &blocks).await;
@@ -425,7 +437,7 @@ pub(super) async fn merge_lookup(cache: &dyn CacheStore, job: &Job<'_>) -> Resul
     for &layer in &layers {
         let mut got = Vec::new();
         for (i, &(start, end)) in job.blocks().iter().enumerate() {
-            match load(cache, &job.key(layer, Some((start, end))), end - start, job.info.hidden_size).await? {
+            match load(cache, &job.key(layer, Some((start, end))), end - start, job.width()).await? {
                 Some(t) => got.push(t),
                 None => missing.push((layer, i)),
             }
@@ -479,18 +491,18 @@ pub async fn extract_inputs(
     positions: Positions,
     batch_size: usize,
 ) -> Result<BTreeMap<usize, Tensor>> {
-    extract_spans(extractor, observer, texts, special, layers, (positions, None), batch_size).await
+    extract_spans(extractor, observer, texts, special, layers, (positions, None, Site::Resid), batch_size).await
 }
 
-/// [`extract_inputs`] reading, for `Last` and `Mean`, the tokens `spans` give per input
-/// (`None`: every token).
+/// [`extract_inputs`] at `site`, reading, for `Last` and `Mean`, the tokens `spans` give per
+/// input (`None`: every token); tensors `[n, width]` ([`Site::Heads`] flattened).
 pub(super) async fn extract_spans(
     extractor: &dyn ActivationExtractor,
     observer: &dyn SweepObserver,
     texts: &Inputs,
     special: SpecialTokens,
     layers: &[usize],
-    (positions, spans): (Positions, Option<&[Span]>),
+    (positions, spans, site): (Positions, Option<&[Span]>, Site),
     batch_size: usize,
 ) -> Result<BTreeMap<usize, Tensor>> {
     if batch_size == 0 {
@@ -504,8 +516,9 @@ pub(super) async fn extract_spans(
     layers.dedup();
     ActivationRequest::new(texts.clone(), layers.clone())
         .with_batch_size(batch_size)
+        .with_site(site)
         .validate(&extractor.model_info())?;
-    let hidden = extractor.model_info().hidden_size;
+    let hidden = extractor.model_info().width(site);
     let batches: Vec<(usize, usize)> =
         (0..texts.len()).step_by(batch_size).map(|s| (s, (s + batch_size).min(texts.len()))).collect();
     observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Activations, total: batches.len() });
@@ -519,7 +532,7 @@ pub(super) async fn extract_spans(
             &part,
             special,
             &layers,
-            (positions, spans.map(|s| &s[start..end])),
+            (positions, spans.map(|s| &s[start..end]), site),
             (batch_size, &backoff),
             &mut calls,
         )

@@ -84,6 +84,24 @@ impl LayerSelection {
             }
         }
     }
+
+    /// The block indices selected of a model of `num_blocks` blocks (`0..num_blocks`: the
+    /// numbering of sites inside blocks, [`crate::Site::in_block`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming a block out of range.
+    pub fn resolve_blocks(&self, num_blocks: usize) -> Result<Vec<usize>> {
+        match self {
+            LayerSelection::All => Ok((0..num_blocks).collect()),
+            LayerSelection::List(l) => match l.iter().find(|&&x| x >= num_blocks) {
+                Some(&bad) => Err(Error::invalid(
+                    "layer",
+                    format!("block {bad} is out of range: the model has blocks 0..{num_blocks}"),
+                )),
+                None => Ok(l.clone()),
+            },
+        }
+    }
 }
 
 #[cfg(test)]

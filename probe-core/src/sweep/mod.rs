@@ -77,14 +77,14 @@ pub async fn extract_prompts(
     observer: &dyn SweepObserver,
     prompts: &PromptSet,
     layers: &[usize],
-    readout: &Readout,
+    (readout, site): (&Readout, crate::Site),
     batch_size: usize,
 ) -> Result<BTreeMap<usize, Tensor>> {
     spans::check(readout, false)?;
     let texts = crate::Inputs::Texts(prompts.texts());
     let special = prompts.special_tokens;
     let spans = spans::resolve(extractor, readout, special, (prompts, (0, prompts.len())), None, &texts)?;
-    let how = (readout.positions(), spans.as_deref());
+    let how = (readout.positions(), spans.as_deref(), site);
     activations::extract_spans(extractor, observer, &texts, special, layers, how, batch_size).await
 }
 pub use layers::LayerSelection;
@@ -123,6 +123,8 @@ pub struct SweepConfig {
     pub generation_in_flight: usize,
     /// The run's resolved plan ([`crate::plan::resolve_run`]), recorded in the report.
     pub plan: Option<crate::plan::RunPlan>,
+    /// Where activations are read; for a site inside blocks, `layers` are blocks (`0..L`).
+    pub site: crate::Site,
 }
 
 impl Default for SweepConfig {
@@ -135,6 +137,7 @@ impl Default for SweepConfig {
             probe: ProbeConfig::default(),
             generation_in_flight: 1,
             plan: None,
+            site: crate::Site::Resid,
         }
     }
 }
@@ -153,6 +156,11 @@ impl SweepConfig {
     /// Sets the batch size.
     pub fn with_batch_size(mut self, b: usize) -> Self {
         self.batch_size = b;
+        self
+    }
+    /// Sets where activations are read.
+    pub fn with_site(mut self, site: crate::Site) -> Self {
+        self.site = site;
         self
     }
     /// Sets the sampling; `None` turns generation off.
@@ -458,6 +466,7 @@ pub async fn features(
         spans,
         batch_size: config.batch_size,
         special_tokens: prompts.special_tokens,
+        site: config.site,
     };
     let features: BTreeMap<usize, Tensor> =
         activations::cached_extract(parts.extractor, parts.cache, parts.observer, &job, &texts, &mut summary).await?;
@@ -465,6 +474,35 @@ pub async fn features(
     summary.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
     summary.pass_reuse = parts.extractor.pass_reuse().map(|now| now.since(reuse_before.unwrap_or_default()));
     Ok((features, summary))
+}
+
+/// One probe per (block, head) of a `heads` sweep's `features` (`[n, heads·head_dim]` per
+/// block), with the statistics of layers; in block then head order.
+fn head_scores(
+    info: &crate::ModelInfo,
+    features: &BTreeMap<usize, Tensor>,
+    targets: &Targets,
+    fold: &[usize],
+    config: &SweepConfig,
+) -> Result<Vec<LayerScore>> {
+    let (nh, d) = (info.num_heads, info.head_dim);
+    let mut out = Vec::with_capacity(features.len() * nh);
+    for (&layer, tensor) in features {
+        if nh == 0 || tensor.shape.get(1) != Some(&(nh * d)) {
+            return Err(Error::invalid(
+                "site",
+                format!("heads: block {layer} has shape {:?}, not [n, {nh} heads × {d}]", tensor.shape),
+            ));
+        }
+        let n = tensor.rows();
+        for h in 0..nh {
+            let data = (0..n).flat_map(|r| tensor.row(r)[h * d..(h + 1) * d].iter().copied()).collect();
+            let mut score = evaluate_layer(layer, &Tensor::new(vec![n, d], data), targets, fold, &config.probe)?;
+            score.head = Some(h);
+            out.push(score);
+        }
+    }
+    Ok(out)
 }
 
 /// Trains one probe per layer of `features` and makes the report (the last phase of
@@ -491,7 +529,8 @@ pub(super) fn report(
                 dtype: info.dtype.clone(),
                 tokenizer: info.tokenizer.clone(),
                 layer,
-                hidden_size: info.hidden_size,
+                hidden_size: info.width(config.site),
+                site: config.site,
                 positions: config.positions.clone(),
                 classes: prompts.classes(),
                 c: f64::NAN,
@@ -503,6 +542,11 @@ pub(super) fn report(
         }
         parts.observer.on_event(&SweepEvent::Progress { phase: Phase::Probes, done: i + 1 });
     }
+    let heads = if config.site == crate::Site::Heads {
+        head_scores(info, features, &targets, &fold, config)?
+    } else {
+        Vec::new()
+    };
     parts.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Probes });
     tracing::info!("{summary}");
     Ok(SweepReport {
@@ -510,6 +554,8 @@ pub(super) fn report(
         revision: info.id.revision.clone(),
         prompt_set: prompts.name.clone(),
         positions: config.positions.to_string(),
+        site: config.site,
+        heads,
         classes: if matches!(targets, Targets::Classes { .. }) { prompts.classes() } else { Vec::new() },
         n_prompts: prompts.len(),
         seed: config.probe.seed,

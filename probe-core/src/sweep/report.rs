@@ -14,8 +14,11 @@ use crate::plan::{MemoryReport, RunPlan};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct LayerScore {
-    /// Layer (Hugging Face `output_hidden_states` numbering).
+    /// Layer (Hugging Face `output_hidden_states` numbering; a block for a site inside blocks).
     pub layer: usize,
+    /// The attention head of block `layer` the probe read (`heads[]` of a `heads` sweep).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<usize>,
     /// Mean held-out accuracy over the folds.
     #[serde(default = "nan", skip_serializing_if = "is_nan")]
     pub accuracy: f64,
@@ -77,6 +80,7 @@ impl LayerScore {
     pub fn new(layer: usize, n_train: usize, n_test: usize) -> Self {
         Self {
             layer,
+            head: None,
             accuracy: f64::NAN,
             accuracy_std: None,
             ci95: [f64::NAN; 2],
@@ -189,6 +193,13 @@ pub struct SweepReport {
     pub prompt_set: String,
     /// Position reduction.
     pub positions: String,
+    /// Where activations were read (absent: the residual stream); `layers[].layer` are blocks
+    /// for a site inside blocks.
+    #[serde(default, skip_serializing_if = "crate::Site::is_resid")]
+    pub site: crate::Site,
+    /// A `heads` sweep: one probe per (block, head), each on that head's `head_dim` values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<LayerScore>,
     /// Class labels; class `i` is `classes[i]` (empty for numeric labels).
     pub classes: Vec<String>,
     /// Number of prompts.
@@ -279,7 +290,7 @@ impl SweepReport {
         };
         let mut s = format!(
             "# Probe sweep: {}\n\n- model: `{}` (revision `{}`)\n- prompt set: `{}` ({} prompts, {})\n\
-             - positions: `{}`; {}-fold stratified cross-validation, seed {}; {c}\n- {}\n\n\
+             - positions: `{}`{}; {}-fold stratified cross-validation, seed {}; {c}\n- {}\n\n\
              | layer | {name} | ± std | ci95 | auc | {control} | selectivity | diff-of-means | C | n_train | n_test |\n\
              | ---: | ---: | ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
             self.prompt_set,
@@ -293,6 +304,7 @@ impl SweepReport {
                 format!("classes {}", self.classes.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))
             },
             self.positions,
+            if self.site.is_resid() { String::new() } else { format!(", site `{}` (layers are blocks)", self.site) },
             self.probe.folds,
             self.seed,
             self.summary
@@ -325,6 +337,34 @@ impl SweepReport {
                 b.ci95[1],
                 opt(b.selectivity)
             ));
+        }
+        if !self.heads.is_empty() {
+            let mut top: Vec<&LayerScore> = self.heads.iter().collect();
+            top.sort_by(|a, b| b.score().total_cmp(&a.score()));
+            s.push_str(&format!(
+                "
+## Top heads
+
+One probe per (block, head) on its `head_dim` values ({} probes; `heads.svg`):
+
+                 | block | head | {name} | ci95 | {control} | selectivity |
+| ---: | ---: | ---: | :---: | ---: | ---: |
+",
+                self.heads.len()
+            ));
+            for h in top.into_iter().take(10) {
+                s.push_str(&format!(
+                    "| {} | {} | {} | [{}, {}] | {} | {} |
+",
+                    h.layer,
+                    h.head.map_or("-".to_owned(), |h| h.to_string()),
+                    num(h.score()),
+                    num(h.ci95[0]),
+                    num(h.ci95[1]),
+                    num(h.control()),
+                    opt(h.selectivity)
+                ));
+            }
         }
         for t in &self.transfer {
             s.push_str(&format!(

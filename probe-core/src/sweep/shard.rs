@@ -355,6 +355,7 @@ fn activation_job<'a>(
         spans: None,
         batch_size: config.batch_size,
         special_tokens: prompts.special_tokens,
+        site: config.site,
     }
 }
 

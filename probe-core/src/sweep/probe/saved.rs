@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::linalg::Standardizer;
 use super::logistic::argmax;
 use super::{LogisticProbe, ProbeConfig, Targets, choose_c_all};
-use crate::{Error, ModelInfo, Readout, Result, SamplingParams, Tensor};
+use crate::{Error, ModelInfo, Readout, Result, SamplingParams, Site, Tensor};
 
 /// What a saved probe was trained on, and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,10 +26,13 @@ pub struct ProbeMeta {
     pub dtype: String,
     /// Tokenizer settings of the activations.
     pub tokenizer: String,
-    /// Layer (Hugging Face numbering).
+    /// Layer (Hugging Face numbering; a block for a site inside blocks).
     pub layer: usize,
-    /// Hidden size.
+    /// Values per row it reads: the hidden size (the width of its site, see [`ModelInfo::width`]).
     pub hidden_size: usize,
+    /// Where it reads (absent: the residual stream).
+    #[serde(default, skip_serializing_if = "Site::is_resid")]
+    pub site: Site,
     /// The tokens read.
     pub positions: Readout,
     /// Class labels: class `i` is `classes[i]`.
@@ -181,12 +184,16 @@ impl SavedProbe {
                 ));
             }
         }
-        if m.hidden_size != info.hidden_size || m.layer > info.num_layers {
+        let last = if m.site.in_block() { info.num_layers.saturating_sub(1) } else { info.num_layers };
+        if m.hidden_size != info.width(m.site) || m.layer > last {
             return Err(Error::invalid(
                 "layer",
                 format!(
-                    "the probe reads layer {} of hidden size {}; the model has layers 0..={} of size {}",
-                    m.layer, m.hidden_size, info.num_layers, info.hidden_size
+                    "the probe reads {} layer {} of width {}; the model has layers 0..={last} of width {}",
+                    m.site,
+                    m.layer,
+                    m.hidden_size,
+                    info.width(m.site)
                 ),
             ));
         }

@@ -1,0 +1,98 @@
+//! Where in the model activations are read: the [`Site`] of an extraction.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Where activations are read. [`Site::Resid`] is the residual stream between blocks, in Hugging
+/// Face `output_hidden_states` numbering (0 = embeddings, L = after the final norm); every other
+/// site is inside block `b` and numbered by block, `0..L`. Names follow TransformerLens
+/// (`hook_resid_mid`, `hook_attn_out`, `hook_mlp_out`, `attn.hook_z`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Site {
+    /// The residual stream between blocks (`hidden_states[l]`): `[n, hidden]`.
+    #[default]
+    Resid,
+    /// The residual stream inside block `b`, after the attention sub-block's addition: `[n, hidden]`.
+    /// Blocks whose attention and MLP read the same input (GPT-NeoX's parallel residual) have none.
+    ResidMid,
+    /// What block `b`'s attention adds to the residual stream (after the post-attention norm of
+    /// Gemma 2/3 and OLMo 2): `[n, hidden]`.
+    AttnOut,
+    /// What block `b`'s MLP adds to the residual stream (after the post-feedforward norm where
+    /// there is one; for a mixture of experts, the weighted sum of the experts): `[n, hidden]`.
+    MlpOut,
+    /// The input of block `b`'s output projection, per head (TransformerLens `hook_z`):
+    /// `[n, heads, head_dim]`.
+    Heads,
+    /// The router logits of block `b`'s mixture of experts: `[n, experts]`.
+    Router,
+}
+
+impl Site {
+    /// Every site, in the order of [`Site::as_str`]'s documentation.
+    pub const ALL: [Site; 6] = [Site::Resid, Site::ResidMid, Site::AttnOut, Site::MlpOut, Site::Heads, Site::Router];
+
+    /// The name used on the command line, in `probe.toml`, cache keys and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Site::Resid => "resid",
+            Site::ResidMid => "resid_mid",
+            Site::AttnOut => "attn_out",
+            Site::MlpOut => "mlp_out",
+            Site::Heads => "heads",
+            Site::Router => "router",
+        }
+    }
+
+    /// True for [`Site::Resid`] (serde's `skip_serializing_if`: keys and files of the residual
+    /// stream keep the form they had before sites existed).
+    pub fn is_resid(&self) -> bool {
+        *self == Site::Resid
+    }
+
+    /// Whether layers of this site are block indices (`0..L`) rather than `hidden_states`
+    /// indices (`0..=L`).
+    pub fn in_block(self) -> bool {
+        self != Site::Resid
+    }
+}
+
+impl std::str::FromStr for Site {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Site::ALL.into_iter().find(|site| site.as_str() == s).ok_or_else(|| {
+            Error::invalid("site", format!("{s:?} (expected resid, resid_mid, attn_out, mlp_out, heads or router)"))
+        })
+    }
+}
+
+impl std::fmt::Display for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for Site {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for site in Site::ALL {
+            assert_eq!(site.as_str().parse::<Site>().unwrap(), site);
+            assert_eq!(serde_json::to_string(&site).unwrap(), format!("\"{site}\""));
+        }
+        let err = "attn".parse::<Site>().unwrap_err().to_string();
+        assert!(err.contains("\"attn\"") && err.contains("attn_out"), "{err}");
+        assert!(Site::default().is_resid() && !Site::Resid.in_block() && Site::Heads.in_block());
+    }
+}
