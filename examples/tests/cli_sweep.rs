@@ -380,3 +380,64 @@ fn sweep_site_heads_trains_a_probe_per_head() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.contains("router"), "{err}");
 }
+
+/// `probe generate --steer-*` on a candle fixture: steered completions differ from plain ones,
+/// are cached under their own key, and a sweep's report records the steering; a block out of
+/// range or a vector of the wrong size is refused naming the flag.
+#[cfg(feature = "candle")]
+#[test]
+fn generate_steers_along_a_vector_file() {
+    let Some(fixtures) = probe_core::testing::require_service("PROBE_FIXTURES") else { return };
+    let model = format!("{fixtures}/models/llama");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{model}/config.json")).unwrap()).unwrap();
+    let (hidden, blocks) = (cfg["hidden_size"].as_u64().unwrap() as usize, cfg["num_hidden_layers"].as_u64().unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_prompts(&d.join("prompts.jsonl"), 20);
+    let write_vector = |name: &str, n: usize| {
+        let t = probe_core::Tensor::new(vec![n], (0..n).map(|i| ((i + 1) as f32).sin()).collect());
+        let bytes = probe_core::codec::encode_tensors(&[(probe_core::DIRECTION_TENSOR, &t)], None).unwrap();
+        std::fs::write(d.join(name), bytes).unwrap();
+    };
+    write_vector("d.safetensors", hidden);
+    write_vector("short.safetensors", hidden - 1);
+    let generate = |out: &str, steer: &[&str]| {
+        let mut a = vec!["generate", "--model", model.as_str(), "--prompts", "prompts.jsonl", "--max-tokens", "6"];
+        a.extend(["--cache", "cache", "--out", out, "--quiet"]);
+        a.extend(steer);
+        probe(d, &a)
+    };
+    let ids = |out: &str| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(d.join(out)).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["completion_token_ids"].clone())
+            .collect()
+    };
+    ok(&generate("plain.jsonl", &[]));
+    let steer = ["--steer-vector", "d.safetensors", "--steer-layer", "1", "--steer-alpha", "3"];
+    ok(&generate("steered.jsonl", &steer));
+    assert_ne!(ids("plain.jsonl"), ids("steered.jsonl"), "steering changes the completions");
+    ok(&generate("steered2.jsonl", &steer));
+    assert_eq!(ids("steered.jsonl"), ids("steered2.jsonl"));
+
+    let blocks_s = blocks.to_string();
+    let out =
+        generate("bad.jsonl", &["--steer-vector", "d.safetensors", "--steer-layer", &blocks_s, "--steer-alpha", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("steer-layer") && err.contains(&blocks_s), "{err}");
+    let out =
+        generate("bad.jsonl", &["--steer-vector", "short.safetensors", "--steer-layer", "1", "--steer-alpha", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("steer-vector"), "{err}");
+
+    let mut sweep = vec!["sweep", "--model", model.as_str(), "--prompts", "prompts.jsonl", "--layers", "1"];
+    sweep.extend(["--cache", "cache", "--out", "out", "--max-tokens", "6", "--folds", "2", "--quiet"]);
+    sweep.extend(steer);
+    let stdout = ok(&probe(d, &sweep));
+    assert!(summary_line(&stdout).starts_with("generations: 0 generated, 20 cached"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/report.json")).unwrap()).unwrap();
+    assert_eq!(report["steering"][0]["layer"], 1);
+    assert_eq!(report["steering"][0]["alpha"], 3.0);
+}

@@ -256,16 +256,11 @@ impl ActivationRequest {
         if self.layers.is_empty() {
             return Err(Error::invalid("layers", "no layers requested"));
         }
-        if self.site.in_block() {
-            if let Some(&bad) = self.layers.iter().find(|&&l| l >= info.num_layers) {
-                return Err(Error::invalid(
-                    "block",
-                    format!(
-                        "{bad} is out of range for site {}: the model has blocks 0..{}",
-                        self.site, info.num_layers
-                    ),
-                ));
-            }
+        if let Some(&bad) = self.layers.iter().find(|&&l| self.site.in_block() && l >= info.num_layers) {
+            return Err(Error::invalid(
+                "block",
+                format!("{bad} is out of range for site {}: the model has blocks 0..{}", self.site, info.num_layers),
+            ));
         }
         if let Some(&bad) = self.layers.iter().find(|&&l| l > info.num_layers) {
             return Err(Error::invalid(

@@ -555,6 +555,7 @@ pub(super) fn report(
         prompt_set: prompts.name.clone(),
         positions: config.positions.to_string(),
         site: config.site,
+        steering: config.sampling.as_ref().map(|s| s.steering.clone()).unwrap_or_default(),
         heads,
         classes: if matches!(targets, Targets::Classes { .. }) { prompts.classes() } else { Vec::new() },
         n_prompts: prompts.len(),

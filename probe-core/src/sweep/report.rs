@@ -197,6 +197,9 @@ pub struct SweepReport {
     /// for a site inside blocks.
     #[serde(default, skip_serializing_if = "crate::Site::is_resid")]
     pub site: crate::Site,
+    /// The steering the completions were generated with (none: absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steering: Vec<crate::Intervention>,
     /// A `heads` sweep: one probe per (block, head), each on that head's `head_dim` values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub heads: Vec<LayerScore>,
