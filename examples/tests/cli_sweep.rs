@@ -376,6 +376,15 @@ fn sweep_site_heads_trains_a_probe_per_head() {
     let again = ok(&probe(d, &args("heads", "out3")));
     assert!(summary_line(&again).contains(&format!("0 layers computed, {blocks} cached")), "{again}");
 
+    // `probe extract --site heads`: `[n, heads, head_dim]` per block.
+    let head_dim = cfg["head_dim"].as_u64().unwrap_or(cfg["hidden_size"].as_u64().unwrap() / heads);
+    let mut extract = vec!["extract", "--model", model.as_str(), "--input", "prompts.jsonl", "--layers", "0,2"];
+    extract.extend(["--positions", "mean", "--site", "heads", "--out", "heads.safetensors", "--quiet"]);
+    ok(&probe(d, &extract));
+    let bytes = std::fs::read(d.join("heads.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("layer.2").unwrap().shape(), &[20, heads as usize, head_dim as usize]);
+
     let refused = probe(d, &args("router", "out4"));
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.contains("router"), "{err}");

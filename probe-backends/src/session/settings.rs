@@ -616,6 +616,24 @@ mod tests {
     }
 
     #[test]
+    fn site_and_steering_are_read_and_checked() {
+        let cfg = Settings::from_toml("[extraction]\nsite = \"attn_out\"\n", "p.toml").unwrap();
+        assert_eq!(cfg.read_site(), Site::AttnOut);
+        assert_eq!(Settings::default().read_site(), Site::Resid);
+        let e = Settings::from_toml("[extraction]\nsite = \"attn\"\n", "p.toml").unwrap_err().to_string();
+        assert!(e.contains("p.toml:2") && e.contains("\"attn\""), "{e}");
+        let text = "[[generation.steer]]\nvector = \"missing.safetensors\"\nlayer = 2\nalpha = 1.5\n";
+        let cfg = Settings::from_toml(text, "p.toml").unwrap();
+        assert_eq!((cfg.generation.steer[0].layer, cfg.generation.steer[0].alpha), (Some(2), 1.5));
+        let e = cfg.sampling().unwrap_err().to_string();
+        assert!(e.contains("steer-vector") && e.contains("missing.safetensors"), "{e}");
+        let bad_head = Steer { vector: Some("v".into()), head: Some("3".into()), alpha: 1.0, ..Steer::default() };
+        assert!(bad_head.intervention().unwrap_err().to_string().contains("BLOCK:HEAD"));
+        let neither = Steer { alpha: 1.0, ..Steer::default() };
+        assert!(neither.intervention().unwrap_err().to_string().contains("--steer-probe"));
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let e = Settings::from_toml("[extraction]\nbatch_size = 4\nbacth = 3\n", "p.toml").unwrap_err().to_string();
         assert!(e.contains("p.toml:3") && e.contains("bacth"), "{e}");
