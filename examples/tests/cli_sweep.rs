@@ -449,4 +449,9 @@ fn generate_steers_along_a_vector_file() {
         serde_json::from_str(&std::fs::read_to_string(d.join("out/report.json")).unwrap()).unwrap();
     assert_eq!(report["steering"][0]["layer"], 1);
     assert_eq!(report["steering"][0]["alpha"], 3.0);
+
+    // Along the direction the sweep's probe found (its layer, 1, by default).
+    ok(&generate("by_probe.jsonl", &["--steer-probe", "out/probes/layer-1.safetensors", "--steer-alpha", "3"]));
+    assert_ne!(ids("plain.jsonl"), ids("by_probe.jsonl"), "steering along the probe changes the completions");
+    assert_ne!(ids("steered.jsonl"), ids("by_probe.jsonl"), "another direction, other completions");
 }
