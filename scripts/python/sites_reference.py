@@ -76,12 +76,9 @@ def main() -> int:
             o_proj = child(attn, ["o_proj", "c_proj", "dense"])
             mlp = layer.mlp
 
-            def keep(site, b=b, index=None, inputs=False, heads=False):
-                def hook(module, args, output=None):
-                    t = first(args) if inputs else first(output)
-                    if heads:
-                        t = t.reshape(t.shape[0], t.shape[1], nh, d)
-                    found[f"{site}.{b}"] = t.detach().clone()
+            def keep(site, b=b):
+                def hook(module, args, output):
+                    found[f"{site}.{b}"] = first(output).detach().clone()
 
                 return hook
 
