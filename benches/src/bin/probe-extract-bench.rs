@@ -115,7 +115,7 @@ fn server_command(a: &Args) -> Result<String> {
         .python_module(&a.python)
         .servers(vec![spec.with_max_model_len(512)])
         .args(["--dtype", dtype, "--seed", "0"])
-        .hidden_states(dir, layers)
+        .hidden_states(dir, &(0..=layers).collect::<Vec<_>>())
         .log_dir(dir.parent().unwrap_or(dir))
         .build()?;
     Ok(launcher.dry_run().remove(0).to_string())

@@ -370,7 +370,7 @@ impl Session {
         let urls = s.server_urls();
         let mut servers = Servers::plan(s, self.backend, self.folder.name(), &urls, generates, s.log_dir(), dry_run)?;
         if on_servers {
-            servers.extract_on_servers(s, self.folder.name(), self.folder.num_layers()?, s.log_dir())?;
+            servers.extract_on_servers(s, self.folder.name(), &layers, s.log_dir())?;
         }
         let tokens = u64::from(sampling.max_tokens);
         let work = plan::Workload {
