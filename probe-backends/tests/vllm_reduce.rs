@@ -168,10 +168,8 @@ async fn the_server_reduces_and_writes_only_the_asked_layers_and_spans() {
     }
     println!("reduced in the server: worst max relative error to transformers {worst:.2e} (layers {KEPT:?})");
     // Every position of one layer: rows as the server keeps them; its last row is `last`.
-    let all = x
-        .extract(ActivationRequest::texts(texts[2..].to_vec(), vec![4]).with_positions(Positions::All))
-        .await
-        .unwrap();
+    let all =
+        x.extract(ActivationRequest::texts(texts[2..].to_vec(), vec![4]).with_positions(Positions::All)).await.unwrap();
     let n = all.token_counts[0];
     let row = &all.layers[0].tensor.data[(n - 1) * HIDDEN..n * HIDDEN];
     let err = rel_err(row, &want["last.4"][2 * HIDDEN..3 * HIDDEN]);
@@ -211,6 +209,7 @@ async fn the_server_reduces_and_writes_only_the_asked_layers_and_spans() {
     assert!(matches!(err, Error::InvalidInput { .. }) && err.to_string().contains("[2]"), "{err}");
 
     group.stop().await.unwrap();
-    let left: Vec<_> = std::fs::read_dir(&hs_dir).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let left: Vec<_> =
+        std::fs::read_dir(&hs_dir).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "nothing left in the hidden-states folder: {left:?}");
 }

@@ -118,6 +118,9 @@ fn server_command(a: &Args) -> Result<String> {
         .hidden_states(dir, &(0..=layers).collect::<Vec<_>>())
         .log_dir(dir.parent().unwrap_or(dir))
         .build()?;
+    // The command names probe's connector on PYTHONPATH=<log dir>/python: write it there (a
+    // launch would; this prints the command for a shell to start).
+    probe_backends::vllm::hidden::write_connector(&dir.parent().unwrap_or(dir).join("python"))?;
     Ok(launcher.dry_run().remove(0).to_string())
 }
 

@@ -309,7 +309,8 @@ impl ActivationExtractor for VllmExtractor {
             let (i, hs) = r?;
             let batch = PaddedBatch::new(std::slice::from_ref(&hs.token_ids), 0);
             for (k, &l) in layers.iter().enumerate() {
-                let at = hs.index_of(l).ok_or_else(|| Error::backend(BACKEND, format!("layer {l} is not in the file")))?;
+                let at =
+                    hs.index_of(l).ok_or_else(|| Error::backend(BACKEND, format!("layer {l} is not in the file")))?;
                 let mut values = hs.layer(at);
                 if l == last && hs.normed != Some(last) {
                     if hs.spans.as_ref().is_some_and(|s| s.iter().any(|[a, b]| b - a > 1)) {

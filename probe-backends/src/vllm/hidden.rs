@@ -330,7 +330,9 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<HiddenStates> {
         .into_iter()
         .map(|t| u32::try_from(t).map_err(|_| bad(format!("token id {t}"))))
         .collect::<Result<Vec<u32>>>()?;
-    let numbers = |v: &str| v.split(',').filter(|s| !s.is_empty()).map(str::parse::<usize>).collect::<std::result::Result<Vec<_>, _>>();
+    let numbers = |v: &str| {
+        v.split(',').filter(|s| !s.is_empty()).map(str::parse::<usize>).collect::<std::result::Result<Vec<_>, _>>()
+    };
     let layer_ids = match field("layers") {
         Some(v) => Some(numbers(&v).map_err(|e| bad(format!("layers {v:?}: {e}")))?),
         None => None,
@@ -420,7 +422,10 @@ mod tests {
         };
         write(r#"{"probe_format":"1","layers":"3,4","spans":"0:3","normed":"4"}"#, 1);
         let hs = take(&path).unwrap();
-        assert_eq!((hs.rows(), hs.layer_ids.clone(), hs.spans.clone(), hs.normed), (1, Some(vec![3, 4]), Some(vec![[0, 3]]), Some(4)));
+        assert_eq!(
+            (hs.rows(), hs.layer_ids.clone(), hs.spans.clone(), hs.normed),
+            (1, Some(vec![3, 4]), Some(vec![[0, 3]]), Some(4))
+        );
         assert_eq!((hs.index_of(4), hs.index_of(0)), (Some(1), None));
         assert_eq!((hs.layer(0), hs.layer(1)), (vec![0.0], vec![1.0]));
         write(r#"{"probe_format":"1","layers":"3,4","spans":"all","normed":""}"#, 3);

@@ -98,6 +98,9 @@ class ProbeHiddenStatesConnector(ExampleHiddenStatesConnector):
         # vLLM's models append the kept states in layer order, whatever order the ids are given in.
         self._kept = sorted(set(ids))
         self._norms: dict[str, tuple] = {}
+        # Worker side: req_id → lock file of a request not written (yet); a request that
+        # finishes without a write (refused, aborted) has its lock removed, not left behind.
+        self._unwritten: dict[str, str] = {}
 
     # ---------------------------------------------------------------- scheduler side
 
@@ -127,6 +130,26 @@ class ProbeHiddenStatesConnector(ExampleHiddenStatesConnector):
         return delay, params
 
     # ---------------------------------------------------------------- worker side
+
+    def wait_for_save(self) -> None:
+        super().wait_for_save()
+        if not self._is_tp_rank_zero or not self.has_connector_metadata():
+            return
+        meta = self._get_connector_metadata()
+        for req_id, filename in getattr(meta, "new_req_filenames", {}).items():
+            if req_id in self._lock_fds:
+                self._unwritten.setdefault(req_id, filename + ".lock")
+
+    def get_finished(self, finished_req_ids):
+        out = super().get_finished(finished_req_ids)
+        for req_id, lock in list(self._unwritten.items()):
+            if req_id not in self._lock_fds:  # closed without a write
+                del self._unwritten[req_id]
+                try:
+                    os.remove(lock)
+                except OSError:
+                    pass
+        return out
 
     def _norm(self, spec: dict, device) -> tuple:
         """The final norm's weight (and bias) from the served checkpoint, cached per device."""
@@ -175,6 +198,7 @@ class ProbeHiddenStatesConnector(ExampleHiddenStatesConnector):
             return
         assert self._kv_cache is not None
         ask = getattr(pending, "ask", {}) or {}
+        self._unwritten.pop(pending.req_id, None)
         block_ids = torch.tensor(pending.block_ids, dtype=torch.long)
         offsets = torch.arange(0, self._block_size, dtype=torch.long)
         slots = (offsets.reshape((1, -1)) + block_ids.reshape((-1, 1)) * self._block_size).flatten()
