@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use probe_backends::vllm::{ServerSpec, VllmExtractor, VllmGenerator, VllmLauncher};
 use probe_core::testing::require_service;
-use probe_core::{ActivationExtractor, ActivationRequest, Error, Positions, SpecialTokens};
+use probe_core::{
+    ActivationExtractor, ActivationRequest, Error, GenerationRequest, Generator, Positions, SamplingParams,
+    SpecialTokens,
+};
 use serde::Deserialize;
 
 /// The layers the server keeps; the fixture has 4 blocks, hidden states 0..=4.
@@ -174,6 +177,35 @@ async fn the_server_reduces_and_writes_only_the_asked_layers_and_spans() {
     let row = &all.layers[0].tensor.data[(n - 1) * HIDDEN..n * HIDDEN];
     let err = rel_err(row, &want["last.4"][2 * HIDDEN..3 * HIDDEN]);
     assert!(err <= 1e-4, "all positions, last row of layer 4 (normed on the server): {err:e}");
+
+    // Same pass: generate 4 tokens after each long text, then read the mean over every token.
+    // The last sampled token was never fed back, so each input takes one more request, but the
+    // server's prefix cache holds the generation's blocks (their KV and hidden states): it
+    // computes only the tokens past the last full block.
+    let gens = x
+        .generate(GenerationRequest::new(&model_s, texts.clone()).with_sampling(SamplingParams::greedy(4)))
+        .await
+        .unwrap();
+    let seqs: Vec<Vec<u32>> = gens.iter().map(|g| g.full_token_ids().expect("token ids")).collect();
+    let start = x.pass_reuse().unwrap();
+    let req = ActivationRequest::token_ids(seqs.clone(), KEPT.to_vec()).with_positions(Positions::Mean);
+    let after_gen = x.extract(req.clone()).await.unwrap();
+    let r = x.pass_reuse().unwrap().since(start);
+    assert_eq!((r.reused, r.extra_passes), (0, 3), "the last token needs one request each");
+    let total: usize = seqs.iter().map(Vec::len).sum();
+    assert_eq!(r.extra_pass_tokens, total as u64, "{r:?}");
+    assert!(r.extra_pass_cached_tokens * 2 >= r.extra_pass_tokens, "most tokens from the prefix cache: {r:?}");
+    println!(
+        "same pass: {} of {} prompt tokens of the extra requests from the prefix cache",
+        r.extra_pass_cached_tokens, r.extra_pass_tokens
+    );
+    // The readouts from prefix-cached blocks are those of a whole pass: candle's on the same tokens.
+    let candle = probe_backends::candle::CandleBackend::load(&model, Default::default()).unwrap();
+    let by_candle = candle.extract(req).await.unwrap();
+    for (a, b) in after_gen.layers.iter().zip(&by_candle.layers) {
+        let err = rel_err(&a.tensor.data, &b.tensor.data);
+        assert!(err <= 1e-4, "layer {}: prefix-cached readout vs candle {err:e}", a.layer);
+    }
 
     // What the server writes: only the asked layers and spans (sizes and headers).
     let ids = &meta.token_ids[0];

@@ -500,7 +500,7 @@ mod tests {
                 "/logs/hidden-states\"",
                 "ProbeHiddenStatesConnector",
                 "PYTHONPATH=logs/python",
-                "--no-enable-prefix-caching",
+                "--enable-prefix-caching",
             ] {
                 assert!(server.contains(want), "{want} in {server}");
             }

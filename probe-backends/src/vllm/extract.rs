@@ -202,32 +202,34 @@ impl VllmExtractor {
     /// The generation pass's hidden states of input `ids` when they serve a readout of
     /// `layers` up to token `need` (counted as reused), else `None` (counted as an extra pass
     /// when the input was generated here).
-    async fn captured(&self, ids: &[u32], need: usize, layers: &[usize]) -> Option<HiddenStates> {
-        let path = match self.captures.take(ids)? {
-            Some(path) => path,
-            None => {
+    async fn captured(&self, ids: &[u32], need: usize, layers: &[usize]) -> Captured {
+        let path = match self.captures.take(ids) {
+            None => return Captured::NotGenerated,
+            Some(Some(path)) => path,
+            Some(None) => {
                 self.captures.count_extra();
-                return None;
+                return Captured::Generated;
             }
         };
         match read(path).await {
             Ok(hs) if capture::covers(&hs.token_ids, ids, need) && self.check_shape("", &hs, layers).is_ok() => {
                 self.captures.count_reused();
-                Some(hs)
+                Captured::Hit(hs)
             }
             other => {
                 if let Err(e) = other {
                     tracing::warn!("vllm: the generation pass's hidden states are unusable ({e}); extracting again");
                 }
                 self.captures.count_extra();
-                None
+                Captured::Generated
             }
         }
     }
 
     /// One input on the servers: its index and what the server wrote for `ask` (the asked
     /// layers, reduced to the asked spans on the server).
-    async fn one(&self, i: usize, ids: &[u32], ask: &Ask) -> Result<(usize, HiddenStates)> {
+    /// Also returns the request's prompt tokens and those the server's prefix cache served.
+    async fn one(&self, i: usize, ids: &[u32], ask: &Ask) -> Result<(usize, HiddenStates, (u64, u64))> {
         let body = serde_json::json!({
             "model": self.client.served_model(),
             "prompt": ids,
@@ -255,10 +257,20 @@ impl VllmExtractor {
                     format!("{server} wrote spans {:?} for input #{i}, asked {:?}", hs.spans, ask.spans),
                 ));
             }
-            Ok(hs)
+            Ok((hs, hidden::prompt_tokens(&bytes)))
         };
-        self.client.complete(&format!("input #{i}"), &body, parse).await.map(|hs| (i, hs))
+        self.client.complete(&format!("input #{i}"), &body, parse).await.map(|(hs, t)| (i, hs, t))
     }
+}
+
+/// What the generation pass left for an input.
+enum Captured {
+    /// Hidden states that serve the readout.
+    Hit(HiddenStates),
+    /// Generated here, but its hidden states do not serve the readout (or were not kept).
+    Generated,
+    /// Not generated here.
+    NotGenerated,
 }
 
 /// [`hidden::take`] off the async runtime's threads.
@@ -297,10 +309,16 @@ impl ActivationExtractor for VllmExtractor {
                 let need = if request.positions == Positions::All { seq.len() } else { out.span_end(i) };
                 let (ask, layers) = (ask(spans[i]), &layers);
                 async move {
-                    match self.captured(seq, need, layers).await {
-                        Some(hs) => Ok((i, hs)),
-                        None => self.one(i, seq, &ask).await,
+                    let generated = match self.captured(seq, need, layers).await {
+                        Captured::Hit(hs) => return Ok((i, hs)),
+                        Captured::Generated => true,
+                        Captured::NotGenerated => false,
+                    };
+                    let (i, hs, (tokens, cached)) = self.one(i, seq, &ask).await?;
+                    if generated {
+                        self.captures.count_extra_tokens(tokens, cached);
                     }
+                    Ok((i, hs))
                 }
             })
             .collect();

@@ -35,7 +35,10 @@ const SOURCES: [(&str, &str); 3] = [
 /// method keeping only those layers (`eagle_aux_hidden_state_layer_ids`, so the server's
 /// hidden-state cache holds `layers.len()` values per token, not `L + 1`), probe's connector
 /// ([`CONNECTOR`], importable from `PYTHONPATH`: see [`write_connector`]), eager mode, no
-/// chunked prefill and no prefix caching (a cached prefix would not be written).
+/// chunked prefill, and prefix caching with the cached tokens counted in each answer: the
+/// hidden states live in the KV cache's blocks, so a request whose prefix another computed
+/// (the extraction of a generated sequence after its generation pass) reads the prefix's
+/// hidden states from the cache and computes only the rest (less than one block).
 /// `allow_custom_save_path` stays off: clients cannot choose where the server writes.
 pub fn extraction_args(layers: &[usize], storage_dir: &Path) -> Vec<String> {
     let ids: Vec<usize> = layers.iter().copied().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
@@ -57,7 +60,8 @@ pub fn extraction_args(layers: &[usize], storage_dir: &Path) -> Vec<String> {
         kv.to_string(),
         "--enforce-eager".into(),
         "--no-enable-chunked-prefill".into(),
-        "--no-enable-prefix-caching".into(),
+        "--enable-prefix-caching".into(),
+        "--enable-prompt-tokens-details".into(),
     ]
 }
 
@@ -195,6 +199,15 @@ pub(crate) fn answered(server: &str, body: &[u8]) -> Result<Answered> {
     let a: Answer = serde_json::from_slice(body)
         .map_err(|e| super::wire::bad_response(server, format!("not a completion response ({e})")))?;
     Ok(a.kv_transfer_params.unwrap_or_default())
+}
+
+/// A completion answer's prompt tokens and, of those, the ones the server's prefix cache served
+/// (`usage.prompt_tokens_details.cached_tokens`, given with `--enable-prompt-tokens-details`);
+/// zeros when absent.
+pub(crate) fn prompt_tokens(body: &[u8]) -> (u64, u64) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let u = &v["usage"];
+    (u["prompt_tokens"].as_u64().unwrap_or(0), u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0))
 }
 
 fn missing(path: &Path, e: &std::io::Error) -> Error {

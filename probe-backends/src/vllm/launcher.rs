@@ -451,7 +451,7 @@ mod tests {
         let (cpu, gpu) = (cmds[0].to_string(), cmds[1].to_string());
         for c in [&cpu, &gpu] {
             assert!(c.contains("ProbeHiddenStatesConnector") && c.contains("PYTHONPATH=/logs/python"), "{c}");
-            assert!(c.contains("[1,2,4]") && c.contains("--no-enable-prefix-caching"), "{c}");
+            assert!(c.contains("[1,2,4]") && c.contains("--enable-prefix-caching"), "{c}");
             assert!(!c.contains("allow_custom_save_path"), "{c}");
         }
         assert_eq!(l.hidden_states_dir(), Some(Path::new("/shared/hs")));
