@@ -508,7 +508,7 @@ mod tests {
         }
         let mut given =
             Servers::plan(&file, Backend::Vllm, "m", &["http://h:1".into()], true, "l".into(), false).unwrap();
-        given.extract_on_servers(&file, "m", 4, "l".into()).unwrap();
+        given.extract_on_servers(&file, "m", &[0, 1, 2, 3, 4], "l".into()).unwrap();
         assert!(!given.launches(), "servers given by URL are not launched");
     }
 
