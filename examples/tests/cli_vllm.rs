@@ -263,3 +263,31 @@ fn vllm_extractor_shards_merge_to_the_single_worker_report() {
     assert_close(&m, &s, 1e-5, "report");
     assert_eq!(files(std::path::Path::new(&hs)), before, "no file left in the server's folder");
 }
+
+/// `probe vllm-args` prints a hand-started server's flags for the asked layers and writes
+/// probe's connector package; a layer the model lacks is refused.
+#[test]
+fn vllm_args_prints_the_flags_for_the_asked_layers_and_writes_the_connector() {
+    let Some(model) = require_service("PROBE_TEST_VLLM_MODEL") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let out = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["vllm-args", "--model", &model, "--layers", "4,1", "--hidden-states-dir", "hs", "--python-dir", "py"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for want in [r#""eagle_aux_hidden_state_layer_ids":[1,4]"#, "ProbeHiddenStatesConnector", "--enable-prefix-caching"]
+    {
+        assert!(stdout.contains(want), "{want} in {stdout}");
+    }
+    assert!(stdout.contains(&format!("PYTHONPATH={}", d.join("py").display())), "{stdout}");
+    assert!(d.join("py/probe_vllm/hidden_states.py").is_file(), "the connector is written");
+    let bad = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["vllm-args", "--model", &model, "--layers", "9", "--hidden-states-dir", "hs", "--python-dir", "py"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+}
