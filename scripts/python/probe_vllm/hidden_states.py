@@ -42,6 +42,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from vllm.logger import init_logger
+from vllm.utils.gpu_sync_debug import gpu_sync_allowed
 from vllm.distributed.kv_transfer.kv_connector.v1.example_hidden_states_connector import (
     ExampleHiddenStatesConnector,
     PendingSave,
@@ -226,7 +227,7 @@ class ProbeHiddenStatesConnector(ExampleHiddenStatesConnector):
         ready = torch.cuda.Event()
         ready.record()
         stream.wait_event(ready)
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), gpu_sync_allowed():
             try:
                 hidden = extract_from_kv_cache(
                     self._kv_cache, slots.to(device=self._kv_cache.device, non_blocking=True), num_tokens
