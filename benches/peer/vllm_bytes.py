@@ -7,7 +7,8 @@
 URL serves M with probe's connector keeping every layer (scripts/start-vllm with
 PROBE_VLLM_HIDDEN_STATES_DIR=DIR, or the launcher's GPU command); --plain-url, if given, serves M
 without any extraction flag (the ceiling: plain prefill). Three modes, each `--prompts` one-token
-requests of `--tokens` random token ids, `--in-flight` at a time, interleaved over `--rounds`:
+requests of `--tokens` random token ids (new ones for every mode and round, so no prefix cache
+hits), `--in-flight` at a time, interleaved over `--rounds`:
 
 - stock: no `kv_transfer_params["probe"]`: the server writes every kept layer of every token (the
   layout of vLLM's ExampleHiddenStatesConnector);
@@ -74,7 +75,11 @@ def main() -> int:
             c = json.load(f)
         a.vocab = (c.get("text_config") or c)["vocab_size"]
     rng = random.Random(0)
-    prompts = [[rng.randrange(3, a.vocab) for _ in range(a.tokens)] for _ in range(a.prompts)]
+
+    def fresh() -> list[list[int]]:
+        # New random prompts for every mode and round: the servers' prefix caches never hit.
+        return [[rng.randrange(3, a.vocab) for _ in range(a.tokens)] for _ in range(a.prompts)]
+
     layers = [int(x) for x in a.layers.split(",")]
     modes = {
         "stock (every layer, every token)": (a.url, None),
@@ -94,7 +99,7 @@ def main() -> int:
                     p = None if probe is None else dict(probe, spans=[[len(ids) - 1, len(ids)]])
                     return one(url, a.model, ids, p, a.hidden_states)
                 t0 = time.perf_counter()
-                got = list(pool.map(job, prompts))
+                got = list(pool.map(job, fresh()))
                 times[mode].append(time.perf_counter() - t0)
                 sizes[mode].extend(got)
     print(f"| mode | bytes written per input | prompt tokens/s | ms per input |  ({a.prompts} x {a.tokens} tokens, "
