@@ -26,6 +26,7 @@ mod shard_cmd;
 mod slurm;
 mod status_cmd;
 mod sweep_cmd;
+mod vllm_args_cmd;
 
 use clap::{Parser, Subcommand};
 use probe_core::Error;
@@ -67,6 +68,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// The device and memory plan for a model on some GPUs (roles, vLLM servers, batch sizes).
     Plan(Box<plan_cmd::PlanArgs>),
+    /// The flags (and probe's connector) for a vLLM server started by hand for `--extractor vllm`.
+    VllmArgs(vllm_args_cmd::VllmArgsArgs),
 }
 
 /// Exit status of an error: 2 for what the user can fix, 1 for the rest.
@@ -144,6 +147,7 @@ fn main() {
             Command::Apply(a) => apply_cmd::run(*a, quiet).await,
             Command::Demo(a) => demo::run(a, quiet).await,
             Command::Plan(a) => plan_cmd::run(*a).await,
+            Command::VllmArgs(a) => vllm_args_cmd::run(a),
         }
     });
     if let Err(e) = result {

@@ -261,7 +261,7 @@ fn dry_run_with_declared_gpus_launches_the_planned_servers() {
     assert!(!d.join("cache").exists() && !d.join("out").exists(), "a dry run wrote something");
 
     // With the vLLM extractor the plan gives every GPU to servers that generate and extract, each
-    // with the stock hidden-states connector (the CPU one is for CPU servers only).
+    // with probe's hidden-states connector (it reduces in the server; on PYTHONPATH).
     let mut vllm = args.to_vec();
     vllm.extend(["--extractor", "vllm"]);
     let (stdout, _) = ok(&probe(d, &d.join("record"), &vllm), "sweep --extractor vllm --gpus --dry-run");
@@ -269,10 +269,9 @@ fn dry_run_with_declared_gpus_launches_the_planned_servers() {
     assert!(stdout.contains("time-shared: no: the servers generate and extract"), "{stdout}");
     for (k, line) in stdout.lines().filter(|l| l.starts_with("server ")).enumerate() {
         assert!(line.starts_with(&format!("server {k}: CUDA_VISIBLE_DEVICES={k} ")), "{line}");
-        for want in ["extract_hidden_states", "ExampleHiddenStatesConnector", "--max-model-len "] {
+        for want in ["extract_hidden_states", "ProbeHiddenStatesConnector", "PYTHONPATH=", "--max-model-len "] {
             assert!(line.contains(want), "{want}: {line}");
         }
-        assert!(!line.contains("PYTHONPATH") && !line.contains("CpuHiddenStatesConnector"), "{line}");
     }
     assert!(!d.join("cache").exists() && !d.join("out").exists(), "a dry run wrote something");
 }
@@ -615,7 +614,7 @@ fn the_vllm_extractor_launches_servers_and_probes_a_model_candle_cannot_load() {
     assert!(stdout.contains("generations: 12 generated, 0 cached"), "{stdout}");
     assert!(stdout.contains("12 inputs read from the generation pass, 0 extra passes"), "{stdout}");
     let logs = d.join("out/vllm-logs");
-    assert!(logs.join("python/probe_vllm/cpu_hidden_states.py").is_file(), "the connector is shipped by probe");
+    assert!(logs.join("python/probe_vllm/hidden_states.py").is_file(), "the connector is shipped by probe");
     let left: Vec<_> = std::fs::read_dir(logs.join("hidden-states")).unwrap().collect();
     assert!(left.is_empty(), "every hidden-states file was read and deleted: {left:?}");
 

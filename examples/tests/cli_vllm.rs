@@ -153,7 +153,141 @@ fn extract_and_sweep_on_the_server_that_writes_hidden_states() {
     assert!(first.contains("generations: 12 generated, 0 cached"), "{first}");
     assert!(first.contains("12 inputs read from the generation pass, 0 extra passes"), "{first}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("out/report.json")).unwrap()).unwrap();
-    assert_eq!(report["summary"]["pass_reuse"], serde_json::json!({"reused": 12, "extra_passes": 0}), "{report:#}");
+    assert_eq!(
+        report["summary"]["pass_reuse"],
+        serde_json::json!({"reused": 12, "extra_passes": 0, "extra_pass_tokens": 0, "extra_pass_cached_tokens": 0}),
+        "{report:#}"
+    );
     let left: Vec<_> = files(std::path::Path::new(&hs)).difference(&before).cloned().collect();
     assert!(left.is_empty(), "files left in {hs}: {left:?}");
+}
+
+/// `a` and `b` equal, numbers within `tol` (relative to the larger, at least 1).
+fn assert_close(a: &serde_json::Value, b: &serde_json::Value, tol: f64, at: &str) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= tol * x.abs().max(y.abs()).max(1.0), "{at}: {x} vs {y}");
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: lengths");
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                assert_close(p, q, tol, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{at}: keys");
+            for (k, p) in x {
+                assert_close(p, &y[k], tol, &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+/// A report.json without its `memory` and `summary.pass_reuse` (measured per run; a merge runs
+/// no model).
+fn unmeasured(path: &std::path::Path) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("memory");
+    v["summary"].as_object_mut().unwrap().remove("pass_reuse");
+    v
+}
+
+/// Issue 29: `probe sweep --extractor vllm --shard k/N` on the server that writes hidden states
+/// (PROBE_TEST_VLLM_URL3): two shards, then `probe merge`, give the single worker's report (the
+/// activations of one input do not depend on what else the server batched with it beyond
+/// float rounding: numbers within 1e-5), and leave no file in the server's folder.
+#[test]
+fn vllm_extractor_shards_merge_to_the_single_worker_report() {
+    let (Some(url), Some(model), Some(hs)) = (
+        require_service("PROBE_TEST_VLLM_URL3"),
+        require_service("PROBE_TEST_VLLM_MODEL"),
+        require_service("PROBE_TEST_VLLM_HIDDEN_STATES"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut s = String::new();
+    for i in 0..40 {
+        let (w, l) = if i % 2 == 0 { ("cat", "animal") } else { ("hammer", "tool") };
+        s.push_str(&format!("{{\"id\":\"q{i}\",\"text\":\"The {w} number {i} is\",\"label\":\"{l}\"}}\n"));
+    }
+    std::fs::write(d.join("p.jsonl"), s).unwrap();
+    let before = files(std::path::Path::new(&hs));
+    let args = |cache: &str, out: &str| -> Vec<String> {
+        [
+            "--backend",
+            "vllm",
+            "--extractor",
+            "vllm",
+            "--url",
+            &url,
+            "--model",
+            &model,
+            "--prompts",
+            "p.jsonl",
+            "--layers",
+            "1,4",
+            "--positions",
+            "mean",
+            "--no-generate",
+            "--quiet",
+            "--cache",
+            cache,
+            "--out",
+            out,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    let with = |cmd: &str, rest: Vec<String>, more: &[&str]| {
+        let mut v = vec![cmd.to_owned()];
+        v.extend(rest);
+        v.extend(more.iter().map(|s| (*s).to_owned()));
+        v
+    };
+    for k in ["1/2", "2/2"] {
+        let a = with("sweep", args("shared", "unused"), &["--shard", k]);
+        let out = run(d, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.contains(&format!("shard {k}")), "{out}");
+    }
+    let merge = with("merge", args("shared", "merged"), &["--shards", "2"]);
+    run(d, &merge.iter().map(String::as_str).collect::<Vec<_>>());
+    let single = with("sweep", args("alone", "single"), &[]);
+    run(d, &single.iter().map(String::as_str).collect::<Vec<_>>());
+    let (m, s) = (unmeasured(&d.join("merged/report.json")), unmeasured(&d.join("single/report.json")));
+    assert_close(&m, &s, 1e-5, "report");
+    assert_eq!(files(std::path::Path::new(&hs)), before, "no file left in the server's folder");
+}
+
+/// `probe vllm-args` prints a hand-started server's flags for the asked layers and writes
+/// probe's connector package; a layer the model lacks is refused.
+#[test]
+fn vllm_args_prints_the_flags_for_the_asked_layers_and_writes_the_connector() {
+    let Some(model) = require_service("PROBE_TEST_VLLM_MODEL") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let out = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["vllm-args", "--model", &model, "--layers", "4,1", "--hidden-states-dir", "hs", "--python-dir", "py"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for want in [r#""eagle_aux_hidden_state_layer_ids":[1,4]"#, "ProbeHiddenStatesConnector", "--enable-prefix-caching"]
+    {
+        assert!(stdout.contains(want), "{want} in {stdout}");
+    }
+    assert!(stdout.contains(&format!("PYTHONPATH={}", d.join("py").display())), "{stdout}");
+    assert!(d.join("py/probe_vllm/hidden_states.py").is_file(), "the connector is written");
+    let bad = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["vllm-args", "--model", &model, "--layers", "9", "--hidden-states-dir", "hs", "--python-dir", "py"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 }

@@ -299,6 +299,20 @@ impl Collector {
         Ok(())
     }
 
+    /// Sets input `i`'s `Last` or `Mean` row of layer `k` to `row`, reduced elsewhere (a vLLM
+    /// server that reduces before it writes).
+    pub(crate) fn set_reduced(&mut self, k: usize, i: usize, row: &[f32]) -> Result<()> {
+        let h = self.hidden;
+        if self.positions == Positions::All || row.len() != h {
+            return Err(Error::backend(
+                "exported model",
+                format!("a reduced row of {} values for {} positions of hidden size {h}", row.len(), self.positions),
+            ));
+        }
+        self.data[k][i * h..(i + 1) * h].copy_from_slice(row);
+        Ok(())
+    }
+
     pub(crate) fn finish(self) -> Activations {
         let n = self.counts.len();
         let (h, w) = (self.hidden, self.width);

@@ -504,6 +504,13 @@ pub struct PassReuse {
     /// (its last sampled token is never fed back) or whose hidden states were not kept: each
     /// cost one more forward pass.
     pub extra_passes: u64,
+    /// Prompt tokens of the extra passes.
+    #[serde(default)]
+    pub extra_pass_tokens: u64,
+    /// Of those, tokens the server did not compute again: their states (KV and hidden states)
+    /// came from its prefix cache, left there by the generation pass (vLLM extraction).
+    #[serde(default)]
+    pub extra_pass_cached_tokens: u64,
 }
 
 impl PassReuse {
@@ -512,6 +519,8 @@ impl PassReuse {
         PassReuse {
             reused: self.reused.saturating_sub(before.reused),
             extra_passes: self.extra_passes.saturating_sub(before.extra_passes),
+            extra_pass_tokens: self.extra_pass_tokens.saturating_sub(before.extra_pass_tokens),
+            extra_pass_cached_tokens: self.extra_pass_cached_tokens.saturating_sub(before.extra_pass_cached_tokens),
         }
     }
 }

@@ -118,6 +118,29 @@ fn hidden_states_on_the_servers_take_their_share_of_the_cache() {
     assert!((ratio / ((kv + hs) / kv) - 1.0).abs() < 0.01, "{} vs {} tokens", h.kv_tokens, p.kv_tokens);
 }
 
+/// Issue 29: servers launched for vLLM extraction keep only the asked layers
+/// (`eagle_aux_hidden_state_layer_ids`), and the plan sizes their cache from that count: for
+/// Qwen3-32B, 3 asked layers (30 KiB of bf16 per token beside 256 KiB of KV) let a server hold
+/// at least 3 times the tokens it holds when it keeps all 65 (650 KiB).
+#[test]
+fn servers_that_keep_only_the_asked_layers_hold_3x_more_tokens() {
+    use probe_core::plan::VllmSettings;
+    let inv = || DeviceInventory::parse_gpus("2x80GiB").unwrap();
+    let s = RunSettings::new(512).with_max_new_tokens(Some(256)).with_launch_servers(true).with_extraction(false);
+    let run = |v: VllmSettings| resolve_run(inv(), spec("qwen3-32b.json"), &s.clone().with_vllm(v)).unwrap();
+    let server = |r: &RunPlan| r.detail.generation.as_ref().unwrap().servers[0].clone();
+    let all = server(&run(VllmSettings::default().with_hidden_states(true)));
+    let every = server(&run(VllmSettings::default().with_hidden_state_layers(65)));
+    let three = server(&run(VllmSettings::default().with_hidden_state_layers(3)));
+    assert_eq!(all.kv_tokens, every.kv_tokens, "all hidden states = 65 asked layers");
+    assert_eq!(all.kv_cache_bytes, three.kv_cache_bytes, "the same memory");
+    let per_token = |sv: &probe_core::plan::VllmServerPlan| sv.kv_cache_bytes as f64 / sv.kv_tokens as f64;
+    let want = f64::from(256 << 10) + f64::from(3 * 5120 * 2);
+    assert!((per_token(&three) / want - 1.0).abs() < 1e-3, "KV + 3 hidden states per token: {}", per_token(&three));
+    let ratio = three.kv_tokens as f64 / every.kv_tokens as f64;
+    assert!(ratio >= 3.0, "3 layers hold {ratio:.2}x the tokens of 65 ({} vs {})", three.kv_tokens, every.kv_tokens);
+}
+
 /// Issue 26: whole papers into Qwen3-32B. With the attention candle runs (query chunks, no
 /// `[batch, heads, seq, seq]` score matrix), 8,000-token prompts extract on one 80 GiB GPU
 /// alone; the eager estimate (30 GiB of f32 scores and softmax at batch 1) spilled blocks to the CPU.

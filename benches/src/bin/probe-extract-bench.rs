@@ -115,9 +115,12 @@ fn server_command(a: &Args) -> Result<String> {
         .python_module(&a.python)
         .servers(vec![spec.with_max_model_len(512)])
         .args(["--dtype", dtype, "--seed", "0"])
-        .hidden_states(dir, layers)
+        .hidden_states(dir, &(0..=layers).collect::<Vec<_>>())
         .log_dir(dir.parent().unwrap_or(dir))
         .build()?;
+    // The command names probe's connector on PYTHONPATH=<log dir>/python: write it there (a
+    // launch would; this prints the command for a shell to start).
+    probe_backends::vllm::hidden::write_connector(&dir.parent().unwrap_or(dir).join("python"))?;
     Ok(launcher.dry_run().remove(0).to_string())
 }
 

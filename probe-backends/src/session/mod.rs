@@ -352,9 +352,6 @@ impl Session {
             self.backend.check_generates()?;
         }
         let on_servers = s.extracts_on_servers() && task != Task::Generate;
-        if on_servers && task == Task::Shard {
-            return Err(Error::invalid("extractor", "\"vllm\" with shards: not yet (shards extract with candle)"));
-        }
         if self.backend == Backend::Vllm && !on_servers && task != Task::Generate {
             // Generation on the servers, extraction on candle from the same folder.
             self.backend.check_folder(self.folder.name())?;
@@ -386,7 +383,7 @@ impl Session {
         let urls = s.server_urls();
         let mut servers = Servers::plan(s, self.backend, self.folder.name(), &urls, generates, s.log_dir(), dry_run)?;
         if on_servers {
-            servers.extract_on_servers(s, self.folder.name(), self.folder.num_layers()?, s.log_dir())?;
+            servers.extract_on_servers(s, self.folder.name(), &layers, s.log_dir())?;
         }
         let tokens = u64::from(sampling.max_tokens);
         let work = plan::Workload {
@@ -528,11 +525,20 @@ impl Session {
         let generated =
             servers::generation_first(ld, &prepared.prompts, &prepared.config, cache.as_ref(), observer, Some(shard))
                 .await?;
-        let model = self.planned_model(prepared).await?;
+        // `--extractor vllm`: this task's own servers (given, or launched for it) extract.
+        let (model, extracting) = if self.settings.extracts_on_servers() {
+            let (m, l) = prepared.servers.open_extraction(self.folder.name())?;
+            (crate::mock::inject(m)?, l)
+        } else {
+            (self.planned_model(prepared).await?, None)
+        };
         let parts = parts(&model, cache.as_ref(), observer, ld.map(|g| g as &dyn Generator));
         let result = sweep::run_shard(parts, &prepared.prompts, &prepared.config, shard).await;
         if let Some(g) = ld {
             g.stop("after the shard").await?;
+        }
+        if let Some(s) = extracting {
+            s.stop("after the shard").await?;
         }
         let mut summary = result?;
         if let Some(g) = generated {
@@ -578,7 +584,8 @@ impl Session {
         let prepared = self.prepare_with(Task::Shard, prompts, true)?;
         let cache = self.cache()?;
         let dtype = plan::dtype_name(prepared.plan.as_ref());
-        let model = identity::opened(self.backend, self.folder.name(), dtype, &prepared.servers.urls())?;
+        let on_servers = self.settings.extracts_on_servers();
+        let model = identity::opened(self.backend, self.folder.name(), dtype, &prepared.servers.urls(), on_servers)?;
         Ok((prepared, cache, model))
     }
 
@@ -821,7 +828,19 @@ mod identity {
     use crate::registry::{self, Backend, OpenOptions, Opened};
 
     /// The identities of `model` as `backend` would load it in `dtype`.
-    pub(super) fn opened(backend: Backend, model: &str, dtype: &str, urls: &[String]) -> Result<Opened> {
+    /// `on_servers` (`--extractor vllm`): the vLLM extractor's identity (its client is built,
+    /// no server is contacted).
+    pub(super) fn opened(
+        backend: Backend,
+        model: &str,
+        dtype: &str,
+        urls: &[String],
+        on_servers: bool,
+    ) -> Result<Opened> {
+        if on_servers && backend == Backend::Vllm {
+            let options = OpenOptions::default().with_urls(urls.to_vec()).with_vllm_extraction(true, None);
+            return registry::open(backend, model, &options);
+        }
         #[cfg(feature = "candle")]
         if matches!(backend, Backend::Candle | Backend::Vllm) {
             use crate::candle::{CandleBackend, CandleOptions};

@@ -23,7 +23,7 @@ pub(super) struct Workload<'a> {
     pub(super) launches: bool,
     /// Whether a model is loaded in process (extraction, or candle generation).
     pub(super) in_process: bool,
-    /// The vLLM servers extract: they keep every layer's hidden states in their cache.
+    /// The vLLM servers extract: they keep the asked layers' hidden states in their cache.
     pub(super) hidden_states_on_servers: bool,
     /// Hidden states captured per forward pass.
     pub(super) layers: u64,
@@ -98,7 +98,11 @@ pub(super) fn resolve(
         .with_layers(Some(w.layers))
         .with_positions(w.positions)
         .with_dtype(dtype)
-        .with_vllm(vllm_settings(settings, gpus).with_hidden_states(w.hidden_states_on_servers));
+        .with_vllm(match w.hidden_states_on_servers {
+            // The servers keep only the layers the run asks for.
+            true => vllm_settings(settings, gpus).with_hidden_state_layers(w.layers),
+            false => vllm_settings(settings, gpus),
+        });
     // GPU sets naming GPUs the inventory lacks (a dry run on a machine without them; a real
     // run has refused them already) are left to the planner, with a note.
     let mut notes = vec![format!("inventory: {}", detected.message)];

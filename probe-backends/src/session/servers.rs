@@ -92,7 +92,8 @@ impl Servers {
     }
 
     /// `--extractor vllm`: the servers extract too. Servers this run launches get the
-    /// hidden-states flags (files under `<log dir>/hidden-states`, deleted as they are read)
+    /// hidden-states flags keeping the run's `layers` (files under `<log dir>/hidden-states`,
+    /// deleted as they are read)
     /// and stay up until the run ends: they are the extractor, so nothing is time-shared.
     /// `default_log_dir` as in [`Servers::plan`].
     ///
@@ -102,7 +103,7 @@ impl Servers {
         &mut self,
         file: &Settings,
         model: &str,
-        num_layers: usize,
+        layers: &[usize],
         default_log_dir: PathBuf,
     ) -> Result<()> {
         self.extracts = true;
@@ -111,7 +112,7 @@ impl Servers {
                 Some(l) => l,
                 None => launcher(file, model, &self.roles, default_log_dir)?,
             };
-            self.launcher = Some(with_hidden_states(l, num_layers)?);
+            self.launcher = Some(with_hidden_states(l, layers)?);
         }
         self.roles.mode = Mode::Exclusive;
         Ok(())
@@ -241,14 +242,14 @@ impl Servers {
 /// `l` writing hidden states under its log folder, made absolute (the servers and this
 /// process read the same files by name).
 #[cfg(feature = "vllm")]
-fn with_hidden_states(l: Launcher, num_layers: usize) -> Result<Launcher> {
+fn with_hidden_states(l: Launcher, layers: &[usize]) -> Result<Launcher> {
     let logs = l.log_dir().to_owned();
     let dir = std::path::absolute(logs.join("hidden-states")).map_err(|e| Error::io(logs.display(), e))?;
-    Ok(l.with_hidden_states(dir, num_layers))
+    Ok(l.with_hidden_states(dir, layers))
 }
 
 #[cfg(not(feature = "vllm"))]
-fn with_hidden_states(l: Launcher, _num_layers: usize) -> Result<Launcher> {
+fn with_hidden_states(l: Launcher, _layers: &[usize]) -> Result<Launcher> {
     Ok(l)
 }
 
@@ -487,7 +488,7 @@ mod tests {
         let file = Settings::from_toml(toml, "t.toml").unwrap();
         for generates in [true, false] {
             let mut s = Servers::plan(&file, Backend::Vllm, "m", &[], generates, "logs".into(), false).unwrap();
-            s.extract_on_servers(&file, "m", 4, "logs".into()).unwrap();
+            s.extract_on_servers(&file, "m", &[4, 0, 2], "logs".into()).unwrap();
             assert!(s.launches(), "generates {generates}: the extracting servers are launched");
             let lines = s.dry_run_lines(true);
             assert!(lines.iter().any(|l| l.starts_with("extraction: vllm on the same servers")), "{lines:#?}");
@@ -495,11 +496,11 @@ mod tests {
             let server = lines.iter().find(|l| l.starts_with("server 0: ")).unwrap();
             for want in [
                 "extract_hidden_states",
-                r#""eagle_aux_hidden_state_layer_ids":[0,1,2,3,4]"#,
+                r#""eagle_aux_hidden_state_layer_ids":[0,2,4]"#,
                 "/logs/hidden-states\"",
-                "CpuHiddenStatesConnector",
+                "ProbeHiddenStatesConnector",
                 "PYTHONPATH=logs/python",
-                "--no-enable-prefix-caching",
+                "--enable-prefix-caching",
             ] {
                 assert!(server.contains(want), "{want} in {server}");
             }
@@ -507,7 +508,7 @@ mod tests {
         }
         let mut given =
             Servers::plan(&file, Backend::Vllm, "m", &["http://h:1".into()], true, "l".into(), false).unwrap();
-        given.extract_on_servers(&file, "m", 4, "l".into()).unwrap();
+        given.extract_on_servers(&file, "m", &[0, 1, 2, 3, 4], "l".into()).unwrap();
         assert!(!given.launches(), "servers given by URL are not launched");
     }
 

@@ -34,11 +34,20 @@ pub(crate) struct Captures {
     budget: u64,
     reused: AtomicU64,
     extra: AtomicU64,
+    extra_tokens: AtomicU64,
+    extra_cached: AtomicU64,
 }
 
 impl Captures {
     pub(crate) fn new(budget: u64) -> Self {
-        Self { held: Mutex::default(), budget, reused: AtomicU64::new(0), extra: AtomicU64::new(0) }
+        Self {
+            held: Mutex::default(),
+            budget,
+            reused: AtomicU64::new(0),
+            extra: AtomicU64::new(0),
+            extra_tokens: AtomicU64::new(0),
+            extra_cached: AtomicU64::new(0),
+        }
     }
 
     /// Keeps `path` (about `bytes` long) as the hidden states of the sequence `ids`, unless
@@ -82,8 +91,19 @@ impl Captures {
         self.extra.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an extra pass's prompt tokens and those the server's prefix cache served.
+    pub(crate) fn count_extra_tokens(&self, tokens: u64, cached: u64) {
+        self.extra_tokens.fetch_add(tokens, Ordering::Relaxed);
+        self.extra_cached.fetch_add(cached, Ordering::Relaxed);
+    }
+
     pub(crate) fn counts(&self) -> PassReuse {
-        PassReuse { reused: self.reused.load(Ordering::Relaxed), extra_passes: self.extra.load(Ordering::Relaxed) }
+        PassReuse {
+            reused: self.reused.load(Ordering::Relaxed),
+            extra_passes: self.extra.load(Ordering::Relaxed),
+            extra_pass_tokens: self.extra_tokens.load(Ordering::Relaxed),
+            extra_pass_cached_tokens: self.extra_cached.load(Ordering::Relaxed),
+        }
     }
 }
 

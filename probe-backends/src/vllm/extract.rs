@@ -3,12 +3,13 @@
 //!
 //! Each input is one `POST /v1/completions` (`max_tokens: 1`, the prompt as token ids, so
 //! tokens and positions are exactly the in-process backends'), many in flight over all
-//! servers with the generator's retries. The server writes the prompt's hidden states of
-//! every layer to a safetensors file in its shared folder and names it in the answer
-//! (`kv_transfer_params.hidden_states_path`); the file is read under the server's lock and
-//! deleted, only the asked layers are kept, positions are reduced here (the reduction the
-//! tch and ort backends use), and the last layer goes through the model's own final norm,
-//! read from the checkpoint (vLLM writes it before that norm).
+//! servers with the generator's retries. The request says what probe wants
+//! (`kv_transfer_params["probe"]`: the asked layers, the readout's token span, the final
+//! norm): probe's connector on the server reduces there and writes only that
+//! (`[1, layers, H]` for `last` and `mean`, `[T, layers, H]` for `all`) to a safetensors file
+//! in its shared folder, named in the answer (`kv_transfer_params.hidden_states_path`); the
+//! file is read under the server's lock and deleted. The last layer goes through the model's
+//! own final norm on the server, read from its checkpoint (vLLM keeps it before that norm).
 //!
 //! The extractor generates too ([`Generator`]), one prompt per request, asking the servers to
 //! keep the completion's hidden states: the extraction of that sequence then reads them
@@ -23,7 +24,7 @@ use futures::{StreamExt, stream};
 use probe_core::hf_config::HfConfig;
 use probe_core::{
     ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Generation, GenerationRequest, Generator,
-    Inputs, ModelId, ModelInfo, PassReuse, Positions, Result, SpecialTokens,
+    Inputs, ModelId, ModelInfo, PassReuse, Positions, Result, Span, SpecialTokens,
 };
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
@@ -33,7 +34,7 @@ use super::LazyServers;
 use super::capture::{self, Captures, DEFAULT_CAPTURE_BYTES};
 use super::client::VllmGenerator;
 use super::final_norm::FinalNorm;
-use super::hidden::{self, HiddenStates, extraction_args};
+use super::hidden::{self, Ask, HiddenStates, extraction_args};
 use crate::exported::{Collector, PaddedBatch, encode_inputs};
 
 /// Extracts hidden states with vLLM servers started with [`extraction_args`] (the launcher
@@ -138,76 +139,97 @@ impl VllmExtractor {
         encode_inputs(&self.tokenizer, &request.inputs, request.special_tokens)
     }
 
-    /// Where the answer `body` from `server` says the hidden states are.
-    fn file_of(&self, server: &str, body: &[u8]) -> Result<PathBuf> {
-        let Some(path) = hidden::answer_path(server, body)? else {
-            return Err(Error::invalid(
-                "vllm server",
-                format!(
-                    "{server} does not write hidden states; start it with: {}",
-                    extraction_args(self.info.num_layers, Path::new("SHARED_DIR"), false)
-                        .iter()
-                        .map(|a| crate::shell_quote(a))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ),
-            ));
-        };
-        Ok(match (&self.shared_dir, path.file_name()) {
-            (Some(dir), Some(name)) => dir.join(name),
-            _ => path,
-        })
+    /// The error for a server that does not run probe's connector, with the flags it needs
+    /// to keep `layers`.
+    fn refusal(&self, server: &str, layers: &[usize]) -> Error {
+        Error::invalid(
+            "vllm server",
+            format!(
+                "{server} does not write hidden states with probe's connector; start it with `probe vllm-args` \
+                 (the flags: {}, and probe's scripts/python on PYTHONPATH)",
+                extraction_args(layers, Path::new("SHARED_DIR"))
+                    .iter()
+                    .map(|a| crate::shell_quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        )
     }
 
-    /// Checks a file's shape against the model.
-    fn check_shape(&self, server: &str, hs: &HiddenStates) -> Result<()> {
-        let want = self.info.num_layers + 1;
-        if hs.layers != want || hs.hidden != self.info.hidden_size {
+    /// Where the answer `body` from `server` says the hidden states are, and the layers the
+    /// server keeps. A server without probe's connector, or one that refused the request (a
+    /// layer it does not keep), is an error naming what it needs; a file it wrote anyway is
+    /// deleted.
+    async fn file_of(&self, server: &str, body: &[u8], layers: &[usize]) -> Result<(PathBuf, Vec<usize>)> {
+        let a = hidden::answered(server, body)?;
+        let path = a.path.map(|path| match (&self.shared_dir, path.file_name()) {
+            (Some(dir), Some(name)) => dir.join(name),
+            _ => path,
+        });
+        let refused = match (&a.error, a.format, &path) {
+            (Some(e), _, _) => Some(Error::invalid("vllm server", format!("{server}: {e}"))),
+            (None, Some(_), Some(_)) => None,
+            _ => Some(self.refusal(server, layers)),
+        };
+        if let Some(e) = refused {
+            if let Some(p) = path {
+                let _ = tokio::task::spawn_blocking(move || hidden::discard(&p)).await;
+            }
+            return Err(e);
+        }
+        Ok((path.expect("checked above"), a.kept.unwrap_or_default()))
+    }
+
+    /// Checks a file against the model and the layers it must hold.
+    fn check_shape(&self, server: &str, hs: &HiddenStates, layers: &[usize]) -> Result<()> {
+        let missing: Vec<usize> = layers.iter().copied().filter(|&l| hs.index_of(l).is_none()).collect();
+        if hs.hidden != self.info.hidden_size || !missing.is_empty() {
             return Err(Error::invalid(
                 "vllm server",
                 format!(
-                    "{server} wrote {} layers of size {}; {} needs layers 0..={} of size {} \
-                     (eagle_aux_hidden_state_layer_ids {:?})",
-                    hs.layers,
+                    "{server} wrote layers {:?} of size {}; {} needs layers {layers:?} of size {} \
+                     (eagle_aux_hidden_state_layer_ids)",
+                    hs.layer_ids.clone().unwrap_or_else(|| (0..hs.layers).collect()),
                     hs.hidden,
                     self.dir.display(),
-                    want - 1,
                     self.info.hidden_size,
-                    (0..want).collect::<Vec<_>>()
                 ),
             ));
         }
         Ok(())
     }
 
-    /// The generation pass's hidden states of input `ids` when they serve a readout up to
-    /// token `need` (counted as reused), else `None` (counted as an extra pass when the input
-    /// was generated here).
-    async fn captured(&self, ids: &[u32], need: usize) -> Option<HiddenStates> {
-        let path = match self.captures.take(ids)? {
-            Some(path) => path,
-            None => {
+    /// The generation pass's hidden states of input `ids` when they serve a readout of
+    /// `layers` up to token `need` (counted as reused), else `None` (counted as an extra pass
+    /// when the input was generated here).
+    async fn captured(&self, ids: &[u32], need: usize, layers: &[usize]) -> Captured {
+        let path = match self.captures.take(ids) {
+            None => return Captured::NotGenerated,
+            Some(Some(path)) => path,
+            Some(None) => {
                 self.captures.count_extra();
-                return None;
+                return Captured::Generated;
             }
         };
         match read(path).await {
-            Ok(hs) if capture::covers(&hs.token_ids, ids, need) && self.check_shape("", &hs).is_ok() => {
+            Ok(hs) if capture::covers(&hs.token_ids, ids, need) && self.check_shape("", &hs, layers).is_ok() => {
                 self.captures.count_reused();
-                Some(hs)
+                Captured::Hit(hs)
             }
             other => {
                 if let Err(e) = other {
                     tracing::warn!("vllm: the generation pass's hidden states are unusable ({e}); extracting again");
                 }
                 self.captures.count_extra();
-                None
+                Captured::Generated
             }
         }
     }
 
-    /// One input on the servers: its index and hidden states, every layer.
-    async fn one(&self, i: usize, ids: &[u32]) -> Result<(usize, HiddenStates)> {
+    /// One input on the servers: its index and what the server wrote for `ask` (the asked
+    /// layers, reduced to the asked spans on the server).
+    /// Also returns the request's prompt tokens and those the server's prefix cache served.
+    async fn one(&self, i: usize, ids: &[u32], ask: &Ask) -> Result<(usize, HiddenStates, (u64, u64))> {
         let body = serde_json::json!({
             "model": self.client.served_model(),
             "prompt": ids,
@@ -216,21 +238,39 @@ impl VllmExtractor {
             "n": 1,
             "stream": false,
             "add_special_tokens": false,
+            "kv_transfer_params": {"probe": ask},
         });
         let body = serde_json::to_vec(&body).map_err(|e| Error::backend(BACKEND, e))?;
         let parse = |server: String, bytes: Vec<u8>| async move {
-            let hs = read(self.file_of(&server, &bytes)?).await?;
-            self.check_shape(&server, &hs)?;
+            let (path, _) = self.file_of(&server, &bytes, &ask.layers).await?;
+            let hs = read(path).await?;
+            self.check_shape(&server, &hs, &ask.layers)?;
             if hs.token_ids != ids {
                 return Err(Error::backend(
                     BACKEND,
                     format!("{server} wrote the hidden states of other tokens than input #{i}'s"),
                 ));
             }
-            Ok(hs)
+            if hs.spans != ask.spans {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!("{server} wrote spans {:?} for input #{i}, asked {:?}", hs.spans, ask.spans),
+                ));
+            }
+            Ok((hs, hidden::prompt_tokens(&bytes)))
         };
-        self.client.complete(&format!("input #{i}"), &body, parse).await.map(|hs| (i, hs))
+        self.client.complete(&format!("input #{i}"), &body, parse).await.map(|(hs, t)| (i, hs, t))
     }
+}
+
+/// What the generation pass left for an input.
+enum Captured {
+    /// Hidden states that serve the readout.
+    Hit(HiddenStates),
+    /// Generated here, but its hidden states do not serve the readout (or were not kept).
+    Generated,
+    /// Not generated here.
+    NotGenerated,
 }
 
 /// [`hidden::take`] off the async runtime's threads.
@@ -247,9 +287,20 @@ impl ActivationExtractor for VllmExtractor {
         request.require_resid(BACKEND)?;
         let ids = self.token_ids(&request)?;
         let layers = request.sorted_layers();
-        let spans = ids.iter().enumerate().map(|(i, s)| request.span(i, s.len())).collect::<Result<_>>()?;
-        let mut out = Collector::new(request.positions, &layers, self.info.hidden_size, &ids, spans);
+        let spans: Vec<Span> = ids.iter().enumerate().map(|(i, s)| request.span(i, s.len())).collect::<Result<_>>()?;
+        let mut out = Collector::new(request.positions, &layers, self.info.hidden_size, &ids, spans.clone());
         let last = self.info.num_layers;
+        let norm = layers.contains(&last).then(|| self.norm.spec(last));
+        let ask = |span: Span| Ask {
+            layers: layers.clone(),
+            spans: match request.positions {
+                Positions::Last => Some(vec![[span.end - 1, span.end]]),
+                Positions::Mean => Some(vec![[span.start, span.end]]),
+                Positions::All => None,
+            },
+            dtype: if request.positions == Positions::All { "model" } else { "float32" },
+            norm: norm.clone(),
+        };
         self.started().await?;
         let in_flight = self.client.max_in_flight();
         let work: Vec<_> = ids
@@ -257,11 +308,18 @@ impl ActivationExtractor for VllmExtractor {
             .enumerate()
             .map(|(i, seq)| {
                 let need = if request.positions == Positions::All { seq.len() } else { out.span_end(i) };
+                let (ask, layers) = (ask(spans[i]), &layers);
                 async move {
-                    match self.captured(seq, need).await {
-                        Some(hs) => Ok((i, hs)),
-                        None => self.one(i, seq).await,
+                    let generated = match self.captured(seq, need, layers).await {
+                        Captured::Hit(hs) => return Ok((i, hs)),
+                        Captured::Generated => true,
+                        Captured::NotGenerated => false,
+                    };
+                    let (i, hs, (tokens, cached)) = self.one(i, seq, &ask).await?;
+                    if generated {
+                        self.captures.count_extra_tokens(tokens, cached);
                     }
+                    Ok((i, hs))
                 }
             })
             .collect();
@@ -270,11 +328,23 @@ impl ActivationExtractor for VllmExtractor {
             let (i, hs) = r?;
             let batch = PaddedBatch::new(std::slice::from_ref(&hs.token_ids), 0);
             for (k, &l) in layers.iter().enumerate() {
-                let mut values = hs.layer(l);
-                if l == last {
+                let at =
+                    hs.index_of(l).ok_or_else(|| Error::backend(BACKEND, format!("layer {l} is not in the file")))?;
+                let mut values = hs.layer(at);
+                if l == last && hs.normed != Some(last) {
+                    if hs.spans.as_ref().is_some_and(|s| s.iter().any(|[a, b]| b - a > 1)) {
+                        return Err(Error::backend(
+                            BACKEND,
+                            format!("the server reduced layer {l} without the final norm it was asked to apply"),
+                        ));
+                    }
                     self.norm.apply(&mut values);
                 }
-                out.push(k, i, &batch, &values)?;
+                if hs.spans.is_some() {
+                    out.set_reduced(k, i, &values)?;
+                } else {
+                    out.push(k, i, &batch, &values)?;
+                }
             }
         }
         Ok(out.finish())
@@ -313,11 +383,11 @@ impl Generator for VllmExtractor {
         let keep = |server: String, body: Vec<u8>, g: &Generation| {
             let ids = g.full_token_ids();
             async move {
-                let path = self.file_of(&server, &body)?;
+                let (path, kept) = self.file_of(&server, &body, &[]).await?;
                 let ids = ids.ok_or_else(|| {
                     super::wire::bad_response(&server, "no token ids in the answer (vLLM ≥ 0.10 returns them)")
                 })?;
-                let bytes = capture::estimate(ids.len(), self.info.num_layers + 1, self.info.hidden_size);
+                let bytes = capture::estimate(ids.len(), kept.len().max(1), self.info.hidden_size);
                 let captures = self.captures.clone();
                 tokio::task::spawn_blocking(move || captures.keep(ids, path, bytes))
                     .await

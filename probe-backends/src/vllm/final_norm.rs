@@ -82,6 +82,20 @@ impl FinalNorm {
         ))
     }
 
+    /// The norm as probe's connector applies it on the server to hidden state `layer`'s rows
+    /// (`kv_transfer_params["probe"]["norm"]`): the server reads the same tensors from its own
+    /// copy of the checkpoint.
+    pub(crate) fn spec(&self, layer: usize) -> serde_json::Value {
+        let (kind, offset) = match self.kind {
+            Kind::Rms { offset } => ("rms", offset),
+            Kind::Layer => ("layer", 0.0),
+        };
+        let bias = self.bias.as_ref().map(|_| format!("{}.bias", self.name.trim_end_matches(".weight")));
+        serde_json::json!({
+            "layer": layer, "kind": kind, "offset": offset, "eps": self.eps, "weight": self.name, "bias": bias,
+        })
+    }
+
     /// Normalises every row of `rows` (`[T, H]`) in place.
     pub(crate) fn apply(&self, rows: &mut [f32]) {
         let h = self.weight.len();

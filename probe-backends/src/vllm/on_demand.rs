@@ -30,12 +30,15 @@ enum State {
 pub struct LazyServers {
     mode: Mode,
     state: Mutex<State>,
+    /// The servers' hidden-states folder, emptied when they stop.
+    hidden_states: Option<std::path::PathBuf>,
 }
 
 impl LazyServers {
     /// `launcher`'s servers, not started yet, on devices shared as `mode` says.
     pub fn new(launcher: VllmLauncher, mode: Mode) -> Self {
-        Self { mode, state: Mutex::new(State::NotStarted(Box::new(launcher))) }
+        let hidden_states = launcher.hidden_states_dir().map(ToOwned::to_owned);
+        Self { mode, state: Mutex::new(State::NotStarted(Box::new(launcher))), hidden_states }
     }
 
     /// How the servers' devices are shared with extraction.
@@ -81,6 +84,14 @@ impl LazyServers {
                 let n = group.servers().len();
                 group.stop().await?;
                 tracing::info!("vllm: stopped {n} servers {why}");
+                if let Some(dir) = &self.hidden_states {
+                    // What no answer named: the files and locks of requests in flight on a
+                    // server that died (its answer never came), now that no server writes.
+                    let left = remove_files(dir);
+                    if left > 0 {
+                        tracing::info!("vllm: removed {left} files left in {} by servers that died", dir.display());
+                    }
+                }
                 Ok(())
             }
             State::NotStarted(_) => {
@@ -90,6 +101,15 @@ impl LazyServers {
             State::Failed(_) | State::Stopped => Ok(()),
         }
     }
+}
+
+/// Removes the files directly in `dir` (not folders); returns how many.
+fn remove_files(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 /// A generator over [`LazyServers`]: the first call starts them.

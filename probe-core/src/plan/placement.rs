@@ -453,10 +453,11 @@ fn servers_for(
             ));
         }
         let util = round_down_2(util_total.min(free_frac) / k as f64);
-        // vLLM's `extract_hidden_states` keeps (L + 1) hidden states per token in its cache too,
-        // whole on every rank.
+        // vLLM's `extract_hidden_states` keeps the asked hidden states (by default all L + 1) of
+        // each token in its cache too, whole on every rank.
         let hidden_per_token = if v.hidden_states {
-            ((spec.num_layers + 1) * spec.hidden_size) as u64 * model.dtype.activation_bytes()
+            let kept = v.hidden_state_layers.unwrap_or(spec.num_layers as u64 + 1).max(1);
+            kept * spec.hidden_size as u64 * model.dtype.activation_bytes()
         } else {
             0
         };

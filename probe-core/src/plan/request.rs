@@ -52,11 +52,15 @@ pub struct VllmSettings {
     pub servers_per_gpu: usize,
     /// Tensor-parallel size; default the smallest that fits.
     pub tensor_parallel_size: Option<usize>,
-    /// The servers also keep every layer's hidden state of each token in their cache (vLLM's
-    /// `extract_hidden_states`: probe's vLLM extractor): `(L + 1) × hidden` values per token
-    /// beside the KV cache, on every tensor-parallel rank.
+    /// The servers also keep hidden states of each token in their cache (vLLM's
+    /// `extract_hidden_states`: probe's vLLM extractor): [`VllmSettings::hidden_state_layers`]
+    /// × hidden values per token beside the KV cache, on every tensor-parallel rank.
     #[serde(default)]
     pub hidden_states: bool,
+    /// How many hidden states the servers keep (`eagle_aux_hidden_state_layer_ids`: the layers
+    /// the run asks for); `None`: every one, `L + 1`.
+    #[serde(default)]
+    pub hidden_state_layers: Option<u64>,
 }
 
 impl Default for VllmSettings {
@@ -72,6 +76,7 @@ impl Default for VllmSettings {
             servers_per_gpu: 1,
             tensor_parallel_size: None,
             hidden_states: false,
+            hidden_state_layers: None,
         }
     }
 }
@@ -125,6 +130,12 @@ impl VllmSettings {
     /// The servers keep every layer's hidden states ([`VllmSettings::hidden_states`]).
     pub fn with_hidden_states(mut self, on: bool) -> Self {
         self.hidden_states = on;
+        self
+    }
+    /// The servers keep `n` hidden states per token (the layers the run asks for), not `L + 1`.
+    pub fn with_hidden_state_layers(mut self, n: u64) -> Self {
+        self.hidden_states = true;
+        self.hidden_state_layers = Some(n);
         self
     }
 }

@@ -176,6 +176,13 @@ impl std::fmt::Display for SweepSummary {
         }
         if let Some(r) = self.pass_reuse.filter(|r| r.reused + r.extra_passes > 0) {
             write!(f, " · {} inputs read from the generation pass, {} extra passes", r.reused, r.extra_passes)?;
+            if r.extra_pass_tokens > 0 {
+                write!(
+                    f,
+                    " ({} of their {} prompt tokens from the servers' prefix cache)",
+                    r.extra_pass_cached_tokens, r.extra_pass_tokens
+                )?;
+            }
         }
         Ok(())
     }
