@@ -107,6 +107,10 @@ fn layers_of(path: &std::path::Path) -> Vec<(String, Vec<f32>)> {
     out
 }
 
+/// The two tests on the server that writes hidden states compare its folder before and after:
+/// one at a time, or each would see the other's files in flight.
+static HIDDEN_STATES_SERVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn files(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
     std::fs::read_dir(dir)
         .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -128,6 +132,7 @@ fn extract_and_sweep_on_the_server_that_writes_hidden_states() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     prompts(d);
+    let _alone = HIDDEN_STATES_SERVER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let before = files(std::path::Path::new(&hs));
     let extract = |backend: &str, out: &str| {
         let mut args = vec!["extract", "--backend", backend, "--model", &model, "--input", "p.jsonl"];
@@ -216,6 +221,7 @@ fn vllm_extractor_shards_merge_to_the_single_worker_report() {
         s.push_str(&format!("{{\"id\":\"q{i}\",\"text\":\"The {w} number {i} is\",\"label\":\"{l}\"}}\n"));
     }
     std::fs::write(d.join("p.jsonl"), s).unwrap();
+    let _alone = HIDDEN_STATES_SERVER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let before = files(std::path::Path::new(&hs));
     let args = |cache: &str, out: &str| -> Vec<String> {
         [
