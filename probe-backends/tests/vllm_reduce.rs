@@ -247,8 +247,45 @@ async fn the_server_reduces_and_writes_only_the_asked_layers_and_spans() {
     let err = x.extract(ActivationRequest::texts(texts[..1].to_vec(), vec![2])).await.unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }) && err.to_string().contains("[2]"), "{err}");
 
+    // A full disk: the folder becomes a 64 KiB tmpfs under the running server; every layer of
+    // every token of the longest text (~600 KB) cannot be written. The extraction fails at once
+    // naming the folder, the server removes its partial file, and once there is room the same
+    // request succeeds (a rerun resumes).
+    let full = Tmpfs::mount(&hs_dir, "64k");
+    let fresh = text_of(&x, 400, 9); // not generated from: nothing captured serves it
+    let req = ActivationRequest::texts(vec![fresh], KEPT.to_vec()).with_positions(Positions::All);
+    let err = x.extract(req.clone()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&hs_dir.display().to_string()) && text.contains("No space left"), "{text}");
+    let left: Vec<_> = std::fs::read_dir(&hs_dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "no partial file or lock on the full disk: {left:?}");
+    drop(full);
+    let again = x.extract(req).await.expect("room again: the same request succeeds");
+    assert!(again.token_counts[0] >= 400, "{:?}", again.token_counts);
+
     group.stop().await.unwrap();
     let left: Vec<_> =
         std::fs::read_dir(&hs_dir).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "nothing left in the hidden-states folder: {left:?}");
+}
+
+/// A tmpfs of `size` mounted over `dir` until dropped (needs root, as `scripts/test`'s SLURM does).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a {size} tmpfs on {} (the test needs root)", dir.display());
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }

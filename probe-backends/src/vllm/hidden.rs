@@ -150,7 +150,10 @@ pub(crate) fn take(path: &Path) -> Result<HiddenStates> {
     let bytes = {
         let lock = File::open(&lock_path).map_err(|e| missing(&lock_path, &e))?;
         flock_shared(&lock).map_err(|e| Error::io(lock_path.display(), e))?;
-        std::fs::read(path).map_err(|e| missing(path, &e))?
+        match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => return Err(unwritten(path, &lock_path).unwrap_or_else(|| missing(path, &e))),
+        }
         // The lock is released when `lock` closes.
     };
     let _ = std::fs::remove_file(path);
@@ -208,6 +211,27 @@ pub(crate) fn prompt_tokens(body: &[u8]) -> (u64, u64) {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let u = &v["usage"];
     (u["prompt_tokens"].as_u64().unwrap_or(0), u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0))
+}
+
+/// The server's reason for not writing `path` (its write failed, e.g. a full disk), which
+/// probe's connector leaves in the lock file: a fatal error naming the folder (sending the
+/// request again would fill it again); the lock is deleted. `None` when the lock is empty.
+fn unwritten(path: &Path, lock_path: &Path) -> Option<Error> {
+    let why = std::fs::read_to_string(lock_path).ok()?;
+    let why = why.trim();
+    if why.is_empty() {
+        return None;
+    }
+    let _ = std::fs::remove_file(lock_path);
+    let folder = path.parent().unwrap_or(path);
+    Some(Error::backend(
+        BACKEND,
+        format!(
+            "the vLLM server could not write hidden states into {}: {why} (make room there and run again: \
+             what was computed is cached)",
+            folder.display()
+        ),
+    ))
 }
 
 fn missing(path: &Path, e: &std::io::Error) -> Error {
@@ -471,5 +495,15 @@ mod tests {
         assert_eq!((hs.layer(0), hs.layer(1)), (vec![1.0, 3.0], vec![2.0, 4.0]));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "file and lock deleted");
         assert!(matches!(take(&path), Err(Error::Temporary { .. })), "a missing file is retried");
+        // An empty lock and no file (a server that died while writing): retried.
+        std::fs::write(dir.path().join("r.safetensors.lock"), b"").unwrap();
+        assert!(matches!(take(&path), Err(Error::Temporary { .. })), "a dead server's request is retried");
+        // The server's reason in the lock (its write failed): fatal, naming the folder.
+        std::fs::write(dir.path().join("r.safetensors.lock"), b"OSError: [Errno 28] No space left on device").unwrap();
+        let e = take(&path).unwrap_err();
+        let text = e.to_string();
+        assert!(!matches!(e, Error::Temporary { .. }), "not retried: {text}");
+        assert!(text.contains(&dir.path().display().to_string()) && text.contains("No space left"), "{text}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "lock deleted");
     }
 }

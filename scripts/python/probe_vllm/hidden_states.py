@@ -288,11 +288,18 @@ def _write(tensors: dict[str, torch.Tensor], meta: dict[str, str], filename: str
     """Writes the file, removes a partial one (a full disk), and releases the lock."""
     try:
         save_file(tensors, filename, metadata=meta)
-    except BaseException:
+    except BaseException as e:
         try:
             os.remove(filename)
         except OSError:
             pass
+        if lock_fd is not None:
+            # The reader finds no file and this reason in the lock (a few bytes: the partial file
+            # just removed left room for them even on a full disk).
+            try:
+                os.write(lock_fd, f"{type(e).__name__}: {e}".encode()[:4096])
+            except OSError:
+                pass
         raise
     finally:
         if lock_fd is not None:
