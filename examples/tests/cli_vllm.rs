@@ -200,12 +200,12 @@ fn unmeasured(path: &std::path::Path) -> serde_json::Value {
     v
 }
 
-/// Issue 29: `probe sweep --extractor vllm --shard k/N` on the server that writes hidden states
-/// (PROBE_TEST_VLLM_URL3): two shards, then `probe merge`, give the single worker's report (the
-/// activations of one input do not depend on what else the server batched with it beyond
-/// float rounding: numbers within 1e-5), and leave no file in the server's folder.
-#[test]
-fn vllm_extractor_shards_merge_to_the_single_worker_report() {
+/// Issue 29: sharded sweeps with the vLLM extractor on the server that writes hidden states
+/// (PROBE_TEST_VLLM_URL3): the shards (`run_shards` runs them in `d`, the cache `shared`, the
+/// merged report in `merged/`), then a single worker, give the same report (the activations of
+/// one input do not depend on what else the server batched with it beyond float rounding:
+/// numbers within 1e-5), and no file is left in the server's folder.
+fn vllm_shards_equal_a_single_worker(run_shards: impl FnOnce(&std::path::Path, &dyn Fn(&str, &str) -> Vec<String>)) {
     let (Some(url), Some(model), Some(hs)) = (
         require_service("PROBE_TEST_VLLM_URL3"),
         require_service("PROBE_TEST_VLLM_MODEL"),
@@ -224,50 +224,54 @@ fn vllm_extractor_shards_merge_to_the_single_worker_report() {
     let _alone = HIDDEN_STATES_SERVER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let before = files(std::path::Path::new(&hs));
     let args = |cache: &str, out: &str| -> Vec<String> {
-        [
-            "--backend",
-            "vllm",
-            "--extractor",
-            "vllm",
-            "--url",
-            &url,
-            "--model",
-            &model,
-            "--prompts",
-            "p.jsonl",
-            "--layers",
-            "1,4",
-            "--positions",
-            "mean",
-            "--no-generate",
-            "--quiet",
-            "--cache",
-            cache,
-            "--out",
-            out,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+        let flags = ["--backend", "vllm", "--extractor", "vllm", "--url", &url, "--model", &model, "--prompts"];
+        let more = ["p.jsonl", "--layers", "1,4", "--positions", "mean", "--no-generate", "--quiet", "--cache"];
+        flags.iter().chain(&more).chain(&[cache, "--out", out]).map(|s| (*s).to_owned()).collect()
     };
-    let with = |cmd: &str, rest: Vec<String>, more: &[&str]| {
-        let mut v = vec![cmd.to_owned()];
-        v.extend(rest);
-        v.extend(more.iter().map(|s| (*s).to_owned()));
-        v
-    };
-    for k in ["1/2", "2/2"] {
-        let a = with("sweep", args("shared", "unused"), &["--shard", k]);
-        let out = run(d, &a.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(out.contains(&format!("shard {k}")), "{out}");
-    }
-    let merge = with("merge", args("shared", "merged"), &["--shards", "2"]);
-    run(d, &merge.iter().map(String::as_str).collect::<Vec<_>>());
-    let single = with("sweep", args("alone", "single"), &[]);
+    run_shards(d, &args);
+    let mut single = vec!["sweep".to_owned()];
+    single.extend(args("alone", "single"));
     run(d, &single.iter().map(String::as_str).collect::<Vec<_>>());
     let (m, s) = (unmeasured(&d.join("merged/report.json")), unmeasured(&d.join("single/report.json")));
     assert_close(&m, &s, 1e-5, "report");
     assert_eq!(files(std::path::Path::new(&hs)), before, "no file left in the server's folder");
+}
+
+/// `cmd`, then `rest`, then `more`.
+fn command(cmd: &str, rest: Vec<String>, more: &[&str]) -> Vec<String> {
+    let mut v = vec![cmd.to_owned()];
+    v.extend(rest);
+    v.extend(more.iter().map(|s| (*s).to_owned()));
+    v
+}
+
+/// Issue 29: `--shard 1/2`, `--shard 2/2`, then `probe merge`.
+#[test]
+fn vllm_extractor_shards_merge_to_the_single_worker_report() {
+    vllm_shards_equal_a_single_worker(|d, args| {
+        for k in ["1/2", "2/2"] {
+            let a = command("sweep", args("shared", "unused"), &["--shard", k]);
+            let out = run(d, &a.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(out.contains(&format!("shard {k}")), "{out}");
+        }
+        let merge = command("merge", args("shared", "merged"), &["--shards", "2"]);
+        run(d, &merge.iter().map(String::as_str).collect::<Vec<_>>());
+    });
+}
+
+/// Issue 29: `--shards 2 --submit slurm --wait` on the real single-node SLURM that scripts/test
+/// starts (PROBE_TEST_SLURM): each array task runs its shard on the server, the merge job merges.
+#[test]
+fn vllm_extractor_shards_as_a_slurm_array() {
+    if require_service("PROBE_TEST_SLURM").is_none() {
+        return;
+    }
+    vllm_shards_equal_a_single_worker(|d, args| {
+        let a = command("sweep", args("shared", "merged"), &["--shards", "2", "--submit", "slurm", "--wait"]);
+        let out = run(d, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.contains("submitted shards 1-2 of 2"), "{out}");
+        assert!(out.contains("COMPLETED (exit 0)"), "the merge job completed: {out}");
+    });
 }
 
 /// `probe vllm-args` prints a hand-started server's flags for the asked layers and writes
