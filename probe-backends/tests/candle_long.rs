@@ -7,6 +7,8 @@
 //! batched decode step, sliding windows shorter than every row).
 #![cfg(feature = "candle")]
 
+mod words;
+
 use std::path::{Path, PathBuf};
 
 use probe_backends::candle::{CandleBackend, CandleOptions};
@@ -45,38 +47,8 @@ fn long_copy(root: &Path, arch: &str, dir: &Path) -> PathBuf {
     dst
 }
 
-/// Words drawn from a fixed seed until `model` counts `tokens` tokens (the text ends where
-/// it reaches them).
 fn text_of(model: &CandleBackend, tokens: usize, seed: u64) -> String {
-    const WORDS: &[&str] = &[
-        "the", "farmer", "counted", "seven", "apples", "in", "garden", "while", "old", "man", "painted", "bridge",
-        "river", "ran", "past", "barn", "at", "noon", "on", "Monday", "quick", "brown", "fox", "jumps", "over", "lazy",
-        "dog", "Paris", "is", "capital", "of", "France", "numbers", "like", "12345", "and", "symbols",
-    ];
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut text = String::new();
-    loop {
-        for _ in 0..50 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            if !text.is_empty() {
-                text.push(' ');
-            }
-            text.push_str(WORDS[(state % WORDS.len() as u64) as usize]);
-        }
-        if model.tokenize(&text).expect("tokenize").len() >= tokens {
-            break;
-        }
-    }
-    // Back off word by word to the first prefix that still has `tokens` tokens or more.
-    while let Some(cut) = text.rfind(' ') {
-        if model.tokenize(&text[..cut]).expect("tokenize").len() < tokens {
-            break;
-        }
-        text.truncate(cut);
-    }
-    text
+    words::text_of(tokens, seed, |t| model.tokenize(t).expect("tokenize").len())
 }
 
 fn reference(dir: &Path, arch: &str) -> (Reference, std::collections::HashMap<String, Vec<f32>>) {

@@ -11,6 +11,8 @@
 //! `scripts/test`. The server takes about 2 minutes to start on 2 cores.
 #![cfg(all(feature = "vllm", feature = "candle"))]
 
+mod words;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,32 +38,7 @@ struct Reference {
 
 /// Words drawn from a fixed seed until the tokenizer counts `tokens` tokens.
 fn text_of(x: &VllmExtractor, tokens: usize, seed: u64) -> String {
-    const WORDS: &[&str] = &[
-        "the", "farmer", "counted", "seven", "apples", "in", "garden", "while", "old", "man", "painted", "bridge",
-        "river", "ran", "past", "barn", "at", "noon", "on", "Monday", "quick", "brown", "fox", "jumps", "over", "lazy",
-        "dog", "Paris", "is", "capital", "of", "France", "numbers", "like", "12345", "and", "symbols",
-    ];
-    let count = |t: &str| x.tokenize(t, SpecialTokens::Add).expect("tokenize").len();
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut text = String::new();
-    while count(&text) < tokens {
-        for _ in 0..20 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            if !text.is_empty() {
-                text.push(' ');
-            }
-            text.push_str(WORDS[(state % WORDS.len() as u64) as usize]);
-        }
-    }
-    while let Some(cut) = text.rfind(' ') {
-        if count(&text[..cut]) < tokens {
-            break;
-        }
-        text.truncate(cut);
-    }
-    text
+    words::text_of(tokens, seed, |t| x.tokenize(t, SpecialTokens::Add).expect("tokenize").len())
 }
 
 /// max |a - b| / max |b|.

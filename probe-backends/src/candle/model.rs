@@ -169,9 +169,12 @@ impl Decoder {
         let tensors = |v: Vec<Option<Vec<f32>>>| -> probe_core::Result<Vec<Option<Tensor>>> {
             v.into_iter()
                 .map(|v| {
-                    v.map(|v| Tensor::from_vec(v.clone(), v.len(), &self.device).and_then(|t| t.to_dtype(self.dtype)))
-                        .transpose()
-                        .map_err(be)
+                    v.map(|v| {
+                        let n = v.len();
+                        Tensor::from_vec(v, n, &self.device).and_then(|t| t.to_dtype(self.dtype))
+                    })
+                    .transpose()
+                    .map_err(be)
                 })
                 .collect()
         };
