@@ -3,19 +3,11 @@
 //! no batch size (the plan picks another one) generates and computes nothing; block entries
 //! written at batch 8 serve a sweep at batch 32. Mock backend: runs everywhere.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod fault_support;
 
-fn write_prompts(path: &Path, n: usize) {
-    let a = ["cat", "dog", "horse", "mouse"];
-    let b = ["hammer", "saw", "drill", "wrench"];
-    let mut s = String::new();
-    for i in 0..n {
-        let (w, l) = if i % 2 == 0 { (a[i / 2 % 4], "animal") } else { (b[i / 2 % 4], "tool") };
-        s.push_str(&format!("{{\"id\":\"q{i}\",\"text\":\"The {w} number {i} is\",\"label\":\"{l}\"}}\n"));
-    }
-    std::fs::write(path, s).unwrap();
-}
+use std::path::Path;
+
+use fault_support::write_prompts;
 
 /// Runs `probe sweep` with the mock arguments, then `extra`; returns stdout (it must succeed).
 fn sweep(dir: &Path, cache: &str, out: &str, extra: &[&str]) -> String {
@@ -38,17 +30,7 @@ fn sweep(dir: &Path, cache: &str, out: &str, extra: &[&str]) -> String {
         out,
     ];
     args.extend_from_slice(extra);
-    let output: Output = Command::new(env!("CARGO_BIN_EXE_probe"))
-        .args(&args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env_remove("PROBE_CACHE")
-        .env_remove("PROBE_MOCK_DELAY_MS")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{args:?} failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
-    stdout
+    fault_support::ok(&fault_support::probe_cmd(dir).args(&args).output().unwrap())
 }
 
 /// The summary line of a sweep's stdout.
