@@ -19,7 +19,6 @@ mod demo;
 mod extract_cmd;
 mod flags;
 mod generate_cmd;
-mod outputs;
 mod plan_cmd;
 mod progress;
 mod shard_cmd;

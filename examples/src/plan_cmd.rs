@@ -4,12 +4,11 @@
 //! `probe plan --model llama-3-8b --gpus 39.5GiB --activation-peak 9.37GiB
 //! --non-torch-memory 0.10GiB --max-model-len 8192 --no-extraction` gives vLLM's KV blocks.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
-use probe_core::plan::units::{gib, parse_bytes};
+use probe_core::plan::units::parse_bytes;
 use probe_core::plan::{
     AttentionKind, Dtype, ExtractionWorkload, GenerationWorkload, ModelSpec, Plan, PlanRequest, RunPlan, ShareMode,
     VllmSettings, parse_gpu_set,
@@ -246,127 +245,7 @@ fn to_json(plan: &Plan, inventory_message: &str) -> serde_json::Value {
 
 /// The readable form.
 fn to_table(plan: &Plan, inventory_message: &str) -> String {
-    let m = &plan.model;
-    let mut out = String::new();
-    let _ = writeln!(out, "devices: {inventory_message}");
-    let _ = writeln!(
-        out,
-        "model: {} · {:.2} B parameters · {} weights {} · KV {} KiB/token ({}){}",
-        m.architecture,
-        m.params as f64 / 1e9,
-        m.dtype,
-        gib(m.weights_bytes),
-        m.kv_bytes_per_token / 1024,
-        m.kv_dtype,
-        if m.sliding_layers > 0 {
-            format!(" · {} of {} layers slide", m.sliding_layers, m.layers)
-        } else {
-            String::new()
-        }
-    );
-    let _ = writeln!(
-        out,
-        "phases: {}",
-        if plan.time_shared { "time-shared (generate, stop servers, extract)" } else { "exclusive (concurrent)" }
-    );
-    if let Some(g) = &plan.generation {
-        let _ = writeln!(
-            out,
-            "\ngeneration on GPUs {:?}: max_new_tokens {} (asked {}), {} sequences × {} prompt tokens per server",
-            g.gpus, g.max_new_tokens, g.max_new_tokens_requested, g.batch_size, g.prompt_tokens
-        );
-        let _ = writeln!(
-            out,
-            "  {:<12} {:>3} {:>6} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10}",
-            "server GPUs",
-            "tp",
-            "util",
-            "max_len",
-            "max_seqs",
-            "weights",
-            "non-torch",
-            "act peak",
-            "KV cache",
-            "blocks",
-            "KV tokens"
-        );
-        for s in &g.servers {
-            let _ = writeln!(
-                out,
-                "  {:<12} {:>3} {:>6.2} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10}",
-                format!("{:?}", s.gpus),
-                s.tensor_parallel_size,
-                s.gpu_memory_utilization,
-                s.max_model_len,
-                s.max_num_seqs,
-                gib(s.weights_bytes),
-                gib(s.non_torch_bytes),
-                gib(s.activation_peak_bytes),
-                gib(s.kv_cache_bytes),
-                s.kv_blocks,
-                s.kv_tokens
-            );
-        }
-    }
-    if let Some(e) = &plan.extraction {
-        let _ = writeln!(
-            out,
-            "\nextraction on {}: batch {} × {} tokens (longest single input {}), {} layers, working set {}, reserve {}{}",
-            if e.gpus.is_empty() { "the CPU".to_string() } else { format!("GPUs {:?}", e.gpus) },
-            e.batch_size,
-            e.seq_len,
-            e.max_seq_len,
-            e.layers,
-            gib(e.working_set_bytes),
-            gib(e.reserve_bytes),
-            if e.cpu_offload { " · CPU offload" } else { "" }
-        );
-        let _ = writeln!(
-            out,
-            "  {:<7} {:<7} {:>12} {:>7} {:>10} {:>10}",
-            "worker", "device", "layers", "edges", "weights", "working"
-        );
-        for (i, w) in e.workers.iter().enumerate() {
-            for s in &w.shares {
-                let edges = match (s.embedding, s.head) {
-                    (true, true) => "emb+head",
-                    (true, false) => "emb",
-                    (false, true) => "head",
-                    _ => "",
-                };
-                let range = if s.num_layers == 0 {
-                    "-".to_string()
-                } else {
-                    format!("{}..{}", s.first_layer, s.first_layer + s.num_layers)
-                };
-                let _ = writeln!(
-                    out,
-                    "  {:<7} {:<7} {:>12} {:>7} {:>10} {:>10}",
-                    i,
-                    s.device,
-                    range,
-                    edges,
-                    gib(s.weights_bytes),
-                    gib(s.working_set_bytes)
-                );
-            }
-        }
-    }
-    let _ = writeln!(out, "\n  {:<7} {:>11} {:>11} {:>11}", "device", "total", "generation", "extraction");
-    for d in plan.devices.iter().filter(|d| d.total_bytes > 0 || d.extraction_bytes > 0) {
-        let _ = writeln!(
-            out,
-            "  {:<7} {:>11} {:>11} {:>11}",
-            d.device,
-            gib(d.total_bytes),
-            gib(d.generation_bytes),
-            gib(d.extraction_bytes)
-        );
-    }
-    for n in &plan.notes {
-        let _ = writeln!(out, "note: {n}");
-    }
-    out
+    format!("devices: {inventory_message}\n{plan}")
 }
 
 /// `probe plan`.
@@ -386,20 +265,7 @@ pub(crate) async fn run(args: PlanArgs) -> Result<()> {
         let text = if args.json {
             serde_json::to_string_pretty(&p).map_err(|e| Error::invalid("plan", format!("cannot serialise: {e}")))?
         } else {
-            let mut t = format!(
-                "paged engine: max_seqs {} · page_size {} · max_pages {} · max_prefill_size {}\n  weights {} + KV pages {} per device; prefill scratch {:.2} MiB\n",
-                p.max_seqs,
-                p.page_size,
-                p.max_pages,
-                p.max_prefill_size,
-                gib(p.weights_bytes),
-                gib(p.kv_bytes),
-                p.scratch_bytes as f64 / (1u64 << 20) as f64
-            );
-            for step in &p.steps {
-                let _ = writeln!(t, "  halved: {step}");
-            }
-            t
+            p.to_string()
         };
         return print(&text);
     }

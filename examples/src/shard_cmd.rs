@@ -4,7 +4,6 @@
 use clap::Args;
 use probe_core::{Error, Result};
 
-use crate::outputs;
 use crate::sweep_cmd::SweepArgs;
 
 /// Arguments of `probe merge`: those of `probe sweep`, and the shard count.
@@ -30,7 +29,7 @@ pub(crate) async fn run_merge(args: MergeArgs, quiet: bool) -> Result<()> {
     }
     let (session, prompts) = args.sweep.open(quiet).await?;
     let report = session.merge(&prompts, args.shards).await?;
-    let written = outputs::write_all(&report, &args.sweep.out)?;
+    let written = probe_backends::session::write_report(&report, &args.sweep.out)?;
     crate::sweep_cmd::print_report(&report, &written, &session.cache_location()?);
     session.close().await
 }

@@ -9,7 +9,6 @@ use probe_core::sweep::{self, LabelKind, LayerSelection, PromptSet, Shard, Sweep
 use probe_core::{Error, Readout, Result, Site};
 
 use crate::flags::{self, RunFlags, SamplingFlags};
-use crate::outputs;
 
 /// Arguments of `probe sweep` (and of `probe merge` and `probe status`).
 #[derive(Debug, Clone, Args)]
@@ -155,7 +154,7 @@ pub(crate) async fn run(args: SweepArgs, quiet: bool) -> Result<()> {
     let tests = args.test_on.iter().map(|p| PromptSet::load(p, probe_core::sweep::PromptFormat::texts()));
     let tests: Vec<PromptSet> = tests.collect::<Result<_>>()?;
     let (report, tested) = flags::with_signals(launches, session.sweep_prepared(&prepared, &tests)).await?;
-    let written = outputs::write_all(&report, &args.out)?;
+    let written = probe_backends::session::write_report(&report, &args.out)?;
     for t in &tested {
         let path = args.out.join(format!("predictions-{}.jsonl", t.set.name));
         let mut text = String::new();
@@ -170,7 +169,7 @@ pub(crate) async fn run(args: SweepArgs, quiet: bool) -> Result<()> {
 }
 
 /// The report's table, best layer, summary, plan, memory and where everything went.
-pub(crate) fn print_report(report: &SweepReport, written: &outputs::Written, cache: &str) {
+pub(crate) fn print_report(report: &SweepReport, written: &probe_backends::session::Written, cache: &str) {
     println!("{}", report.table().trim_end());
     if let Some(b) = report.best() {
         println!("best layer: {} (accuracy {:.3}, AUC {:.3})", b.layer, b.accuracy, b.auc);

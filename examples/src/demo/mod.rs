@@ -91,7 +91,7 @@ pub(crate) async fn run(args: DemoArgs, quiet: bool) -> Result<()> {
     let session = crate::flags::open(&model, settings, quiet).await?;
     let prompt_set = PromptSet::from_jsonl(&prompts)?;
     let report = session.sweep(&prompt_set).await?;
-    let written = crate::outputs::write_all(&report, &args.dir.join("out"))?;
+    let written = probe_backends::session::write_report(&report, &args.dir.join("out"))?;
     crate::sweep_cmd::print_report(&report, &written, &session.cache_location()?);
     println!("model: {} · prompts: {}", model_dir.display(), prompts.display());
     let s = &report.summary;

@@ -24,6 +24,7 @@
 //! ```
 
 mod folder;
+mod outputs;
 mod plan;
 mod servers;
 pub mod settings;
@@ -41,6 +42,7 @@ use probe_core::{CacheStore, Error, Generation, Generator, Readout, Result, Tens
 use tokio::sync::Mutex;
 
 pub use folder::ModelFolder;
+pub use outputs::{Written, write_report};
 pub use settings::{Settings, Steer};
 
 use crate::device::{Detected, MemorySampler};

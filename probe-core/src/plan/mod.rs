@@ -22,6 +22,7 @@ mod placement;
 mod policy;
 mod request;
 mod run;
+mod table;
 pub mod units;
 
 pub use backoff::{Backoff, ClearCache, OomBackoff};

@@ -7,20 +7,28 @@ use plotters::prelude::*;
 use probe_core::sweep::{LayerScore, SweepReport};
 use probe_core::{Error, Result};
 
-/// Where the files went.
-#[derive(Debug)]
-pub(crate) struct Written {
-    pub(crate) json: PathBuf,
-    pub(crate) markdown: PathBuf,
-    pub(crate) plot: PathBuf,
+/// Where [`write_report`] put the files.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Written {
+    /// `report.json`.
+    pub json: PathBuf,
+    /// `report.md`.
+    pub markdown: PathBuf,
+    /// `accuracy.svg`.
+    pub plot: PathBuf,
     /// The saved probes' folder, when there are probes.
-    pub(crate) probes: Option<PathBuf>,
+    pub probes: Option<PathBuf>,
 }
 
-/// Writes the three files into `out` (created if needed). Each is written under a temporary
-/// name and renamed into place, `report.json` last: a run killed while writing leaves either
-/// no file or a whole one, never a cut-short report.
-pub(crate) fn write_all(report: &SweepReport, out: &Path) -> Result<Written> {
+/// Writes a sweep's files into `out` (created if needed): `report.json`, `report.md`,
+/// `accuracy.svg`, `heads.svg` for a `heads` sweep, and the saved probes under `probes/`.
+/// Each is written under a temporary name and renamed into place, `report.json` last: a run
+/// killed while writing leaves either no file or a whole one, never a cut-short report.
+///
+/// # Errors
+/// [`Error::Io`] when a file cannot be written; a plot that cannot be drawn.
+pub fn write_report(report: &SweepReport, out: &Path) -> Result<Written> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out.display(), e))?;
     let markdown = out.join("report.md");
     write_atomically(&markdown, |tmp| {
