@@ -12,12 +12,7 @@ use probe_core::sweep::PromptSet;
 
 /// Sweeps every layer of `model` on `prompts` (5 greedy new tokens, seed 5); returns each
 /// layer's accuracy.
-pub(crate) async fn sweep(
-    model: &str,
-    prompts: &str,
-    cache: &str,
-    file: Settings,
-) -> probe_core::Result<Vec<(usize, f64)>> {
+async fn sweep(model: &str, prompts: &str, cache: &str, file: Settings) -> probe_core::Result<Vec<(usize, f64)>> {
     let settings = file.cache(cache).layers("all".parse()?).max_tokens(5).temperature(0.0).seed(5);
     let session = Session::open(model, settings).await?;
     let prompts = PromptSet::from_jsonl(prompts)?;
@@ -30,7 +25,6 @@ pub(crate) async fn sweep(
     Ok(report.layers.iter().map(|l| (l.layer, l.accuracy)).collect())
 }
 
-#[allow(dead_code)] // the test that includes this file calls `sweep` only
 #[tokio::main]
 async fn main() -> probe_core::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
