@@ -113,11 +113,27 @@ impl Backend {
     /// # Errors
     /// [`Error::InvalidInput`] naming the file; for vllm, an architecture candle lacks.
     pub fn check_folder(self, model: &str) -> Result<()> {
+        self.read_folder(model, None).map(drop)
+    }
+
+    /// [`Backend::check_folder`], keeping what it read: for candle and vllm the folder as
+    /// candle loads it (`config_text`: `config.json`'s text when already read); `None` for
+    /// the others.
+    ///
+    /// # Errors
+    /// As [`Backend::check_folder`].
+    #[cfg(feature = "candle")]
+    pub fn read_folder(self, model: &str, config_text: Option<String>) -> Result<Option<crate::candle::CandleFolder>> {
+        use crate::candle::CandleFolder;
         let dir = Path::new(model);
+        let read = || match config_text {
+            Some(text) => CandleFolder::with_config(dir, text),
+            None => CandleFolder::read(dir),
+        };
         match self {
-            Self::Candle => check_candle_folder(dir),
+            Self::Candle => read().map(Some),
             // The generation servers would read the folder; the extractor that runs must too.
-            Self::Vllm => check_candle_folder(dir).map_err(|e| match e {
+            Self::Vllm => read().map(Some).map_err(|e| match e {
                 Error::NotSupported { operation, .. } => Error::invalid(
                     "model",
                     format!(
@@ -127,8 +143,17 @@ impl Backend {
                 ),
                 other => other,
             }),
-            _ => Ok(()),
+            _ => Ok(None),
         }
+    }
+
+    /// Without candle there is nothing to check.
+    ///
+    /// # Errors
+    /// None.
+    #[cfg(not(feature = "candle"))]
+    pub fn read_folder(self, _model: &str, _config_text: Option<String>) -> Result<Option<()>> {
+        Ok(None)
     }
 }
 
@@ -182,6 +207,10 @@ pub struct OpenOptions {
     /// `vllm` extraction on servers this run launches, started on first use.
     #[cfg(feature = "vllm")]
     pub launched: Option<Arc<crate::vllm::LazyServers>>,
+    /// candle (and vllm's in-process extraction): the folder already read, so that loading
+    /// reads only the weights (`None`: read from the model's path).
+    #[cfg(feature = "candle")]
+    pub candle_folder: Option<Arc<crate::candle::CandleFolder>>,
 }
 
 impl OpenOptions {
@@ -193,6 +222,12 @@ impl OpenOptions {
     /// Every block on one device: GPU `gpu`, or the CPU for `None`.
     pub fn on(self, gpu: Option<usize>) -> Self {
         self.with_placement(vec![Placement::whole(probe_core::plan::device_name(gpu), usize::MAX)])
+    }
+    /// Sets the folder candle loads from, already read.
+    #[cfg(feature = "candle")]
+    pub fn with_candle_folder(mut self, folder: Option<Arc<crate::candle::CandleFolder>>) -> Self {
+        self.candle_folder = folder;
+        self
     }
     /// Sets the compute dtype.
     pub fn with_dtype(mut self, dtype: impl Into<String>) -> Self {
@@ -277,18 +312,8 @@ pub fn open_generator(backend: Backend, model: &str, options: &OpenOptions) -> R
 }
 
 #[cfg(feature = "candle")]
-fn check_candle_folder(dir: &Path) -> Result<()> {
-    crate::candle::CandleBackend::check(dir)
-}
-
-#[cfg(not(feature = "candle"))]
-fn check_candle_folder(_dir: &Path) -> Result<()> {
-    Ok(())
-}
-
-#[cfg(feature = "candle")]
 fn open_candle(model: &str, options: &OpenOptions) -> Result<Opened> {
-    use crate::candle::{CandleBackend, CandleOptions, device_of, open_placement};
+    use crate::candle::{CandleBackend, CandleFolder, CandleOptions, device_of, open_placement};
     let mut base = CandleOptions::default();
     if let Some(d) = &options.dtype {
         base = base.with_dtype(d.parse()?);
@@ -296,13 +321,16 @@ fn open_candle(model: &str, options: &OpenOptions) -> Result<Opened> {
     if let Some(b) = options.batch_size {
         base = base.with_default_batch_size(b);
     }
-    let dir = Path::new(model);
+    let folder = match &options.candle_folder {
+        Some(f) => f.clone(),
+        None => Arc::new(CandleFolder::read(Path::new(model))?),
+    };
     if options.placement.is_empty() {
-        let backend = CandleBackend::load(dir, base)?;
+        let backend = CandleBackend::load_folder(&folder, base)?;
         return Ok(Opened { extractor: Arc::new(backend.clone()), generator: Some(Arc::new(backend)) });
     }
     // A one-share placement's open end (`OpenOptions::on`) is the model's last block.
-    let blocks = CandleBackend::model_info_of(dir, &base)?.num_layers;
+    let blocks = folder.model_info(&base).num_layers;
     let mut placement = options.placement.clone();
     for p in &mut placement {
         p.layers[1] = p.layers[1].min(blocks.saturating_sub(1));
@@ -310,7 +338,7 @@ fn open_candle(model: &str, options: &OpenOptions) -> Result<Opened> {
     let on_cpu = |name: &str| if name.starts_with("cuda:") { device_of("cpu") } else { device_of(name) };
     let map: &dyn Fn(&str) -> Result<crate::candle::CandleDevice> =
         if options.gpus_as_cpu { &on_cpu } else { &device_of };
-    let replicas = open_placement(dir, &base, &placement, map)?;
+    let replicas = open_placement(&folder, &base, &placement, map)?;
     tracing::info!(
         "candle: {} worker(s) on {}{}",
         replicas.replicas().len(),

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use probe_backends::candle::{
-    BlockShare, CandleBackend, CandleDevice, CandleOptions, CandleReplicas, device_of, open_placement,
+    BlockShare, CandleBackend, CandleDevice, CandleFolder, CandleOptions, CandleReplicas, device_of, open_placement,
 };
 use probe_core::plan::{Device, DeviceInventory, ModelSpec, Placement, RunSettings, resolve_run};
 use probe_core::testing::require_service;
@@ -120,7 +120,8 @@ async fn a_gpu_plus_cpu_placement_runs_its_blocks_on_both_and_gives_the_same_val
         [&[("cuda:0", 0, 2, 0), ("cpu", 3, 3, 0)][..], &[("cuda:0", 0, 0, 0), ("cuda:1", 1, 2, 0), ("cpu", 3, 3, 0)]]
     {
         let placement = placement_json(shares);
-        let placed = open_placement(&dir, &CandleOptions::default(), &placement, &on_cpu).unwrap();
+        let placed =
+            open_placement(&CandleFolder::read(&dir).unwrap(), &CandleOptions::default(), &placement, &on_cpu).unwrap();
         assert_eq!(placed.replicas().len(), 1, "one worker split over devices");
         for positions in [Positions::Last, Positions::Mean] {
             same_bits(
@@ -132,7 +133,9 @@ async fn a_gpu_plus_cpu_placement_runs_its_blocks_on_both_and_gives_the_same_val
         assert_eq!(greedy(&one).await, greedy(placed.first()).await, "{shares:?}");
     }
     let bad = placement_json(&[("tpu:0", 0, 3, 0)]);
-    let e = open_placement(&dir, &CandleOptions::default(), &bad, &on_cpu).unwrap_err().to_string();
+    let e = open_placement(&CandleFolder::read(&dir).unwrap(), &CandleOptions::default(), &bad, &on_cpu)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("tpu:0"), "{e}");
 }
 
@@ -142,7 +145,8 @@ async fn replicas_spread_micro_batches_and_give_one_devices_values_at_that_size(
     let placement = plan_placement(&dir, 2, 80 << 30);
     let workers: Vec<usize> = placement.iter().map(|p| p.worker).collect();
     assert_eq!(workers, [0, 1], "a model that fits one GPU: one replica per GPU: {placement:?}");
-    let replicas = open_placement(&dir, &CandleOptions::default(), &placement, &on_cpu).unwrap();
+    let replicas =
+        open_placement(&CandleFolder::read(&dir).unwrap(), &CandleOptions::default(), &placement, &on_cpu).unwrap();
     assert_eq!(replicas.replicas().len(), 2);
     let one = CandleBackend::load(&dir, CandleOptions::default()).unwrap();
     // 7 inputs over 2 replicas: micro-batches of min(batch, ⌈7/2⌉) = 4.

@@ -111,8 +111,9 @@ fn safetensors_header(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Checks a safetensors header against its file: every tensor's `data_offsets` within the
-/// data and, for the common dtypes, matching its shape.
-fn check_safetensors(path: &Path) -> Result<()> {
+/// data and, for the common dtypes, matching its shape. Returns the header (its length prefix
+/// and JSON).
+fn check_safetensors(path: &Path) -> Result<Vec<u8>> {
     let header = safetensors_header(path)?;
     let size = std::fs::metadata(path).map_err(|e| Error::io(path.display(), e))?.len();
     let data_len = size - header.len() as u64;
@@ -150,7 +151,7 @@ fn check_safetensors(path: &Path) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(header)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -169,39 +170,29 @@ impl CandleBackend {
     /// tokenizer or missing tensor (named), [`Error::NotSupported`] for an architecture
     /// without a spec, [`Error::DeviceUnavailable`] for a device that cannot be opened.
     pub fn load(dir: &Path, options: CandleOptions) -> Result<CandleBackend> {
-        let Identity { cfg, files, revision, tokenizer, tokenizer_desc } = Identity::read(dir)?;
+        Self::load_folder(&CandleFolder::read(dir)?, options)
+    }
 
-        let mut eos = cfg.eos_token_ids.clone();
-        if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
-            for id in generation_eos(&text) {
-                if !eos.contains(&id) {
-                    eos.push(id);
-                }
-            }
-        }
-
+    /// Loads the weights of a folder already read ([`CandleFolder`]): its config, headers and
+    /// tokenizer are not read again.
+    ///
+    /// # Errors
+    /// As [`CandleBackend::load`] for the weights and the device.
+    pub fn load_folder(folder: &CandleFolder, options: CandleOptions) -> Result<CandleBackend> {
+        let CandleFolder { dir, cfg, files, revision, tokenizer, eos, .. } = folder;
+        let (dir, cfg, tokenizer, eos) = (dir.as_path(), cfg.clone(), tokenizer.clone(), eos.clone());
         let device = options.device.open()?;
         let dtype = options.dtype.to_candle();
         // SAFETY: the weight files are memory-mapped read-only; like every mmap-based loader,
         // this requires that they are not modified while the backend is alive.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, &device) }
             .map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?;
-        let info = ModelInfo::new(
-            ModelId::new(dir.to_string_lossy(), revision.clone()),
-            cfg.spec.name,
-            cfg.num_layers,
-            cfg.hidden_size,
-            cfg.vocab_size,
-        )
-        .with_dtype(options.dtype.as_str())
-        .with_tokenizer(tokenizer_desc)
-        .with_heads(cfg.num_heads, cfg.head_dim)
-        .with_experts(cfg.moe.as_ref().map_or(0, |m| m.num_experts));
+        let info = folder.model_info(&options);
         let stages = Stages::open(&device, &options.split, cfg.num_layers)?;
         let decoder = Decoder::load(&vb, cfg, stages)
             .map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?
             .with_attention_chunk_bytes(options.attention_chunk_bytes);
-        let id = ModelId::new(dir.to_string_lossy(), revision);
+        let id = ModelId::new(dir.to_string_lossy(), revision.clone());
         Ok(CandleBackend { inner: Arc::new(Inner { id, info, decoder, tokenizer, eos, options }) })
     }
 
@@ -212,18 +203,7 @@ impl CandleBackend {
     /// # Errors
     /// As [`CandleBackend::load`] for the files it reads.
     pub fn model_info_of(dir: &Path, options: &CandleOptions) -> Result<ModelInfo> {
-        let id = Identity::read(dir)?;
-        Ok(ModelInfo::new(
-            ModelId::new(dir.to_string_lossy(), id.revision),
-            id.cfg.spec.name,
-            id.cfg.num_layers,
-            id.cfg.hidden_size,
-            id.cfg.vocab_size,
-        )
-        .with_dtype(options.dtype.as_str())
-        .with_tokenizer(id.tokenizer_desc)
-        .with_heads(id.cfg.num_heads, id.cfg.head_dim)
-        .with_experts(id.cfg.moe.as_ref().map_or(0, |m| m.num_experts)))
+        Ok(CandleFolder::read(dir)?.model_info(options))
     }
 
     /// Checks the model folder `dir` as [`CandleBackend::load`] would, reading only
@@ -236,18 +216,7 @@ impl CandleBackend {
     /// header that is too long for its file or whose offsets lie past its end or disagree with
     /// a tensor's shape; [`Error::NotSupported`] for an architecture without a spec.
     pub fn check(dir: &Path) -> Result<()> {
-        let config_path = dir.join("config.json");
-        let config_bytes = std::fs::read(&config_path)
-            .map_err(|e| Error::invalid("model", format!("{}: cannot be read: {e}", config_path.display())))?;
-        ModelConfig::parse(&String::from_utf8_lossy(&config_bytes), &config_path)?;
-        for f in weight_files(dir)? {
-            check_safetensors(&f)?;
-        }
-        let tok_path = dir.join("tokenizer.json");
-        if !tok_path.is_file() {
-            return Err(Error::invalid("model", format!("{}: missing", tok_path.display())));
-        }
-        Ok(())
+        CandleFolder::read(dir).map(drop)
     }
 
     /// The options the backend was loaded with.
@@ -357,39 +326,113 @@ impl Generator for CandleBackend {
     }
 }
 
-/// What identifies a model folder: its parsed config, weight files, revision and tokenizer.
-struct Identity {
+/// A model folder as candle reads it before loading weights: `config.json` (parsed), the
+/// weight files and their checked safetensors headers, the revision they make, the tokenizer
+/// and the end-of-sequence ids. Read once ([`CandleFolder::read`]) and handed to
+/// [`CandleBackend::load_folder`] for every worker a plan places, and to the session's
+/// planner and prompt renderer.
+#[derive(Clone)]
+pub struct CandleFolder {
+    dir: PathBuf,
+    config_text: String,
     cfg: ModelConfig,
-    files: Vec<std::path::PathBuf>,
+    files: Vec<PathBuf>,
     revision: String,
     tokenizer: Tokenizer,
     tokenizer_desc: String,
+    eos: Vec<u32>,
 }
 
-impl Identity {
-    /// Reads `config.json`, the safetensors headers and `tokenizer.json` of `dir`.
-    fn read(dir: &Path) -> Result<Self> {
+impl std::fmt::Debug for CandleFolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CandleFolder")
+            .field("dir", &self.dir)
+            .field("architecture", &self.cfg.spec.name)
+            .field("revision", &self.revision)
+            .field("files", &self.files.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CandleFolder {
+    /// Reads `dir`: `config.json`, the safetensors headers (checked against their files: see
+    /// [`CandleBackend::check`]), `tokenizer.json` and `generation_config.json`'s extra
+    /// end-of-sequence ids. No weights.
+    ///
+    /// # Errors
+    /// As [`CandleBackend::check`]; a tokenizer that cannot be parsed.
+    pub fn read(dir: &Path) -> Result<Self> {
         let config_path = dir.join("config.json");
-        let config_bytes = read(&config_path)?;
-        let config_text = String::from_utf8_lossy(&config_bytes);
+        let config_bytes = std::fs::read(&config_path)
+            .map_err(|e| Error::invalid("model", format!("{}: cannot be read: {e}", config_path.display())))?;
+        Self::with_config(dir, String::from_utf8_lossy(&config_bytes).into_owned())
+    }
+
+    /// As [`CandleFolder::read`], with `config.json`'s text already read.
+    ///
+    /// # Errors
+    /// As [`CandleFolder::read`].
+    pub fn with_config(dir: &Path, config_text: String) -> Result<Self> {
+        let config_path = dir.join("config.json");
         let cfg = ModelConfig::parse(&config_text, &config_path)?;
         let files = weight_files(dir)?;
-
         let mut rev = Sha256::new();
-        rev.update(&config_bytes);
+        rev.update(config_text.as_bytes());
         for f in &files {
             rev.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
-            rev.update(safetensors_header(f)?);
+            rev.update(check_safetensors(f)?);
         }
         let revision = hex(&rev.finalize());
 
         let tok_path = dir.join("tokenizer.json");
-        let tok_bytes = read(&tok_path)?;
+        let tok_bytes = std::fs::read(&tok_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::invalid("model", format!("{}: missing", tok_path.display())),
+            _ => Error::io(tok_path.display(), e),
+        })?;
         let tokenizer = Tokenizer::from_bytes(&tok_bytes)
             .map_err(|e| Error::invalid(format!("tokenizer {}", tok_path.display()), e))?;
         let tokenizer_desc = format!("add_special_tokens=true;sha256={}", hex(&Sha256::digest(&tok_bytes)));
 
-        Ok(Self { cfg, files, revision, tokenizer, tokenizer_desc })
+        let mut eos = cfg.eos_token_ids.clone();
+        if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
+            for id in generation_eos(&text) {
+                if !eos.contains(&id) {
+                    eos.push(id);
+                }
+            }
+        }
+        Ok(Self { dir: dir.to_path_buf(), config_text, cfg, files, revision, tokenizer, tokenizer_desc, eos })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `config.json` as read.
+    pub fn config_text(&self) -> &str {
+        &self.config_text
+    }
+
+    /// The tokenizer of `tokenizer.json`.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The [`ModelInfo`] that [`CandleBackend::load_folder`] with `options` reports.
+    pub fn model_info(&self, options: &CandleOptions) -> ModelInfo {
+        let cfg = &self.cfg;
+        ModelInfo::new(
+            ModelId::new(self.dir.to_string_lossy(), self.revision.clone()),
+            cfg.spec.name,
+            cfg.num_layers,
+            cfg.hidden_size,
+            cfg.vocab_size,
+        )
+        .with_dtype(options.dtype.as_str())
+        .with_tokenizer(self.tokenizer_desc.clone())
+        .with_heads(cfg.num_heads, cfg.head_dim)
+        .with_experts(cfg.moe.as_ref().map_or(0, |m| m.num_experts))
     }
 }
 

@@ -55,7 +55,7 @@ mod options;
 mod placement;
 mod rope;
 
-pub use backend::CandleBackend;
+pub use backend::{CandleBackend, CandleFolder};
 pub use options::{CandleDType, CandleDevice, CandleOptions};
 pub use placement::{BlockShare, CandleReplicas, device_of, open_placement};
 

@@ -4,7 +4,6 @@
 //! from the plan's `extraction.placement` ([`probe_core::plan::Placement`]).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use async_trait::async_trait;
 use candle_core::{Device, Tensor};
@@ -16,7 +15,7 @@ use probe_core::{
 };
 
 use super::block::{DecodeStep, RopeRows, Step};
-use super::{CandleBackend, CandleDevice, CandleOptions};
+use super::{CandleBackend, CandleDevice, CandleFolder, CandleOptions};
 
 /// One device's contiguous run of transformer blocks (0-based, `first..=last`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -168,7 +167,7 @@ fn worker_options(
     Ok(base.clone().with_device(first).with_split(split))
 }
 
-/// Opens the model of `dir` as the plan places it: each worker (its shares in layer order)
+/// Opens the model of `folder` as the plan places it: each worker (its shares in layer order)
 /// is one [`CandleBackend`] whose blocks live on the shares' devices; several workers are
 /// data-parallel replicas. `map` turns a plan device name into a candle device
 /// ([`device_of`]; a test may map every name to the CPU).
@@ -177,7 +176,7 @@ fn worker_options(
 /// [`Error::InvalidInput`] for an empty placement or shares that do not cover the model's
 /// blocks; [`CandleBackend::load`]'s errors.
 pub fn open_placement(
-    dir: &Path,
+    folder: &CandleFolder,
     base: &CandleOptions,
     placement: &[Placement],
     map: &dyn Fn(&str) -> Result<CandleDevice>,
@@ -191,7 +190,7 @@ pub fn open_placement(
     }
     let replicas = workers
         .values()
-        .map(|shares| CandleBackend::load(dir, worker_options(base, shares, map)?))
+        .map(|shares| CandleBackend::load_folder(folder, worker_options(base, shares, map)?))
         .collect::<Result<Vec<_>>>()?;
     CandleReplicas::new(replicas)
 }

@@ -24,6 +24,13 @@ pub struct ModelFolder {
     template: Option<ChatTemplate>,
     #[cfg(any(feature = "candle", feature = "vllm", feature = "tch", feature = "ort"))]
     tokenizer: Option<tokenizers::Tokenizer>,
+    /// `config.json` as read (`None` without one), for candle's reading of the folder.
+    #[cfg(feature = "candle")]
+    config_text: Option<String>,
+    /// The folder as candle loads it (candle, and vllm's in-process extraction): read once,
+    /// when the folder is opened (candle) or first checked (vllm).
+    #[cfg(feature = "candle")]
+    candle: std::sync::OnceLock<std::sync::Arc<crate::candle::CandleFolder>>,
 }
 
 impl ModelFolder {
@@ -39,8 +46,8 @@ impl ModelFolder {
         if !dir.is_dir() && folder_optional {
             return Ok(Self::bare(model));
         }
-        let (spec, num_layers) = if backend == Backend::Mock {
-            (Some(crate::mock::spec()?), crate::mock::MOCK_LAYERS)
+        let (spec, num_layers, config_text) = if backend == Backend::Mock {
+            (Some(crate::mock::spec()?), crate::mock::MOCK_LAYERS, None)
         } else {
             if !dir.is_dir() {
                 return Err(Error::invalid(
@@ -65,26 +72,67 @@ impl ModelFolder {
                 HfConfig::parse(&text).map_err(|e| Error::invalid("model", format!("{}: {e}", config.display())))?;
             let layers = HfConfig::required(hf.num_hidden_layers, "num_hidden_layers")
                 .map_err(|e| Error::invalid("model", format!("{}: {e}", config.display())))?;
-            // vllm: the servers load the model, whatever candle supports; a call that extracts
-            // on candle checks the folder then ([`super::Session::prepare`]).
-            if backend != Backend::Vllm {
-                backend.check_folder(model)?;
-            }
-            (Some(ModelSpec::from_hf(&hf).map_err(named)?), layers)
+            (Some(ModelSpec::from_hf(&hf).map_err(named)?), layers, Some(text))
         };
         let template = match template_file {
             Some(f) => Some(ChatTemplate::from_file(f, dir)?),
             None if dir.is_dir() => ChatTemplate::from_model_dir(dir)?,
             None => None,
         };
-        Ok(Self {
+        let mut folder = Self {
             name: model.to_owned(),
             spec,
             num_layers: Some(num_layers),
             template,
             #[cfg(any(feature = "candle", feature = "vllm", feature = "tch", feature = "ort"))]
-            tokenizer: tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).ok(),
-        })
+            tokenizer: None,
+            #[cfg(feature = "candle")]
+            config_text,
+            #[cfg(feature = "candle")]
+            candle: std::sync::OnceLock::new(),
+        };
+        #[cfg(not(feature = "candle"))]
+        let _ = config_text;
+        // vllm: the servers load the model, whatever candle supports; a call that extracts
+        // on candle checks the folder then ([`super::Session::prepare`]).
+        if backend != Backend::Vllm {
+            folder.check(backend)?;
+        }
+        // The tokenizer candle read, else the folder's own.
+        #[cfg(any(feature = "candle", feature = "vllm", feature = "tch", feature = "ort"))]
+        {
+            #[cfg(feature = "candle")]
+            let read = folder.candle.get().map(|c| c.tokenizer().clone());
+            #[cfg(not(feature = "candle"))]
+            let read = None;
+            folder.tokenizer = read.or_else(|| tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).ok());
+        }
+        Ok(folder)
+    }
+
+    /// Checks the folder as `backend` loads it ([`Backend::check_folder`]), once: for candle
+    /// and vllm, what it read is kept for loading ([`ModelFolder::candle`]).
+    ///
+    /// # Errors
+    /// As [`Backend::check_folder`].
+    pub fn check(&self, backend: Backend) -> Result<()> {
+        #[cfg(feature = "candle")]
+        if self.candle.get().is_some() {
+            return Ok(());
+        }
+        #[cfg(feature = "candle")]
+        if let Some(read) = backend.read_folder(&self.name, self.config_text.clone())? {
+            let _ = self.candle.set(std::sync::Arc::new(read));
+        }
+        #[cfg(not(feature = "candle"))]
+        backend.read_folder(&self.name, None)?;
+        Ok(())
+    }
+
+    /// The folder as candle loads it, when [`ModelFolder::check`] has read it.
+    #[cfg(feature = "candle")]
+    pub fn candle(&self) -> Option<std::sync::Arc<crate::candle::CandleFolder>> {
+        self.candle.get().cloned()
     }
 
     fn bare(model: &str) -> Self {
@@ -95,6 +143,10 @@ impl ModelFolder {
             template: None,
             #[cfg(any(feature = "candle", feature = "vllm", feature = "tch", feature = "ort"))]
             tokenizer: None,
+            #[cfg(feature = "candle")]
+            config_text: None,
+            #[cfg(feature = "candle")]
+            candle: std::sync::OnceLock::new(),
         }
     }
 

@@ -356,7 +356,7 @@ impl Session {
         let on_servers = s.extracts_on_servers() && task != Task::Generate;
         if self.backend == Backend::Vllm && !on_servers && task != Task::Generate {
             // Generation on the servers, extraction on candle from the same folder.
-            self.backend.check_folder(self.folder.name())?;
+            self.folder.check(self.backend)?;
         }
         let site = s.read_site();
         if on_servers && !site.is_resid() {
@@ -439,6 +439,10 @@ impl Session {
             .with_batch_size(Some(batch_size));
         if let Some(e) = plan.and_then(|p| p.extraction.as_ref()).filter(|e| !e.placement.is_empty()) {
             options = options.with_placement(e.placement.clone());
+        }
+        #[cfg(feature = "candle")]
+        {
+            options = options.with_candle_folder(self.folder.candle());
         }
         let model = crate::mock::inject(registry::open(self.backend, self.folder.name(), &options)?)?;
         opened.insert(dtype.to_owned(), model.clone());
@@ -587,7 +591,7 @@ impl Session {
         let cache = self.cache()?;
         let dtype = plan::dtype_name(prepared.plan.as_ref());
         let on_servers = self.settings.extracts_on_servers();
-        let model = identity::opened(self.backend, self.folder.name(), dtype, &prepared.servers.urls(), on_servers)?;
+        let model = identity::opened(self.backend, &self.folder, dtype, &prepared.servers.urls(), on_servers)?;
         Ok((prepared, cache, model))
     }
 
@@ -834,22 +838,22 @@ mod identity {
     /// no server is contacted).
     pub(super) fn opened(
         backend: Backend,
-        model: &str,
+        folder: &super::ModelFolder,
         dtype: &str,
         urls: &[String],
         on_servers: bool,
     ) -> Result<Opened> {
+        let model = folder.name();
         if on_servers && backend == Backend::Vllm {
             let options = OpenOptions::default().with_urls(urls.to_vec()).with_vllm_extraction(true, None);
             return registry::open(backend, model, &options);
         }
         #[cfg(feature = "candle")]
         if matches!(backend, Backend::Candle | Backend::Vllm) {
-            use crate::candle::{CandleBackend, CandleOptions};
-            let info = CandleBackend::model_info_of(
-                std::path::Path::new(model),
-                &CandleOptions::default().with_dtype(dtype.parse()?),
-            )?;
+            use crate::candle::CandleOptions;
+            folder.check(backend)?;
+            let read = folder.candle().ok_or_else(|| Error::invalid("model", format!("{model}: not read")))?;
+            let info = read.model_info(&CandleOptions::default().with_dtype(dtype.parse()?));
             let generator: Arc<dyn Generator> = if backend == Backend::Vllm {
                 // Builds the client only: no server is contacted.
                 registry::open_generator(backend, model, &OpenOptions::default().with_urls(urls.to_vec()))?

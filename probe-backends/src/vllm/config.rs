@@ -119,7 +119,7 @@ impl Default for VllmGeneratorBuilder {
             config: ClientConfig {
                 model: String::new(),
                 revision: String::new(),
-                batch_size: 16,
+                batch_size: probe_core::DEFAULT_BATCH_SIZE,
                 max_in_flight_per_server: 4,
                 request_timeout: Duration::from_secs(600),
                 connect_timeout: Duration::from_secs(10),
