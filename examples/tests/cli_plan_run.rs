@@ -147,6 +147,28 @@ fn qwen3_32b_fits_one_gpu_splits_over_two_and_offloads_to_the_cpu() {
     );
 }
 
+/// Issue 28: an extraction that stops at layer 20 of Qwen3-32B loads the embedding and blocks
+/// 0..20, no output head: on one 40 GiB GPU it plans no split and no offload, where a sweep that
+/// generates in process (the whole model) spills to the CPU.
+#[test]
+fn qwen3_32b_extraction_to_layer_20_loads_20_blocks_on_one_40gib_gpu() {
+    let tmp = workdir("96GiB");
+    let (d, model) = (tmp.path(), tmp.path().join("Qwen3-32B"));
+    sparse_checkpoint::qwen3_32b(&model);
+    let m = model.display().to_string();
+    let run = |extra: &[&str]| {
+        let args = ["sweep", "--model", &m, "--prompts", "prompts.jsonl", "--layers", "1,10,20", "--gpus", "1x40GiB"];
+        let args = [&args[..], &["--dry-run", "--json", "--cache", "cache", "--out", "out"], extra].concat();
+        plan_of(d, &probe(d, &args))
+    };
+    let only = run(&["--no-generate"]);
+    assert_eq!(placement(&only), vec![("cuda:0".to_owned(), [0, 19], 0)], "{only}");
+    assert_eq!(only["extraction"]["cpu_offload"], false, "{only}");
+    let whole = run(&["--max-tokens", "8"]);
+    assert_eq!(whole["extraction"]["cpu_offload"], true, "{whole}");
+    covers(&placement(&whole), 64);
+}
+
 #[test]
 fn impossible_runs_are_refused_with_their_numbers() {
     let tmp = workdir("16GiB");

@@ -207,6 +207,9 @@ pub struct OpenOptions {
     /// `vllm` extraction on servers this run launches, started on first use.
     #[cfg(feature = "vllm")]
     pub launched: Option<Arc<crate::vllm::LazyServers>>,
+    /// candle (and vllm's in-process extraction), extraction only: load blocks `0..n` and no
+    /// output head (`None`: the whole model; see [`crate::candle::CandleOptions::blocks`]).
+    pub blocks: Option<usize>,
     /// candle (and vllm's in-process extraction): the folder already read, so that loading
     /// reads only the weights (`None`: read from the model's path).
     #[cfg(feature = "candle")]
@@ -227,6 +230,11 @@ impl OpenOptions {
     #[cfg(feature = "candle")]
     pub fn with_candle_folder(mut self, folder: Option<Arc<crate::candle::CandleFolder>>) -> Self {
         self.candle_folder = folder;
+        self
+    }
+    /// Sets the blocks an extraction-only model loads (`None`: the whole model).
+    pub fn with_blocks(mut self, blocks: Option<usize>) -> Self {
+        self.blocks = blocks;
         self
     }
     /// Sets the compute dtype.
@@ -321,16 +329,21 @@ fn open_candle(model: &str, options: &OpenOptions) -> Result<Opened> {
     if let Some(b) = options.batch_size {
         base = base.with_default_batch_size(b);
     }
+    base = base.with_blocks(options.blocks);
     let folder = match &options.candle_folder {
         Some(f) => f.clone(),
         None => Arc::new(CandleFolder::read(Path::new(model))?),
     };
+    // A model loaded for extraction only does not generate.
+    let generates = options.blocks.is_none();
     if options.placement.is_empty() {
         let backend = CandleBackend::load_folder(&folder, base)?;
-        return Ok(Opened { extractor: Arc::new(backend.clone()), generator: Some(Arc::new(backend)) });
+        let generator: Option<Arc<dyn Generator>> = generates.then(|| Arc::new(backend.clone()) as _);
+        return Ok(Opened { extractor: Arc::new(backend), generator });
     }
-    // A one-share placement's open end (`OpenOptions::on`) is the model's last block.
-    let blocks = folder.model_info(&base).num_layers;
+    // A one-share placement's open end (`OpenOptions::on`) is the last block loaded.
+    let all = folder.model_info(&base).num_layers;
+    let blocks = options.blocks.map_or(all, |n| n.min(all));
     let mut placement = options.placement.clone();
     for p in &mut placement {
         p.layers[1] = p.layers[1].min(blocks.saturating_sub(1));
@@ -349,8 +362,8 @@ fn open_candle(model: &str, options: &OpenOptions) -> Result<Opened> {
             .join(", "),
         if options.gpus_as_cpu { " (GPU shares rehearsed on the CPU)" } else { "" }
     );
-    let generator: Arc<dyn Generator> = Arc::new(replicas.first().clone());
-    Ok(Opened { extractor: Arc::new(replicas), generator: Some(generator) })
+    let generator: Option<Arc<dyn Generator>> = generates.then(|| Arc::new(replicas.first().clone()) as _);
+    Ok(Opened { extractor: Arc::new(replicas), generator })
 }
 
 #[cfg(not(feature = "candle"))]

@@ -16,6 +16,7 @@ use super::config::{ModelConfig, generation_eos};
 use super::model::Decoder;
 use super::options::CandleOptions;
 use super::placement::Stages;
+use super::weights::WeightIndex;
 
 /// A model loaded in process with candle: extracts hidden states and generates text.
 ///
@@ -179,17 +180,16 @@ impl CandleBackend {
     /// # Errors
     /// As [`CandleBackend::load`] for the weights and the device.
     pub fn load_folder(folder: &CandleFolder, options: CandleOptions) -> Result<CandleBackend> {
-        let CandleFolder { dir, cfg, files, revision, tokenizer, eos, .. } = folder;
+        let CandleFolder { dir, cfg, weights, revision, tokenizer, eos, .. } = folder;
         let (dir, cfg, tokenizer, eos) = (dir.as_path(), cfg.clone(), tokenizer.clone(), eos.clone());
         let device = options.device.open()?;
         let dtype = options.dtype.to_candle();
-        // SAFETY: the weight files are memory-mapped read-only; like every mmap-based loader,
-        // this requires that they are not modified while the backend is alive.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, &device) }
-            .map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?;
+        // Only the tensors the decoder asks for are read (a partial load reads a part).
+        let vb = VarBuilder::from_backend(Box::new(weights.reader()?), dtype, device.clone());
         let info = folder.model_info(&options);
-        let stages = Stages::open(&device, &options.split, cfg.num_layers)?;
-        let decoder = Decoder::load(&vb, cfg, stages)
+        let stages =
+            Stages::open(&device, &options.split, options.blocks.map_or(cfg.num_layers, |n| n.min(cfg.num_layers)))?;
+        let decoder = Decoder::load(&vb, cfg, stages, options.blocks)
             .map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?
             .with_attention_chunk_bytes(options.attention_chunk_bytes);
         let id = ModelId::new(dir.to_string_lossy(), revision.clone());
@@ -336,7 +336,8 @@ pub struct CandleFolder {
     dir: PathBuf,
     config_text: String,
     cfg: ModelConfig,
-    files: Vec<PathBuf>,
+    /// Every tensor of the weight files, from their checked headers.
+    weights: Arc<WeightIndex>,
     revision: String,
     tokenizer: Tokenizer,
     tokenizer_desc: String,
@@ -349,7 +350,7 @@ impl std::fmt::Debug for CandleFolder {
             .field("dir", &self.dir)
             .field("architecture", &self.cfg.spec.name)
             .field("revision", &self.revision)
-            .field("files", &self.files.len())
+            .field("tensors", &self.weights)
             .finish_non_exhaustive()
     }
 }
@@ -375,13 +376,16 @@ impl CandleFolder {
     pub fn with_config(dir: &Path, config_text: String) -> Result<Self> {
         let config_path = dir.join("config.json");
         let cfg = ModelConfig::parse(&config_text, &config_path)?;
-        let files = weight_files(dir)?;
+        let mut weights = WeightIndex::default();
         let mut rev = Sha256::new();
         rev.update(config_text.as_bytes());
-        for f in &files {
+        for f in weight_files(dir)? {
             rev.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
-            rev.update(check_safetensors(f)?);
+            let header = check_safetensors(&f)?;
+            rev.update(&header);
+            weights.add(&f, &header)?;
         }
+        let weights = Arc::new(weights);
         let revision = hex(&rev.finalize());
 
         let tok_path = dir.join("tokenizer.json");
@@ -401,7 +405,7 @@ impl CandleFolder {
                 }
             }
         }
-        Ok(Self { dir: dir.to_path_buf(), config_text, cfg, files, revision, tokenizer, tokenizer_desc, eos })
+        Ok(Self { dir: dir.to_path_buf(), config_text, cfg, weights, revision, tokenizer, tokenizer_desc, eos })
     }
 
     /// The folder.

@@ -73,6 +73,8 @@ impl Inner {
         }
         let layers = request.sorted_layers();
         let deepest = *layers.last().ok_or_else(|| Error::invalid("layers", "no layers requested"))?;
+        // Hidden state `d` is block `d - 1`'s output; a site inside block `b` needs `b + 1` blocks.
+        self.decoder.check_loaded(Some(if request.site.in_block() { deepest + 1 } else { deepest }))?;
         let n = ids.len();
         let site = request.site;
         let (hidden, per_position) = self.site_shape(site);

@@ -111,6 +111,7 @@ impl Inner {
     }
 
     pub(crate) fn generate(&self, request: &GenerationRequest) -> Result<Vec<Generation>> {
+        self.decoder.check_loaded(None)?;
         let p = &request.sampling;
         for i in &p.steering {
             i.validate(&self.info)?;

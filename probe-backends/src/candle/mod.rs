@@ -54,6 +54,7 @@ mod oom;
 mod options;
 mod placement;
 mod rope;
+mod weights;
 
 pub use backend::{CandleBackend, CandleFolder};
 pub use options::{CandleDType, CandleDevice, CandleOptions};

@@ -91,9 +91,12 @@ pub(crate) struct Decoder {
     embed: Tensor,
     /// Learned absolute position embeddings (GPT-2), `[max_positions, hidden]`.
     positions: Option<Tensor>,
+    /// The blocks loaded: every block, or the first ones (extraction only).
     blocks: Vec<Block>,
-    norm: Norm,
-    lm_head: Tensor,
+    /// The final norm, when every block is loaded.
+    norm: Option<Norm>,
+    /// The LM head, when the whole model is loaded (it generates).
+    lm_head: Option<Tensor>,
     inv_freq: Vec<f32>,
     /// Sliding layers' inverse frequencies, where they differ.
     local_inv_freq: Option<Vec<f32>>,
@@ -107,8 +110,10 @@ pub(crate) struct Decoder {
 
 impl Decoder {
     /// Loads the weights from `vb` (names as transformers saves them, see [`LAYOUTS`]), each
-    /// block on its stage's device, the final norm and head on the last block's.
-    pub(crate) fn load(vb: &VarBuilder, cfg: ModelConfig, stages: Stages) -> Result<Self> {
+    /// block on its stage's device, the final norm and head on the last block's. With
+    /// `blocks = Some(n)` (extraction only): blocks `0..n`, the final norm when `n` is every
+    /// block, no head.
+    pub(crate) fn load(vb: &VarBuilder, cfg: ModelConfig, stages: Stages, blocks: Option<usize>) -> Result<Self> {
         let device = vb.device().clone();
         let dtype = vb.dtype();
         let names = Names::of(vb, &cfg);
@@ -118,20 +123,25 @@ impl Decoder {
             .positions
             .map(|p| body.get((cfg.max_position_embeddings, cfg.hidden_size), &format!("{p}.weight")))
             .transpose()?;
-        let blocks = (0..cfg.num_layers)
-            .map(|i| Block::load(&stages.block_vb(&body, i), &cfg, i))
-            .collect::<Result<Vec<_>>>()?;
+        let loaded = blocks.unwrap_or(cfg.num_layers).min(cfg.num_layers);
+        let blocks_vec =
+            (0..loaded).map(|i| Block::load(&stages.block_vb(&body, i), &cfg, i)).collect::<Result<Vec<_>>>()?;
         let tail = body.clone().set_device(stages.last().clone());
         let norm = match cfg.spec.gpt {
-            Some(_) => Norm::load_layer_norm(&tail, names.final_norm, cfg.hidden_size, cfg.rms_norm_eps)?,
-            None => Norm::load(&tail, names.final_norm, cfg.hidden_size, cfg.spec, cfg.rms_norm_eps)?,
+            _ if loaded < cfg.num_layers => None,
+            Some(_) => Some(Norm::load_layer_norm(&tail, names.final_norm, cfg.hidden_size, cfg.rms_norm_eps)?),
+            None => Some(Norm::load(&tail, names.final_norm, cfg.hidden_size, cfg.spec, cfg.rms_norm_eps)?),
         };
         let head = names.heads.iter().copied().find(|h| vb.contains_tensor(h));
         let lm_head = match head {
-            Some(head) => vb.clone().set_device(stages.last().clone()).get((cfg.vocab_size, cfg.hidden_size), head)?,
-            None if cfg.tie_word_embeddings => embed.to_device(stages.last())?,
-            None => vb.get((cfg.vocab_size, cfg.hidden_size), names.heads[0])?,
+            _ if blocks.is_some() => None,
+            Some(head) => {
+                Some(vb.clone().set_device(stages.last().clone()).get((cfg.vocab_size, cfg.hidden_size), head)?)
+            }
+            None if cfg.tie_word_embeddings => Some(embed.to_device(stages.last())?),
+            None => Some(vb.get((cfg.vocab_size, cfg.hidden_size), names.heads[0])?),
         };
+        let blocks = blocks_vec;
         let inv_freq = cfg.rope.inv_freq();
         let local_inv_freq = cfg.local_rope.as_ref().map(|r| r.inv_freq());
         Ok(Self {
@@ -260,7 +270,7 @@ impl Decoder {
             if i + 1 < l {
                 visit(i + 1, &x)?;
             } else {
-                visit(l, &self.norm.forward(&x).map_err(be)?)?;
+                visit(l, &self.norm()?.forward(&x).map_err(be)?)?;
             }
         }
         Ok(())
@@ -298,9 +308,46 @@ impl Decoder {
         Ok(())
     }
 
-    /// The blocks (for checks of a request against what they hold).
+    /// The blocks loaded (for checks of a request against what they hold).
     pub(crate) fn blocks(&self) -> &[Block] {
         &self.blocks
+    }
+
+    /// The final norm, when it was loaded.
+    fn norm(&self) -> probe_core::Result<&Norm> {
+        self.norm.as_ref().ok_or_else(|| self.not_loaded(self.cfg.num_layers))
+    }
+
+    /// Refuses what the loaded part of the model cannot run, before any work: generation
+    /// (`blocks = None`) without the LM head; hidden states that need `blocks` blocks (and,
+    /// at every block, the final norm).
+    pub(crate) fn check_loaded(&self, blocks: Option<usize>) -> probe_core::Result<()> {
+        match blocks {
+            None if self.lm_head.is_none() => Err(probe_core::Error::invalid(
+                "blocks",
+                format!(
+                    "generation needs the whole model; this one was loaded for extraction up to block {} \
+                     (CandleOptions::blocks)",
+                    self.blocks.len()
+                ),
+            )),
+            Some(n) if n > self.blocks.len() || (n == self.cfg.num_layers && self.norm.is_none()) => {
+                Err(self.not_loaded(n))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn not_loaded(&self, needed: usize) -> probe_core::Error {
+        probe_core::Error::invalid(
+            "layers",
+            format!(
+                "reading them needs {needed} blocks; this model was loaded with blocks 0..{} of {} \
+                 (CandleOptions::blocks)",
+                self.blocks.len(),
+                self.cfg.num_layers
+            ),
+        )
     }
 
     /// Phi-3 with longrope, as transformers 5.19 generates (`Phi3ForCausalLM.
@@ -402,8 +449,11 @@ impl Decoder {
 
     /// The logits of hidden states `[b, hidden]` (final norm, LM head, soft-capping), in f32.
     fn logits(&self, last: &Tensor) -> Result<Tensor> {
-        let last = self.norm.forward(last)?;
-        let logits = last.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        let (Some(norm), Some(lm_head)) = (&self.norm, &self.lm_head) else {
+            candle_core::bail!("the model was loaded for extraction only (no LM head)")
+        };
+        let last = norm.forward(last)?;
+        let logits = last.matmul(&lm_head.t()?)?.to_dtype(DType::F32)?;
         match self.cfg.final_softcap {
             Some(cap) => (logits / cap)?.tanh()? * cap,
             None => Ok(logits),

@@ -110,6 +110,10 @@ pub struct CandleOptions {
     /// default, [`probe_core::plan::memory::ATTENTION_CHUNK_BYTES_CPU`] or `_GPU`, which the
     /// planner counts). Smaller saves memory on long inputs, larger saves kernel launches.
     pub attention_chunk_bytes: Option<u64>,
+    /// Extraction only: load the embedding and blocks `0..n`, the final norm only when `n` is
+    /// every block, and no LM head (`None`: the whole model). Layers past block `n` are
+    /// refused, and so is generation.
+    pub blocks: Option<usize>,
 }
 
 impl Default for CandleOptions {
@@ -120,6 +124,7 @@ impl Default for CandleOptions {
             default_batch_size: probe_core::DEFAULT_BATCH_SIZE,
             split: Vec::new(),
             attention_chunk_bytes: None,
+            blocks: None,
         }
     }
 }
@@ -143,6 +148,11 @@ impl CandleOptions {
     /// Sets the attention's chunk budget (see [`CandleOptions::attention_chunk_bytes`]).
     pub fn with_attention_chunk_bytes(mut self, bytes: Option<u64>) -> Self {
         self.attention_chunk_bytes = bytes;
+        self
+    }
+    /// Loads only what extraction up to block `n` needs (see [`CandleOptions::blocks`]).
+    pub fn with_blocks(mut self, blocks: Option<usize>) -> Self {
+        self.blocks = blocks;
         self
     }
     /// Sets the default batch size (values below 1 count as 1).

@@ -71,8 +71,9 @@ pub struct Session {
     backend: Backend,
     detected: Detected,
     observer: Arc<dyn SweepObserver>,
-    /// Models loaded in process, by dtype, kept for the session's later calls.
-    opened: Mutex<HashMap<String, Opened>>,
+    /// Models loaded in process, kept for the session's later calls: one per dtype, with the
+    /// blocks it loaded (`None`: all, with the head).
+    opened: Mutex<HashMap<String, (Option<usize>, Opened)>>,
     /// The cache store, opened on first use (bad input before it writes nothing).
     cache: std::sync::OnceLock<Arc<dyn CacheStore>>,
 }
@@ -98,6 +99,9 @@ pub struct Prepared {
     pub config: SweepConfig,
     /// The plan (`None` for a model without `config.json`).
     pub plan: Option<RunPlan>,
+    /// Blocks the in-process model loads: only what the deepest layer needs when it only
+    /// extracts (no output head), `None` (the whole model) when it also generates.
+    pub blocks: Option<usize>,
     servers: Servers,
 }
 
@@ -388,6 +392,10 @@ impl Session {
             servers.extract_on_servers(s, self.folder.name(), &layers, s.log_dir())?;
         }
         let tokens = u64::from(sampling.max_tokens);
+        let in_process_generation = generates && self.backend != Backend::Vllm;
+        let blocks = (!in_process_generation && !on_servers && task != Task::Generate)
+            .then(|| self.extraction_blocks(site, &layers))
+            .flatten();
         let work = plan::Workload {
             prompts: &prompts,
             // vLLM extraction: one-token requests to the servers (the extraction request of
@@ -402,6 +410,7 @@ impl Session {
             in_process: !on_servers && (task != Task::Generate || self.backend != Backend::Vllm),
             hidden_states_on_servers: on_servers,
             layers: layers.len().max(1) as u64,
+            blocks,
             positions: readout.positions(),
             fixed_dtype: task == Task::Shard,
         };
@@ -418,17 +427,42 @@ impl Session {
         if let Some(p) = &run_plan {
             config = config.with_plan(p.clone());
         }
-        Ok(Prepared { task, prompts, config, plan: run_plan, servers })
+        Ok(Prepared { task, prompts, config, plan: run_plan, blocks, servers })
+    }
+
+    /// Blocks a model that only extracts `layers` at `site` loads (candle, and vllm's
+    /// in-process candle extraction): hidden state `d` is block `d - 1`'s output, a site
+    /// inside block `b` needs `b + 1` blocks; at least one. `None` for the other backends
+    /// (exports load whole).
+    fn extraction_blocks(&self, site: probe_core::Site, layers: &[usize]) -> Option<usize> {
+        let deepest = *layers.iter().max()?;
+        matches!(self.backend, Backend::Candle | Backend::Vllm)
+            .then(|| if site.in_block() { deepest + 1 } else { deepest }.max(1))
     }
 
     /// The model loaded in process where `plan` places it (the CPU, or `[devices]
     /// extraction_gpus`, without a plan), computing in `dtype`, generating (vllm) on the servers
-    /// at `urls`; kept for the session's later calls; OOM injection applied in `testing` builds.
-    async fn model(&self, plan: Option<&RunPlan>, urls: Vec<String>, batch_size: usize, dtype: &str) -> Result<Opened> {
+    /// at `urls`, loading `blocks` blocks (`None`: the whole model; see [`Prepared::blocks`]);
+    /// kept for the session's later calls (a whole model serves any); OOM injection applied in
+    /// `testing` builds.
+    async fn model(
+        &self,
+        plan: Option<&RunPlan>,
+        urls: Vec<String>,
+        batch_size: usize,
+        (dtype, blocks): (&str, Option<usize>),
+    ) -> Result<Opened> {
         let mut opened = self.opened.lock().await;
-        if let Some(m) = opened.get(dtype) {
+        // A model that holds at least the blocks asked for serves; a smaller one is replaced.
+        let covers = |have: Option<usize>| match (have, blocks) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(h), Some(w)) => h >= w,
+        };
+        if let Some((_, m)) = opened.get(dtype).filter(|(have, _)| covers(*have)) {
             return Ok(m.clone());
         }
+        opened.remove(dtype);
         tracing::info!("loading {} with {}", self.folder.name(), self.backend.name());
         let gpu = plan.map_or(self.settings.first_extraction_gpu(), RunPlan::first_extraction_gpu);
         let mut options = OpenOptions::default()
@@ -444,15 +478,17 @@ impl Session {
         {
             options = options.with_candle_folder(self.folder.candle());
         }
-        let model = crate::mock::inject(registry::open(self.backend, self.folder.name(), &options)?)?;
-        opened.insert(dtype.to_owned(), model.clone());
+        let model =
+            crate::mock::inject(registry::open(self.backend, self.folder.name(), &options.with_blocks(blocks))?)?;
+        opened.insert(dtype.to_owned(), (blocks, model.clone()));
         Ok(model)
     }
 
     /// [`Session::model`] as `prepared` plans it.
     async fn planned_model(&self, prepared: &Prepared) -> Result<Opened> {
         let plan = prepared.plan.as_ref();
-        self.model(plan, prepared.servers.urls(), prepared.config.batch_size, plan::dtype_name(plan)).await
+        self.model(plan, prepared.servers.urls(), prepared.config.batch_size, (plan::dtype_name(plan), prepared.blocks))
+            .await
     }
 
     /// A sweep: completions (generated once, cached), activations of every layer (computed
@@ -732,7 +768,11 @@ impl Session {
             .with_site(probe.meta.site)
             .with_batch_size(self.settings.extraction.batch_size.unwrap_or(settings::defaults::BATCH_SIZE))
             .with_sampling(probe.meta.sampling.clone());
-        let model = self.model(None, Vec::new(), config.batch_size, &probe.meta.dtype).await?;
+        let blocks = match config.sampling {
+            Some(_) => None,
+            None => self.extraction_blocks(probe.meta.site, &[probe.meta.layer]),
+        };
+        let model = self.model(None, Vec::new(), config.batch_size, (&probe.meta.dtype, blocks)).await?;
         probe.check(&model.extractor.model_info())?;
         let cache = self.cache()?;
         let mut parts = SweepParts::new(model.extractor.as_ref(), cache.as_ref()).with_observer(self.observer.as_ref());

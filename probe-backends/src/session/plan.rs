@@ -27,6 +27,8 @@ pub(super) struct Workload<'a> {
     pub(super) hidden_states_on_servers: bool,
     /// Hidden states captured per forward pass.
     pub(super) layers: u64,
+    /// Blocks the in-process model loads when it only extracts (`None`: the whole model).
+    pub(super) blocks: Option<usize>,
     pub(super) positions: Positions,
     /// The dtype every worker of a sharded sweep keys alike (given, else f32), not planned.
     pub(super) fixed_dtype: bool,
@@ -96,6 +98,7 @@ pub(super) fn resolve(
         .with_extraction(w.in_process)
         .with_batch_size(settings.extraction.batch_size)
         .with_layers(Some(w.layers))
+        .with_extraction_blocks(w.blocks.map(|n| n as u64))
         .with_positions(w.positions)
         .with_dtype(dtype)
         .with_vllm(match w.hidden_states_on_servers {

@@ -22,22 +22,35 @@ struct Slot {
     cap: u64,
 }
 
-/// Items placed in order: embedding, blocks, head.
-fn items(spec: &ModelSpec, m: &ModelMemory) -> Vec<u64> {
+/// Items placed in order: embedding, blocks, head (final norm and output projection). With
+/// `blocks = Some(n)` (extraction only): blocks `0..n`, and a head of only the final norm when
+/// `n` is every block, else of nothing.
+fn items(spec: &ModelSpec, m: &ModelMemory, blocks: Option<u64>) -> Vec<u64> {
     let layer = layer_weight_bytes(spec, m.dtype);
     let b = m.dtype.activation_bytes();
     let emb = spec.vocab_size as u64 * spec.hidden_size as u64 * b;
-    let head = edge_weight_bytes(spec, m.dtype) - emb;
-    let mut v = Vec::with_capacity(spec.num_layers + 2);
+    let n = blocks.map_or(spec.num_layers, |n| (n as usize).min(spec.num_layers));
+    let head = match blocks {
+        None => edge_weight_bytes(spec, m.dtype) - emb,
+        Some(_) if n == spec.num_layers => spec.hidden_size as u64 * b,
+        Some(_) => 0,
+    };
+    let mut v = Vec::with_capacity(n + 2);
     v.push(emb);
-    v.extend(std::iter::repeat_n(layer, spec.num_layers));
+    v.extend(std::iter::repeat_n(layer, n));
     v.push(head);
     v
 }
 
 /// Greedy in-order assignment; `None` when the items do not fit the slots.
-fn assign(spec: &ModelSpec, m: &ModelMemory, slots: &[Slot], ws: u64) -> Option<Vec<LayerShare>> {
-    let items = items(spec, m);
+fn assign(
+    spec: &ModelSpec,
+    m: &ModelMemory,
+    w: &ExtractionWorkload,
+    slots: &[Slot],
+    ws: u64,
+) -> Option<Vec<LayerShare>> {
+    let items = items(spec, m, w.blocks);
     let layer = layer_weight_bytes(spec, m.dtype);
     let mut shares: Vec<LayerShare> = Vec::new();
     let mut slot = 0usize;
@@ -72,7 +85,8 @@ fn assign(spec: &ModelSpec, m: &ModelMemory, slots: &[Slot], ws: u64) -> Option<
         sh.weights_bytes += bytes;
         match idx {
             0 => sh.embedding = true,
-            i if i == items.len() - 1 => sh.head = true,
+            // An extraction-only load below the last block has no head at all.
+            i if i == items.len() - 1 => sh.head = bytes > 0,
             _ => sh.num_layers += 1,
         }
     }
@@ -139,6 +153,8 @@ pub(super) fn plan_extraction(
         .collect::<Result<_>>()?;
     let cpu_cap = req.cpu_max_memory.unwrap_or(inv.cpu_bytes / 10 * 9);
     let cpu_slot = Slot { label: "CPU".into(), gpu: None, cap: cpu_cap };
+    // The weights the extractor holds (fewer than the model's when it loads only some blocks).
+    let weights: u64 = items(spec, m, w.blocks).iter().sum();
     let plan = |workers: Vec<ExtractionWorker>, b: u64, offload: bool, max_seq_len: u64| ExtractionPlan {
         gpus: gpus.to_vec(),
         workers,
@@ -155,29 +171,29 @@ pub(super) fn plan_extraction(
     // 1. The whole model on each GPU: one worker per GPU, chunks round-robin over them.
     if !gpu_slots.is_empty() {
         let min_cap = gpu_slots.iter().map(|s| s.cap).min().expect("non-empty");
-        if let Some(b) = largest(w.max_batch_size, |b| m.weights_bytes + ws(b) <= min_cap) {
+        if let Some(b) = largest(w.max_batch_size, |b| weights + ws(b) <= min_cap) {
             let workers = gpu_slots
                 .iter()
-                .map(|s| ExtractionWorker { shares: assign(spec, m, std::slice::from_ref(s), ws(b)).expect("fits") })
+                .map(|s| ExtractionWorker { shares: assign(spec, m, w, std::slice::from_ref(s), ws(b)).expect("fits") })
                 .collect::<Vec<_>>();
             if workers.len() > 1 {
                 notes.push(format!("extraction chunks go round-robin over {} GPUs", workers.len()));
             }
-            let max_len = longest(&|seq| m.weights_bytes + ws_at(1, seq) <= min_cap);
+            let max_len = longest(&|seq| weights + ws_at(1, seq) <= min_cap);
             return Ok(plan(workers, b, false, max_len));
         }
     }
     // 2. A layer split over the GPUs.
     if gpu_slots.len() > 1
-        && let Some(b) = largest(w.max_batch_size, |b| assign(spec, m, &gpu_slots, ws(b)).is_some())
+        && let Some(b) = largest(w.max_batch_size, |b| assign(spec, m, w, &gpu_slots, ws(b)).is_some())
     {
-        let shares = assign(spec, m, &gpu_slots, ws(b)).expect("fits");
+        let shares = assign(spec, m, w, &gpu_slots, ws(b)).expect("fits");
         notes.push(format!(
             "the weights ({}) do not fit one GPU: layers split over {} GPUs",
-            gib(m.weights_bytes),
+            gib(weights),
             shares.len()
         ));
-        let max_len = longest(&|seq| assign(spec, m, &gpu_slots, ws_at(1, seq)).is_some());
+        let max_len = longest(&|seq| assign(spec, m, w, &gpu_slots, ws_at(1, seq)).is_some());
         return Ok(plan(vec![ExtractionWorker { shares }], b, false, max_len));
     }
     // 3. CPU offload for what the GPUs cannot hold (or the CPU alone without GPUs).
@@ -186,13 +202,13 @@ pub(super) fn plan_extraction(
     let offload_ok = req.cpu_offload || gpu_slots.is_empty();
     // Blocks (and edges) the GPUs hold at batch `b`: a larger batch must not push weights off them.
     let on_gpus = |b: u64| {
-        assign(spec, m, &slots, ws(b)).map(|sh| {
+        assign(spec, m, w, &slots, ws(b)).map(|sh| {
             sh.iter().filter(|s| s.gpu.is_some()).map(|s| s.num_layers + usize::from(s.embedding)).sum::<usize>()
         })
     };
     let most = on_gpus(1);
     if offload_ok && let Some(b) = largest(w.max_batch_size, |b| on_gpus(b).is_some_and(|n| Some(n) >= most)) {
-        let shares = assign(spec, m, &slots, ws(b)).expect("fits");
+        let shares = assign(spec, m, w, &slots, ws(b)).expect("fits");
         let cpu = shares.iter().find(|s| s.gpu.is_none());
         if let (Some(cpu), false) = (cpu, gpu_slots.is_empty()) {
             notes.push(format!(
@@ -203,17 +219,17 @@ pub(super) fn plan_extraction(
                 gib(cpu.weights_bytes)
             ));
         }
-        let max_len = longest(&|seq| assign(spec, m, &slots, ws_at(1, seq)).is_some());
+        let max_len = longest(&|seq| assign(spec, m, w, &slots, ws_at(1, seq)).is_some());
         return Ok(plan(vec![ExtractionWorker { shares }], b, !gpu_slots.is_empty(), max_len));
     }
-    let need = m.weights_bytes + ws(1);
+    let need = weights + ws(1);
     let have: Vec<String> = gpu_slots.iter().map(|s| format!("{} has {}", s.label, gib(s.cap))).collect();
     Err(Error::invalid(
         "plan",
         format!(
             "extraction needs {} (weights {} + working set {} for one input of {} tokens), {}{}",
             gib(need),
-            gib(m.weights_bytes),
+            gib(weights),
             gib(ws(1)),
             w.seq_len,
             if have.is_empty() { "no GPU".to_string() } else { have.join(", ") },

@@ -176,6 +176,11 @@ pub struct ExtractionWorkload {
     pub positions: Positions,
     /// Attention implementation of the extractor.
     pub attention: AttentionKind,
+    /// Blocks the extractor loads when it only extracts: the embedding, blocks `0..n`, the
+    /// final norm when `n` is every block, no output head. `None`: the whole model (it
+    /// generates too).
+    #[serde(default)]
+    pub blocks: Option<u64>,
 }
 
 impl Default for ExtractionWorkload {
@@ -186,6 +191,7 @@ impl Default for ExtractionWorkload {
             layers: None,
             positions: Positions::Last,
             attention: AttentionKind::default(),
+            blocks: None,
         }
     }
 }
@@ -306,6 +312,11 @@ impl ExtractionWorkload {
     /// Sets the number of captured layers.
     pub fn with_layers(mut self, n: u64) -> Self {
         self.layers = Some(n);
+        self
+    }
+    /// Loads only blocks `0..n` and no output head (see [`ExtractionWorkload::blocks`]).
+    pub fn with_blocks(mut self, n: Option<u64>) -> Self {
+        self.blocks = n;
         self
     }
     /// Sets the position reduction.

@@ -53,6 +53,9 @@ pub struct RunSettings {
     pub max_batch_size: u64,
     /// Layers captured per forward pass; `None` counts every hidden state.
     pub layers: Option<u64>,
+    /// Blocks an extraction-only model loads (see [`ExtractionWorkload::blocks`]); `None`:
+    /// the whole model.
+    pub extraction_blocks: Option<u64>,
     /// Position reduction of the captured layers.
     pub positions: Positions,
     /// Compute dtype (`--dtype`); default f32 without a GPU, bf16 with one.
@@ -83,6 +86,7 @@ impl RunSettings {
             batch_size: None,
             max_batch_size: DEFAULT_MAX_EXTRACTION_BATCH,
             layers: None,
+            extraction_blocks: None,
             positions: Positions::Last,
             dtype: None,
             generation_batch: DEFAULT_GENERATION_BATCH,
@@ -116,6 +120,11 @@ impl RunSettings {
     /// Sets the number of captured layers.
     pub fn with_layers(mut self, n: Option<u64>) -> Self {
         self.layers = n;
+        self
+    }
+    /// Sets the blocks an extraction-only model loads (`None`: the whole model).
+    pub fn with_extraction_blocks(mut self, n: Option<u64>) -> Self {
+        self.extraction_blocks = n;
         self
     }
     /// Sets the position reduction.
@@ -282,7 +291,8 @@ impl RunPlan {
         let extraction = settings.extraction.then(|| {
             let mut w =
                 ExtractionWorkload::new((settings.prompt_tokens + new_tokens).max(1), settings.max_batch_size.max(1))
-                    .with_positions(settings.positions);
+                    .with_positions(settings.positions)
+                    .with_blocks(settings.extraction_blocks);
             if let Some(l) = settings.layers {
                 w = w.with_layers(l);
             }
