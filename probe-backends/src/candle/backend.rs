@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use candle_nn::VarBuilder;
@@ -32,6 +33,8 @@ pub(crate) struct Inner {
     pub(crate) tokenizer: Tokenizer,
     pub(crate) eos: Vec<u32>,
     pub(crate) options: CandleOptions,
+    /// Extraction forward passes run (one per batch, every requested site and layer read in it).
+    pub(crate) forward_passes: AtomicU64,
 }
 
 impl std::fmt::Debug for CandleBackend {
@@ -202,7 +205,9 @@ impl CandleBackend {
             .map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?
             .with_attention_chunk_bytes(options.attention_chunk_bytes);
         let id = ModelId::new(dir.to_string_lossy(), revision);
-        Ok(CandleBackend { inner: Arc::new(Inner { id, info, decoder, tokenizer, eos, options }) })
+        Ok(CandleBackend {
+            inner: Arc::new(Inner { id, info, decoder, tokenizer, eos, options, forward_passes: AtomicU64::new(0) }),
+        })
     }
 
     /// The [`ModelInfo`] that [`CandleBackend::load`] with `options` reports, reading only
@@ -248,6 +253,12 @@ impl CandleBackend {
             return Err(Error::invalid("model", format!("{}: missing", tok_path.display())));
         }
         Ok(())
+    }
+
+    /// The extraction forward passes run since loading: one per batch, whatever the number of
+    /// sites and layers it reads (for checks that they share a pass).
+    pub fn forward_passes(&self) -> u64 {
+        self.inner.forward_passes.load(Ordering::Relaxed)
     }
 
     /// The options the backend was loaded with.
