@@ -280,13 +280,7 @@ impl ActivationRequest {
         if self.inputs.is_empty() {
             return Err(Error::invalid("inputs", "no inputs given"));
         }
-        let mut seen = BTreeSet::new();
-        for (site, layers) in self.reads() {
-            if !seen.insert(site) {
-                return Err(Error::invalid("site", format!("{site} is requested twice")));
-            }
-            check_layers(site, &layers, info)?;
-        }
+        check_reads(&self.reads(), info)?;
         if self.batch_size == Some(0) {
             return Err(Error::invalid("batch_size", "0 (must be ≥ 1)"));
         }
@@ -317,10 +311,23 @@ impl ActivationRequest {
     }
 }
 
+/// Refuses a site read twice, a site without layers, or a layer out of its site's range on
+/// the model `info`.
+pub(crate) fn check_reads(reads: &[(Site, Vec<usize>)], info: &ModelInfo) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for (site, layers) in reads {
+        if !seen.insert(*site) {
+            return Err(Error::invalid("site", format!("{site} is requested twice")));
+        }
+        check_layers(*site, layers, info)?;
+    }
+    Ok(())
+}
+
 /// Refuses no layers, or a layer out of `site`'s range on the model `info`.
 fn check_layers(site: Site, layers: &[usize], info: &ModelInfo) -> Result<()> {
     if layers.is_empty() {
-        return Err(Error::invalid("layers", format!("no layers requested (site {site})")));
+        return Err(Error::invalid("layers", "no layers requested"));
     }
     if let Some(&bad) = layers.iter().find(|&&l| site.in_block() && l >= info.num_layers) {
         return Err(Error::invalid(

@@ -257,7 +257,7 @@ fn concat(parts: Vec<Activations>, positions: Positions) -> Activations {
     }
     let seq = parts.iter().filter_map(|p| p.mask.as_ref().map(|m| m.shape[1])).max().unwrap_or(0);
     let pad = |t: &Tensor, width: usize| -> Vec<f32> {
-        // t: [rows, s, width] → [rows, seq, width]
+        // t: [rows, s, …] (`width` values per position) → [rows, seq, width]
         let rows = t.shape[0];
         let s = t.shape[1];
         let mut out = Vec::with_capacity(rows * seq * width);
@@ -271,9 +271,11 @@ fn concat(parts: Vec<Activations>, positions: Positions) -> Activations {
         .iter()
         .enumerate()
         .map(|(j, &(site, layer))| {
-            let hidden = parts[0].layers[j].tensor.shape[2];
-            let data = parts.iter().flat_map(|p| pad(&p.layers[j].tensor, hidden)).collect();
-            LayerActivations::new(site, layer, Tensor::new(vec![n, seq, hidden], data))
+            // One position's values: `[hidden]`, `[heads, head_dim]` …
+            let tail = parts[0].layers[j].tensor.shape[2..].to_vec();
+            let width = tail.iter().product();
+            let data = parts.iter().flat_map(|p| pad(&p.layers[j].tensor, width)).collect();
+            LayerActivations::new(site, layer, Tensor::new([vec![n, seq], tail].concat(), data))
         })
         .collect();
     let mask_data = parts
