@@ -332,16 +332,22 @@ fn saved_probes_applied_to_another_set_reproduce_the_sweeps_test_predictions() {
     assert!(err.contains("model") && err.contains("other-model"), "{err}");
 }
 
+/// The llama fixture's folder and its `config.json` (`None`: PROBE_FIXTURES is not set).
+#[cfg(feature = "candle")]
+fn llama_fixture() -> Option<(String, serde_json::Value)> {
+    let fixtures = probe_core::testing::require_service("PROBE_FIXTURES")?;
+    let model = format!("{fixtures}/models/llama");
+    let cfg = serde_json::from_str(&std::fs::read_to_string(format!("{model}/config.json")).unwrap()).unwrap();
+    Some((model, cfg))
+}
+
 /// `--site heads` on a candle fixture: one probe per (block, head) in `report.json` `heads[]`,
 /// `heads.svg`, the top heads in `report.md`; other sites cached under their own keys; a site
 /// the model lacks refused naming it.
 #[cfg(feature = "candle")]
 #[test]
 fn sweep_site_heads_trains_a_probe_per_head() {
-    let Some(fixtures) = probe_core::testing::require_service("PROBE_FIXTURES") else { return };
-    let model = format!("{fixtures}/models/llama");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{model}/config.json")).unwrap()).unwrap();
+    let Some((model, cfg)) = llama_fixture() else { return };
     let (blocks, heads) = (cfg["num_hidden_layers"].as_u64().unwrap(), cfg["num_attention_heads"].as_u64().unwrap());
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -396,10 +402,7 @@ fn sweep_site_heads_trains_a_probe_per_head() {
 #[cfg(feature = "candle")]
 #[test]
 fn generate_steers_along_a_vector_file() {
-    let Some(fixtures) = probe_core::testing::require_service("PROBE_FIXTURES") else { return };
-    let model = format!("{fixtures}/models/llama");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{model}/config.json")).unwrap()).unwrap();
+    let Some((model, cfg)) = llama_fixture() else { return };
     let (hidden, blocks) = (cfg["hidden_size"].as_u64().unwrap() as usize, cfg["num_hidden_layers"].as_u64().unwrap());
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -482,10 +485,7 @@ fn tensors(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f
 #[cfg(feature = "candle")]
 #[test]
 fn several_sites_are_read_in_one_pass() {
-    let Some(fixtures) = probe_core::testing::require_service("PROBE_FIXTURES") else { return };
-    let model = format!("{fixtures}/models/llama");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{model}/config.json")).unwrap()).unwrap();
+    let Some((model, cfg)) = llama_fixture() else { return };
     let blocks = cfg["num_hidden_layers"].as_u64().unwrap() as usize;
     let (hidden, heads) = (cfg["hidden_size"].as_u64().unwrap() as usize, cfg["num_attention_heads"].as_u64().unwrap());
     let head_dim = cfg["head_dim"].as_u64().unwrap_or(hidden as u64 / heads) as usize;
@@ -595,8 +595,7 @@ fn several_sites_are_read_in_one_pass() {
 #[cfg(feature = "candle")]
 #[test]
 fn steering_along_a_probe_raises_its_score_with_alpha() {
-    let Some(fixtures) = probe_core::testing::require_service("PROBE_FIXTURES") else { return };
-    let model = format!("{fixtures}/models/llama");
+    let Some((model, _)) = llama_fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     write_prompts(&d.join("prompts.jsonl"), 12);
