@@ -481,7 +481,7 @@ fn tensors(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f
 /// (site, layer) under the key a one-site sweep reads (which then computes nothing and reports
 /// the same scores). `--positions all` at a site inside blocks writes `[tokens, width]` shards
 /// whose last tokens are `--positions last`. Repeated sites and a router on a dense model are
-/// refused naming them.
+/// refused naming them, the router before the model is loaded to generate.
 #[cfg(feature = "candle")]
 #[test]
 fn several_sites_are_read_in_one_pass() {
@@ -587,6 +587,13 @@ fn several_sites_are_read_in_one_pass() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(what), "{sites}: {err}");
     }
+    // A site the model lacks is refused from config.json, before anything is generated.
+    let mut generating = vec!["sweep", "--model", model.as_str(), "--prompts", "prompts.jsonl", "--layers", "1"];
+    generating.extend(["--cache", "fresh", "--out", "bad", "--max-tokens", "2", "--site", "resid,router"]);
+    let out = probe(d, &generating);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("router: llama is not a mixture of experts"), "{err}");
+    assert!(!d.join("fresh").exists(), "refused before any completion was generated and cached");
 }
 
 /// Steering along a sweep's probe moves that probe's score with α: greedy completions steered

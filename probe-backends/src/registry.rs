@@ -132,6 +132,21 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// Refuses a site the model folder `model` lacks where `reads` reads it, from its
+    /// `config.json` (the candle extractor's check, for candle and for vllm's in-process
+    /// extraction), before anything is generated or loaded; other backends check at extraction.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the site.
+    pub fn check_sites(self, model: &str, reads: &[(probe_core::Site, Vec<usize>)]) -> Result<()> {
+        match self {
+            Self::Candle | Self::Vllm => check_candle_sites(Path::new(model), reads),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The number of transformer blocks in the model folder `model`'s `config.json`, nothing else
 /// checked (vLLM extraction: the servers load the model, whatever candle supports).
 ///
@@ -283,6 +298,16 @@ fn check_candle_folder(dir: &Path) -> Result<()> {
 
 #[cfg(not(feature = "candle"))]
 fn check_candle_folder(_dir: &Path) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(feature = "candle")]
+fn check_candle_sites(dir: &Path, reads: &[(probe_core::Site, Vec<usize>)]) -> Result<()> {
+    crate::candle::CandleBackend::check_sites(dir, reads)
+}
+
+#[cfg(not(feature = "candle"))]
+fn check_candle_sites(_dir: &Path, _reads: &[(probe_core::Site, Vec<usize>)]) -> Result<()> {
     Ok(())
 }
 

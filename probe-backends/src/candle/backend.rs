@@ -231,6 +231,18 @@ impl CandleBackend {
         .with_experts(id.cfg.moe.as_ref().map_or(0, |m| m.num_experts)))
     }
 
+    /// Refuses a site the model in `dir` lacks at a block `reads` (per site, its layers) reads it
+    /// (a router of a dense model or block, `resid_mid` of parallel blocks), naming it, from
+    /// `config.json` alone: before anything is generated or loaded. Extraction checks the same.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the site, or `config.json` when it is missing or bad.
+    pub fn check_sites(dir: &Path, reads: &[(probe_core::Site, Vec<usize>)]) -> Result<()> {
+        let config_path = dir.join("config.json");
+        let cfg = ModelConfig::parse(&String::from_utf8_lossy(&read(&config_path)?), &config_path)?;
+        super::extract::check_sites(&cfg, cfg.spec.name, reads)
+    }
+
     /// Checks the model folder `dir` as [`CandleBackend::load`] would, reading only
     /// `config.json` and the safetensors headers (no weights): for refusing a bad folder before
     /// any work starts.

@@ -211,16 +211,6 @@ impl Block {
         })
     }
 
-    /// Whether attention and MLP read the same input (no residual stream between them).
-    pub(crate) fn parallel(&self) -> bool {
-        self.parallel
-    }
-
-    /// Whether the MLP is a mixture of experts (has router logits).
-    pub(crate) fn sparse(&self) -> bool {
-        matches!(self.mlp, Mlp::Sparse(_))
-    }
-
     fn attention(
         &self,
         x: &Tensor,

@@ -8,32 +8,31 @@ use candle_core::{DType, Tensor};
 use probe_core::{ActivationRequest, Activations, Error, Inputs, LayerActivations, Positions, Result, Site};
 
 use super::backend::Inner;
+use super::config::ModelConfig;
 
 fn be(e: candle_core::Error) -> Error {
     super::oom::error(e)
 }
 
-impl Inner {
-    /// Refuses a site the requested blocks lack, naming it (before any work).
-    fn check_site(&self, site: Site, layers: &[usize]) -> Result<()> {
-        let blocks = self.decoder.blocks();
-        let arch = &self.info.architecture;
-        for &b in layers {
-            let Some(block) = blocks.get(b).filter(|_| site.in_block()) else { continue };
+/// Refuses a site that blocks of `cfg` (a model of architecture `arch`) lack where `reads`
+/// reads it, naming it: before any work (also before loading weights: [`super::CandleBackend::check_sites`]).
+pub(crate) fn check_sites(cfg: &ModelConfig, arch: &str, reads: &[(Site, Vec<usize>)]) -> Result<()> {
+    for (site, layers) in reads {
+        for &b in layers.iter().filter(|&&b| site.in_block() && b < cfg.num_layers) {
             match site {
-                Site::Router if !blocks.iter().any(|b| b.sparse()) => {
+                Site::Router if !(0..cfg.num_layers).any(|i| cfg.sparse(i)) => {
                     return Err(Error::invalid(
                         "site",
                         format!("router: {arch} is not a mixture of experts (its MLPs have no router)"),
                     ));
                 }
-                Site::Router if !block.sparse() => {
+                Site::Router if !cfg.sparse(b) => {
                     return Err(Error::invalid(
                         "site",
                         format!("router: block {b} of {arch} has a dense MLP, no router"),
                     ));
                 }
-                Site::ResidMid if block.parallel() => {
+                Site::ResidMid if cfg.parallel_residual => {
                     return Err(Error::invalid(
                         "site",
                         format!(
@@ -45,9 +44,11 @@ impl Inner {
                 _ => {}
             }
         }
-        Ok(())
     }
+    Ok(())
+}
 
+impl Inner {
     /// What one position holds at `site`: its width and the shape of one position's values.
     fn site_shape(&self, site: Site) -> (usize, Vec<usize>) {
         let cfg = &self.decoder.cfg;
@@ -63,9 +64,7 @@ impl Inner {
 
     pub(crate) fn extract(&self, request: &ActivationRequest) -> Result<Activations> {
         let reads = request.reads();
-        for (site, layers) in &reads {
-            self.check_site(*site, layers)?;
-        }
+        check_sites(&self.decoder.cfg, &self.info.architecture, &reads)?;
         let ids: Vec<Vec<u32>> = match &request.inputs {
             Inputs::Texts(texts) => {
                 texts.iter().map(|t| self.tokenize_with(t, request.special_tokens)).collect::<Result<_>>()?

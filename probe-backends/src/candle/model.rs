@@ -293,11 +293,6 @@ impl Decoder {
         Ok(())
     }
 
-    /// The blocks (for checks of a request against what they hold).
-    pub(crate) fn blocks(&self) -> &[Block] {
-        &self.blocks
-    }
-
     /// Phi-3 with longrope, as transformers 5.19 generates (`Phi3ForCausalLM.
     /// prepare_inputs_for_generation`): when the sequence grows past the longrope threshold
     /// while the cache holds no more positions than that, the cache is dropped and the new

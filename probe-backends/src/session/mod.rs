@@ -375,6 +375,9 @@ impl Session {
                 sites.iter().map(|&site| Ok((site, layers(site)?))).collect::<Result<_>>()?
             }
         };
+        if task != Task::Generate && !on_servers {
+            self.backend.check_sites(self.folder.name(), &reads)?;
+        }
         let layers = reads[0].1.clone();
         let sampling = s.sampling()?;
         if generates && !sampling.steering.is_empty() && self.backend == Backend::Vllm {
