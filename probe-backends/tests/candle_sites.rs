@@ -252,11 +252,11 @@ async fn several_sites_in_one_pass_equal_each_site_alone() {
     for arch in ["llama", "gemma2", "gpt_neox", "qwen3_moe"] {
         let model = load(&root, arch);
         let l = model.model_info().num_layers;
-        // The residual stream at its own numbering (L: after the final norm), the rest at blocks
-        // that differ per site; the deepest read is a block site, below L.
+        // The residual stream in its own numbering (L: after the final norm), the other sites at
+        // blocks that differ per site.
         let mut reads = vec![(Site::Resid, vec![0, 2, l]), (Site::AttnOut, vec![1]), (Site::Heads, vec![0, l - 1])];
         reads.extend(sites_of(arch, l).into_iter().filter(|(s, _)| matches!(s, Site::MlpOut | Site::Router)));
-        for positions in [Positions::Last, Positions::All] {
+        for positions in [Positions::Last, Positions::Mean, Positions::All] {
             let (first, more) = reads.split_first().unwrap();
             let mut req = ActivationRequest::texts(texts.clone(), first.1.clone())
                 .with_site(first.0)
