@@ -543,13 +543,15 @@ fn several_sites_are_read_in_one_pass() {
     assert_eq!(all2["heads.layer.2"].0, [tokens, heads as usize, head_dim]);
     assert_eq!(all2["resid.layer.0"].0, [tokens, hidden]);
 
-    let sweep = |site: &str, out: &str| {
+    let sweep = |site: &str, out: &str, more: &[&str]| {
         let mut a = vec!["sweep", "--model", model.as_str(), "--prompts", "prompts.jsonl", "--layers", "all"];
         a.extend(["--cache", "cache", "--out", out, "--no-generate", "--folds", "2", "--quiet", "--site", site]);
         a.extend(["--batch-size", "32"]);
+        a.extend(more);
         probe(d, &a)
     };
-    let stdout = ok(&sweep("resid,attn_out", "multi"));
+    write_prompts(&d.join("other.jsonl"), 6);
+    let stdout = ok(&sweep("resid,attn_out", "multi", &["--test-on", "other.jsonl"]));
     let computed = 2 * blocks + 1;
     assert!(summary_line(&stdout).contains(&format!("{computed} layers computed, 0 cached")), "{stdout}");
     let report: serde_json::Value =
@@ -571,9 +573,15 @@ fn several_sites_are_read_in_one_pass() {
         serde_json::from_str(&std::fs::read_to_string(d.join("multi/probes/attn_out/layer-0.json")).unwrap()).unwrap();
     assert_eq!(meta["site"], "attn_out");
     assert!(std::fs::read_to_string(d.join("multi/report.md")).unwrap().contains("| attn_out.0 |"));
+    // Scored on another set: each probe names its site.
+    let sites: Vec<&str> = want.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(report["transfer"][0]["sites"], serde_json::json!(sites));
+    let predictions = std::fs::read_to_string(d.join("multi/predictions-other.jsonl")).unwrap();
+    let named = predictions.lines().filter(|l| l.contains("\"site\":\"attn_out\"")).count();
+    assert_eq!(named, 6 * blocks, "{predictions}");
 
     // One site alone reads the multi-site sweep's entries and scores them the same.
-    let stdout = ok(&sweep("attn_out", "single"));
+    let stdout = ok(&sweep("attn_out", "single", &[]));
     assert!(summary_line(&stdout).contains(&format!("0 layers computed, {blocks} cached")), "{stdout}");
     let single: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("single/report.json")).unwrap()).unwrap();
@@ -583,7 +591,7 @@ fn several_sites_are_read_in_one_pass() {
     assert_eq!(&mine, single["layers"].as_array().unwrap());
 
     for (sites, what) in [("attn_out,resid,attn_out", "attn_out is given twice"), ("resid,router", "router")] {
-        let out = sweep(sites, "bad");
+        let out = sweep(sites, "bad", &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(what), "{sites}: {err}");
     }

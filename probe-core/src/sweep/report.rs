@@ -423,8 +423,9 @@ One probe per (block, head) on its `head_dim` values ({} probes; `heads.svg`):
                 "\nTrained on all of `{}`, tested on `{}` ({} prompts):\n\n| layer | accuracy |\n|---|---|\n",
                 self.prompt_set, t.prompt_set, t.n_prompts
             ));
-            for (layer, acc) in &t.layers {
-                s.push_str(&format!("| {layer} | {} |\n", opt(*acc)));
+            for (i, (layer, acc)) in t.layers.iter().enumerate() {
+                let site = t.sites.get(i).map_or(String::new(), |s| format!("{s}."));
+                s.push_str(&format!("| {site}{layer} | {} |\n", opt(*acc)));
             }
         }
         let sections = [

@@ -17,6 +17,9 @@ pub struct TransferScore {
     /// Per layer: the accuracy of the probe trained on the sweep's set (`None` when the set
     /// has no labels).
     pub layers: Vec<(usize, Option<f64>)>,
+    /// A sweep of several sites: the site of each of `layers` (absent for one site).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<crate::Site>,
 }
 
 /// Per layer, every prompt's result.
@@ -67,5 +70,6 @@ pub fn transfer(
         layers.push((layer, accuracy));
         applied.push((layer, results));
     }
-    Ok((TransferScore { prompt_set: set.name.clone(), n_prompts: set.len(), layers }, applied))
+    let sites = if report.sites.is_empty() { Vec::new() } else { report.probes.iter().map(|p| p.meta.site).collect() };
+    Ok((TransferScore { prompt_set: set.name.clone(), n_prompts: set.len(), layers, sites }, applied))
 }
