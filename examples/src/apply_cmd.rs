@@ -27,21 +27,25 @@ pub(crate) struct ApplyArgs {
     pub(crate) out: Option<PathBuf>,
 }
 
-/// One JSON line per prompt: id, layer, score, class, label.
+/// One JSON line per prompt: id, layer (and its site, but for the residual stream), score,
+/// class, label.
 pub(crate) fn lines(probe: &SavedProbe, prompts: &PromptSet, applied: &[Applied]) -> Vec<String> {
     prompts
         .prompts
         .iter()
         .zip(applied)
         .map(|(p, a)| {
-            json!({
+            let mut line = json!({
                 "id": p.id,
                 "layer": probe.meta.layer,
                 "score": if a.score.len() == 1 { json!(a.score[0]) } else { json!(a.score) },
                 "class": probe.meta.classes[a.class],
                 "label": p.label,
-            })
-            .to_string()
+            });
+            if !probe.meta.site.is_resid() {
+                line["site"] = json!(probe.meta.site);
+            }
+            line.to_string()
         })
         .collect()
 }

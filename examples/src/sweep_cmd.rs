@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use probe_backends::session::{Session, Settings, Task};
 use probe_core::sweep::{self, LabelKind, LayerSelection, PromptSet, Shard, SweepReport};
-use probe_core::{Error, Readout, Result, Site};
+use probe_core::{Error, Readout, Result, Sites};
 
 use crate::flags::{self, RunFlags, SamplingFlags};
 
@@ -32,9 +32,10 @@ pub(crate) struct SweepArgs {
     /// Where activations are read: resid (the residual stream between blocks, `--layers` in
     /// `output_hidden_states` numbering), or inside each block (`--layers` = blocks `0..L`):
     /// resid_mid, attn_out, mlp_out, heads (`o_proj`'s input per head) or router (MoE router
-    /// logits); candle only [default: resid].
+    /// logits); candle only [default: resid]. Several, comma-separated (`resid,attn_out`), are
+    /// read in the same forward passes: one probe per (site, layer).
     #[arg(long)]
-    pub(crate) site: Option<Site>,
+    pub(crate) site: Option<Sites>,
     #[command(flatten)]
     pub(crate) sampling: SamplingFlags,
     /// Stratified cross-validation folds of the probes (≥ 2) [default: 5].
@@ -93,8 +94,8 @@ impl SweepArgs {
         if let Some(p) = &self.positions {
             s = s.positions(p.clone());
         }
-        if let Some(site) = self.site {
-            s = s.site(site);
+        if let Some(sites) = &self.site {
+            s = s.sites(sites.clone());
         }
         if let Some(f) = self.folds {
             s = s.folds(f);
@@ -172,7 +173,7 @@ pub(crate) async fn run(args: SweepArgs, quiet: bool) -> Result<()> {
 pub(crate) fn print_report(report: &SweepReport, written: &probe_backends::session::Written, cache: &str) {
     println!("{}", report.table().trim_end());
     if let Some(b) = report.best() {
-        println!("best layer: {} (accuracy {:.3}, AUC {:.3})", b.layer, b.accuracy, b.auc);
+        println!("best layer: {} (accuracy {:.3}, AUC {:.3})", b.name(), b.accuracy, b.auc);
     }
     println!("{}", report.summary);
     if let Some(e) = report.plan.as_ref().and_then(|p| p.extraction.as_ref()) {
@@ -186,10 +187,12 @@ pub(crate) fn print_report(report: &SweepReport, written: &probe_backends::sessi
     for line in report.memory.iter().flat_map(|m| m.lines()) {
         println!("{line}");
     }
-    println!("report: {} · {} · {}", show(&written.json), show(&written.markdown), show(&written.plot));
+    let plots: Vec<String> = written.plots.iter().map(|p| show(p)).collect();
+    println!("report: {} · {} · {}", show(&written.json), show(&written.markdown), plots.join(" · "));
     if let Some(dir) = &written.probes {
+        let site = if report.sites.is_empty() { "" } else { "<site>/" };
         println!(
-            "probes: {}/layer-<L>.safetensors ({} layers; `probe apply --probe …`)",
+            "probes: {}/{site}layer-<L>.safetensors ({} layers; `probe apply --probe …`)",
             show(dir),
             report.probes.len()
         );

@@ -332,16 +332,22 @@ fn saved_probes_applied_to_another_set_reproduce_the_sweeps_test_predictions() {
     assert!(err.contains("model") && err.contains("other-model"), "{err}");
 }
 
+/// The llama fixture's folder and its `config.json` (`None`: PROBE_FIXTURES is not set).
+#[cfg(feature = "candle")]
+fn llama_fixture() -> Option<(String, serde_json::Value)> {
+    let fixtures = probe_core::testing::require_service("PROBE_FIXTURES")?;
+    let model = format!("{fixtures}/models/llama");
+    let cfg = serde_json::from_str(&std::fs::read_to_string(format!("{model}/config.json")).unwrap()).unwrap();
+    Some((model, cfg))
+}
+
 /// `--site heads` on a candle fixture: one probe per (block, head) in `report.json` `heads[]`,
 /// `heads.svg`, the top heads in `report.md`; other sites cached under their own keys; a site
 /// the model lacks refused naming it.
 #[cfg(feature = "candle")]
 #[test]
 fn sweep_site_heads_trains_a_probe_per_head() {
-    let Some(fixtures) = probe_core::testing::require_service("PROBE_FIXTURES") else { return };
-    let model = format!("{fixtures}/models/llama");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{model}/config.json")).unwrap()).unwrap();
+    let Some((model, cfg)) = llama_fixture() else { return };
     let (blocks, heads) = (cfg["num_hidden_layers"].as_u64().unwrap(), cfg["num_attention_heads"].as_u64().unwrap());
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -396,10 +402,7 @@ fn sweep_site_heads_trains_a_probe_per_head() {
 #[cfg(feature = "candle")]
 #[test]
 fn generate_steers_along_a_vector_file() {
-    let Some(fixtures) = probe_core::testing::require_service("PROBE_FIXTURES") else { return };
-    let model = format!("{fixtures}/models/llama");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{model}/config.json")).unwrap()).unwrap();
+    let Some((model, cfg)) = llama_fixture() else { return };
     let (hidden, blocks) = (cfg["hidden_size"].as_u64().unwrap() as usize, cfg["num_hidden_layers"].as_u64().unwrap());
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -454,4 +457,192 @@ fn generate_steers_along_a_vector_file() {
     ok(&generate("by_probe.jsonl", &["--steer-probe", "out/probes/layer-1.safetensors", "--steer-alpha", "3"]));
     assert_ne!(ids("plain.jsonl"), ids("by_probe.jsonl"), "steering along the probe changes the completions");
     assert_ne!(ids("steered.jsonl"), ids("by_probe.jsonl"), "another direction, other completions");
+}
+
+/// The tensors of a safetensors file: name → (shape, f32 values).
+#[cfg(feature = "candle")]
+fn tensors(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::F32)
+        .map(|(name, v)| {
+            let data = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            (name, (v.shape().to_vec(), data))
+        })
+        .collect()
+}
+
+/// `--site a,b` on a candle fixture. `probe extract` writes `<site>.layer.<L>` tensors equal to
+/// each site extracted alone (`layer.<L>`); `probe sweep` reads every site in the same forward
+/// passes (one extractor call for 20 prompts at batch 32), reports one `layers[]` entry per
+/// (site, layer) naming its site, writes a plot and a probe folder per site, and caches each
+/// (site, layer) under the key a one-site sweep reads (which then computes nothing and reports
+/// the same scores). `--positions all` at a site inside blocks writes `[tokens, width]` shards
+/// whose last tokens are `--positions last`. Repeated sites and a router on a dense model are
+/// refused naming them, the router before the model is loaded to generate.
+#[cfg(feature = "candle")]
+#[test]
+fn several_sites_are_read_in_one_pass() {
+    let Some((model, cfg)) = llama_fixture() else { return };
+    let blocks = cfg["num_hidden_layers"].as_u64().unwrap() as usize;
+    let (hidden, heads) = (cfg["hidden_size"].as_u64().unwrap() as usize, cfg["num_attention_heads"].as_u64().unwrap());
+    let head_dim = cfg["head_dim"].as_u64().unwrap_or(hidden as u64 / heads) as usize;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_prompts(&d.join("prompts.jsonl"), 20);
+    let extract = |site: &str, positions: &str, out: &str| {
+        let mut a = vec!["extract", "--model", model.as_str(), "--input", "prompts.jsonl", "--layers", "0,2"];
+        a.extend(["--positions", positions, "--site", site, "--out", out, "--quiet"]);
+        probe(d, &a)
+    };
+
+    let stdout = ok(&extract("resid,attn_out,heads", "mean", "multi.safetensors"));
+    assert!(stdout.contains("resid.layer.0") && stdout.contains("heads.layer.2"), "{stdout}");
+    let multi = tensors(&d.join("multi.safetensors"));
+    assert_eq!(multi.len(), 6, "{:?}", multi.keys());
+    assert_eq!(multi["heads.layer.2"].0, [20, heads as usize, head_dim]);
+    for site in ["resid", "attn_out", "heads"] {
+        ok(&extract(site, "mean", &format!("{site}.safetensors")));
+        let alone = tensors(&d.join(format!("{site}.safetensors")));
+        for layer in [0, 2] {
+            let (both, one) = (&multi[&format!("{site}.layer.{layer}")], &alone[&format!("layer.{layer}")]);
+            assert!(both == one, "{site} layer {layer}: read with other sites, not the value read alone");
+        }
+    }
+
+    // Every token at a site inside blocks; the last token of each row is `--positions last`.
+    ok(&extract("attn_out", "all", "all"));
+    ok(&extract("attn_out", "last", "last.safetensors"));
+    let bytes = std::fs::read(d.join("all/shard-00000.safetensors")).unwrap();
+    let shard = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let offsets: Vec<usize> = shard
+        .tensor("row_offsets")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize)
+        .collect();
+    let (tokens, rows) = (*offsets.last().unwrap(), offsets.len() - 1);
+    assert_eq!(rows, 20);
+    let all = tensors(&d.join("all/shard-00000.safetensors"));
+    let last = tensors(&d.join("last.safetensors"));
+    for layer in [0, 2] {
+        let ((shape, data), (_, want)) = (&all[&format!("layer.{layer}")], &last[&format!("layer.{layer}")]);
+        assert_eq!(shape, &[tokens, hidden], "layer {layer}: [tokens, hidden]");
+        for r in 0..rows {
+            let at = offsets[r + 1] - 1;
+            let (got, want) = (&data[at * hidden..(at + 1) * hidden], &want[r * hidden..(r + 1) * hidden]);
+            let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err <= 1e-5, "layer {layer} row {r}: the last token is {err:e} from --positions last");
+        }
+    }
+    ok(&extract("resid,heads", "all", "all2"));
+    let all2 = tensors(&d.join("all2/shard-00000.safetensors"));
+    assert_eq!(all2["heads.layer.2"].0, [tokens, heads as usize, head_dim]);
+    assert_eq!(all2["resid.layer.0"].0, [tokens, hidden]);
+
+    let sweep = |site: &str, out: &str, more: &[&str]| {
+        let mut a = vec!["sweep", "--model", model.as_str(), "--prompts", "prompts.jsonl", "--layers", "all"];
+        a.extend(["--cache", "cache", "--out", out, "--no-generate", "--folds", "2", "--quiet", "--site", site]);
+        a.extend(["--batch-size", "32"]);
+        a.extend(more);
+        probe(d, &a)
+    };
+    write_prompts(&d.join("other.jsonl"), 6);
+    let stdout = ok(&sweep("resid,attn_out", "multi", &["--test-on", "other.jsonl"]));
+    let computed = 2 * blocks + 1;
+    assert!(summary_line(&stdout).contains(&format!("{computed} layers computed, 0 cached")), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("multi/report.json")).unwrap()).unwrap();
+    assert_eq!(report["summary"]["extract_calls"], 1, "every site and layer in one pass");
+    assert_eq!(report["sites"], serde_json::json!(["resid", "attn_out"]));
+    let entries = report["layers"].as_array().unwrap();
+    let got: Vec<(String, u64)> =
+        entries.iter().map(|l| (l["site"].as_str().unwrap().to_owned(), l["layer"].as_u64().unwrap())).collect();
+    let want: Vec<(String, u64)> = (0..=blocks as u64)
+        .map(|l| ("resid".to_owned(), l))
+        .chain((0..blocks as u64).map(|l| ("attn_out".to_owned(), l)))
+        .collect();
+    assert_eq!(got, want);
+    for f in ["accuracy-resid.svg", "accuracy-attn_out.svg", "probes/attn_out/layer-0.json"] {
+        assert!(d.join("multi").join(f).exists(), "{f}");
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("multi/probes/attn_out/layer-0.json")).unwrap()).unwrap();
+    assert_eq!(meta["site"], "attn_out");
+    assert!(std::fs::read_to_string(d.join("multi/report.md")).unwrap().contains("| attn_out.0 |"));
+    // Scored on another set: each probe names its site.
+    let sites: Vec<&str> = want.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(report["transfer"][0]["sites"], serde_json::json!(sites));
+    let predictions = std::fs::read_to_string(d.join("multi/predictions-other.jsonl")).unwrap();
+    let named = predictions.lines().filter(|l| l.contains("\"site\":\"attn_out\"")).count();
+    assert_eq!(named, 6 * blocks, "{predictions}");
+
+    // One site alone reads the multi-site sweep's entries and scores them the same.
+    let stdout = ok(&sweep("attn_out", "single", &[]));
+    assert!(summary_line(&stdout).contains(&format!("0 layers computed, {blocks} cached")), "{stdout}");
+    let single: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("single/report.json")).unwrap()).unwrap();
+    assert!(single.get("sites").is_none() && single["site"] == "attn_out", "a one-site report as before");
+    let mut mine: Vec<serde_json::Value> = entries.iter().filter(|l| l["site"] == "attn_out").cloned().collect();
+    mine.iter_mut().for_each(|l| drop(l.as_object_mut().unwrap().remove("site")));
+    assert_eq!(&mine, single["layers"].as_array().unwrap());
+
+    for (sites, what) in [("attn_out,resid,attn_out", "attn_out is given twice"), ("resid,router", "router")] {
+        let out = sweep(sites, "bad", &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(what), "{sites}: {err}");
+    }
+    // A site the model lacks is refused from config.json, before anything is generated.
+    let mut generating = vec!["sweep", "--model", model.as_str(), "--prompts", "prompts.jsonl", "--layers", "1"];
+    generating.extend(["--cache", "fresh", "--out", "bad", "--max-tokens", "2", "--site", "resid,router"]);
+    let out = probe(d, &generating);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("router: llama is not a mixture of experts"), "{err}");
+    assert!(!d.join("fresh").exists(), "refused before any completion was generated and cached");
+}
+
+/// Steering along a sweep's probe moves that probe's score with α: greedy completions steered
+/// along the probe of layer 1 at α = −8, 0 and 8, re-read without steering and scored by that
+/// probe (`probe apply` on prompt + completion), have strictly increasing mean scores.
+#[cfg(feature = "candle")]
+#[test]
+fn steering_along_a_probe_raises_its_score_with_alpha() {
+    let Some((model, _)) = llama_fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_prompts(&d.join("prompts.jsonl"), 12);
+    let mut sweep = vec!["sweep", "--model", model.as_str(), "--prompts", "prompts.jsonl", "--layers", "1"];
+    sweep.extend(["--cache", "cache", "--out", "out", "--no-generate", "--folds", "2", "--quiet"]);
+    ok(&probe(d, &sweep));
+    let mut means = Vec::new();
+    for alpha in ["-8", "0", "8"] {
+        let gens = format!("gen{alpha}.jsonl");
+        let mut generate = vec!["generate", "--model", model.as_str(), "--prompts", "prompts.jsonl"];
+        generate.extend(["--max-tokens", "4", "--cache", "cache", "--out", &gens, "--quiet"]);
+        generate.extend(["--steer-probe", "out/probes/layer-1.safetensors", "--steer-alpha", alpha]);
+        ok(&probe(d, &generate));
+        let texts: String = std::fs::read_to_string(d.join(&gens))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let g: serde_json::Value = serde_json::from_str(l).unwrap();
+                let text = format!("{}{}", g["prompt"].as_str().unwrap(), g["completion"].as_str().unwrap());
+                serde_json::json!({ "id": g["id"], "text": text }).to_string() + "\n"
+            })
+            .collect();
+        std::fs::write(d.join("texts.jsonl"), texts).unwrap();
+        let mut apply = vec!["apply", "--model", model.as_str(), "--probe", "out/probes/layer-1.safetensors"];
+        apply.extend(["--input", "texts.jsonl", "--cache", "cache", "--quiet"]);
+        let scores: Vec<f64> = ok(&probe(d, &apply))
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["score"].as_f64().unwrap())
+            .collect();
+        assert_eq!(scores.len(), 12);
+        means.push(scores.iter().sum::<f64>() / scores.len() as f64);
+    }
+    println!("mean probe score at α = -8, 0, 8: {means:?}");
+    assert!(means[0] < means[1] && means[1] < means[2], "mean probe score at α = -8, 0, 8: {means:?}");
 }

@@ -324,7 +324,9 @@ impl Collector {
             .layers
             .iter()
             .zip(self.data)
-            .map(|(&layer, data)| LayerActivations { layer, tensor: Tensor::new(shape.clone(), data) })
+            .map(|(&layer, data)| {
+                LayerActivations::new(probe_core::Site::Resid, layer, Tensor::new(shape.clone(), data))
+            })
             .collect();
         let mask = (self.positions == Positions::All).then(|| {
             let mut m = vec![0f32; n * w];

@@ -2,7 +2,8 @@
 //! extractor against transformers' own modules read through forward hooks
 //! (scripts/python/sites_reference.py, run with PROBE_PYTHON) on the fixture models
 //! (PROBE_FIXTURES): every block, `last` and `mean`, batched and one input at a time; the
-//! residual stream's decomposition; bad sites refused before any work. Steering: greedy tokens
+//! residual stream's decomposition; bad sites refused before any work; several sites and layers
+//! read in one forward pass equal to each site read alone. Steering: greedy tokens
 //! of steered generation equal transformers' with forward pre-hooks doing the same additions
 //! (scripts/python/steer_reference.py); bad interventions refused.
 #![cfg(feature = "candle")]
@@ -240,6 +241,61 @@ async fn sites_a_model_lacks_are_refused_naming_them() {
     refused(moe.extract(req(Site::Router, vec![2])).await.unwrap_err(), "block 2");
     let neox = load(&root, "gpt_neox");
     refused(neox.extract(req(Site::ResidMid, vec![0])).await.unwrap_err(), "resid_mid");
+}
+
+#[tokio::test]
+async fn several_sites_in_one_pass_equal_each_site_alone() {
+    let Some(root) = require_service("PROBE_FIXTURES").map(PathBuf::from) else { return };
+    let texts = prompts(&root)[..4].to_vec();
+    // Dense with pre-norms, sandwich norms, parallel residual; a mixture of experts with a dense
+    // block (qwen3_moe's block 2, so its router is read at the others).
+    for arch in ["llama", "gemma2", "gpt_neox", "qwen3_moe"] {
+        let model = load(&root, arch);
+        let l = model.model_info().num_layers;
+        // The residual stream in its own numbering (L: after the final norm), the other sites at
+        // blocks that differ per site.
+        let mut reads = vec![(Site::Resid, vec![0, 2, l]), (Site::AttnOut, vec![1]), (Site::Heads, vec![0, l - 1])];
+        reads.extend(sites_of(arch, l).into_iter().filter(|(s, _)| matches!(s, Site::MlpOut | Site::Router)));
+        for positions in [Positions::Last, Positions::Mean, Positions::All] {
+            let (first, more) = reads.split_first().unwrap();
+            let mut req = ActivationRequest::texts(texts.clone(), first.1.clone())
+                .with_site(first.0)
+                .with_positions(positions)
+                .with_batch_size(texts.len());
+            for (site, layers) in more {
+                req = req.with_more_site(*site, layers.clone());
+            }
+            let before = model.forward_passes();
+            let all = model.extract(req).await.unwrap_or_else(|e| panic!("{arch}: {e}"));
+            assert_eq!(model.forward_passes() - before, 1, "{arch} {positions}: every site in one forward pass");
+            let got: Vec<(Site, usize)> = all.layers.iter().map(|la| (la.site, la.layer)).collect();
+            let want: Vec<(Site, usize)> = reads.iter().flat_map(|(s, ls)| ls.iter().map(move |&b| (*s, b))).collect();
+            assert_eq!(got, want, "{arch}: one tensor per (site, layer), in the request's order");
+            for (site, layers) in &reads {
+                let alone = extract(&model, &texts, *site, layers, positions, texts.len()).await;
+                for la in &alone.layers {
+                    let both = all.at(*site, la.layer).expect("read");
+                    assert!(both == &la.tensor, "{arch} {site} {} {positions}: not the value read alone", la.layer);
+                }
+            }
+        }
+        println!("{arch}: {} sites in one pass equal each site alone, bit for bit", reads.len());
+    }
+}
+
+#[tokio::test]
+async fn bad_site_lists_are_refused_before_any_pass() {
+    let Some(root) = require_service("PROBE_FIXTURES").map(PathBuf::from) else { return };
+    let llama = load(&root, "llama");
+    let req = |sites: &[Site]| ActivationRequest::texts(vec!["hello".to_owned()], vec![0]).with_sites(sites);
+    for (sites, what) in [
+        (&[Site::AttnOut, Site::Resid, Site::AttnOut][..], "attn_out is requested twice"),
+        (&[Site::Resid, Site::Router][..], "router"),
+    ] {
+        let e = llama.extract(req(sites)).await.expect_err(what);
+        assert!(matches!(e, Error::InvalidInput { .. }) && e.to_string().contains(what), "{e} names {what}");
+    }
+    assert_eq!(llama.forward_passes(), 0, "refused before any forward pass");
 }
 
 /// The interventions of the steering test on a model of hidden size `h` and head size `d`: the

@@ -137,6 +137,10 @@ pub struct ActivationRequest {
     /// Where activations are read; sites inside blocks number `layers` by block (`0..L`).
     #[serde(default, skip_serializing_if = "Site::is_resid")]
     pub site: Site,
+    /// Further sites read in the same forward pass, each at its own layers (numbered as its
+    /// site numbers them); see [`ActivationRequest::reads`]. Empty: `site` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_sites: Vec<(Site, Vec<usize>)>,
 }
 
 /// Tokens `[start, end)` of one input.
@@ -183,10 +187,32 @@ impl ActivationRequest {
         self.batch_size = Some(b);
         self
     }
-    /// Sets where activations are read.
+    /// Sets where activations are read (one site: the further sites are dropped).
     pub fn with_site(mut self, site: Site) -> Self {
         self.site = site;
+        self.more_sites.clear();
         self
+    }
+    /// Reads every one of `sites` at [`ActivationRequest::layers`] (set them first), in one
+    /// forward pass: the first is [`ActivationRequest::site`], the others
+    /// [`ActivationRequest::more_sites`]. No sites: [`Site::Resid`].
+    pub fn with_sites(mut self, sites: &[Site]) -> Self {
+        self.site = sites.first().copied().unwrap_or_default();
+        self.more_sites = sites.iter().skip(1).map(|&s| (s, self.layers.clone())).collect();
+        self
+    }
+    /// Also reads `site` at `layers` in the same forward pass.
+    pub fn with_more_site(mut self, site: Site, layers: Vec<usize>) -> Self {
+        self.more_sites.push((site, layers));
+        self
+    }
+    /// What is read: `(site, layers)` per site, [`ActivationRequest::site`] first, each site's
+    /// layers sorted and deduplicated. Results come in this order.
+    pub fn reads(&self) -> Vec<(Site, Vec<usize>)> {
+        let sorted = |l: &[usize]| l.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+        std::iter::once((self.site, sorted(&self.layers)))
+            .chain(self.more_sites.iter().map(|(s, l)| (*s, sorted(l))))
+            .collect()
     }
     /// Refuses a site other than [`Site::Resid`] for an extractor that reads only the residual
     /// stream, naming the one that reads the others.
@@ -194,13 +220,13 @@ impl ActivationRequest {
     /// # Errors
     /// [`Error::NotSupported`] for any other site.
     pub fn require_resid(&self, backend: &str) -> Result<()> {
-        if self.site.is_resid() {
-            return Ok(());
+        match self.reads().into_iter().find(|(s, _)| !s.is_resid()) {
+            None => Ok(()),
+            Some((site, _)) => Err(Error::not_supported(
+                format!("site {site} (only the residual stream here; the candle extractor reads every site)"),
+                backend,
+            )),
         }
-        Err(Error::not_supported(
-            format!("site {} (only the residual stream here; the candle extractor reads every site)", self.site),
-            backend,
-        ))
     }
     /// Sets the token span of every input that `Last` and `Mean` read.
     pub fn with_spans(mut self, spans: Vec<Span>) -> Self {
@@ -239,7 +265,7 @@ impl ActivationRequest {
         Ok(s)
     }
 
-    /// The requested layers, sorted and deduplicated.
+    /// The requested layers of [`ActivationRequest::site`], sorted and deduplicated.
     pub fn sorted_layers(&self) -> Vec<usize> {
         self.layers.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
     }
@@ -247,27 +273,14 @@ impl ActivationRequest {
     /// Checks the request against a model's shape before any work.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for no inputs, an empty input, no layers, a layer above
-    /// `info.num_layers`, a batch size of 0, or a token id outside the vocabulary.
+    /// [`Error::InvalidInput`] for no inputs, an empty input, a site requested twice, a site
+    /// without layers, a layer above `info.num_layers` (a block from it on, for sites inside
+    /// blocks), a batch size of 0, or a token id outside the vocabulary.
     pub fn validate(&self, info: &ModelInfo) -> Result<()> {
         if self.inputs.is_empty() {
             return Err(Error::invalid("inputs", "no inputs given"));
         }
-        if self.layers.is_empty() {
-            return Err(Error::invalid("layers", "no layers requested"));
-        }
-        if let Some(&bad) = self.layers.iter().find(|&&l| self.site.in_block() && l >= info.num_layers) {
-            return Err(Error::invalid(
-                "block",
-                format!("{bad} is out of range for site {}: the model has blocks 0..{}", self.site, info.num_layers),
-            ));
-        }
-        if let Some(&bad) = self.layers.iter().find(|&&l| l > info.num_layers) {
-            return Err(Error::invalid(
-                "layer",
-                format!("{bad} is out of range: the model has layers 0..={}", info.num_layers),
-            ));
-        }
+        check_reads(&self.reads(), info)?;
         if self.batch_size == Some(0) {
             return Err(Error::invalid("batch_size", "0 (must be ≥ 1)"));
         }
@@ -296,6 +309,39 @@ impl ActivationRequest {
         }
         Ok(())
     }
+}
+
+/// Refuses a site read twice, a site without layers, or a layer out of its site's range on
+/// the model `info`.
+pub(crate) fn check_reads(reads: &[(Site, Vec<usize>)], info: &ModelInfo) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for (site, layers) in reads {
+        if !seen.insert(*site) {
+            return Err(Error::invalid("site", format!("{site} is requested twice")));
+        }
+        check_layers(*site, layers, info)?;
+    }
+    Ok(())
+}
+
+/// Refuses no layers, or a layer out of `site`'s range on the model `info`.
+fn check_layers(site: Site, layers: &[usize], info: &ModelInfo) -> Result<()> {
+    if layers.is_empty() {
+        return Err(Error::invalid("layers", "no layers requested"));
+    }
+    if let Some(&bad) = layers.iter().find(|&&l| site.in_block() && l >= info.num_layers) {
+        return Err(Error::invalid(
+            "block",
+            format!("{bad} is out of range for site {site}: the model has blocks 0..{}", info.num_layers),
+        ));
+    }
+    if let Some(&bad) = layers.iter().find(|&&l| l > info.num_layers) {
+        return Err(Error::invalid(
+            "layer",
+            format!("{bad} is out of range: the model has layers 0..={}", info.num_layers),
+        ));
+    }
+    Ok(())
 }
 
 /// A dense f32 tensor in row-major order.
@@ -327,17 +373,28 @@ impl Tensor {
 /// The hidden states of one layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerActivations {
-    /// Layer number (Hugging Face numbering).
+    /// Layer number (Hugging Face numbering; the block for sites inside blocks).
     pub layer: usize,
     /// `[n, hidden]` for `last`/`mean`, `[n, seq, hidden]` for `all`.
     pub tensor: Tensor,
+    /// Where they were read.
+    #[serde(default, skip_serializing_if = "Site::is_resid")]
+    pub site: Site,
 }
 
-/// What an extractor returns: one tensor per requested layer, rows in input order.
+impl LayerActivations {
+    /// The values of `layer` at `site`.
+    pub fn new(site: Site, layer: usize, tensor: Tensor) -> Self {
+        Self { layer, tensor, site }
+    }
+}
+
+/// What an extractor returns: one tensor per requested (site, layer), rows in input order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Activations {
-    /// One entry per requested layer, sorted by layer.
+    /// One entry per requested (site, layer), in [`ActivationRequest::reads`]' order: by site
+    /// as requested, then by layer.
     pub layers: Vec<LayerActivations>,
     /// The reduction used.
     pub positions: Positions,
@@ -357,9 +414,14 @@ impl Activations {
     ) -> Self {
         Self { layers, positions, mask, token_counts }
     }
-    /// The tensor of one layer.
+    /// The tensor of one layer of the first site read (the request's
+    /// [`ActivationRequest::site`]).
     pub fn layer(&self, layer: usize) -> Option<&Tensor> {
-        self.layers.iter().find(|l| l.layer == layer).map(|l| &l.tensor)
+        self.layers.first().and_then(|first| self.at(first.site, layer))
+    }
+    /// The tensor of `layer` at `site`.
+    pub fn at(&self, site: Site, layer: usize) -> Option<&Tensor> {
+        self.layers.iter().find(|l| l.site == site && l.layer == layer).map(|l| &l.tensor)
     }
 }
 
@@ -450,7 +512,7 @@ impl ModelInfo {
 /// Produces hidden states.
 ///
 /// # Contract
-/// - One forward pass per batch captures every requested layer; when
+/// - One forward pass per batch captures every requested (site, layer); when
 ///   `capabilities().early_stop`, it stops after the deepest one and never computes logits.
 /// - Numbering and values are those of Hugging Face `output_hidden_states`: 0 is the
 ///   embedding output, `i < L` the residual stream after block `i`, `L` after the final norm.

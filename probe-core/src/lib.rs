@@ -77,5 +77,5 @@ pub const DEFAULT_BATCH_SIZE: usize = 16;
 pub use error::{BoxError, Error, Result};
 pub use generation::{FinishReason, Generation, GenerationRequest, Generator, ModelId, SamplingParams};
 pub use readout::Readout;
-pub use site::Site;
+pub use site::{Site, Sites};
 pub use steer::{DIRECTION_TENSOR, Intervention};

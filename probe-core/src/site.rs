@@ -57,6 +57,17 @@ impl Site {
     pub fn in_block(self) -> bool {
         self != Site::Resid
     }
+
+    /// The blocks a forward pass runs to read `layer` at this site: hidden state `d` is block
+    /// `d - 1`'s output (`d` blocks), a site inside block `b` needs `b + 1`.
+    pub fn blocks_to(self, layer: usize) -> usize {
+        if self.in_block() { layer + 1 } else { layer }
+    }
+
+    /// The blocks a forward pass runs to read every (site, layers) of `reads`: the deepest.
+    pub fn blocks_for(reads: &[(Site, Vec<usize>)]) -> usize {
+        reads.iter().flat_map(|(site, layers)| layers.iter().map(|&l| site.blocks_to(l))).max().unwrap_or(0)
+    }
 }
 
 impl std::str::FromStr for Site {
@@ -81,6 +92,51 @@ impl TryFrom<String> for Site {
     }
 }
 
+/// One site or several, read in the same forward pass (`resid,attn_out,heads` on the command
+/// line and in `probe.toml`): at least one, none twice, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Sites(Vec<Site>);
+
+impl Sites {
+    /// `sites`, checked.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for no site, or a site given twice (naming it).
+    pub fn new(sites: Vec<Site>) -> Result<Self> {
+        if sites.is_empty() {
+            return Err(Error::invalid("site", "no site given"));
+        }
+        if let Some((i, twice)) = sites.iter().enumerate().find(|(i, s)| sites[..*i].contains(s)) {
+            let list = Sites(sites.clone()).to_string();
+            return Err(Error::invalid("site", format!("{twice} is given twice in {list:?} (at {i})")));
+        }
+        Ok(Self(sites))
+    }
+    /// The sites, in the order given.
+    pub fn as_slice(&self) -> &[Site] {
+        &self.0
+    }
+}
+
+impl From<Site> for Sites {
+    fn from(site: Site) -> Self {
+        Self(vec![site])
+    }
+}
+
+impl std::str::FromStr for Sites {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Sites::new(s.split(',').map(|p| p.trim().parse()).collect::<Result<_>>()?)
+    }
+}
+
+impl std::fmt::Display for Sites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +150,16 @@ mod tests {
         let err = "attn".parse::<Site>().unwrap_err().to_string();
         assert!(err.contains("\"attn\"") && err.contains("attn_out"), "{err}");
         assert!(Site::default().is_resid() && !Site::Resid.in_block() && Site::Heads.in_block());
+    }
+
+    #[test]
+    fn site_lists_parse_and_refuse_repeats() {
+        let sites: Sites = "resid, attn_out,heads".parse().unwrap();
+        assert_eq!(sites.as_slice(), [Site::Resid, Site::AttnOut, Site::Heads]);
+        assert_eq!(sites.to_string(), "resid,attn_out,heads");
+        let e = "attn_out,resid,attn_out".parse::<Sites>().unwrap_err().to_string();
+        assert!(e.contains("attn_out is given twice"), "{e}");
+        let e = "resid,attn".parse::<Sites>().unwrap_err().to_string();
+        assert!(e.contains("\"attn\""), "{e}");
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use candle_nn::VarBuilder;
@@ -33,6 +34,8 @@ pub(crate) struct Inner {
     pub(crate) tokenizer: Tokenizer,
     pub(crate) eos: Vec<u32>,
     pub(crate) options: CandleOptions,
+    /// Extraction forward passes run (one per batch, every requested site and layer read in it).
+    pub(crate) forward_passes: AtomicU64,
 }
 
 impl std::fmt::Debug for CandleBackend {
@@ -193,7 +196,9 @@ impl CandleBackend {
             .map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?
             .with_attention_chunk_bytes(options.attention_chunk_bytes);
         let id = ModelId::new(dir.to_string_lossy(), revision.clone());
-        Ok(CandleBackend { inner: Arc::new(Inner { id, info, decoder, tokenizer, eos, options }) })
+        Ok(CandleBackend {
+            inner: Arc::new(Inner { id, info, decoder, tokenizer, eos, options, forward_passes: AtomicU64::new(0) }),
+        })
     }
 
     /// The [`ModelInfo`] that [`CandleBackend::load`] with `options` reports, reading only
@@ -207,16 +212,22 @@ impl CandleBackend {
     }
 
     /// Checks the model folder `dir` as [`CandleBackend::load`] would, reading only
-    /// `config.json` and the safetensors headers (no weights): for refusing a bad folder before
-    /// any work starts.
+    /// `config.json`, the safetensors headers and the tokenizer (no weights): for refusing a
+    /// bad folder before any work starts.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the file: a missing or unreadable `config.json` or
-    /// `tokenizer.json`, a missing or bad field of `config.json`, no weights, a safetensors
+    /// [`Error::Io`] naming an unreadable `config.json`; [`Error::InvalidInput`] naming the
+    /// file: a missing `tokenizer.json`, a missing or bad field of `config.json`, no weights, a safetensors
     /// header that is too long for its file or whose offsets lie past its end or disagree with
     /// a tensor's shape; [`Error::NotSupported`] for an architecture without a spec.
     pub fn check(dir: &Path) -> Result<()> {
         CandleFolder::read(dir).map(drop)
+    }
+
+    /// The extraction forward passes run since loading: one per batch, whatever the number of
+    /// sites and layers it reads (for checks that they share a pass).
+    pub fn forward_passes(&self) -> u64 {
+        self.inner.forward_passes.load(Ordering::Relaxed)
     }
 
     /// The options the backend was loaded with.
@@ -364,8 +375,7 @@ impl CandleFolder {
     /// As [`CandleBackend::check`]; a tokenizer that cannot be parsed.
     pub fn read(dir: &Path) -> Result<Self> {
         let config_path = dir.join("config.json");
-        let config_bytes = std::fs::read(&config_path)
-            .map_err(|e| Error::invalid("model", format!("{}: cannot be read: {e}", config_path.display())))?;
+        let config_bytes = std::fs::read(&config_path).map_err(|e| Error::io(config_path.display(), e))?;
         Self::with_config(dir, String::from_utf8_lossy(&config_bytes).into_owned())
     }
 
@@ -421,6 +431,16 @@ impl CandleFolder {
     /// The tokenizer of `tokenizer.json`.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// Refuses a site the model lacks at a block `reads` (per site, its layers) reads it (a
+    /// router of a dense model or block, `resid_mid` of parallel blocks), naming it, from
+    /// `config.json` alone: before anything is generated or loaded. Extraction checks the same.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the site.
+    pub fn check_sites(&self, reads: &[(probe_core::Site, Vec<usize>)]) -> Result<()> {
+        super::extract::check_sites(&self.cfg, self.cfg.spec.name, reads)
     }
 
     /// The [`ModelInfo`] that [`CandleBackend::load_folder`] with `options` reports.

@@ -75,31 +75,44 @@ pub(crate) struct DecodeStep {
     pub(crate) sliding_mask: Option<Tensor>,
 }
 
-/// The one site inside a block that an extraction reads, and what the block found there.
+/// The sites inside a block that an extraction reads, and what the block found there.
 #[derive(Debug)]
 pub(crate) struct Tap {
-    site: Site,
-    /// `[b, s, width]` (`[b, s, heads·head_dim]` for [`Site::Heads`]), in the block's dtype.
-    pub(crate) value: Option<Tensor>,
+    sites: Vec<Site>,
+    /// Per site of `sites`: `[b, s, width]` (`[b, s, heads·head_dim]` for [`Site::Heads`]), in
+    /// the block's dtype.
+    values: Vec<Option<Tensor>>,
 }
 
 impl Tap {
-    /// A tap of `site` (one inside a block: not [`Site::Resid`]).
-    pub(crate) fn new(site: Site) -> Self {
-        Self { site, value: None }
+    /// A tap of `sites` (ones inside a block: not [`Site::Resid`]).
+    pub(crate) fn new(sites: Vec<Site>) -> Self {
+        let values = sites.iter().map(|_| None).collect();
+        Self { sites, values }
+    }
+
+    /// What the block held at each site, in the order of [`Tap::new`]'s (`None`: it has no
+    /// such site).
+    pub(crate) fn into_values(self) -> impl Iterator<Item = (Site, Option<Tensor>)> {
+        self.sites.into_iter().zip(self.values)
+    }
+
+    fn slot(&mut self, site: Site) -> Option<&mut Option<Tensor>> {
+        let i = self.sites.iter().position(|&s| s == site)?;
+        Some(&mut self.values[i])
     }
 }
 
 /// Keeps `t` when `tap` reads `site`.
 fn put(tap: &mut Option<&mut Tap>, site: Site, t: &Tensor) {
-    if let Some(tap) = tap.as_deref_mut().filter(|tap| tap.site == site) {
-        tap.value = Some(t.clone());
+    if let Some(slot) = tap.as_deref_mut().and_then(|tap| tap.slot(site)) {
+        *slot = Some(t.clone());
     }
 }
 
 /// Where the MLP keeps its router logits, when `tap` reads them.
 fn router<'a>(tap: &'a mut Option<&mut Tap>) -> Option<&'a mut Option<Tensor>> {
-    tap.as_deref_mut().filter(|t| t.site == Site::Router).map(|t| &mut t.value)
+    tap.as_deref_mut().and_then(|t| t.slot(Site::Router))
 }
 
 /// Rotates the first `2 · cos.dim(1)` dimensions of `x` (`[b, heads, s, d]`), rotate-half style;
@@ -196,16 +209,6 @@ impl Block {
             rotary: g.positions.is_none(),
             parallel: cfg.parallel_residual,
         })
-    }
-
-    /// Whether attention and MLP read the same input (no residual stream between them).
-    pub(crate) fn parallel(&self) -> bool {
-        self.parallel
-    }
-
-    /// Whether the MLP is a mixture of experts (has router logits).
-    pub(crate) fn sparse(&self) -> bool {
-        matches!(self.mlp, Mlp::Sparse(_))
     }
 
     fn attention(

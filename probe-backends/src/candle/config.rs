@@ -327,6 +327,13 @@ pub(crate) fn generation_eos(text: &str) -> Vec<u32> {
 }
 
 impl ModelConfig {
+    /// Whether block `i`'s MLP is a mixture of experts (has router logits).
+    pub(crate) fn sparse(&self, i: usize) -> bool {
+        self.spec.gpt.is_none()
+            && self.spec.moe.is_some()
+            && self.moe.as_ref().is_some_and(|m| m.sparse_layers.get(i).copied().unwrap_or(false))
+    }
+
     /// Parses the text of `file` (a `config.json`).
     ///
     /// # Errors

@@ -1,36 +1,38 @@
 //! Extraction: tokenise, sort by length, right-pad into batches, one forward pass per batch
-//! that stops at the deepest requested layer, reduce each captured layer on the device.
+//! that reads every requested (site, layer) and stops at the deepest, reduce each captured
+//! tensor on the device.
+
+use std::sync::atomic::Ordering;
 
 use candle_core::{DType, Tensor};
 use probe_core::{ActivationRequest, Activations, Error, Inputs, LayerActivations, Positions, Result, Site};
 
 use super::backend::Inner;
+use super::config::ModelConfig;
 
 fn be(e: candle_core::Error) -> Error {
     super::oom::error(e)
 }
 
-impl Inner {
-    /// Refuses a site the requested blocks lack, naming it (before any work).
-    fn check_site(&self, request: &ActivationRequest) -> Result<()> {
-        let blocks = self.decoder.blocks();
-        let arch = &self.info.architecture;
-        for &b in &request.layers {
-            let Some(block) = blocks.get(b).filter(|_| request.site.in_block()) else { continue };
-            match request.site {
-                Site::Router if !blocks.iter().any(|b| b.sparse()) => {
+/// Refuses a site that blocks of `cfg` (a model of architecture `arch`) lack where `reads`
+/// reads it, naming it: before any work (also before loading weights: [`super::CandleFolder::check_sites`]).
+pub(crate) fn check_sites(cfg: &ModelConfig, arch: &str, reads: &[(Site, Vec<usize>)]) -> Result<()> {
+    for (site, layers) in reads {
+        for &b in layers.iter().filter(|&&b| site.in_block() && b < cfg.num_layers) {
+            match site {
+                Site::Router if !(0..cfg.num_layers).any(|i| cfg.sparse(i)) => {
                     return Err(Error::invalid(
                         "site",
                         format!("router: {arch} is not a mixture of experts (its MLPs have no router)"),
                     ));
                 }
-                Site::Router if !block.sparse() => {
+                Site::Router if !cfg.sparse(b) => {
                     return Err(Error::invalid(
                         "site",
                         format!("router: block {b} of {arch} has a dense MLP, no router"),
                     ));
                 }
-                Site::ResidMid if block.parallel() => {
+                Site::ResidMid if cfg.parallel_residual => {
                     return Err(Error::invalid(
                         "site",
                         format!(
@@ -42,9 +44,11 @@ impl Inner {
                 _ => {}
             }
         }
-        Ok(())
     }
+    Ok(())
+}
 
+impl Inner {
     /// What one position holds at `site`: its width and the shape of one position's values.
     fn site_shape(&self, site: Site) -> (usize, Vec<usize>) {
         let cfg = &self.decoder.cfg;
@@ -59,7 +63,8 @@ impl Inner {
     }
 
     pub(crate) fn extract(&self, request: &ActivationRequest) -> Result<Activations> {
-        self.check_site(request)?;
+        let reads = request.reads();
+        check_sites(&self.decoder.cfg, &self.info.architecture, &reads)?;
         let ids: Vec<Vec<u32>> = match &request.inputs {
             Inputs::Texts(texts) => {
                 texts.iter().map(|t| self.tokenize_with(t, request.special_tokens)).collect::<Result<_>>()?
@@ -71,21 +76,21 @@ impl Inner {
             self.check_length(i, seq.len())?;
             spans.push(request.span(i, seq.len())?);
         }
-        let layers = request.sorted_layers();
-        let deepest = *layers.last().ok_or_else(|| Error::invalid("layers", "no layers requested"))?;
-        // Hidden state `d` is block `d - 1`'s output; a site inside block `b` needs `b + 1` blocks.
-        self.decoder.check_loaded(Some(if request.site.in_block() { deepest + 1 } else { deepest }))?;
+        if reads.iter().any(|(_, layers)| layers.is_empty()) {
+            return Err(Error::invalid("layers", "no layers requested"));
+        }
+        self.decoder.check_loaded(Some(Site::blocks_for(&reads)))?;
         let n = ids.len();
-        let site = request.site;
-        let (hidden, per_position) = self.site_shape(site);
         let positions = request.positions;
         let max_len = ids.iter().map(Vec::len).max().unwrap_or(0);
-        let row_width = match positions {
-            Positions::All => max_len * hidden,
-            Positions::Last | Positions::Mean => hidden,
+        // One output per (site, layer), in the order of `reads`.
+        let slots: Vec<(Site, usize)> =
+            reads.iter().flat_map(|(site, layers)| layers.iter().map(move |&l| (*site, l))).collect();
+        let row_width = |site: Site| match positions {
+            Positions::All => max_len * self.site_shape(site).0,
+            Positions::Last | Positions::Mean => self.site_shape(site).0,
         };
-        let mut out: Vec<Vec<f32>> = layers.iter().map(|_| vec![0f32; n * row_width]).collect();
-        let slot = |layer: usize| layers.binary_search(&layer).ok();
+        let mut out: Vec<Vec<f32>> = slots.iter().map(|&(site, _)| vec![0f32; n * row_width(site)]).collect();
 
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
@@ -116,8 +121,9 @@ impl Inner {
             let counts: Vec<f32> = sp.iter().map(|p| (p.end - p.start) as f32).collect();
             let counts = Tensor::from_vec(counts, (b, 1), &device).map_err(be)?;
 
-            let mut visit = |layer: usize, h: &Tensor| -> Result<()> {
-                let Some(k) = slot(layer) else { return Ok(()) };
+            let mut visit = |site: Site, layer: usize, h: &Tensor| -> Result<()> {
+                let Some(k) = slots.iter().position(|&s| s == (site, layer)) else { return Ok(()) };
+                let (hidden, row_width) = (self.site_shape(site).0, row_width(site));
                 // A split model's later blocks run elsewhere: reduce on the first device.
                 let h = h.to_device(&device).and_then(|h| h.to_dtype(DType::F32)).map_err(be)?;
                 let rows: Vec<f32> = match positions {
@@ -146,21 +152,21 @@ impl Inner {
                 }
                 Ok(())
             };
-            if site.in_block() {
-                self.decoder.block_states(&input, &lens, site, &layers, &mut visit)?;
-            } else {
-                self.decoder.hidden_states(&input, &lens, deepest, &mut visit)?;
-            }
+            self.forward_passes.fetch_add(1, Ordering::Relaxed);
+            self.decoder.states(&input, &lens, &reads, &mut visit)?;
         }
 
-        let shape = match positions {
-            Positions::All => [vec![n, max_len], per_position].concat(),
-            Positions::Last | Positions::Mean => [vec![n], per_position].concat(),
-        };
-        let tensors = layers
+        let tensors = slots
             .iter()
             .zip(out)
-            .map(|(&layer, data)| LayerActivations { layer, tensor: probe_core::Tensor::new(shape.clone(), data) })
+            .map(|(&(site, layer), data)| {
+                let per_position = self.site_shape(site).1;
+                let shape = match positions {
+                    Positions::All => [vec![n, max_len], per_position].concat(),
+                    Positions::Last | Positions::Mean => [vec![n], per_position].concat(),
+                };
+                LayerActivations::new(site, layer, probe_core::Tensor::new(shape, data))
+            })
             .collect();
         let token_counts: Vec<usize> = ids.iter().map(Vec::len).collect();
         let mask = (positions == Positions::All).then(|| {

@@ -7,6 +7,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use probe_core::Site;
 
 use super::attention;
 use super::block::{Block, DecodeStep, RopeRows, Step, Tap};
@@ -245,72 +246,61 @@ impl Decoder {
         })
     }
 
-    /// Runs `ids` (`[b, s]`, right-padded; `lens` the real lengths) up to `last_layer`
-    /// (Hugging Face numbering) and calls `visit(layer, hidden)` for every layer in
-    /// `0..=last_layer`, in order. Stops after `last_layer`; never computes logits.
-    pub(crate) fn hidden_states(
+    /// Runs `ids` (`[b, s]`, right-padded; `lens` the real lengths) once, through the blocks up
+    /// to the deepest of `reads` (per site, its sorted layers), and calls `visit(site, layer,
+    /// value)` for each of them on the way: the residual stream in Hugging Face numbering
+    /// (`[b, s, hidden]`; `L` after the final norm), every other site at its blocks, as the
+    /// block's [`Tap`] holds it (`[b, s, width]`). Stops after the deepest; never computes
+    /// logits.
+    pub(crate) fn states(
         &self,
         ids: &Tensor,
         lens: &[usize],
-        last_layer: usize,
-        visit: &mut dyn FnMut(usize, &Tensor) -> probe_core::Result<()>,
+        reads: &[(Site, Vec<usize>)],
+        visit: &mut dyn FnMut(Site, usize, &Tensor) -> probe_core::Result<()>,
     ) -> probe_core::Result<()> {
         let be = super::oom::error;
+        let resid: &[usize] = reads.iter().find(|(s, _)| s.is_resid()).map_or(&[], |(_, l)| l);
+        // Per block, the sites read inside it.
+        let mut taps: Vec<Vec<Site>> = vec![Vec::new(); self.blocks.len()];
+        for (site, layers) in reads.iter().filter(|(s, _)| s.in_block()) {
+            for &b in layers {
+                taps[b].push(*site);
+            }
+        }
+        // The last block to run: hidden_states[l] is after block l - 1.
+        let last_tap = taps.iter().rposition(|t| !t.is_empty()).map(|b| b + 1);
+        let blocks = last_tap.max(resid.last().copied()).unwrap_or(0);
         let (_, s) = ids.dims2().map_err(be)?;
         let steps = self.step(lens, s).and_then(|step| self.stages.steps(step)).map_err(be)?;
         let mut x = self.embed(ids, &[0]).map_err(be)?;
-        visit(0, &x)?;
+        if resid.first() == Some(&0) {
+            visit(Site::Resid, 0, &x)?;
+        }
         let l = self.cfg.num_layers;
-        for (i, block) in self.blocks.iter().enumerate() {
-            if i >= last_layer {
-                break;
-            }
+        for (i, block) in self.blocks.iter().enumerate().take(blocks) {
             x = self.stages.enter(i, x).map_err(be)?;
-            x = block.forward(&x, self.stages.step_of(&steps, i), Kv::None).map_err(be)?;
-            if i + 1 < l {
-                visit(i + 1, &x)?;
+            let step = self.stages.step_of(&steps, i);
+            if taps[i].is_empty() {
+                x = block.forward(&x, step, Kv::None).map_err(be)?;
             } else {
-                visit(l, &self.norm()?.forward(&x).map_err(be)?)?;
+                let mut tap = Tap::new(std::mem::take(&mut taps[i]));
+                x = block.forward_tap(&x, step, Kv::None, Some(&mut tap), None).map_err(be)?;
+                for (site, value) in tap.into_values() {
+                    let value = value
+                        .ok_or_else(|| probe_core::Error::backend("candle", format!("block {i} has no site {site}")))?;
+                    visit(site, i, &value)?;
+                }
+            }
+            if resid.binary_search(&(i + 1)).is_ok() {
+                if i + 1 < l {
+                    visit(Site::Resid, i + 1, &x)?;
+                } else {
+                    visit(Site::Resid, l, &self.norm()?.forward(&x).map_err(be)?)?;
+                }
             }
         }
         Ok(())
-    }
-
-    /// Runs `ids` (`[b, s]`, right-padded; `lens` the real lengths) through the blocks up to the
-    /// last of `blocks` (sorted) and calls `visit(block, value)` with what each of `blocks` holds
-    /// at `site` (one inside a block, see [`Tap`]): `[b, s, width]`. Stops after the last.
-    pub(crate) fn block_states(
-        &self,
-        ids: &Tensor,
-        lens: &[usize],
-        site: probe_core::Site,
-        blocks: &[usize],
-        visit: &mut dyn FnMut(usize, &Tensor) -> probe_core::Result<()>,
-    ) -> probe_core::Result<()> {
-        let Some(&last_block) = blocks.last() else { return Ok(()) };
-        let be = super::oom::error;
-        let (_, s) = ids.dims2().map_err(be)?;
-        let steps = self.step(lens, s).and_then(|step| self.stages.steps(step)).map_err(be)?;
-        let mut x = self.embed(ids, &[0]).map_err(be)?;
-        for (i, block) in self.blocks.iter().enumerate().take(last_block + 1) {
-            x = self.stages.enter(i, x).map_err(be)?;
-            if blocks.binary_search(&i).is_err() {
-                x = block.forward(&x, self.stages.step_of(&steps, i), Kv::None).map_err(be)?;
-                continue;
-            }
-            let mut tap = Tap::new(site);
-            x = block.forward_tap(&x, self.stages.step_of(&steps, i), Kv::None, Some(&mut tap), None).map_err(be)?;
-            let value = tap
-                .value
-                .ok_or_else(|| probe_core::Error::backend("candle", format!("block {i} has no site {site}")))?;
-            visit(i, &value)?;
-        }
-        Ok(())
-    }
-
-    /// The blocks loaded (for checks of a request against what they hold).
-    pub(crate) fn blocks(&self) -> &[Block] {
-        &self.blocks
     }
 
     /// The final norm, when it was loaded.

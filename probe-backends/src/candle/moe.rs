@@ -150,7 +150,7 @@ impl Mlp {
             return Ok(Mlp::Plain(PlainMlp { up: load(g.mlp[0], im, h)?, down: load(g.mlp[1], h, im)? }));
         }
         match (&cfg.spec.moe, &cfg.moe) {
-            (Some(names), Some(moe)) if moe.sparse_layers[i] => Ok(Mlp::Sparse(Moe::load(vb, &p, cfg, names)?)),
+            (Some(names), Some(_)) if cfg.sparse(i) => Ok(Mlp::Sparse(Moe::load(vb, &p, cfg, names)?)),
             // Phi-3: gate and up stored as one `gate_up_proj` (gate first).
             _ if cfg.spec.fused => Ok(Mlp::Dense(GatedMlp {
                 gate_up: Linear::load(

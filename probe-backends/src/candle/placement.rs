@@ -290,24 +290,28 @@ impl ActivationExtractor for CandleReplicas {
 
 /// The micro-batches' rows (`chunks[k]` lists the input rows of `parts[k]`) back in input order.
 fn scatter(parts: &[(usize, Activations)], chunks: &[&[usize]], n: usize, positions: Positions) -> Activations {
-    let layers: Vec<usize> = parts[0].1.layers.iter().map(|l| l.layer).collect();
-    let hidden = parts[0].1.layers[0].tensor.shape[1];
-    let mut data: Vec<Vec<f32>> = layers.iter().map(|_| vec![0f32; n * hidden]).collect();
+    let first = &parts[0].1.layers;
+    let widths: Vec<usize> = first.iter().map(|l| l.tensor.shape[1..].iter().product()).collect();
+    let mut data: Vec<Vec<f32>> = widths.iter().map(|w| vec![0f32; n * w]).collect();
     let mut token_counts = vec![0; n];
     for ((_, acts), rows) in parts.iter().zip(chunks) {
         for (j, l) in acts.layers.iter().enumerate() {
+            let w = widths[j];
             for (r, &i) in rows.iter().enumerate() {
-                data[j][i * hidden..(i + 1) * hidden].copy_from_slice(&l.tensor.data[r * hidden..(r + 1) * hidden]);
+                data[j][i * w..(i + 1) * w].copy_from_slice(&l.tensor.data[r * w..(r + 1) * w]);
             }
         }
         for (r, &i) in rows.iter().enumerate() {
             token_counts[i] = acts.token_counts[r];
         }
     }
-    let tensors = layers
-        .into_iter()
+    let tensors = first
+        .iter()
         .zip(data)
-        .map(|(layer, d)| LayerActivations { layer, tensor: probe_core::Tensor::new(vec![n, hidden], d) })
+        .map(|(l, d)| {
+            let shape = [vec![n], l.tensor.shape[1..].to_vec()].concat();
+            LayerActivations::new(l.site, l.layer, probe_core::Tensor::new(shape, d))
+        })
         .collect();
     Activations::new(tensors, positions, None, token_counts)
 }

@@ -38,7 +38,7 @@ use probe_core::sweep::{
     self, Applied, NoProgress, PromptSet, SavedProbe, Shard, ShardSummary, SweepConfig, SweepObserver, SweepParts,
     SweepReport, TokenShard, TransferScore,
 };
-use probe_core::{CacheStore, Error, Generation, Generator, Readout, Result, Tensor};
+use probe_core::{CacheStore, Error, Generation, Generator, Readout, Result, Site, Tensor};
 use tokio::sync::Mutex;
 
 pub use folder::ModelFolder;
@@ -211,8 +211,8 @@ pub type TokenSink<'a> = dyn FnMut(&probe_core::ModelInfo, TokenShard) -> Result
 /// Hidden states of inputs ([`Session::extract`]).
 #[derive(Debug, Clone)]
 pub struct Extracted {
-    /// Per layer, `[n_inputs, hidden]`, rows in input order.
-    pub layers: BTreeMap<usize, Tensor>,
+    /// Per (site, layer), `[n_inputs, width]` (heads flattened), rows in input order.
+    pub sites: BTreeMap<(Site, usize), Tensor>,
     /// The model that made them (identity, dtype, hidden size).
     pub model: probe_core::ModelInfo,
 }
@@ -362,23 +362,31 @@ impl Session {
             // Generation on the servers, extraction on candle from the same folder.
             self.folder.check(self.backend)?;
         }
-        let site = s.read_site();
-        if on_servers && !site.is_resid() {
+        let sites = s.read_sites();
+        if let Some(site) = sites.iter().find(|s| !s.is_resid()).filter(|_| on_servers) {
             return Err(Error::invalid(
                 "site",
                 format!("{site}: the vllm extractor reads only the residual stream (resid); candle reads every site"),
             ));
         }
         let prompts = self.folder.render(prompts)?;
-        let layers = match task {
-            Task::Generate => Vec::new(),
+        // Per site, its layers; sites inside blocks are numbered by block: `0..L`.
+        let reads: Vec<(Site, Vec<usize>)> = match task {
+            Task::Generate => vec![(sites[0], Vec::new())],
             _ => {
-                // Sites inside blocks are numbered by block: `0..L`.
                 let (selection, l) =
                     (s.extraction.layers.clone().unwrap_or(sweep::LayerSelection::All), self.folder.num_layers()?);
-                if site.in_block() { selection.resolve_blocks(l)? } else { selection.resolve(l)? }
+                let layers =
+                    |site: Site| if site.in_block() { selection.resolve_blocks(l) } else { selection.resolve(l) };
+                sites.iter().map(|&site| Ok((site, layers(site)?))).collect::<Result<_>>()?
             }
         };
+        // A site the model lacks is refused from config.json, before anything runs.
+        #[cfg(feature = "candle")]
+        if let Some(folder) = self.folder.candle().filter(|_| task != Task::Generate && !on_servers) {
+            folder.check_sites(&reads)?;
+        }
+        let layers = reads[0].1.clone();
         let sampling = s.sampling()?;
         if generates && !sampling.steering.is_empty() && self.backend == Backend::Vllm {
             return Err(Error::not_supported(
@@ -394,7 +402,7 @@ impl Session {
         let tokens = u64::from(sampling.max_tokens);
         let in_process_generation = generates && self.backend != Backend::Vllm;
         let blocks = (!in_process_generation && !on_servers && task != Task::Generate)
-            .then(|| self.extraction_blocks(site, &layers))
+            .then(|| self.extraction_blocks(&reads))
             .flatten();
         let work = plan::Workload {
             prompts: &prompts,
@@ -409,7 +417,7 @@ impl Session {
             launches: servers.launches(),
             in_process: !on_servers && (task != Task::Generate || self.backend != Backend::Vllm),
             hidden_states_on_servers: on_servers,
-            layers: layers.len().max(1) as u64,
+            layers: reads.iter().map(|(_, l)| l.len()).sum::<usize>().max(1) as u64,
             blocks,
             positions: readout.positions(),
             fixed_dtype: task == Task::Shard,
@@ -422,22 +430,22 @@ impl Session {
             .with_batch_size(s.extraction.batch_size.unwrap_or(settings::defaults::BATCH_SIZE))
             .with_sampling(generates.then_some(sampling))
             .with_probe(s.probe_config()?)
-            .with_site(site)
+            .with_site(reads[0].0)
             .with_generation_in_flight(in_flight);
+        for (site, layers) in reads.into_iter().skip(1) {
+            config = config.with_more_site(site, layers);
+        }
         if let Some(p) = &run_plan {
             config = config.with_plan(p.clone());
         }
         Ok(Prepared { task, prompts, config, plan: run_plan, blocks, servers })
     }
 
-    /// Blocks a model that only extracts `layers` at `site` loads (candle, and vllm's
-    /// in-process candle extraction): hidden state `d` is block `d - 1`'s output, a site
-    /// inside block `b` needs `b + 1` blocks; at least one. `None` for the other backends
-    /// (exports load whole).
-    fn extraction_blocks(&self, site: probe_core::Site, layers: &[usize]) -> Option<usize> {
-        let deepest = *layers.iter().max()?;
-        matches!(self.backend, Backend::Candle | Backend::Vllm)
-            .then(|| if site.in_block() { deepest + 1 } else { deepest }.max(1))
+    /// Blocks a model that only extracts `reads` (per site, its layers) loads (candle, and
+    /// vllm's in-process candle extraction): what the deepest read needs
+    /// ([`Site::blocks_for`]), at least one. `None` for the other backends (exports load whole).
+    fn extraction_blocks(&self, reads: &[(Site, Vec<usize>)]) -> Option<usize> {
+        matches!(self.backend, Backend::Candle | Backend::Vllm).then(|| Site::blocks_for(reads).max(1))
     }
 
     /// The model loaded in process where `plan` places it (the CPU, or `[devices]
@@ -670,8 +678,9 @@ impl Session {
         Ok(gens)
     }
 
-    /// Hidden states of `inputs` (texts as they are) at the settings' layers and readout:
-    /// one `[n_inputs, hidden]` tensor per layer, rows in input order. Not cached.
+    /// Hidden states of `inputs` (texts as they are) at the settings' sites, layers and readout,
+    /// every site read in the same forward passes: one `[n_inputs, width]` tensor per (site,
+    /// layer), rows in input order. Not cached.
     ///
     /// # Errors
     /// As [`Session::prepare`] (`positions` all: use [`Session::extract_all_tokens`]).
@@ -685,19 +694,20 @@ impl Session {
             model.extractor.as_ref(),
             self.observer.as_ref(),
             &prepared.prompts,
-            &c.layers,
-            (&c.positions, c.site),
+            &c.reads(),
+            &c.positions,
             c.batch_size,
         )
         .await;
         if let Some(l) = launched {
             l.stop("after extraction").await?;
         }
-        Ok(Extracted { layers: out?, model: model.extractor.model_info() })
+        Ok(Extracted { sites: out?, model: model.extractor.model_info() })
     }
 
-    /// Every token's hidden states of `inputs` at the settings' layers, streamed to `sink` in
-    /// shards of at most `max_shard_bytes`; returns the number of shards.
+    /// Every token's hidden states of `inputs` at the settings' sites and layers (every site
+    /// read in the same forward passes), streamed to `sink` in shards of at most
+    /// `max_shard_bytes`; returns the number of shards.
     ///
     /// # Errors
     /// As [`Session::extract`], and `sink`'s errors.
@@ -714,7 +724,7 @@ impl Session {
             model.extractor.as_ref(),
             self.observer.as_ref(),
             &prepared.prompts,
-            &c.layers,
+            &c.reads(),
             (c.batch_size, max_shard_bytes),
             &mut |s| sink(&info, s),
         )
@@ -770,7 +780,7 @@ impl Session {
             .with_sampling(probe.meta.sampling.clone());
         let blocks = match config.sampling {
             Some(_) => None,
-            None => self.extraction_blocks(probe.meta.site, &[probe.meta.layer]),
+            None => self.extraction_blocks(&[(probe.meta.site, vec![probe.meta.layer])]),
         };
         let model = self.model(None, Vec::new(), config.batch_size, (&probe.meta.dtype, blocks)).await?;
         probe.check(&model.extractor.model_info())?;
@@ -786,7 +796,7 @@ impl Session {
             parts = parts.with_generator(g);
         }
         let (features, _) = sweep::features(parts, &prompts, &config).await?;
-        probe.apply(&features[&probe.meta.layer])
+        probe.apply(&features[&(probe.meta.site, probe.meta.layer)])
     }
 
     /// Ends the session: drops the loaded models. The servers a call launched were stopped

@@ -1,5 +1,6 @@
 //! Files a sweep writes: `report.json`, `report.md`, `accuracy.svg` and, for a `heads` sweep,
-//! `heads.svg`.
+//! `heads.svg`. A sweep of several sites writes one `accuracy-<site>.svg` per site and its
+//! probes into `probes/<site>/`.
 
 use std::path::{Path, PathBuf};
 
@@ -15,8 +16,8 @@ pub struct Written {
     pub json: PathBuf,
     /// `report.md`.
     pub markdown: PathBuf,
-    /// `accuracy.svg`.
-    pub plot: PathBuf,
+    /// `accuracy.svg`, or one `accuracy-<site>.svg` per site of a sweep of several.
+    pub plots: Vec<PathBuf>,
     /// The saved probes' folder, when there are probes.
     pub probes: Option<PathBuf>,
 }
@@ -34,8 +35,23 @@ pub fn write_report(report: &SweepReport, out: &Path) -> Result<Written> {
     write_atomically(&markdown, |tmp| {
         std::fs::write(tmp, report.to_markdown()).map_err(|e| Error::io(tmp.display(), e))
     })?;
-    let plot = out.join("accuracy.svg");
-    write_atomically(&plot, |tmp| plot_accuracy(report, tmp))?;
+    // A sweep of several sites: one plot and one folder of probes per site.
+    let parts: Vec<(String, SweepReport, PathBuf)> = match report.sites.as_slice() {
+        [] => vec![("accuracy.svg".to_owned(), report.clone(), out.join("probes"))],
+        sites => sites
+            .iter()
+            .map(|&s| (format!("accuracy-{s}.svg"), report.for_site(s), out.join("probes").join(s.as_str())))
+            .collect(),
+    };
+    let mut plots = Vec::with_capacity(parts.len());
+    for (name, part, dir) in &parts {
+        let plot = out.join(name);
+        write_atomically(&plot, |tmp| plot_accuracy(part, tmp))?;
+        plots.push(plot);
+        for p in &part.probes {
+            p.save(dir)?;
+        }
+    }
     if !report.heads.is_empty() {
         let heads = out.join("heads.svg");
         write_atomically(&heads, |tmp| {
@@ -43,13 +59,10 @@ pub fn write_report(report: &SweepReport, out: &Path) -> Result<Written> {
         })?;
     }
     let probes = (!report.probes.is_empty()).then(|| out.join("probes"));
-    for (p, dir) in report.probes.iter().zip(std::iter::repeat(&probes).flatten()) {
-        p.save(dir)?;
-    }
     let json = out.join("report.json");
     let text = serde_json::to_string_pretty(report).map_err(|e| Error::backend("json", e))?;
     write_atomically(&json, |tmp| std::fs::write(tmp, text + "\n").map_err(|e| Error::io(tmp.display(), e)))?;
-    Ok(Written { json, markdown, plot, probes })
+    Ok(Written { json, markdown, plots, probes })
 }
 
 /// Runs `write` on a temporary file next to `path`, then renames it to `path`.

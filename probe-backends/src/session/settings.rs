@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use probe_core::plan::Dtype;
 use probe_core::sweep::{LabelKind, LayerSelection, ProbeConfig};
-use probe_core::{Error, Readout, Result, SamplingParams, Site};
+use probe_core::{Error, Readout, Result, SamplingParams, Site, Sites};
 use serde::{Deserialize, Deserializer};
 
 use crate::registry::Backend;
@@ -151,9 +151,10 @@ pub struct Extraction {
     #[serde(default, deserialize_with = "parsed")]
     pub dtype: Option<Dtype>,
     /// Where activations are read: resid, resid_mid, attn_out, mlp_out, heads or router
-    /// [default: resid]; `layers` are blocks (`0..L`) for every site but resid.
-    #[serde(default, deserialize_with = "parsed")]
-    pub site: Option<Site>,
+    /// [default: resid]; `layers` are blocks (`0..L`) for every site but resid. Several sites
+    /// (`"resid,attn_out"` or `["resid", "attn_out"]`) are read in the same forward pass.
+    #[serde(default, deserialize_with = "parsed_list")]
+    pub site: Option<Sites>,
 }
 
 /// `[generation]`.
@@ -299,6 +300,21 @@ fn parsed<'de, D: Deserializer<'de>, T: FromStr<Err = Error>>(d: D) -> std::resu
     text.map(|t| t.parse().map_err(|e: Error| serde::de::Error::custom(e.to_string()))).transpose()
 }
 
+/// [`parsed`] of a string or of a list of strings (joined by commas).
+fn parsed_list<'de, D: Deserializer<'de>, T: FromStr<Err = Error>>(d: D) -> std::result::Result<Option<T>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let text = Option::<OneOrMany>::deserialize(d)?.map(|v| match v {
+        OneOrMany::One(t) => t,
+        OneOrMany::Many(list) => list.join(","),
+    });
+    text.map(|t| t.parse().map_err(|e: Error| serde::de::Error::custom(e.to_string()))).transpose()
+}
+
 impl Settings {
     /// Reads a settings file.
     ///
@@ -419,7 +435,12 @@ impl Settings {
     }
     /// Where activations are read (`[extraction] site`).
     pub fn site(mut self, site: Site) -> Self {
-        self.extraction.site = Some(site);
+        self.extraction.site = Some(site.into());
+        self
+    }
+    /// Several sites, read in the same forward pass (`[extraction] site = ["resid", …]`).
+    pub fn sites(mut self, sites: Sites) -> Self {
+        self.extraction.site = Some(sites);
         self
     }
     /// Inputs per forward pass (`[extraction] batch_size`); the plan's when unset.
@@ -530,9 +551,9 @@ impl Settings {
         self.run.extractor.as_deref() == Some("vllm")
     }
 
-    /// Where activations are read [default: resid].
-    pub fn read_site(&self) -> Site {
-        self.extraction.site.unwrap_or_default()
+    /// Where activations are read, in the order given [default: resid].
+    pub fn read_sites(&self) -> Vec<Site> {
+        self.extraction.site.as_ref().map_or_else(|| vec![Site::Resid], |s| s.as_slice().to_vec())
     }
 
     /// The readout [default: last].
@@ -618,10 +639,16 @@ mod tests {
     #[test]
     fn site_and_steering_are_read_and_checked() {
         let cfg = Settings::from_toml("[extraction]\nsite = \"attn_out\"\n", "p.toml").unwrap();
-        assert_eq!(cfg.read_site(), Site::AttnOut);
-        assert_eq!(Settings::default().read_site(), Site::Resid);
+        assert_eq!(cfg.read_sites(), [Site::AttnOut]);
+        assert_eq!(Settings::default().read_sites(), [Site::Resid]);
         let e = Settings::from_toml("[extraction]\nsite = \"attn\"\n", "p.toml").unwrap_err().to_string();
         assert!(e.contains("p.toml:2") && e.contains("\"attn\""), "{e}");
+        for list in ["\"resid,heads\"", "[\"resid\", \"heads\"]"] {
+            let cfg = Settings::from_toml(&format!("[extraction]\nsite = {list}\n"), "p.toml").unwrap();
+            assert_eq!(cfg.read_sites(), [Site::Resid, Site::Heads], "{list}");
+        }
+        let e = Settings::from_toml("[extraction]\nsite = [\"heads\", \"heads\"]\n", "p.toml").unwrap_err().to_string();
+        assert!(e.contains("p.toml:2") && e.contains("heads is given twice"), "{e}");
         let text = "[[generation.steer]]\nvector = \"missing.safetensors\"\nlayer = 2\nalpha = 1.5\n";
         let cfg = Settings::from_toml(text, "p.toml").unwrap();
         assert_eq!((cfg.generation.steer[0].layer, cfg.generation.steer[0].alpha), (Some(2), 1.5));

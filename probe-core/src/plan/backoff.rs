@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use crate::{
     ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, LayerActivations, ModelInfo, Positions,
-    Result, Tensor,
+    Result, Site, Tensor,
 };
 
 /// Called between tries, e.g. to empty a device's cache allocator.
@@ -238,26 +238,26 @@ impl<E: ActivationExtractor> OomBackoff<E> {
 /// longest sequence (zeros, mask 0).
 fn concat(parts: Vec<Activations>, positions: Positions) -> Activations {
     let Some(first) = parts.first() else { return Activations::default() };
-    let layer_ids: Vec<usize> = first.layers.iter().map(|l| l.layer).collect();
+    let layer_ids: Vec<(Site, usize)> = first.layers.iter().map(|l| (l.site, l.layer)).collect();
     let token_counts: Vec<usize> = parts.iter().flat_map(|p| p.token_counts.iter().copied()).collect();
     let n = token_counts.len();
     if positions != Positions::All {
         let layers = layer_ids
             .iter()
             .enumerate()
-            .map(|(j, &layer)| {
+            .map(|(j, &(site, layer))| {
                 let shape_tail = parts[0].layers[j].tensor.shape[1..].to_vec();
                 let data: Vec<f32> = parts.iter().flat_map(|p| p.layers[j].tensor.data.iter().copied()).collect();
                 let mut shape = vec![n];
                 shape.extend(shape_tail);
-                LayerActivations { layer, tensor: Tensor::new(shape, data) }
+                LayerActivations::new(site, layer, Tensor::new(shape, data))
             })
             .collect();
         return Activations::new(layers, positions, None, token_counts);
     }
     let seq = parts.iter().filter_map(|p| p.mask.as_ref().map(|m| m.shape[1])).max().unwrap_or(0);
     let pad = |t: &Tensor, width: usize| -> Vec<f32> {
-        // t: [rows, s, width] → [rows, seq, width]
+        // t: [rows, s, …] (`width` values per position) → [rows, seq, width]
         let rows = t.shape[0];
         let s = t.shape[1];
         let mut out = Vec::with_capacity(rows * seq * width);
@@ -270,10 +270,12 @@ fn concat(parts: Vec<Activations>, positions: Positions) -> Activations {
     let layers = layer_ids
         .iter()
         .enumerate()
-        .map(|(j, &layer)| {
-            let hidden = parts[0].layers[j].tensor.shape[2];
-            let data = parts.iter().flat_map(|p| pad(&p.layers[j].tensor, hidden)).collect();
-            LayerActivations { layer, tensor: Tensor::new(vec![n, seq, hidden], data) }
+        .map(|(j, &(site, layer))| {
+            // One position's values: `[hidden]`, `[heads, head_dim]` …
+            let tail = parts[0].layers[j].tensor.shape[2..].to_vec();
+            let width = tail.iter().product();
+            let data = parts.iter().flat_map(|p| pad(&p.layers[j].tensor, width)).collect();
+            LayerActivations::new(site, layer, Tensor::new([vec![n, seq], tail].concat(), data))
         })
         .collect();
     let mask_data = parts

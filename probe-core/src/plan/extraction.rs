@@ -126,10 +126,18 @@ pub(super) fn plan_extraction(
         return Err(Error::invalid("extraction batch size", "0 (must be ≥ 1)"));
     }
     let layers = w.layers.unwrap_or(spec.num_layers as u64 + 1);
-    if layers == 0 || layers > spec.num_layers as u64 + 1 {
+    // Several sites read in one pass capture one tensor per (site, layer): at most every site at
+    // every layer.
+    let most = (spec.num_layers as u64 + 1) * crate::Site::ALL.len() as u64;
+    if layers == 0 || layers > most {
         return Err(Error::invalid(
             "captured layers",
-            format!("{layers} (the model has {} hidden states, 0..={})", spec.num_layers + 1, spec.num_layers),
+            format!(
+                "{layers} (the model has {} hidden states, 0..={}, at {} sites at most)",
+                spec.num_layers + 1,
+                spec.num_layers,
+                crate::Site::ALL.len()
+            ),
         ));
     }
     let ws_at = |b: u64, seq: u64| {

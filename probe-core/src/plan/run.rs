@@ -117,7 +117,8 @@ impl RunSettings {
         self.batch_size = b;
         self
     }
-    /// Sets the number of captured layers.
+    /// Sets the number of captured tensors: one per layer, per (site, layer) when several sites
+    /// are read.
     pub fn with_layers(mut self, n: Option<u64>) -> Self {
         self.layers = n;
         self

@@ -1,7 +1,8 @@
-//! The activation phase: per-layer cache entries per block of the cache grid
+//! The activation phase: per-(site, layer) cache entries per block of the cache grid
 //! ([`super::cache_blocks`]), forward passes of up to `batch_size` rows over consecutive
-//! blocks that lack the same layers (cut back into block entries), out-of-memory back-off
-//! ([`Backoff`], the one path), and assembly of whole-layer entries.
+//! blocks that lack the same (site, layer) pairs (every site read in the same pass, cut back
+//! into block entries), out-of-memory back-off ([`Backoff`], the one path), and assembly of
+//! whole-layer entries. A "layer" here is a [`Slot`]: a layer at a site.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,6 +18,27 @@ use super::{Phase, SweepEvent, SweepObserver, SweepSummary};
 /// Rows `[start, end)`.
 type Rows = (usize, usize);
 
+/// A layer at a site: what one cache entry holds (sites inside blocks number layers by block).
+pub(super) type Slot = (Site, usize);
+
+/// The (site, layer) slots of `reads` (per site, its layers), in order.
+pub(super) fn slots(reads: &[(Site, Vec<usize>)]) -> Vec<Slot> {
+    reads.iter().flat_map(|(site, layers)| layers.iter().map(move |&l| (*site, l))).collect()
+}
+
+/// `slots` as an extraction request's reads: per site (in the order of first appearance), its
+/// layers.
+fn reads(slots: &[Slot]) -> Vec<(Site, Vec<usize>)> {
+    let mut out: Vec<(Site, Vec<usize>)> = Vec::new();
+    for &(site, layer) in slots {
+        match out.iter_mut().find(|(s, _)| *s == site) {
+            Some((_, layers)) => layers.push(layer),
+            None => out.push((site, vec![layer])),
+        }
+    }
+    out
+}
+
 /// What to extract, and under which keys.
 #[derive(Debug)]
 pub(super) struct Job<'a> {
@@ -25,8 +47,8 @@ pub(super) struct Job<'a> {
     pub(super) source: &'a ActivationSource,
     /// Number of rows (prompts).
     pub(super) n: usize,
-    /// Sorted, deduplicated.
-    pub(super) layers: &'a [usize],
+    /// Sorted, deduplicated (site, layer) pairs.
+    pub(super) layers: &'a [Slot],
     pub(super) readout: &'a Readout,
     /// Per row, the tokens the readout reads (`None`: every token). A shard fills only its
     /// own rows.
@@ -35,18 +57,16 @@ pub(super) struct Job<'a> {
     pub(super) batch_size: usize,
     /// How texts are tokenised (chat renderings as written).
     pub(super) special_tokens: SpecialTokens,
-    /// Where activations are read (`layers` are blocks for sites inside blocks).
-    pub(super) site: Site,
 }
 
 impl Job<'_> {
-    fn key(&self, layer: usize, rows: Option<(usize, usize)>) -> CacheKey {
-        activation_key_at(self.info, self.prompt_set, self.source, (self.site, layer), self.readout, rows)
+    fn key(&self, slot: Slot, rows: Option<(usize, usize)>) -> CacheKey {
+        activation_key_at(self.info, self.prompt_set, self.source, slot, self.readout, rows)
     }
 
-    /// Values per row of an entry.
-    fn width(&self) -> usize {
-        self.info.width(self.site)
+    /// Values per row of an entry of `slot`.
+    fn width(&self, (site, _): Slot) -> usize {
+        self.info.width(site)
     }
 
     /// The blocks of the cache grid.
@@ -54,7 +74,7 @@ impl Job<'_> {
         super::cache_blocks(self.n)
     }
 
-    fn put(&self, layer: usize, rows: Option<(usize, usize)>, tensor: &Tensor) -> Result<PutRequest> {
+    fn put(&self, (site, layer): Slot, rows: Option<(usize, usize)>, tensor: &Tensor) -> Result<PutRequest> {
         let (start, end) = rows.unwrap_or((0, self.n));
         let meta: HashMap<String, String> = [
             ("model", self.info.id.id.clone()),
@@ -66,11 +86,11 @@ impl Job<'_> {
             ("rows", format!("{start}..{end}")),
         ]
         .into_iter()
-        .chain((!self.site.is_resid()).then(|| ("site", self.site.to_string())))
+        .chain((!site.is_resid()).then(|| ("site", site.to_string())))
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let payload = codec::encode_tensors(&[(codec::ACTIVATIONS_TENSOR, tensor)], Some(meta.clone()))?;
-        let mut put = PutRequest::new(self.key(layer, rows), payload);
+        let mut put = PutRequest::new(self.key((site, layer), rows), payload);
         for (k, v) in meta {
             put = put.with_attr(k, v);
         }
@@ -97,26 +117,35 @@ async fn load(cache: &dyn CacheStore, key: &CacheKey, rows: usize, hidden: usize
     }
 }
 
-/// Runs the extractor on `texts` (texts tokenised with `special`, or token ids) for `layers`
-/// through the run's out-of-memory back-off (the one path: [`Backoff`], halving, the size
-/// that worked kept for later calls). Counts the extractor calls (retries included) into
-/// `calls`. Returns the tensors by layer, `[n, width]` (a site of several values per token,
-/// [`Site::Heads`], flattened).
+/// The request of `inputs` at `reads` (per site, its layers; one forward pass per batch reads
+/// them all).
+pub(super) fn request_for(inputs: &Inputs, reads: &[(Site, Vec<usize>)]) -> ActivationRequest {
+    let (site, layers) = reads.first().cloned().unwrap_or_default();
+    let mut request = ActivationRequest::new(inputs.clone(), layers).with_site(site);
+    request.more_sites = reads.iter().skip(1).cloned().collect();
+    request
+}
+
+/// Runs the extractor on `texts` (texts tokenised with `special`, or token ids) for the
+/// (site, layer) `slots`, every site in the same forward passes, through the run's
+/// out-of-memory back-off (the one path: [`Backoff`], halving, the size that worked kept for
+/// later calls). Counts the extractor calls (retries included) into `calls`. Returns the
+/// tensors by slot, `[n, width]` (a site of several values per token, [`Site::Heads`],
+/// flattened).
 #[allow(clippy::too_many_arguments)]
 async fn extract_with_backoff(
     extractor: &dyn ActivationExtractor,
     observer: &dyn SweepObserver,
     texts: &Inputs,
     special: SpecialTokens,
-    layers: &[usize],
-    (positions, spans, site): (Positions, Option<&[Span]>, Site),
+    slots: &[Slot],
+    (positions, spans): (Positions, Option<&[Span]>),
     (batch_size, backoff): (usize, &Backoff),
     calls: &mut usize,
-) -> Result<BTreeMap<usize, Tensor>> {
-    let mut request = ActivationRequest::new(texts.clone(), layers.to_vec())
+) -> Result<BTreeMap<Slot, Tensor>> {
+    let mut request = request_for(texts, &reads(slots))
         .with_special_tokens(special)
         .with_positions(positions)
-        .with_site(site)
         .with_batch_size(batch_size.min(texts.len()).max(1));
     request.spans = spans.map(<[Span]>::to_vec);
     let before = backoff.retries();
@@ -128,9 +157,9 @@ async fn extract_with_backoff(
     *calls += 1 + backoff.retries() - before;
     let acts = result?;
     let mut out = BTreeMap::new();
-    for &layer in layers {
-        let t = acts.layer(layer).ok_or_else(|| {
-            Error::backend("extractor", format!("layer {layer} is missing from the extractor's result"))
+    for &(site, layer) in slots {
+        let t = acts.at(site, layer).ok_or_else(|| {
+            Error::backend("extractor", format!("layer {layer} of site {site} is missing from the extractor's result"))
         })?;
         let expected = if site == Site::Heads { 3 } else { 2 };
         if t.shape.len() != expected || t.rows() != texts.len() {
@@ -140,7 +169,7 @@ async fn extract_with_backoff(
             ));
         }
         let width = t.shape[1..].iter().product();
-        out.insert(layer, Tensor::new(vec![t.rows(), width], t.data.clone()));
+        out.insert((site, layer), Tensor::new(vec![t.rows(), width], t.data.clone()));
     }
     Ok(out)
 }
@@ -164,11 +193,11 @@ fn concat(parts: Vec<Tensor>, hidden: usize) -> Tensor {
 }
 
 /// The requested layers that have a whole-layer entry (with their tensors), and the rest.
-async fn whole_layers(cache: &dyn CacheStore, job: &Job<'_>) -> Result<(BTreeMap<usize, Tensor>, Vec<usize>)> {
-    let mut done: BTreeMap<usize, Tensor> = BTreeMap::new();
-    for &layer in job.layers {
-        if let Some(t) = load(cache, &job.key(layer, None), job.n, job.width()).await? {
-            done.insert(layer, t);
+async fn whole_layers(cache: &dyn CacheStore, job: &Job<'_>) -> Result<(BTreeMap<Slot, Tensor>, Vec<Slot>)> {
+    let mut done: BTreeMap<Slot, Tensor> = BTreeMap::new();
+    for &slot in job.layers {
+        if let Some(t) = load(cache, &job.key(slot, None), job.n, job.width(slot)).await? {
+            done.insert(slot, t);
         }
     }
     let missing = job.layers.iter().copied().filter(|l| !done.contains_key(l)).collect();
@@ -194,10 +223,10 @@ fn gather(own: &BTreeMap<Rows, Inputs>, rows: &[usize]) -> Inputs {
 /// What the cache holds of one block for the layers being filled.
 struct BlockFound {
     rows: Rows,
-    /// Layers with a block entry, and their tensors.
-    have: BTreeMap<usize, Tensor>,
-    /// Layers without one.
-    need: Vec<usize>,
+    /// Slots with a block entry, and their tensors.
+    have: BTreeMap<Slot, Tensor>,
+    /// Slots without one.
+    need: Vec<Slot>,
 }
 
 /// Every block of `own` (blocks of the cache grid, with their inputs) for the `missing`
@@ -213,16 +242,15 @@ async fn fill(
     observer: &dyn SweepObserver,
     job: &Job<'_>,
     own: &BTreeMap<Rows, Inputs>,
-    missing: &[usize],
+    missing: &[Slot],
     (backoff, keep): (&Backoff, bool),
     summary: &mut SweepSummary,
-) -> Result<BTreeMap<Rows, BTreeMap<usize, Tensor>>> {
-    let hidden = job.width();
+) -> Result<BTreeMap<Rows, BTreeMap<Slot, Tensor>>> {
     let mut found = Vec::with_capacity(own.len());
     for &(start, end) in own.keys() {
         let (mut have, mut need) = (BTreeMap::new(), Vec::new());
         for &layer in missing {
-            match load(cache, &job.key(layer, Some((start, end))), end - start, hidden).await? {
+            match load(cache, &job.key(layer, Some((start, end))), end - start, job.width(layer)).await? {
                 Some(t) => {
                     have.insert(layer, t);
                 }
@@ -233,15 +261,17 @@ async fn fill(
     }
     let mut out = BTreeMap::new();
     let mut done = 0;
-    let mut finish = |f: BlockFound, computed: Vec<usize>, summary: &mut SweepSummary| {
+    let mut finish = |f: BlockFound, computed: Vec<Slot>, summary: &mut SweepSummary| {
         let (start, end) = f.rows;
         if computed.is_empty() {
             summary.batches_cached += 1;
         } else {
             summary.batches_computed += 1;
         }
-        tracing::debug!("block rows {start}..{end}: computed layers {computed:?}");
-        observer.on_event(&SweepEvent::BatchCommitted { start, end, cached: missing.len() - computed.len(), computed });
+        tracing::debug!("block rows {start}..{end}: computed (site, layer) {computed:?}");
+        let cached = missing.len() - computed.len();
+        let computed = computed.into_iter().map(|(_, layer)| layer).collect();
+        observer.on_event(&SweepEvent::BatchCommitted { start, end, cached, computed });
         done += 1;
         observer.on_event(&SweepEvent::Progress { phase: Phase::Activations, done });
         if keep {
@@ -250,7 +280,7 @@ async fn fill(
     };
     // The blocks lacking the same layers go together (in row order, over the blocks between
     // them that lack other layers or none), so that passes run on from one to the next.
-    let mut groups: Vec<(Vec<usize>, Vec<BlockFound>)> = Vec::new();
+    let mut groups: Vec<(Vec<Slot>, Vec<BlockFound>)> = Vec::new();
     for f in found {
         match groups.iter_mut().find(|(need, _)| *need == f.need) {
             Some((_, blocks)) => blocks.push(f),
@@ -265,7 +295,7 @@ async fn fill(
         let grid: Vec<Rows> = group.iter().map(|f| f.rows).collect();
         let mut blocks = group.into_iter().peekable();
         // Rows computed and not yet committed, per layer, from the first unfinished block on.
-        let mut rows: BTreeMap<usize, Vec<f32>> = need.iter().map(|&l| (l, Vec::new())).collect();
+        let mut rows: BTreeMap<Slot, Vec<f32>> = need.iter().map(|&l| (l, Vec::new())).collect();
         for pass in super::passes(&grid, job.batch_size) {
             let spans: Option<Vec<Span>> = job.spans.as_ref().map(|s| pass.iter().map(|&r| s[r]).collect());
             let computed = extract_with_backoff(
@@ -274,24 +304,27 @@ async fn fill(
                 &gather(own, &pass),
                 job.special_tokens,
                 &need,
-                (job.readout.positions(), spans.as_deref(), job.site),
+                (job.readout.positions(), spans.as_deref()),
                 (job.batch_size, backoff),
                 &mut summary.extract_calls,
             )
             .await?;
-            for (layer, tensor) in computed {
+            for ((site, layer), tensor) in computed {
+                let hidden = job.width((site, layer));
                 if tensor.shape[1] != hidden {
                     return Err(Error::backend(
                         "extractor",
-                        format!("layer {layer} has shape {:?}; site {} has width {hidden}", tensor.shape, job.site),
+                        format!("layer {layer} has shape {:?}; site {site} has width {hidden}", tensor.shape),
                     ));
                 }
+                let layer = (site, layer);
                 rows.get_mut(&layer).expect("requested layer").extend_from_slice(&tensor.data);
             }
             let last = *pass.last().expect("passes are not empty");
             while let Some(mut f) = blocks.next_if(|f| f.rows.1 <= last + 1) {
                 let (start, end) = f.rows;
                 for (&layer, data) in &mut rows {
+                    let hidden = job.width(layer);
                     let tensor = Tensor::new(vec![end - start, hidden], data.drain(..(end - start) * hidden).collect());
                     cache.put(job.put(layer, Some((start, end)), &tensor)?).await?;
                     summary.entries_written += 1;
@@ -310,13 +343,13 @@ async fn fill(
 async fn fold(
     cache: &dyn CacheStore,
     job: &Job<'_>,
-    parts: BTreeMap<usize, Vec<Tensor>>,
-) -> Result<BTreeMap<usize, Tensor>> {
+    parts: BTreeMap<Slot, Vec<Tensor>>,
+) -> Result<BTreeMap<Slot, Tensor>> {
     let can_delete = cache.capabilities().delete;
     let blocks = job.blocks();
     let mut done = BTreeMap::new();
     for (layer, layer_parts) in parts {
-        let tensor = concat(layer_parts, job.width());
+        let tensor = concat(layer_parts, job.width(layer));
         cache.put(job.put(layer, None, &tensor)?).await?;
         if can_delete {
             delete_block_entries(cache, job, layer, &blocks).await;
@@ -328,31 +361,31 @@ async fn fold(
 
 /// Deletes the block entries of `layer` (already folded into its whole-layer entry), the first
 /// block's last: a run killed while deleting leaves that one, which the next run looks for.
-async fn delete_block_entries(cache: &dyn CacheStore, job: &Job<'_>, layer: usize, blocks: &[Rows]) {
+async fn delete_block_entries(cache: &dyn CacheStore, job: &Job<'_>, (site, layer): Slot, blocks: &[Rows]) {
     for &rows in blocks.iter().rev() {
-        if let Err(e) = cache.delete_key(&job.key(layer, Some(rows))).await {
-            tracing::warn!("could not delete block entry of layer {layer} rows {rows:?}: {e}");
+        if let Err(e) = cache.delete_key(&job.key((site, layer), Some(rows))).await {
+            tracing::warn!("could not delete block entry of layer {layer} (site {site}) rows {rows:?}: {e}");
         }
     }
 }
 
 /// Deletes block entries left behind by a run killed between committing a whole-layer entry
 /// and deleting its block entries: one `contains` per whole layer (the first block's entry).
-async fn delete_leftover_blocks(cache: &dyn CacheStore, job: &Job<'_>, whole: &BTreeMap<usize, Tensor>) -> Result<()> {
+async fn delete_leftover_blocks(cache: &dyn CacheStore, job: &Job<'_>, whole: &BTreeMap<Slot, Tensor>) -> Result<()> {
     let blocks = job.blocks();
     if !cache.capabilities().delete || blocks.is_empty() {
         return Ok(());
     }
     for &layer in whole.keys() {
         if cache.contains_key(&job.key(layer, Some(blocks[0]))).await? {
-            tracing::info!("layer {layer}: deleting block entries left by an interrupted run");
+            tracing::info!("layer {} ({}): deleting block entries left by an interrupted run", layer.1, layer.0);
             delete_block_entries(cache, job, layer, &blocks).await;
         }
     }
     Ok(())
 }
 
-/// Every requested layer's `[n, hidden]` tensor, from the cache where possible, computing
+/// Every requested slot's `[n, width]` tensor, from the cache where possible, computing
 /// and caching what is missing (see the module documentation of [`crate::sweep`]).
 pub(super) async fn cached_extract(
     extractor: &dyn ActivationExtractor,
@@ -361,7 +394,7 @@ pub(super) async fn cached_extract(
     job: &Job<'_>,
     texts: &Inputs,
     summary: &mut SweepSummary,
-) -> Result<BTreeMap<usize, Tensor>> {
+) -> Result<BTreeMap<Slot, Tensor>> {
     let (mut done, missing) = whole_layers(cache, job).await?;
     delete_leftover_blocks(cache, job, &done).await?;
     summary.layers_cached = done.len();
@@ -380,7 +413,7 @@ pub(super) async fn cached_extract(
     let backoff = Backoff::halving();
     let got = fill(extractor, cache, observer, job, &own, &missing, (&backoff, true), summary).await?;
     record_backoff(&backoff, summary);
-    let mut parts: BTreeMap<usize, Vec<Tensor>> = missing.iter().map(|&l| (l, Vec::new())).collect();
+    let mut parts: BTreeMap<Slot, Vec<Tensor>> = missing.iter().map(|&l| (l, Vec::new())).collect();
     for mut block in got.into_values() {
         for (&layer, layer_parts) in &mut parts {
             layer_parts.push(block.remove(&layer).expect("every missing layer of every block"));
@@ -420,24 +453,24 @@ pub(super) async fn shard_extract(
 
 /// What a merge found for the activations.
 pub(super) struct MergeLookup {
-    /// Layers with a whole-layer entry.
-    pub(super) whole: BTreeMap<usize, Tensor>,
-    /// Layers without one: their block entries, in block order (complete only when
+    /// Slots with a whole-layer entry.
+    pub(super) whole: BTreeMap<Slot, Tensor>,
+    /// Slots without one: their block entries, in block order (complete only when
     /// `missing` is empty).
-    pub(super) parts: BTreeMap<usize, Vec<Tensor>>,
-    /// (layer, block index) pairs without an entry.
-    pub(super) missing: Vec<(usize, usize)>,
+    pub(super) parts: BTreeMap<Slot, Vec<Tensor>>,
+    /// (slot, block index) pairs without an entry.
+    pub(super) missing: Vec<(Slot, usize)>,
 }
 
 /// Reads every layer entry or block entry a merge needs, computing and writing nothing.
 pub(super) async fn merge_lookup(cache: &dyn CacheStore, job: &Job<'_>) -> Result<MergeLookup> {
     let (whole, layers) = whole_layers(cache, job).await?;
-    let mut parts: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
+    let mut parts: BTreeMap<Slot, Vec<Tensor>> = BTreeMap::new();
     let mut missing = Vec::new();
     for &layer in &layers {
         let mut got = Vec::new();
         for (i, &(start, end)) in job.blocks().iter().enumerate() {
-            match load(cache, &job.key(layer, Some((start, end))), end - start, job.width()).await? {
+            match load(cache, &job.key(layer, Some((start, end))), end - start, job.width(layer)).await? {
                 Some(t) => got.push(t),
                 None => missing.push((layer, i)),
             }
@@ -452,7 +485,7 @@ pub(super) async fn merge_fold(
     cache: &dyn CacheStore,
     job: &Job<'_>,
     found: MergeLookup,
-) -> Result<BTreeMap<usize, Tensor>> {
+) -> Result<BTreeMap<Slot, Tensor>> {
     debug_assert!(found.missing.is_empty());
     let mut done = found.whole;
     done.extend(fold(cache, job, found.parts).await?);
@@ -491,38 +524,37 @@ pub async fn extract_inputs(
     positions: Positions,
     batch_size: usize,
 ) -> Result<BTreeMap<usize, Tensor>> {
-    extract_spans(extractor, observer, texts, special, layers, (positions, None, Site::Resid), batch_size).await
+    let reads = [(Site::Resid, layers.to_vec())];
+    let out = extract_spans(extractor, observer, texts, special, &reads, (positions, None), batch_size).await?;
+    Ok(out.into_iter().map(|((_, layer), t)| (layer, t)).collect())
 }
 
-/// [`extract_inputs`] at `site`, reading, for `Last` and `Mean`, the tokens `spans` give per
-/// input (`None`: every token); tensors `[n, width]` ([`Site::Heads`] flattened).
+/// [`extract_inputs`] at every site of `reads` (per site, its layers; all read in the same
+/// forward passes), reading, for `Last` and `Mean`, the tokens `spans` give per input
+/// (`None`: every token); tensors `[n, width]` by (site, layer) ([`Site::Heads`] flattened).
 pub(super) async fn extract_spans(
     extractor: &dyn ActivationExtractor,
     observer: &dyn SweepObserver,
     texts: &Inputs,
     special: SpecialTokens,
-    layers: &[usize],
-    (positions, spans, site): (Positions, Option<&[Span]>, Site),
+    reads: &[(Site, Vec<usize>)],
+    (positions, spans): (Positions, Option<&[Span]>),
     batch_size: usize,
-) -> Result<BTreeMap<usize, Tensor>> {
+) -> Result<BTreeMap<Slot, Tensor>> {
     if batch_size == 0 {
         return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
     }
     if positions == Positions::All {
         return Err(Error::invalid("positions", "\"all\" is not supported here: use last or mean"));
     }
-    let mut layers = layers.to_vec();
-    layers.sort_unstable();
-    layers.dedup();
-    ActivationRequest::new(texts.clone(), layers.clone())
-        .with_batch_size(batch_size)
-        .with_site(site)
-        .validate(&extractor.model_info())?;
-    let hidden = extractor.model_info().width(site);
+    let info = extractor.model_info();
+    let request = request_for(texts, reads).with_batch_size(batch_size);
+    request.validate(&info)?;
+    let slots = slots(&request.reads());
     let batches: Vec<(usize, usize)> =
         (0..texts.len()).step_by(batch_size).map(|s| (s, (s + batch_size).min(texts.len()))).collect();
     observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Activations, total: batches.len() });
-    let mut parts: BTreeMap<usize, Vec<Tensor>> = layers.iter().map(|&l| (l, Vec::new())).collect();
+    let mut parts: BTreeMap<Slot, Vec<Tensor>> = slots.iter().map(|&l| (l, Vec::new())).collect();
     let (backoff, mut calls) = (Backoff::halving(), 0);
     for (b, &(start, end)) in batches.iter().enumerate() {
         let part = texts.slice(start, end);
@@ -531,8 +563,8 @@ pub(super) async fn extract_spans(
             observer,
             &part,
             special,
-            &layers,
-            (positions, spans.map(|s| &s[start..end]), site),
+            &slots,
+            (positions, spans.map(|s| &s[start..end])),
             (batch_size, &backoff),
             &mut calls,
         )
@@ -543,5 +575,5 @@ pub(super) async fn extract_spans(
         observer.on_event(&SweepEvent::Progress { phase: Phase::Activations, done: b + 1 });
     }
     observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Activations });
-    Ok(parts.into_iter().map(|(l, p)| (l, concat(p, hidden))).collect())
+    Ok(parts.into_iter().map(|(l, p)| (l, concat(p, info.width(l.0)))).collect())
 }

@@ -63,6 +63,9 @@ mod transfer;
 
 use std::collections::BTreeMap;
 
+/// What the activation phase hands the probes: per (site, layer), `[n, width]`.
+pub type Features = BTreeMap<(crate::Site, usize), Tensor>;
+
 pub use activations::{extract_all, extract_inputs};
 
 /// Hidden states of the prompts themselves (no completions) at `readout`, in batches of
@@ -76,16 +79,16 @@ pub async fn extract_prompts(
     extractor: &dyn ActivationExtractor,
     observer: &dyn SweepObserver,
     prompts: &PromptSet,
-    layers: &[usize],
-    (readout, site): (&Readout, crate::Site),
+    reads: &[(crate::Site, Vec<usize>)],
+    readout: &Readout,
     batch_size: usize,
-) -> Result<BTreeMap<usize, Tensor>> {
+) -> Result<BTreeMap<(crate::Site, usize), Tensor>> {
     spans::check(readout, false)?;
     let texts = crate::Inputs::Texts(prompts.texts());
     let special = prompts.special_tokens;
     let spans = spans::resolve(extractor, readout, special, (prompts, (0, prompts.len())), None, &texts)?;
-    let how = (readout.positions(), spans.as_deref(), site);
-    activations::extract_spans(extractor, observer, &texts, special, layers, how, batch_size).await
+    let how = (readout.positions(), spans.as_deref());
+    activations::extract_spans(extractor, observer, &texts, special, reads, how, batch_size).await
 }
 pub use layers::LayerSelection;
 pub use observer::{NoProgress, Phase, SweepEvent, SweepObserver};
@@ -125,6 +128,9 @@ pub struct SweepConfig {
     pub plan: Option<crate::plan::RunPlan>,
     /// Where activations are read; for a site inside blocks, `layers` are blocks (`0..L`).
     pub site: crate::Site,
+    /// Further sites read in the same forward passes, each at its own layers (see
+    /// [`SweepConfig::reads`]); empty: `site` alone.
+    pub more_sites: Vec<(crate::Site, Vec<usize>)>,
 }
 
 impl Default for SweepConfig {
@@ -138,6 +144,7 @@ impl Default for SweepConfig {
             generation_in_flight: 1,
             plan: None,
             site: crate::Site::Resid,
+            more_sites: Vec::new(),
         }
     }
 }
@@ -158,10 +165,29 @@ impl SweepConfig {
         self.batch_size = b;
         self
     }
-    /// Sets where activations are read.
+    /// Sets where activations are read (one site: the further sites are dropped).
     pub fn with_site(mut self, site: crate::Site) -> Self {
         self.site = site;
+        self.more_sites.clear();
         self
+    }
+    /// Also reads `site` at `layers` (numbered as that site numbers them), in the same forward
+    /// passes.
+    pub fn with_more_site(mut self, site: crate::Site, layers: Vec<usize>) -> Self {
+        self.more_sites.push((site, layers));
+        self
+    }
+    /// What is read: `(site, layers)` per site, [`SweepConfig::site`] first, as
+    /// [`crate::ActivationRequest::reads`].
+    pub fn reads(&self) -> Vec<(crate::Site, Vec<usize>)> {
+        let mut request =
+            crate::ActivationRequest::new(crate::Inputs::default(), self.layers.clone()).with_site(self.site);
+        request.more_sites = self.more_sites.clone();
+        request.reads()
+    }
+    /// Whether several sites are read (the report then names each layer's site).
+    pub fn several_sites(&self) -> bool {
+        !self.more_sites.is_empty()
     }
     /// Sets the sampling; `None` turns generation off.
     pub fn with_sampling(mut self, s: Option<SamplingParams>) -> Self {
@@ -244,19 +270,7 @@ pub fn validate(parts: &SweepParts<'_>, prompts: &PromptSet, config: &SweepConfi
 fn validate_features(parts: &SweepParts<'_>, prompts: &PromptSet, config: &SweepConfig) -> Result<()> {
     let info = parts.extractor.model_info();
     prompts.check_rendered()?;
-    if config.layers.is_empty() {
-        return Err(Error::invalid("layers", "no layers requested"));
-    }
-    if let Some(&bad) = config.layers.iter().find(|&&l| l > info.num_layers) {
-        return Err(Error::invalid(
-            "layer",
-            format!(
-                "{bad} is out of range: the model has {} hidden states (layers 0..={})",
-                info.num_layers + 1,
-                info.num_layers
-            ),
-        ));
-    }
+    crate::activation::check_reads(&config.reads(), &info)?;
     if config.batch_size == 0 {
         return Err(Error::invalid("batch size", "0 (must be ≥ 1)"));
     }
@@ -429,12 +443,10 @@ pub async fn features(
     parts: SweepParts<'_>,
     prompts: &PromptSet,
     config: &SweepConfig,
-) -> Result<(BTreeMap<usize, Tensor>, SweepSummary)> {
+) -> Result<(Features, SweepSummary)> {
     validate_features(&parts, prompts, config)?;
     let info = parts.extractor.model_info();
-    let mut layers = config.layers.clone();
-    layers.sort_unstable();
-    layers.dedup();
+    let layers = activations::slots(&config.reads());
     let mut summary = SweepSummary { generation: config.sampling.is_some(), ..SweepSummary::default() };
     let corrupt_before = parts.cache.corrupt_entries();
     let reuse_before = parts.extractor.pass_reuse();
@@ -466,9 +478,8 @@ pub async fn features(
         spans,
         batch_size: config.batch_size,
         special_tokens: prompts.special_tokens,
-        site: config.site,
     };
-    let features: BTreeMap<usize, Tensor> =
+    let features: Features =
         activations::cached_extract(parts.extractor, parts.cache, parts.observer, &job, &texts, &mut summary).await?;
 
     summary.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
@@ -480,14 +491,14 @@ pub async fn features(
 /// block), with the statistics of layers; in block then head order.
 fn head_scores(
     info: &crate::ModelInfo,
-    features: &BTreeMap<usize, Tensor>,
+    features: &Features,
     targets: &Targets,
     fold: &[usize],
     config: &SweepConfig,
 ) -> Result<Vec<LayerScore>> {
     let (nh, d) = (info.num_heads, info.head_dim);
     let mut out = Vec::with_capacity(features.len() * nh);
-    for (&layer, tensor) in features {
+    for (&(_, layer), tensor) in features.iter().filter(|((site, _), _)| *site == crate::Site::Heads) {
         if nh == 0 || tensor.shape.get(1) != Some(&(nh * d)) {
             return Err(Error::invalid(
                 "site",
@@ -512,7 +523,7 @@ pub(super) fn report(
     prompts: &PromptSet,
     config: &SweepConfig,
     info: &crate::ModelInfo,
-    features: &BTreeMap<usize, Tensor>,
+    features: &Features,
     summary: SweepSummary,
 ) -> Result<SweepReport> {
     let targets = targets(prompts, config)?;
@@ -520,8 +531,16 @@ pub(super) fn report(
     parts.observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Probes, total: features.len() });
     let mut scores = Vec::with_capacity(features.len());
     let mut probes = Vec::new();
-    for (i, (&layer, tensor)) in features.iter().enumerate() {
-        scores.push(evaluate_layer(layer, tensor, &targets, &fold, &config.probe)?);
+    // Layers in the order the sites were asked for (a one-site sweep: by layer).
+    let order = activations::slots(&config.reads());
+    let several = config.several_sites();
+    for (i, (site, layer)) in order.into_iter().enumerate() {
+        let tensor = features
+            .get(&(site, layer))
+            .ok_or_else(|| Error::backend("sweep", format!("layer {layer} of site {site} has no activations")))?;
+        let mut score = evaluate_layer(layer, tensor, &targets, &fold, &config.probe)?;
+        score.site = several.then_some(site);
+        scores.push(score);
         if let Targets::Classes { .. } = targets {
             let meta = ProbeMeta {
                 model: info.id.id.clone(),
@@ -529,8 +548,8 @@ pub(super) fn report(
                 dtype: info.dtype.clone(),
                 tokenizer: info.tokenizer.clone(),
                 layer,
-                hidden_size: info.width(config.site),
-                site: config.site,
+                hidden_size: info.width(site),
+                site,
                 positions: config.positions.clone(),
                 classes: prompts.classes(),
                 c: f64::NAN,
@@ -542,11 +561,7 @@ pub(super) fn report(
         }
         parts.observer.on_event(&SweepEvent::Progress { phase: Phase::Probes, done: i + 1 });
     }
-    let heads = if config.site == crate::Site::Heads {
-        head_scores(info, features, &targets, &fold, config)?
-    } else {
-        Vec::new()
-    };
+    let heads = head_scores(info, features, &targets, &fold, config)?;
     parts.observer.on_event(&SweepEvent::PhaseFinished { phase: Phase::Probes });
     tracing::info!("{summary}");
     Ok(SweepReport {
@@ -555,6 +570,7 @@ pub(super) fn report(
         prompt_set: prompts.name.clone(),
         positions: config.positions.to_string(),
         site: config.site,
+        sites: if several { config.reads().into_iter().map(|(s, _)| s).collect() } else { Vec::new() },
         steering: config.sampling.as_ref().map(|s| s.steering.clone()).unwrap_or_default(),
         heads,
         classes: if matches!(targets, Targets::Classes { .. }) { prompts.classes() } else { Vec::new() },

@@ -19,6 +19,10 @@ pub struct LayerScore {
     /// The attention head of block `layer` the probe read (`heads[]` of a `heads` sweep).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<usize>,
+    /// The site of `layer`, in a sweep of several sites ([`SweepReport::sites`]); absent in a
+    /// sweep of one (the report's [`SweepReport::site`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<crate::Site>,
     /// Mean held-out accuracy over the folds.
     #[serde(default = "nan", skip_serializing_if = "is_nan")]
     pub accuracy: f64,
@@ -81,6 +85,7 @@ impl LayerScore {
         Self {
             layer,
             head: None,
+            site: None,
             accuracy: f64::NAN,
             accuracy_std: None,
             ci95: [f64::NAN; 2],
@@ -94,6 +99,14 @@ impl LayerScore {
             control_r2: None,
             n_train,
             n_test,
+        }
+    }
+
+    /// The layer as reports name it: `3`, or `attn_out.3` in a sweep of several sites.
+    pub fn name(&self) -> String {
+        match self.site {
+            Some(site) => format!("{site}.{}", self.layer),
+            None => self.layer.to_string(),
         }
     }
 
@@ -204,6 +217,10 @@ pub struct SweepReport {
     /// for a site inside blocks.
     #[serde(default, skip_serializing_if = "crate::Site::is_resid")]
     pub site: crate::Site,
+    /// A sweep of several sites (read in the same forward passes): every site, `site` first;
+    /// each entry of `layers` then names its site. Absent for one site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<crate::Site>,
     /// The steering the completions were generated with (none: absent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steering: Vec<crate::Intervention>,
@@ -225,7 +242,8 @@ pub struct SweepReport {
     /// The outer fold (`0..folds`) of every prompt id.
     #[serde(default)]
     pub folds: BTreeMap<String, usize>,
-    /// One entry per layer, sorted by layer.
+    /// One entry per layer, sorted by layer; a sweep of several sites has one per (site, layer),
+    /// by site as in `sites`, then by layer.
     pub layers: Vec<LayerScore>,
     /// Counts of the run.
     pub summary: SweepSummary,
@@ -262,7 +280,24 @@ impl SweepReport {
         self.task == "regression"
     }
 
-    /// The per-layer table as plain text (what the CLI prints).
+    /// The part of a sweep of several sites that read `site`: its layers, probes and heads, as
+    /// the report of a sweep of that site alone would hold them.
+    pub fn for_site(&self, site: crate::Site) -> SweepReport {
+        let mine = |l: &LayerScore| l.site.is_none_or(|s| s == site);
+        let mut layers: Vec<LayerScore> = self.layers.iter().filter(|l| mine(l)).copied().collect();
+        layers.iter_mut().for_each(|l| l.site = None);
+        SweepReport {
+            site,
+            sites: Vec::new(),
+            layers,
+            heads: if site == crate::Site::Heads { self.heads.clone() } else { Vec::new() },
+            probes: self.probes.iter().filter(|p| p.meta.site == site).cloned().collect(),
+            ..self.clone()
+        }
+    }
+
+    /// The per-layer table as plain text (what the CLI prints); a sweep of several sites names
+    /// each layer's site (`attn_out.3`).
     pub fn table(&self) -> String {
         let name = if self.regression() { "r2" } else { "accuracy" };
         let mut s = format!(
@@ -273,7 +308,7 @@ impl SweepReport {
         for l in &self.layers {
             s.push_str(&format!(
                 "{:>5}  {:>8.3}  {:>6.3}  {:>15}  {:>6}  {:>7.3}  {:>8}  {:>7}  {:>6}  {:>7}  {:>6}\n",
-                l.layer,
+                l.name(),
                 l.score(),
                 l.score_std(),
                 format!("[{:.3}, {:.3}]", l.ci95[0], l.ci95[1]),
@@ -314,7 +349,14 @@ impl SweepReport {
                 format!("classes {}", self.classes.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))
             },
             self.positions,
-            if self.site.is_resid() { String::new() } else { format!(", site `{}` (layers are blocks)", self.site) },
+            match (self.sites.is_empty(), self.site.is_resid()) {
+                (false, _) => format!(
+                    ", sites {} (read in one pass; `site.layer`, layers of sites but resid are blocks)",
+                    self.sites.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+                ),
+                (true, true) => String::new(),
+                (true, false) => format!(", site `{}` (layers are blocks)", self.site),
+            },
             self.probe.folds,
             self.seed,
             self.summary
@@ -324,7 +366,7 @@ impl SweepReport {
         for l in &self.layers {
             s.push_str(&format!(
                 "| {} | {} | {} | [{}, {}] | {} | {} | {} | {} | {} | {} | {} |\n",
-                l.layer,
+                l.name(),
                 num(l.score()),
                 num(l.score_std()),
                 num(l.ci95[0]),
@@ -341,7 +383,7 @@ impl SweepReport {
         if let Some(b) = self.best() {
             s.push_str(&format!(
                 "\nBest layer: {} ({name} {:.3}, 95 % interval [{:.3}, {:.3}], selectivity {}).\n",
-                b.layer,
+                b.name(),
                 b.score(),
                 b.ci95[0],
                 b.ci95[1],
@@ -381,8 +423,9 @@ One probe per (block, head) on its `head_dim` values ({} probes; `heads.svg`):
                 "\nTrained on all of `{}`, tested on `{}` ({} prompts):\n\n| layer | accuracy |\n|---|---|\n",
                 self.prompt_set, t.prompt_set, t.n_prompts
             ));
-            for (layer, acc) in &t.layers {
-                s.push_str(&format!("| {layer} | {} |\n", opt(*acc)));
+            for (i, (layer, acc)) in t.layers.iter().enumerate() {
+                let site = t.sites.get(i).map_or(String::new(), |s| format!("{s}."));
+                s.push_str(&format!("| {site}{layer} | {} |\n", opt(*acc)));
             }
         }
         let sections = [

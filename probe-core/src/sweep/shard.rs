@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::activations::{self, Job};
+use super::activations::{self, Job, Slot};
 use super::generations::{self, GenJob, Merged};
 use super::{PromptSet, SweepConfig, SweepParts, SweepReport, SweepSummary, cache_blocks, validate};
 use crate::key::ActivationSource;
@@ -140,7 +140,7 @@ pub async fn run_shard(
     shard.check()?;
     validate(&parts, prompts, config)?;
     let info = parts.extractor.model_info();
-    let layers = sorted(&config.layers);
+    let layers = activations::slots(&config.reads());
     let n = prompts.len();
     let mine = shard.blocks(n);
     let own_rows: Vec<(usize, usize)> = mine.iter().map(|&(_, r)| r).collect();
@@ -220,7 +220,7 @@ pub async fn merge(
 ) -> Result<SweepReport> {
     validate(&parts, prompts, config)?;
     let info = parts.extractor.model_info();
-    let layers = sorted(&config.layers);
+    let layers = activations::slots(&config.reads());
     let n = prompts.len();
     let grid = cache_blocks(n);
     let mut summary = SweepSummary { generation: config.sampling.is_some(), ..SweepSummary::default() };
@@ -267,7 +267,7 @@ pub async fn missing_blocks(
 ) -> Result<BTreeMap<usize, Vec<String>>> {
     validate(&parts, prompts, config)?;
     let info = parts.extractor.model_info();
-    let layers = sorted(&config.layers);
+    let layers = activations::slots(&config.reads());
     Ok(lookup(&parts, prompts, config, &info, &layers).await?.missing)
 }
 
@@ -286,7 +286,7 @@ async fn lookup<'a>(
     prompts: &'a PromptSet,
     config: &'a SweepConfig,
     info: &crate::ModelInfo,
-    layers: &[usize],
+    layers: &[Slot],
 ) -> Result<Lookup<'a>> {
     let grid = cache_blocks(prompts.len());
     let mut gen_job = None;
@@ -323,12 +323,14 @@ async fn lookup<'a>(
             missing.entry(r.0 / super::CACHE_BLOCK_ROWS).or_default().push("generations".into());
         }
     }
-    let mut by_block: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for &(layer, block) in &found.missing {
-        by_block.entry(block).or_default().push(layer);
+    let mut by_block: BTreeMap<usize, Vec<Slot>> = BTreeMap::new();
+    for &(slot, block) in &found.missing {
+        by_block.entry(block).or_default().push(slot);
     }
+    let several = config.several_sites();
     for (block, layers) in by_block {
-        let list: Vec<String> = layers.iter().map(usize::to_string).collect();
+        let name = |&(site, layer): &Slot| if several { format!("{site}.{layer}") } else { layer.to_string() };
+        let list: Vec<String> = layers.iter().map(name).collect();
         missing.entry(block).or_default().push(format!(
             "layer{} {}",
             if layers.len() == 1 { "" } else { "s" },
@@ -342,7 +344,7 @@ fn activation_job<'a>(
     info: &'a crate::ModelInfo,
     prompts: &'a PromptSet,
     source: &'a ActivationSource,
-    layers: &'a [usize],
+    layers: &'a [Slot],
     config: &'a SweepConfig,
 ) -> Job<'a> {
     Job {
@@ -355,7 +357,6 @@ fn activation_job<'a>(
         spans: None,
         batch_size: config.batch_size,
         special_tokens: prompts.special_tokens,
-        site: config.site,
     }
 }
 
@@ -408,11 +409,4 @@ fn missing_message(missing: &BTreeMap<usize, Vec<String>>, grid: &[(usize, usize
         msg.push_str("; run the missing shards (or a plain sweep) first");
     }
     msg
-}
-
-fn sorted(layers: &[usize]) -> Vec<usize> {
-    let mut l = layers.to_vec();
-    l.sort_unstable();
-    l.dedup();
-    l
 }

@@ -1,7 +1,8 @@
 //! Every token's hidden states (`--positions all`), streamed batch by batch into row shards
 //! of bounded size, never held whole in memory. A shard is one safetensors file that stock
-//! numpy/safetensors read: `layer.<L>` f32 `[tokens, hidden]` (the shard's rows one after
-//! another, no padding), `token_ids` u32 `[tokens]`, `row_offsets` i64 `[rows + 1]` (row `r`
+//! numpy/safetensors read: `layer.<L>` f32 `[tokens, width]` (the shard's rows one after
+//! another, no padding; `[tokens, heads, head_dim]` at site `heads`; `<site>.layer.<L>` when
+//! several sites are read, all in the same forward passes), `token_ids` u32 `[tokens]`, `row_offsets` i64 `[rows + 1]` (row `r`
 //! is tokens `row_offsets[r]..row_offsets[r + 1]`), and metadata `first_row`, `ids` (JSON
 //! list of the rows' prompt ids), `model`, `revision`, `dtype`, `positions` = `all`.
 
@@ -11,7 +12,7 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use super::{Phase, PromptSet, SweepEvent, SweepObserver};
 use crate::plan::Backoff;
-use crate::{ActivationExtractor, ActivationRequest, Error, Inputs, Positions, Result};
+use crate::{ActivationExtractor, Error, Inputs, ModelInfo, Positions, Result, Site};
 
 /// Bytes per shard at most, by default (2 GiB).
 pub const DEFAULT_SHARD_BYTES: u64 = 2 << 30;
@@ -30,28 +31,42 @@ pub struct TokenShard {
     pub token_ids: Vec<u32>,
     /// `rows + 1` offsets into the tokens.
     pub row_offsets: Vec<u64>,
-    /// Per layer, `[tokens, hidden]` values.
-    pub layers: BTreeMap<usize, Vec<f32>>,
-    /// Hidden size.
-    pub hidden: usize,
+    /// Per (site, layer), `[tokens, width]` values.
+    pub layers: BTreeMap<(Site, usize), Vec<f32>>,
+    /// Per site, the shape of one token's values (`[hidden]`; `[heads, head_dim]` for
+    /// [`Site::Heads`]).
+    pub token_shapes: BTreeMap<Site, Vec<usize>>,
+}
+
+/// The shape of one token's values at `site`.
+fn token_shape(info: &ModelInfo, site: Site) -> Vec<usize> {
+    match site {
+        Site::Heads => vec![info.num_heads, info.head_dim],
+        _ => vec![info.width(site)],
+    }
 }
 
 impl TokenShard {
-    fn new(index: usize, first_row: usize, layers: &[usize], hidden: usize) -> Self {
+    fn new(index: usize, first_row: usize, slots: &[(Site, usize)], token_shapes: &BTreeMap<Site, Vec<usize>>) -> Self {
         Self {
             index,
             first_row,
             ids: Vec::new(),
             token_ids: Vec::new(),
             row_offsets: vec![0],
-            layers: layers.iter().map(|&l| (l, Vec::new())).collect(),
-            hidden,
+            layers: slots.iter().map(|&l| (l, Vec::new())).collect(),
+            token_shapes: token_shapes.clone(),
         }
+    }
+
+    /// Values per token over every (site, layer).
+    fn token_width(&self) -> usize {
+        self.layers.keys().map(|(site, _)| self.token_shapes[site].iter().product::<usize>()).sum()
     }
 
     /// Bytes of its tensors.
     pub fn bytes(&self) -> u64 {
-        row_bytes(self.token_ids.len(), self.layers.len(), self.hidden) + 8 * self.row_offsets.len() as u64
+        row_bytes(self.token_ids.len(), self.token_width()) + 8 * self.row_offsets.len() as u64
     }
 
     /// The safetensors file, with `meta` added to its metadata.
@@ -61,10 +76,15 @@ impl TokenShard {
     pub fn to_safetensors(&self, meta: &HashMap<String, String>) -> Result<Vec<u8>> {
         let tokens = self.token_ids.len();
         let le = |v: &mut dyn Iterator<Item = [u8; 4]>| v.flatten().collect::<Vec<u8>>();
-        let layer_bytes: Vec<(String, Vec<u8>)> = self
+        let several = self.token_shapes.len() > 1;
+        let layer_bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
             .layers
             .iter()
-            .map(|(l, v)| (format!("layer.{l}"), le(&mut v.iter().map(|x| x.to_le_bytes()))))
+            .map(|((site, l), v)| {
+                let name = if several { format!("{site}.layer.{l}") } else { format!("layer.{l}") };
+                let shape = [vec![tokens], self.token_shapes[site].clone()].concat();
+                (name, shape, le(&mut v.iter().map(|x| x.to_le_bytes())))
+            })
             .collect();
         let ids = le(&mut self.token_ids.iter().map(|x| x.to_le_bytes()));
         let offsets: Vec<u8> = self.row_offsets.iter().flat_map(|&o| (o as i64).to_le_bytes()).collect();
@@ -76,8 +96,8 @@ impl TokenShard {
                 TensorView::new(Dtype::I64, vec![self.row_offsets.len()], &offsets).map_err(st)?,
             ),
         ];
-        for (name, b) in &layer_bytes {
-            views.push((name.clone(), TensorView::new(Dtype::F32, vec![tokens, self.hidden], b).map_err(st)?));
+        for (name, shape, b) in &layer_bytes {
+            views.push((name.clone(), TensorView::new(Dtype::F32, shape.clone(), b).map_err(st)?));
         }
         let mut meta = meta.clone();
         meta.insert("first_row".into(), self.first_row.to_string());
@@ -87,23 +107,25 @@ impl TokenShard {
     }
 }
 
-fn row_bytes(tokens: usize, layers: usize, hidden: usize) -> u64 {
-    tokens as u64 * (4 * hidden as u64 * layers as u64 + 4)
+/// Bytes of `tokens` tokens of `width` values each (over every layer), and their ids.
+fn row_bytes(tokens: usize, width: usize) -> u64 {
+    tokens as u64 * (4 * width as u64 + 4)
 }
 
-/// Extracts every token of every prompt at `layers` (batches of `batch_size` through the
-/// out-of-memory back-off) and hands `sink` one [`TokenShard`] at a time, each at most
-/// `max_shard_bytes`; returns the number of shards.
+/// Extracts every token of every prompt at `reads` (per site, its layers; every site read in
+/// the same forward passes), in batches of `batch_size` through the out-of-memory back-off,
+/// and hands `sink` one [`TokenShard`] at a time, each at most `max_shard_bytes`; returns the
+/// number of shards.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for no prompts or layers, a batch size or shard limit of 0, or one
-/// prompt larger than a shard (naming it); the extractor's errors (it must support
-/// `Positions::All` and tokenise texts), and `sink`'s.
+/// [`Error::InvalidInput`] for no prompts or layers, a site twice, a batch size or shard limit
+/// of 0, or one prompt larger than a shard (naming it); the extractor's errors (it must
+/// support `Positions::All` and tokenise texts), and `sink`'s.
 pub async fn stream_all_tokens(
     extractor: &dyn ActivationExtractor,
     observer: &dyn SweepObserver,
     prompts: &PromptSet,
-    layers: &[usize],
+    reads: &[(Site, Vec<usize>)],
     (batch_size, max_shard_bytes): (usize, u64),
     sink: &mut dyn FnMut(TokenShard) -> Result<()>,
 ) -> Result<usize> {
@@ -111,16 +133,18 @@ pub async fn stream_all_tokens(
         return Err(Error::invalid("batch size / shard size", "0 (must be ≥ 1)"));
     }
     let info = extractor.model_info();
-    let mut layers = layers.to_vec();
-    layers.sort_unstable();
-    layers.dedup();
     let special = prompts.special_tokens;
     let ids: Vec<Vec<u32>> =
         prompts.prompts.iter().map(|p| extractor.tokenize(&p.text, special)).collect::<Result<_>>()?;
-    ActivationRequest::token_ids(ids.clone(), layers.clone()).with_positions(Positions::All).validate(&info)?;
-    let hidden = info.hidden_size;
+    let request = super::activations::request_for(&Inputs::TokenIds(ids.clone()), reads).with_positions(Positions::All);
+    request.validate(&info)?;
+    let reads = request.reads();
+    let slots = super::activations::slots(&reads);
+    let shapes: BTreeMap<Site, Vec<usize>> = reads.iter().map(|&(site, _)| (site, token_shape(&info, site))).collect();
+    let width = |site: Site| shapes[&site].iter().product::<usize>();
+    let token_width: usize = slots.iter().map(|&(site, _)| width(site)).sum();
     for (p, seq) in prompts.prompts.iter().zip(&ids) {
-        let need = row_bytes(seq.len(), layers.len(), hidden) + 16;
+        let need = row_bytes(seq.len(), token_width) + 16;
         if need > max_shard_bytes {
             return Err(Error::invalid(
                 "shard size",
@@ -131,25 +155,27 @@ pub async fn stream_all_tokens(
     let batches = super::blocks(ids.len(), batch_size);
     observer.on_event(&SweepEvent::PhaseStarted { phase: Phase::Activations, total: batches.len() });
     let backoff = Backoff::halving();
-    let mut shard = TokenShard::new(0, 0, &layers, hidden);
+    let mut shard = TokenShard::new(0, 0, &slots, &shapes);
     let mut shards = 0;
     for (b, &(start, end)) in batches.iter().enumerate() {
-        let request = ActivationRequest::new(Inputs::TokenIds(ids[start..end].to_vec()), layers.clone())
+        let request = super::activations::request_for(&Inputs::TokenIds(ids[start..end].to_vec()), &reads)
             .with_positions(Positions::All)
             .with_batch_size(end - start);
         let acts = backoff.extract(extractor, request, &|_, _| {}).await?;
         for r in 0..end - start {
             let row = start + r;
             let len = ids[row].len();
-            if shard.bytes() + row_bytes(len, layers.len(), hidden) + 8 > max_shard_bytes {
-                let next = TokenShard::new(shard.index + 1, row, &layers, hidden);
+            if shard.bytes() + row_bytes(len, token_width) + 8 > max_shard_bytes {
+                let next = TokenShard::new(shard.index + 1, row, &slots, &shapes);
                 sink(std::mem::replace(&mut shard, next))?;
                 shards += 1;
             }
-            for (&layer, out) in shard.layers.iter_mut() {
-                let t = acts.layer(layer).ok_or_else(|| Error::backend("extractor", format!("no layer {layer}")))?;
-                let seq = t.shape[1];
-                out.extend_from_slice(&t.data[r * seq * hidden..(r * seq + len) * hidden]);
+            for (&(site, layer), out) in shard.layers.iter_mut() {
+                let t = acts
+                    .at(site, layer)
+                    .ok_or_else(|| Error::backend("extractor", format!("no layer {layer} of site {site}")))?;
+                let (seq, w) = (t.shape[1], width(site));
+                out.extend_from_slice(&t.data[r * seq * w..(r * seq + len) * w]);
             }
             shard.token_ids.extend_from_slice(&ids[row]);
             shard.row_offsets.push(shard.token_ids.len() as u64);

@@ -1,12 +1,10 @@
 //! Generalisation across prompt sets: the probes a sweep trained on every prompt of its set,
 //! scored on another set's activations (`probe sweep --test-on`).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::{Applied, PromptSet, SweepReport};
-use crate::{Error, Result, Tensor};
+use crate::{Error, Result};
 
 /// The probes' accuracy on another prompt set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,12 +17,15 @@ pub struct TransferScore {
     /// Per layer: the accuracy of the probe trained on the sweep's set (`None` when the set
     /// has no labels).
     pub layers: Vec<(usize, Option<f64>)>,
+    /// A sweep of several sites: the site of each of `layers` (absent for one site).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<crate::Site>,
 }
 
 /// Per layer, every prompt's result.
 pub type LayerResults = Vec<(usize, Vec<Applied>)>;
 
-/// Scores every saved probe of `report` on `features` (by layer) of `set`; returns the
+/// Scores every saved probe of `report` on `features` (by site and layer) of `set`; returns the
 /// score and, per layer, every prompt's result.
 ///
 /// # Errors
@@ -33,7 +34,7 @@ pub type LayerResults = Vec<(usize, Vec<Applied>)>;
 pub fn transfer(
     report: &SweepReport,
     set: &PromptSet,
-    features: &BTreeMap<usize, Tensor>,
+    features: &super::Features,
 ) -> Result<(TransferScore, LayerResults)> {
     let labelled = set.prompts.iter().all(|p| p.label.is_some());
     let truth: Option<Vec<usize>> = labelled
@@ -58,8 +59,10 @@ pub fn transfer(
     let mut layers = Vec::new();
     let mut applied = Vec::new();
     for probe in &report.probes {
-        let layer = probe.meta.layer;
-        let t = features.get(&layer).ok_or_else(|| Error::invalid("layer", format!("{layer} has no features")))?;
+        let (site, layer) = (probe.meta.site, probe.meta.layer);
+        let t = features
+            .get(&(site, layer))
+            .ok_or_else(|| Error::invalid("layer", format!("{layer} (site {site}) has no features")))?;
         let results = probe.apply(t)?;
         let accuracy = truth
             .as_ref()
@@ -67,5 +70,6 @@ pub fn transfer(
         layers.push((layer, accuracy));
         applied.push((layer, results));
     }
-    Ok((TransferScore { prompt_set: set.name.clone(), n_prompts: set.len(), layers }, applied))
+    let sites = if report.sites.is_empty() { Vec::new() } else { report.probes.iter().map(|p| p.meta.site).collect() };
+    Ok((TransferScore { prompt_set: set.name.clone(), n_prompts: set.len(), layers, sites }, applied))
 }

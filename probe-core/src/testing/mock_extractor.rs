@@ -85,7 +85,8 @@ impl ActivationExtractor for MockExtractor {
         let hidden = self.info.hidden_size;
         let seq = tokens.iter().map(Vec::len).max().unwrap_or(0);
         let mut layers = Vec::new();
-        for layer in request.sorted_layers() {
+        // Every site reads the same values (a mock: the site only tags them).
+        for (site, layer) in request.reads().into_iter().flat_map(|(s, ls)| ls.into_iter().map(move |l| (s, l))) {
             let mut data = Vec::new();
             for (i, toks) in tokens.iter().enumerate() {
                 let span = request.span(i, toks.len())?;
@@ -119,7 +120,7 @@ impl ActivationExtractor for MockExtractor {
                 }
             }
             let shape = if request.positions == Positions::All { vec![n, seq, hidden] } else { vec![n, hidden] };
-            layers.push(LayerActivations { layer, tensor: Tensor::new(shape, data) });
+            layers.push(LayerActivations::new(site, layer, Tensor::new(shape, data)));
         }
         let mask = (request.positions == Positions::All).then(|| {
             Tensor::new(
