@@ -198,7 +198,11 @@ impl ActivationRequest {
             return Ok(());
         }
         Err(Error::not_supported(
-            format!("site {} (only the residual stream here; the candle extractor reads every site)", self.site),
+            format!(
+                "site {} (only the residual stream here; the candle extractor reads every site, tch and ort \
+                 those of an export made with `--sites`)",
+                self.site
+            ),
             backend,
         ))
     }
