@@ -194,6 +194,40 @@ fn run_fold(
     Ok(Fold { score, auc, c, control, dom, held_out, n_train: train.len() })
 }
 
+/// Cross-validates one probe per attention head of block `layer` (a `heads` sweep): `features`
+/// `[n, heads·head_dim]` (each position's heads side by side), `shape` = `(heads, head_dim)`;
+/// each head's `[n, head_dim]` columns go through [`evaluate_layer`]. Scores in head order,
+/// each with its `head`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a tensor that is not `[n, heads·head_dim]` (or no heads), and
+/// [`evaluate_layer`]'s errors.
+pub fn evaluate_heads(
+    layer: usize,
+    features: &Tensor,
+    shape: (usize, usize),
+    targets: &Targets,
+    fold: &[usize],
+    cfg: &ProbeConfig,
+) -> Result<Vec<LayerScore>> {
+    let (nh, d) = shape;
+    if nh == 0 || d == 0 || features.shape.len() != 2 || features.shape[1] != nh * d {
+        return Err(Error::invalid(
+            "site",
+            format!("heads: block {layer} has shape {:?}, not [n, {nh} heads × {d}]", features.shape),
+        ));
+    }
+    let n = features.rows();
+    (0..nh)
+        .map(|h| {
+            let data = (0..n).flat_map(|r| features.row(r)[h * d..(h + 1) * d].iter().copied()).collect();
+            let mut score = evaluate_layer(layer, &Tensor::new(vec![n, d], data), targets, fold, cfg)?;
+            score.head = Some(h);
+            Ok(score)
+        })
+        .collect()
+}
+
 /// Cross-validates the probes of one layer: `features` `[n, hidden]`, `targets` per row,
 /// `fold` the outer fold of every row (from [`stratified_folds`] over
 /// [`Targets::strata`]). Outer folds run in parallel (up to the available cores).
