@@ -11,7 +11,7 @@ use probe_backends::ort::{OrtExtractor, OrtOptions};
 use probe_core::testing::{extractor_conformance, require_service};
 use probe_core::{ActivationExtractor, Error};
 use tch_ort_common::{
-    ARCHS, check_all_positions, check_exported_sites, check_fidelity, export, fixtures, python, reference,
+    ARCHS, DENSE_SITES, check_all_positions, check_exported_sites, check_fidelity, export, fixtures, python, reference,
 };
 
 fn options() -> Option<OrtOptions> {
@@ -69,10 +69,12 @@ async fn a_folder_without_an_export_is_a_clean_error() {
     assert!(err.to_string().contains("export_onnx.py"), "names the script: {err}");
 }
 
+/// No mixtral: torch.onnx's dynamo exporter cannot translate transformers' grouped expert
+/// matmul (`grouped_mm_fallback`), with or without `--sites`; the tch test reads its router.
 #[tokio::test]
 async fn exported_sites_match_transformers_hooks() {
     let (Some(root), Some(py), Some(opts)) = (fixtures(), python(), options()) else { return };
-    let worst = check_exported_sites(&root, &py, "onnx", |dir| {
+    let worst = check_exported_sites(&root, &py, "onnx", &[("llama", DENSE_SITES), ("gemma2", DENSE_SITES)], |dir| {
         OrtExtractor::load(dir, opts.clone()).unwrap_or_else(|e| panic!("load {}: {e}", dir.display()))
     })
     .await;

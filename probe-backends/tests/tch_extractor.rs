@@ -10,7 +10,8 @@ use probe_backends::tch::{TchDevice, TchExtractor, TchOptions};
 use probe_core::testing::extractor_conformance;
 use probe_core::{ActivationExtractor, Error};
 use tch_ort_common::{
-    ARCHS, check_all_positions, check_exported_sites, check_fidelity, export, fixtures, python, reference,
+    ARCHS, DENSE_SITES, MOE_SITES, check_all_positions, check_exported_sites, check_fidelity, export, fixtures, python,
+    reference,
 };
 
 #[tokio::test]
@@ -76,9 +77,13 @@ async fn an_absent_cuda_device_is_device_unavailable() {
 #[tokio::test]
 async fn exported_sites_match_transformers_hooks() {
     let (Some(root), Some(py)) = (fixtures(), python()) else { return };
-    let worst = check_exported_sites(&root, &py, "torchscript", |dir| {
-        TchExtractor::load(dir, TchOptions::default()).unwrap_or_else(|e| panic!("load {}: {e}", dir.display()))
-    })
+    let worst = check_exported_sites(
+        &root,
+        &py,
+        "torchscript",
+        &[("llama", DENSE_SITES), ("gemma2", DENSE_SITES), ("mixtral", MOE_SITES)],
+        |dir| TchExtractor::load(dir, TchOptions::default()).unwrap_or_else(|e| panic!("load {}: {e}", dir.display())),
+    )
     .await;
     eprintln!("tch --sites: worst relative error {worst:.3e}");
 }

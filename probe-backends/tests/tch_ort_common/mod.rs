@@ -81,19 +81,49 @@ pub fn reference(root: &Path, arch: &str) -> (Reference, HashMap<String, Vec<f32
     (meta, read_safetensors(&bytes))
 }
 
-/// transformers' values of every site inside blocks of fixture `arch` on `texts`, read by the
-/// forward hooks of scripts/python/sites_reference.py: `<site>.<last|mean>.<block>`, each
-/// `[n_texts, ...]` flattened.
-pub fn sites_reference(root: &Path, python: &str, arch: &str, texts: &[String]) -> HashMap<String, Vec<f32>> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let model = root.join("models").join(arch).display().to_string();
-    let request = serde_json::json!({ "models": { arch: model }, "texts": texts });
-    let req = dir.path().join("request.json");
-    std::fs::write(&req, serde_json::to_vec(&request).expect("json")).expect("write request");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python/sites_reference.py");
-    let out = Command::new(python).arg(&script).arg(&req).arg(dir.path()).output().expect("start PROBE_PYTHON");
-    assert!(out.status.success(), "sites_reference.py failed: {}", String::from_utf8_lossy(&out.stderr));
-    read_safetensors(&std::fs::read(dir.path().join(arch).join("sites.safetensors")).expect("sites.safetensors"))
+/// transformers' values of every site inside blocks of each fixture of `archs` on `texts`,
+/// read by the forward hooks of scripts/python/sites_reference.py (one run for all): per arch,
+/// `<site>.<last|mean>.<block>`, each `[n_texts, ...]` flattened. Kept, as the exports are,
+/// under `root/exported/sites_reference/<key>`, the key a hash of the request, the scripts and
+/// the models' files: a second run reads them.
+pub fn sites_reference(
+    root: &Path,
+    python: &str,
+    archs: &[&str],
+    texts: &[String],
+) -> HashMap<String, HashMap<String, Vec<f32>>> {
+    use std::hash::{Hash, Hasher};
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python");
+    let models: serde_json::Map<String, serde_json::Value> =
+        archs.iter().map(|a| (a.to_string(), root.join("models").join(a).display().to_string().into())).collect();
+    let request = serde_json::to_vec(&serde_json::json!({ "models": models, "texts": texts })).expect("json");
+    let mut key = std::hash::DefaultHasher::new();
+    request.hash(&mut key);
+    let inputs = ["sites_reference.py", "export_common.py"].map(|f| scripts.join(f));
+    let weights =
+        archs.iter().flat_map(|a| ["config.json", "model.safetensors"].map(|f| root.join("models").join(a).join(f)));
+    for file in inputs.iter().cloned().chain(weights) {
+        std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())).hash(&mut key);
+    }
+    let kept = root.join("exported").join("sites_reference");
+    let out = kept.join(format!("{:016x}", key.finish()));
+    if !out.exists() {
+        std::fs::create_dir_all(&kept).expect("create the reference folder");
+        let tmp = tempfile::tempdir_in(&kept).expect("tempdir");
+        let req = tmp.path().join("request.json");
+        std::fs::write(&req, &request).expect("write request");
+        let run = Command::new(python).arg(&inputs[0]).arg(&req).arg(tmp.path()).output().expect("start PROBE_PYTHON");
+        assert!(run.status.success(), "sites_reference.py failed: {}", String::from_utf8_lossy(&run.stderr));
+        // Another test process may have kept the same reference meanwhile: either copy will do.
+        let _ = std::fs::rename(tmp.keep(), &out);
+    }
+    archs
+        .iter()
+        .map(|a| {
+            let bytes = std::fs::read(out.join(a).join("sites.safetensors")).expect("sites.safetensors");
+            (a.to_string(), read_safetensors(&bytes))
+        })
+        .collect()
 }
 
 /// Checks `e` (fixture `arch` exported with `--sites`) against transformers' forward hooks
@@ -216,28 +246,31 @@ pub async fn check_all_positions(e: &dyn ActivationExtractor, texts: &[String]) 
     }
 }
 
-/// The sites exported in the tests: all a dense model has.
+/// The sites of a dense model (all but the router).
 pub const DENSE_SITES: &[Site] = &[Site::ResidMid, Site::AttnOut, Site::MlpOut, Site::Heads];
+/// The sites of a mixture of experts.
+pub const MOE_SITES: &[Site] = &[Site::ResidMid, Site::AttnOut, Site::MlpOut, Site::Heads, Site::Router];
 
-/// The `--sites` test of an exported backend (`format`, loaded by `load`): the llama fixture
-/// (pre-norm blocks) and gemma2 (post-attention and post-feedforward norms) exported with every
-/// dense site equal transformers' forward hooks at every block, `last` and `mean` (≤ 1e-5), and
-/// the residual stream of such an export is still transformers'; a site the export lacks is
-/// refused naming the folder, the site, the sites it holds and `--sites`. Returns the worst
-/// relative error over the sites.
+/// The `--sites` test of an exported backend (`format`, loaded by `load`): each fixture of
+/// `cases` exported with its sites equals transformers' forward hooks at every block, `last`
+/// and `mean` (≤ 1e-5), on the llama fixture's prompts; the residual stream of llama's such
+/// export is still transformers', and a site an export lacks is refused naming the folder, the
+/// site, the sites it holds and `--sites`. Returns the worst relative error over the sites.
 pub async fn check_exported_sites<E: ActivationExtractor>(
     root: &Path,
     python: &str,
     format: &str,
+    cases: &[(&str, &[Site])],
     load: impl Fn(&Path) -> E,
 ) -> f32 {
+    let (meta, _) = reference(root, "llama");
+    let archs: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    let want = sites_reference(root, python, &archs, &meta.prompts);
     let mut worst = 0f32;
-    for arch in ["llama", "gemma2"] {
-        let dir = export_sites(root, python, arch, format, DENSE_SITES);
+    for &(arch, sites) in cases {
+        let dir = export_sites(root, python, arch, format, sites);
         let e = load(&dir);
-        let (meta, _) = reference(root, arch);
-        let want = sites_reference(root, python, arch, &meta.prompts);
-        let err = check_sites(&e, &meta.prompts, &want, DENSE_SITES, 1e-5).await;
+        let err = check_sites(&e, &meta.prompts, &want[arch], sites, 1e-5).await;
         eprintln!("{format} {arch} --sites: max relative error vs transformers' hooks: {err:.3e}");
         worst = worst.max(err);
         if arch == "llama" {
