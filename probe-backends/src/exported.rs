@@ -437,6 +437,22 @@ mod tests {
     }
 
     #[test]
+    fn a_site_keeps_the_shape_of_one_position() {
+        // Heads: 2 heads of 2 per position, read as [n, heads, head_dim].
+        let ids = vec![vec![1, 2], vec![3]];
+        let batch = PaddedBatch::new(&ids, 0);
+        let values: Vec<f32> = (0..2 * 2 * 4).map(|v| v as f32).collect();
+        let mut c = Collector::new(Positions::Last, &[1], &[2, 2], &ids, whole(&ids));
+        c.push(0, 0, &batch, &values).unwrap();
+        let t = &c.finish().layers[0].tensor;
+        assert_eq!(t.shape, vec![2, 2, 2]);
+        assert_eq!(t.data, vec![4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+        let mut c = Collector::new(Positions::All, &[1], &[2, 2], &ids, whole(&ids));
+        c.push(0, 0, &batch, &values).unwrap();
+        assert_eq!(c.finish().layers[0].tensor.shape, vec![2, 2, 2, 2]);
+    }
+
+    #[test]
     fn a_short_hidden_state_is_an_error_not_a_panic() {
         let ids = vec![vec![1, 2]];
         let batch = PaddedBatch::new(&ids, 0);
