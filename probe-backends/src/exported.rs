@@ -143,12 +143,12 @@ impl ExportDir {
         Err(Error::invalid(
             "site",
             format!(
-                "{site}: the export {} holds only {}; re-export it with `python scripts/python/{} MODEL_DIR {} --sites {}`",
-                self.dir.display(),
+                "{site}: the export {dir} holds only {}; re-export it with `python scripts/python/{} MODEL_DIR {dir} \
+                 --sites {}`",
                 names.join(", "),
                 self.script,
-                self.dir.display(),
-                wanted.join(",")
+                wanted.join(","),
+                dir = self.dir.display(),
             ),
         ))
     }

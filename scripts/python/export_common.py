@@ -167,7 +167,8 @@ def first(x):
 
 def layers_of(model):
     """The decoder blocks of a causal LM or of its base model."""
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.language_model.layers", "layers", "h", "language_model.layers"):
+    paths = ["model.layers", "transformer.h", "gpt_neox.layers", "model.language_model.layers"]
+    for path in paths + ["layers", "h", "language_model.layers"]:  # then the base models' own
         obj = model
         try:
             for part in path.split("."):
@@ -281,7 +282,9 @@ def _wrappers():
             found.clear()
             hidden = _hidden_states(self.model, input_ids, attention_mask)
             batch, seq = input_ids.shape[0], input_ids.shape[1]
-            per_site = [[site_value(found, site, b, batch, seq).float() for b in range(self.blocks)] for site in self.sites]
+            per_site = [
+                [site_value(found, site, b, batch, seq).float() for b in range(self.blocks)] for site in self.sites
+            ]
             return hidden, per_site
 
     class StackedHiddenStates(SiteOutputs):

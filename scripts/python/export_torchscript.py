@@ -11,8 +11,9 @@ hidden state stacked as float32 `[num_layers + 1, batch, seq, hidden]` in transf
 lengths are dynamic. With `--sites`, it returns a tuple: that tensor, then for each site other
 than resid (in export.json's `sites` order) its value at every block stacked as float32
 `[num_layers, batch, seq, width]` (width: hidden, heads·head_dim for heads, experts for router),
-read by the forward hooks of export_common.register_site_hooks (sites_reference.py's). Next to it: the tokenizer and config files copied from MODEL_DIR and
-export.json (see export_common.describe), so OUT_DIR is all the backend needs.
+read by the forward hooks of export_common.register_site_hooks (sites_reference.py's). Next to
+it: the tokenizer and config files copied from MODEL_DIR and export.json (see
+export_common.describe), so OUT_DIR is all the backend needs.
 
 The trace is made with eager attention on an example batch that has padding, so the general
 masking path (padding + causal + sliding window) is the one recorded, then checked against the
