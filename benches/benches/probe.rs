@@ -65,6 +65,19 @@ fn benches(c: &mut Criterion) {
     group.bench_function(format!("heads {n}x{heads}x{head_dim} (one block), 5 folds + control"), |b| {
         b.iter(|| evaluate_heads(0, &x, (heads, head_dim), &targets, &folds, &config).expect("heads"))
     });
+    // The same probes one head at a time, each with its folds in parallel (what a heads sweep
+    // did before `evaluate_heads` ran the heads in parallel): the baseline of the line above.
+    let columns: Vec<Tensor> = (0..heads)
+        .map(|h| {
+            let data = (0..n).flat_map(|r| x.row(r)[h * head_dim..(h + 1) * head_dim].iter().copied()).collect();
+            Tensor::new(vec![n, head_dim], data)
+        })
+        .collect();
+    group.bench_function(format!("heads {n}x{heads}x{head_dim} one at a time, folds in parallel"), |b| {
+        b.iter(|| {
+            columns.iter().map(|c| evaluate_layer(0, c, &targets, &folds, &config).expect("head")).collect::<Vec<_>>()
+        })
+    });
     group.finish();
 }
 
