@@ -5,11 +5,16 @@
 //! realistic layer, 10,000 × 4,096 (a 7–8B model's hidden size); one logistic fit alone at the
 //! large size as well (the outer fold's training rows).
 //!
-//! `cargo bench -p probe-benches --bench probe` (`-- 2000x1024` for the small size only)
+//! Probes per head (`sweep::evaluate_heads`, what `probe sweep --site heads` runs per block):
+//! one block of Llama-3.1-8B's shape, 3,000 prompts × 32 heads × head_dim 128, the same
+//! defaults; its time / 32 is the time per head, × 1,024 the whole model's 32 × 32 heads.
+//!
+//! `cargo bench -p probe-benches --bench probe` (`-- 2000x1024` for the small size only,
+//! `-- heads` for the heads only)
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use probe_core::Tensor;
-use probe_core::sweep::{LogisticProbe, ProbeConfig, Targets, evaluate_layer, stratified_folds};
+use probe_core::sweep::{LogisticProbe, ProbeConfig, Targets, evaluate_heads, evaluate_layer, stratified_folds};
 
 /// `n` rows of width `d` with labels 0/1 (one in three positive) linearly readable but noisy.
 fn layer(n: usize, d: usize) -> (Tensor, Targets) {
@@ -52,6 +57,27 @@ fn benches(c: &mut Criterion) {
             b.iter(|| LogisticProbe::fit(&x, labels, &rows, 2, 1.0, &config).expect("fit"))
         });
     }
+    // One block of heads: Llama-3.1-8B has 32 heads of 128 per block, 32 blocks.
+    let (n, heads, head_dim) = if measuring { (3_000, 32, 128) } else { (120, 2, 8) };
+    let (x, targets) = layer(n, heads * head_dim);
+    let config = ProbeConfig::default();
+    let folds = stratified_folds(&targets.strata(config.folds), config.folds, 0).expect("folds");
+    group.bench_function(format!("heads {n}x{heads}x{head_dim} (one block), 5 folds + control"), |b| {
+        b.iter(|| evaluate_heads(0, &x, (heads, head_dim), &targets, &folds, &config).expect("heads"))
+    });
+    // The same probes one head at a time, each with its folds in parallel (what a heads sweep
+    // did before `evaluate_heads` ran the heads in parallel): the baseline of the line above.
+    let columns: Vec<Tensor> = (0..heads)
+        .map(|h| {
+            let data = (0..n).flat_map(|r| x.row(r)[h * head_dim..(h + 1) * head_dim].iter().copied()).collect();
+            Tensor::new(vec![n, head_dim], data)
+        })
+        .collect();
+    group.bench_function(format!("heads {n}x{heads}x{head_dim} one at a time, folds in parallel"), |b| {
+        b.iter(|| {
+            columns.iter().map(|c| evaluate_layer(0, c, &targets, &folds, &config).expect("head")).collect::<Vec<_>>()
+        })
+    });
     group.finish();
 }
 

@@ -33,8 +33,9 @@ pub(crate) struct ExtractArgs {
     /// Where activations are read: resid (the residual stream between blocks, `--layers` in
     /// `output_hidden_states` numbering), or inside each block (`--layers` = blocks `0..L`):
     /// resid_mid, attn_out, mlp_out, heads (`o_proj`'s input per head) or router (MoE router
-    /// logits); candle only [default: resid]. Several, comma-separated (`resid,attn_out,heads`),
-    /// are read in the same forward passes, into `<site>.layer.<L>` tensors.
+    /// logits); candle reads every site, tch and ort those of an export made with `--sites`
+    /// [default: resid]. Several, comma-separated (`resid,attn_out,heads`), are read in the same
+    /// forward passes, into `<site>.layer.<L>` tensors.
     #[arg(long)]
     pub(crate) site: Option<Sites>,
     /// Output safetensors file (a folder for `--positions all`).

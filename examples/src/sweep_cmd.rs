@@ -32,8 +32,9 @@ pub(crate) struct SweepArgs {
     /// Where activations are read: resid (the residual stream between blocks, `--layers` in
     /// `output_hidden_states` numbering), or inside each block (`--layers` = blocks `0..L`):
     /// resid_mid, attn_out, mlp_out, heads (`o_proj`'s input per head) or router (MoE router
-    /// logits); candle only [default: resid]. Several, comma-separated (`resid,attn_out`), are
-    /// read in the same forward passes: one probe per (site, layer).
+    /// logits); candle reads every site, tch and ort those of an export made with `--sites`
+    /// [default: resid]. Several, comma-separated (`resid,attn_out`), are read in the same
+    /// forward passes: one probe per (site, layer).
     #[arg(long)]
     pub(crate) site: Option<Sites>,
     #[command(flatten)]

@@ -1,6 +1,7 @@
 //! What the `tch` and `ort` backends share: a folder written by `scripts/python/export_torchscript.py`
 //! or `scripts/python/export_onnx.py` (`export.json`, the model file, the tokenizer and config
-//! files), tokenisation with right padding, and the position reductions.
+//! files), tokenisation with right padding, the sites an export holds (`--sites`), and the
+//! position reductions.
 //!
 //! Right padding keeps every real token at the positions it has unbatched (positions count from
 //! 0 at the first token) and, with a causal mask, no real token sees a padding token: a batched
@@ -13,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use probe_core::{
-    ActivationRequest, Activations, Error, Inputs, LayerActivations, ModelId, ModelInfo, Positions, Result, Span,
+    ActivationRequest, Activations, Error, Inputs, LayerActivations, ModelId, ModelInfo, Positions, Result, Site, Span,
     SpecialTokens, Tensor,
 };
 use serde::Deserialize;
@@ -37,6 +38,24 @@ pub(crate) struct ExportMeta {
     /// The device the export was traced on (`cpu`, `cuda`).
     pub(crate) device: String,
     pub(crate) pad_token_id: Option<u32>,
+    /// The sites the export holds (`--sites`), `resid` first; absent: `resid` only.
+    #[serde(default)]
+    pub(crate) sites: Vec<Site>,
+    /// Attention heads per block and their dimension (written with `--sites`).
+    #[serde(default)]
+    pub(crate) num_heads: usize,
+    #[serde(default)]
+    pub(crate) head_dim: usize,
+    /// Experts of a mixture of experts (written with `--sites`; 0 for a dense model).
+    #[serde(default)]
+    pub(crate) num_experts: usize,
+}
+
+impl ExportMeta {
+    /// The sites the export holds: `resid` and those of `--sites`.
+    pub(crate) fn sites(&self) -> Vec<Site> {
+        if self.sites.is_empty() { vec![Site::Resid] } else { self.sites.clone() }
+    }
 }
 
 /// An export folder, loaded: metadata, tokenizer and the model's info.
@@ -46,6 +65,8 @@ pub(crate) struct ExportDir {
     pub(crate) model_file: PathBuf,
     pub(crate) info: ModelInfo,
     tokenizer: Tokenizer,
+    dir: PathBuf,
+    script: String,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -100,8 +121,36 @@ impl ExportDir {
             meta.vocab_size,
         )
         .with_dtype(meta.dtype.clone())
-        .with_tokenizer(tokenizer_desc);
-        Ok(ExportDir { meta, model_file, info, tokenizer })
+        .with_tokenizer(tokenizer_desc)
+        .with_heads(meta.num_heads, meta.head_dim)
+        .with_experts(meta.num_experts);
+        Ok(ExportDir { meta, model_file, info, tokenizer, dir: dir.to_owned(), script: script.to_owned() })
+    }
+
+    /// Refuses a site the export does not hold, naming the folder, the sites it holds and how
+    /// to export the site.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a site missing from `export.json`'s `sites`.
+    pub(crate) fn require_site(&self, site: Site) -> Result<()> {
+        let sites = self.meta.sites();
+        if sites.contains(&site) {
+            return Ok(());
+        }
+        let names: Vec<&str> = sites.iter().map(|s| s.as_str()).collect();
+        let wanted: Vec<&str> =
+            Site::ALL.iter().filter(|s| sites.contains(s) || **s == site).map(|s| s.as_str()).collect();
+        Err(Error::invalid(
+            "site",
+            format!(
+                "{site}: the export {dir} holds only {}; re-export it with `python scripts/python/{} MODEL_DIR {dir} \
+                 --sites {}`",
+                names.join(", "),
+                self.script,
+                wanted.join(","),
+                dir = self.dir.display(),
+            ),
+        ))
     }
 
     /// The token ids of one text (the extractors' `tokenize`).
@@ -125,10 +174,11 @@ impl ExportDir {
         Ok(ids)
     }
 
-    /// Validates `request`, tokenises it, runs `forward` once per batch and reduces what it
-    /// returns. `forward(batch, layers)` gets the padded batch and the sorted, deduplicated
-    /// layers and returns, for each of those layers, the `[batch, seq, hidden]` f32 values in
-    /// row-major order.
+    /// Validates `request` (its site among those the export holds), tokenises it, runs
+    /// `forward` once per batch and reduces what it returns. `forward(batch, layers)` gets the
+    /// padded batch and the sorted, deduplicated layers (blocks for a site inside blocks) and
+    /// returns, for each of those layers, the `[batch, seq, width]` f32 values of the request's
+    /// site in row-major order (width: [`ModelInfo::width`]).
     pub(crate) fn extract<F>(
         &self,
         request: &ActivationRequest,
@@ -136,30 +186,48 @@ impl ExportDir {
         mut forward: F,
     ) -> Result<Activations>
     where
-        F: FnMut(&PaddedBatch, &[usize]) -> Result<Vec<Vec<f32>>>,
+        F: FnMut(&PaddedBatch, Site, &[usize]) -> Result<Vec<Vec<f32>>>,
     {
         request.validate(&self.info)?;
+        let reads = request.reads();
+        for (site, _) in &reads {
+            self.require_site(*site)?;
+        }
         let ids = self.token_ids(&request.inputs, request.special_tokens)?;
-        let layers = request.sorted_layers();
         let batch_size = request.batch_size.unwrap_or(default_batch).max(1);
-        let spans = ids.iter().enumerate().map(|(i, s)| request.span(i, s.len())).collect::<Result<_>>()?;
-        let mut out = Collector::new(request.positions, &layers, self.info.hidden_size, &ids, spans);
+        let spans: Vec<_> = ids.iter().enumerate().map(|(i, s)| request.span(i, s.len())).collect::<Result<_>>()?;
         let pad = self.meta.pad_token_id.unwrap_or(0);
-        for (start, chunk) in (0..ids.len()).step_by(batch_size).map(|s| (s, &ids[s..(s + batch_size).min(ids.len())]))
-        {
-            let batch = PaddedBatch::new(chunk, pad);
-            let values = forward(&batch, &layers)?;
-            if values.len() != layers.len() {
-                return Err(Error::backend(
-                    "exported model",
-                    format!("returned {} hidden states for {} requested layers", values.len(), layers.len()),
-                ));
+        // One run over the inputs per site (an export computes every site it holds per run).
+        let mut all: Option<Activations> = None;
+        for (site, layers) in &reads {
+            let shape = match site {
+                Site::Heads => vec![self.info.num_heads, self.info.head_dim],
+                site => vec![self.info.width(*site)],
+            };
+            let mut out = Collector::new(request.positions, layers, &shape, &ids, spans.clone());
+            for (start, chunk) in
+                (0..ids.len()).step_by(batch_size).map(|s| (s, &ids[s..(s + batch_size).min(ids.len())]))
+            {
+                let batch = PaddedBatch::new(chunk, pad);
+                let values = forward(&batch, *site, layers)?;
+                if values.len() != layers.len() {
+                    return Err(Error::backend(
+                        "exported model",
+                        format!("returned {} {site} values for {} requested layers", values.len(), layers.len()),
+                    ));
+                }
+                for (k, v) in values.iter().enumerate() {
+                    out.push(k, start, &batch, v)?;
+                }
             }
-            for (k, v) in values.iter().enumerate() {
-                out.push(k, start, &batch, v)?;
+            let mut acts = out.finish();
+            acts.layers.iter_mut().for_each(|l| l.site = *site);
+            match &mut all {
+                Some(a) => a.layers.append(&mut acts.layers),
+                None => all = Some(acts),
             }
         }
-        Ok(out.finish())
+        all.ok_or_else(|| Error::invalid("layers", "no layers requested"))
     }
 }
 
@@ -219,6 +287,9 @@ impl PaddedBatch {
 pub(crate) struct Collector {
     positions: Positions,
     layers: Vec<usize>,
+    /// The shape of one position's values (`[hidden]`, `[heads, head_dim]` …).
+    per_position: Vec<usize>,
+    /// Values per position.
     hidden: usize,
     /// For `All`: the longest input, every row is padded to it.
     width: usize,
@@ -229,14 +300,17 @@ pub(crate) struct Collector {
 }
 
 impl Collector {
+    /// Collects `layers` of the inputs `ids`, each position holding values of shape
+    /// `per_position` (`[hidden]` for the residual stream).
     pub(crate) fn new(
         positions: Positions,
         layers: &[usize],
-        hidden: usize,
+        per_position: &[usize],
         ids: &[Vec<u32>],
         spans: Vec<Span>,
     ) -> Collector {
         let n = ids.len();
+        let hidden = per_position.iter().product();
         let width = ids.iter().map(Vec::len).max().unwrap_or(0);
         let per_layer = match positions {
             Positions::Last | Positions::Mean => n * hidden,
@@ -245,6 +319,7 @@ impl Collector {
         Collector {
             positions,
             layers: layers.to_vec(),
+            per_position: per_position.to_vec(),
             hidden,
             width,
             counts: ids.iter().map(Vec::len).collect(),
@@ -315,10 +390,10 @@ impl Collector {
 
     pub(crate) fn finish(self) -> Activations {
         let n = self.counts.len();
-        let (h, w) = (self.hidden, self.width);
+        let w = self.width;
         let shape = match self.positions {
-            Positions::Last | Positions::Mean => vec![n, h],
-            Positions::All => vec![n, w, h],
+            Positions::Last | Positions::Mean => [vec![n], self.per_position].concat(),
+            Positions::All => [vec![n, w], self.per_position].concat(),
         };
         let layers = self
             .layers
@@ -363,13 +438,13 @@ mod tests {
         // [2, 2, 1]: row 0 = [1, 3], row 1 = [10, 99 (padding)].
         let values = [1.0, 3.0, 10.0, 99.0];
         for (positions, want) in [(Positions::Last, vec![3.0, 10.0]), (Positions::Mean, vec![2.0, 10.0])] {
-            let mut c = Collector::new(positions, &[4], 1, &ids, whole(&ids));
+            let mut c = Collector::new(positions, &[4], &[1], &ids, whole(&ids));
             c.push(0, 0, &batch, &values).unwrap();
             let acts = c.finish();
             assert_eq!(acts.layer(4).unwrap().data, want, "{positions}");
             assert_eq!(acts.token_counts, vec![2, 1]);
         }
-        let mut c = Collector::new(Positions::All, &[4], 1, &ids, whole(&ids));
+        let mut c = Collector::new(Positions::All, &[4], &[1], &ids, whole(&ids));
         c.push(0, 0, &batch, &values).unwrap();
         let acts = c.finish();
         assert_eq!(acts.layer(4).unwrap().data, vec![1.0, 3.0, 10.0, 0.0]);
@@ -377,10 +452,26 @@ mod tests {
     }
 
     #[test]
+    fn a_site_keeps_the_shape_of_one_position() {
+        // Heads: 2 heads of 2 per position, read as [n, heads, head_dim].
+        let ids = vec![vec![1, 2], vec![3]];
+        let batch = PaddedBatch::new(&ids, 0);
+        let values: Vec<f32> = (0..2 * 2 * 4).map(|v| v as f32).collect();
+        let mut c = Collector::new(Positions::Last, &[1], &[2, 2], &ids, whole(&ids));
+        c.push(0, 0, &batch, &values).unwrap();
+        let t = &c.finish().layers[0].tensor;
+        assert_eq!(t.shape, vec![2, 2, 2]);
+        assert_eq!(t.data, vec![4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+        let mut c = Collector::new(Positions::All, &[1], &[2, 2], &ids, whole(&ids));
+        c.push(0, 0, &batch, &values).unwrap();
+        assert_eq!(c.finish().layers[0].tensor.shape, vec![2, 2, 2, 2]);
+    }
+
+    #[test]
     fn a_short_hidden_state_is_an_error_not_a_panic() {
         let ids = vec![vec![1, 2]];
         let batch = PaddedBatch::new(&ids, 0);
-        let mut c = Collector::new(Positions::Last, &[0], 4, &ids, whole(&ids));
+        let mut c = Collector::new(Positions::Last, &[0], &[4], &ids, whole(&ids));
         assert!(c.push(0, 0, &batch, &[0.0; 3]).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! The ort backend on the fixture models (PROBE_FIXTURES), exported with
 //! scripts/python/export_onnx.py (PROBE_PYTHON), ONNX Runtime from ORT_DYLIB_PATH: the
 //! conformance suite, every layer against transformers at `last` and `mean` on every
-//! architecture, all positions, the provider report, and load errors.
+//! architecture, all positions, the sites of an export made with `--sites` against
+//! transformers' forward hooks, the provider report, and load errors.
 #![cfg(feature = "ort")]
 
 mod tch_ort_common;
@@ -9,7 +10,9 @@ mod tch_ort_common;
 use probe_backends::ort::{OrtExtractor, OrtOptions};
 use probe_core::testing::{extractor_conformance, require_service};
 use probe_core::{ActivationExtractor, Error};
-use tch_ort_common::{ARCHS, check_all_positions, check_fidelity, export, fixtures, python, reference};
+use tch_ort_common::{
+    ARCHS, DENSE_SITES, check_all_positions, check_exported_sites, check_fidelity, export, fixtures, python, reference,
+};
 
 fn options() -> Option<OrtOptions> {
     require_service("ORT_DYLIB_PATH").map(|lib| OrtOptions::default().with_library(lib))
@@ -64,4 +67,16 @@ async fn a_folder_without_an_export_is_a_clean_error() {
     let err = OrtExtractor::load(dir.path(), opts).expect_err("no export");
     assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
     assert!(err.to_string().contains("export_onnx.py"), "names the script: {err}");
+}
+
+/// No mixtral: torch.onnx's dynamo exporter cannot translate transformers' grouped expert
+/// matmul (`grouped_mm_fallback`), with or without `--sites`; the tch test reads its router.
+#[tokio::test]
+async fn exported_sites_match_transformers_hooks() {
+    let (Some(root), Some(py), Some(opts)) = (fixtures(), python(), options()) else { return };
+    let worst = check_exported_sites(&root, &py, "onnx", &[("llama", DENSE_SITES), ("gemma2", DENSE_SITES)], |dir| {
+        OrtExtractor::load(dir, opts.clone()).unwrap_or_else(|e| panic!("load {}: {e}", dir.display()))
+    })
+    .await;
+    eprintln!("ort --sites: worst relative error {worst:.3e}");
 }

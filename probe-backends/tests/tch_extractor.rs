@@ -1,6 +1,7 @@
 //! The tch backend on the fixture models (PROBE_FIXTURES), exported with
 //! scripts/python/export_torchscript.py (PROBE_PYTHON): the conformance suite, every layer
-//! against transformers at `last` and `mean` on every architecture, all positions, and load errors.
+//! against transformers at `last` and `mean` on every architecture, all positions, the sites of an
+//! export made with `--sites` against transformers' forward hooks, and load errors.
 #![cfg(feature = "tch")]
 
 mod tch_ort_common;
@@ -8,7 +9,10 @@ mod tch_ort_common;
 use probe_backends::tch::{TchDevice, TchExtractor, TchOptions};
 use probe_core::testing::extractor_conformance;
 use probe_core::{ActivationExtractor, Error};
-use tch_ort_common::{ARCHS, check_all_positions, check_fidelity, export, fixtures, python, reference};
+use tch_ort_common::{
+    ARCHS, DENSE_SITES, MOE_SITES, check_all_positions, check_exported_sites, check_fidelity, export, fixtures, python,
+    reference,
+};
 
 #[tokio::test]
 async fn conformance_suite_passes() {
@@ -68,4 +72,18 @@ async fn an_absent_cuda_device_is_device_unavailable() {
     let n = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
     let err = TchExtractor::load(&dir, TchOptions::default().with_device(TchDevice::Cuda(n))).expect_err("no such GPU");
     assert!(matches!(err, Error::DeviceUnavailable(_)), "{err}");
+}
+
+#[tokio::test]
+async fn exported_sites_match_transformers_hooks() {
+    let (Some(root), Some(py)) = (fixtures(), python()) else { return };
+    let worst = check_exported_sites(
+        &root,
+        &py,
+        "torchscript",
+        &[("llama", DENSE_SITES), ("gemma2", DENSE_SITES), ("mixtral", MOE_SITES)],
+        |dir| TchExtractor::load(dir, TchOptions::default()).unwrap_or_else(|e| panic!("load {}: {e}", dir.display())),
+    )
+    .await;
+    eprintln!("tch --sites: worst relative error {worst:.3e}");
 }

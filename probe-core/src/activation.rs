@@ -223,7 +223,10 @@ impl ActivationRequest {
         match self.reads().into_iter().find(|(s, _)| !s.is_resid()) {
             None => Ok(()),
             Some((site, _)) => Err(Error::not_supported(
-                format!("site {site} (only the residual stream here; the candle extractor reads every site)"),
+                format!(
+                    "site {site} (only the residual stream here; the candle extractor reads every site, tch and \
+                     ort those of an export made with `--sites`)"
+                ),
                 backend,
             )),
         }

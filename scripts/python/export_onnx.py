@@ -3,12 +3,16 @@
 
     export_onnx.py MODEL_DIR OUT_DIR [--dtype float32|bfloat16|float16] [--device cpu|cuda]
                                      [--exporter dynamo|legacy]
+                                     [--sites resid,resid_mid,attn_out,mlp_out,heads,router]
 
 writes OUT_DIR/model.onnx (plus model.onnx.data for weights stored as external data): the base
 model (no LM head) with inputs `input_ids` and `attention_mask` (int64 [batch, seq]) and one
 float32 output per hidden state, `hidden_state_0` .. `hidden_state_L` ([batch, seq, hidden]),
 in transformers' `output_hidden_states` numbering (0 = embeddings, L = after the final norm).
-Batch and sequence axes are dynamic. Next to it: the tokenizer and config files copied from
+Batch and sequence axes are dynamic. With `--sites`, more float32 outputs follow, `<site>_<block>`
+([batch, seq, width]; width: hidden, heads·head_dim for heads, experts for router) for each site
+other than resid and each block 0..L-1, read by the forward hooks of
+export_common.register_site_hooks (sites_reference.py's). Next to it: the tokenizer and config files copied from
 MODEL_DIR and export.json (see export_common).
 
 `--exporter dynamo` (the default) uses torch.export + onnxscript, the exporter torch supports;
@@ -26,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import export_common as common  # noqa: E402
 
 
-def export(model_dir: Path, out_dir: Path, dtype: str, device: str, exporter: str) -> Path:
-    wanted = common.describe(model_dir, "onnx", "model.onnx", dtype, device)
+def export(model_dir: Path, out_dir: Path, dtype: str, device: str, exporter: str, sites: list[str]) -> Path:
+    wanted = common.describe(model_dir, "onnx", "model.onnx", dtype, device, sites)
     wanted["exporter"] += f" {exporter}"
     if common.up_to_date(out_dir, wanted):
         print(f"{out_dir} is up to date")
@@ -35,9 +39,8 @@ def export(model_dir: Path, out_dir: Path, dtype: str, device: str, exporter: st
     import torch
 
     model = common.load_model(model_dir, dtype, device)
-    wrapper = common.hidden_state_tuple(model).eval()
-    n = wanted["num_layers"] + 1
-    names = [f"hidden_state_{i}" for i in range(n)]
+    wrapper = common.hidden_state_tuple(model, sites).eval()
+    names = common.output_names(wanted["num_layers"], sites)
     ids, mask = common.example_inputs(model.config, device, batch=2, seq=16)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / ".export-tmp"
@@ -64,7 +67,7 @@ def export(model_dir: Path, out_dir: Path, dtype: str, device: str, exporter: st
         f.replace(out_dir / f.name)
     tmp.rmdir()
     common.finish(model_dir, out_dir, wanted)
-    print(f"wrote {out_dir / 'model.onnx'} ({n} hidden-state outputs)")
+    print(f"wrote {out_dir / 'model.onnx'} ({len(names)} outputs; sites {', '.join(sites)})")
     return out_dir / "model.onnx"
 
 
@@ -93,7 +96,7 @@ def main(argv: list[str]) -> int:
         print(f"--exporter must be dynamo or legacy, not {exporter!r}", file=sys.stderr)
         return 2
     args = common.parse_args(argv, __doc__)
-    export(Path(args.model_dir), Path(args.out_dir), args.dtype, args.device, exporter)
+    export(Path(args.model_dir), Path(args.out_dir), args.dtype, args.device, exporter, args.sites)
     return 0
 
 

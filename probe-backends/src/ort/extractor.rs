@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use ort::session::{OutputSelector, RunOptions, Session};
 use ort::value::Tensor as OrtTensor;
 use probe_core::{
-    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, ModelInfo, Result, SpecialTokens,
+    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, ModelInfo, Result, Site, SpecialTokens,
 };
 
 use super::runtime::{self, BACKEND};
@@ -58,8 +58,9 @@ struct Inner {
 /// `scripts/python/export_onnx.py`.
 ///
 /// Values and numbering are transformers' `output_hidden_states` (the graph is an export of
-/// transformers' own forward pass). Only the requested `hidden_state_<layer>` outputs are
-/// fetched, but ONNX Runtime may still run the whole graph, so [`Capabilities::early_stop`] is
+/// transformers' own forward pass). Sites inside blocks ([`Site`]) are read from an export made
+/// with `--sites` (outputs `<site>_<block>`), those its `export.json` lists; another site is
+/// refused, naming the folder. Only the requested outputs are fetched, but ONNX Runtime may still run the whole graph, so [`Capabilities::early_stop`] is
 /// false. Cheap to clone (shared state); runs are serialised on one session.
 #[derive(Clone)]
 pub struct OrtExtractor {
@@ -96,9 +97,13 @@ impl OrtExtractor {
         let export = ExportDir::open(dir, "onnx", SCRIPT)?;
         let (session, provider) =
             runtime::open_session(&env, &export.model_file, options.intra_threads, cfg!(feature = "cuda"))?;
-        let n = export.info.num_layers + 1;
+        let l = export.info.num_layers;
         let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        if let Some(missing) = (0..n).map(output_name).find(|w| !names.contains(&w.as_str())) {
+        let expected = export.meta.sites().into_iter().flat_map(|site| {
+            let count = if site.in_block() { l } else { l + 1 };
+            (0..count).map(move |layer| output_name(site, layer))
+        });
+        if let Some(missing) = expected.into_iter().find(|w| !names.contains(&w.as_str())) {
             return Err(Error::invalid(
                 "model folder",
                 format!(
@@ -133,8 +138,12 @@ impl OrtExtractor {
     }
 }
 
-fn output_name(layer: usize) -> String {
-    format!("hidden_state_{layer}")
+/// The ONNX output of `site` at `layer` (a block for a site inside blocks).
+fn output_name(site: Site, layer: usize) -> String {
+    match site {
+        Site::Resid => format!("hidden_state_{layer}"),
+        site => format!("{site}_{layer}"),
+    }
 }
 
 fn run_error(e: ort::Error, provider: &str) -> Error {
@@ -148,20 +157,21 @@ fn run_error(e: ort::Error, provider: &str) -> Error {
 }
 
 impl Inner {
-    /// One run: the requested layers as `[batch, seq, hidden]` f32 each.
-    fn forward(&self, batch: &PaddedBatch, layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+    /// One run: `site` at the requested layers (blocks for a site inside blocks) as
+    /// `[batch, seq, width]` f32 each.
+    fn forward(&self, batch: &PaddedBatch, site: Site, layers: &[usize]) -> Result<Vec<Vec<f32>>> {
         let err = |e: ort::Error| run_error(e, self.provider);
         let shape = [batch.batch, batch.seq];
         let ids = OrtTensor::from_array((shape, batch.ids.clone())).map_err(err)?;
         let mask = OrtTensor::from_array((shape, batch.mask.clone())).map_err(err)?;
-        let names: Vec<String> = layers.iter().map(|&l| output_name(l)).collect();
+        let names: Vec<String> = layers.iter().map(|&l| output_name(site, l)).collect();
         let selector = names.iter().fold(OutputSelector::no_default(), |s, n| s.with(n.as_str()));
         let options = RunOptions::new().map_err(err)?.with_outputs(selector);
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session
             .run_with_options(ort::inputs!["input_ids" => ids, "attention_mask" => mask], &options)
             .map_err(err)?;
-        let want = [batch.batch as i64, batch.seq as i64, self.export.info.hidden_size as i64];
+        let want = [batch.batch as i64, batch.seq as i64, self.export.info.width(site) as i64];
         names
             .iter()
             .map(|name| {
@@ -182,11 +192,10 @@ impl Inner {
 impl ActivationExtractor for OrtExtractor {
     async fn extract(&self, request: ActivationRequest) -> Result<Activations> {
         request.validate(&self.inner.export.info)?;
-        request.require_resid("ort")?;
         let inner = Arc::clone(&self.inner);
         let default_batch = inner.options.default_batch_size.unwrap_or(8);
         tokio::task::spawn_blocking(move || {
-            inner.export.extract(&request, default_batch, |batch, layers| inner.forward(batch, layers))
+            inner.export.extract(&request, default_batch, |batch, site, layers| inner.forward(batch, site, layers))
         })
         .await
         .map_err(|e| Error::backend(BACKEND, format!("extraction task failed: {e}")))?

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use probe_core::{
-    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, ModelInfo, Result, SpecialTokens,
+    ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, ModelInfo, Result, Site, SpecialTokens,
 };
-use tch::{CModule, Device, Kind, Tensor};
+use tch::{CModule, Device, IValue, Kind, Tensor};
 
 use crate::exported::{ExportDir, PaddedBatch};
 
@@ -63,8 +63,10 @@ struct Inner {
 /// `scripts/python/export_torchscript.py`.
 ///
 /// Values and numbering are transformers' `output_hidden_states` (the module is a trace of
-/// transformers' own forward pass). The whole stack of hidden states is computed per batch, so
-/// [`Capabilities::early_stop`] is false. Cheap to clone (shared state).
+/// transformers' own forward pass). Sites inside blocks ([`Site`]) are read from an export made
+/// with `--sites`, those its `export.json` lists; another site is refused, naming the folder.
+/// The whole stack of hidden states is computed per batch, so [`Capabilities::early_stop`] is
+/// false. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct TchExtractor {
     inner: Arc<Inner>,
@@ -188,19 +190,39 @@ impl TchExtractor {
 }
 
 impl Inner {
-    /// One forward pass: the requested layers as `[batch, seq, hidden]` f32 each.
-    fn forward(&self, batch: &PaddedBatch, layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+    /// One forward pass: `site` at the requested layers (blocks for a site inside blocks) as
+    /// `[batch, seq, width]` f32 each. The module returns the hidden states stacked, or, exported
+    /// with `--sites`, a tuple of them and each further site's blocks stacked, in
+    /// `export.json`'s `sites` order.
+    fn forward(&self, batch: &PaddedBatch, site: Site, layers: &[usize]) -> Result<Vec<Vec<f32>>> {
         let _guard = tch::no_grad_guard();
         let shape = [batch.batch as i64, batch.seq as i64];
         let err = |e| torch_error(e, self.device);
         let ids = Tensor::from_slice(&batch.ids).view(shape).to_device(self.device);
         let mask = Tensor::from_slice(&batch.mask).view(shape).to_device(self.device);
-        let stacked = self.module.forward_ts(&[ids, mask]).map_err(err)?;
-        let want = [(self.info().num_layers + 1) as i64, shape[0], shape[1], self.info().hidden_size as i64];
+        let output = self.module.forward_is(&[IValue::Tensor(ids), IValue::Tensor(mask)]).map_err(err)?;
+        let index = self.export.meta.sites().iter().position(|&s| s == site).unwrap_or(0);
+        let stacked = match output {
+            IValue::Tensor(t) if index == 0 => t,
+            IValue::Tuple(mut items) if index < items.len() => match items.swap_remove(index) {
+                IValue::Tensor(t) => t,
+                other => return Err(Error::backend(BACKEND, format!("output {index} of the module is {other:?}"))),
+            },
+            _ => {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!("the module returned no output for site {site} (export.json lists it at {index})"),
+                ));
+            }
+        };
+        let info = self.info();
+        let count = if site.in_block() { info.num_layers } else { info.num_layers + 1 };
+        let width = info.width(site);
+        let want = [count as i64, shape[0], shape[1], width as i64];
         if stacked.size() != want {
             return Err(Error::backend(
                 BACKEND,
-                format!("the module returned shape {:?}, expected {want:?}", stacked.size()),
+                format!("the module returned {site} of shape {:?}, expected {want:?}", stacked.size()),
             ));
         }
         let index = Tensor::from_slice(&layers.iter().map(|&l| l as i64).collect::<Vec<_>>()).to_device(self.device);
@@ -210,7 +232,7 @@ impl Inner {
             .and_then(|t| t.f_to_device(Device::Cpu))
             .map_err(err)?
             .contiguous();
-        let per = batch.batch * batch.seq * self.info().hidden_size;
+        let per = batch.batch * batch.seq * width;
         let mut flat = vec![0f32; per * layers.len()];
         picked.f_copy_data(&mut flat, per * layers.len()).map_err(err)?;
         Ok(flat.chunks_exact(per).map(<[f32]>::to_vec).collect())
@@ -221,11 +243,10 @@ impl Inner {
 impl ActivationExtractor for TchExtractor {
     async fn extract(&self, request: ActivationRequest) -> Result<Activations> {
         request.validate(self.inner.info())?;
-        request.require_resid(BACKEND)?;
         let inner = Arc::clone(&self.inner);
         let default_batch = inner.options.default_batch_size.unwrap_or(8);
         tokio::task::spawn_blocking(move || {
-            inner.export.extract(&request, default_batch, |batch, layers| inner.forward(batch, layers))
+            inner.export.extract(&request, default_batch, |batch, site, layers| inner.forward(batch, site, layers))
         })
         .await
         .map_err(|e| Error::backend(BACKEND, format!("extraction task failed: {e}")))?

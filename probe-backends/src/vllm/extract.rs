@@ -288,7 +288,7 @@ impl ActivationExtractor for VllmExtractor {
         let ids = self.token_ids(&request)?;
         let layers = request.sorted_layers();
         let spans: Vec<Span> = ids.iter().enumerate().map(|(i, s)| request.span(i, s.len())).collect::<Result<_>>()?;
-        let mut out = Collector::new(request.positions, &layers, self.info.hidden_size, &ids, spans.clone());
+        let mut out = Collector::new(request.positions, &layers, &[self.info.hidden_size], &ids, spans.clone());
         let last = self.info.num_layers;
         let norm = layers.contains(&last).then(|| self.norm.spec(last));
         let ask = |span: Span| Ask {

@@ -93,8 +93,8 @@ pub async fn extract_prompts(
 pub use layers::LayerSelection;
 pub use observer::{NoProgress, Phase, SweepEvent, SweepObserver};
 pub use probe::{
-    Applied, LabelKind, LogisticProbe, ProbeConfig, ProbeMeta, SavedProbe, Targets, evaluate_layer, parse_c_grid,
-    roc_auc, stratified_folds,
+    Applied, LabelKind, LogisticProbe, ProbeConfig, ProbeMeta, SavedProbe, Targets, evaluate_heads, evaluate_layer,
+    parse_c_grid, roc_auc, stratified_folds,
 };
 pub use prompts::{ChatMessage, Prompt, PromptFormat, PromptSet};
 pub use report::{LayerScore, SweepReport, SweepSummary};
@@ -496,22 +496,9 @@ fn head_scores(
     fold: &[usize],
     config: &SweepConfig,
 ) -> Result<Vec<LayerScore>> {
-    let (nh, d) = (info.num_heads, info.head_dim);
-    let mut out = Vec::with_capacity(features.len() * nh);
+    let mut out = Vec::with_capacity(features.len() * info.num_heads);
     for (&(_, layer), tensor) in features.iter().filter(|((site, _), _)| *site == crate::Site::Heads) {
-        if nh == 0 || tensor.shape.get(1) != Some(&(nh * d)) {
-            return Err(Error::invalid(
-                "site",
-                format!("heads: block {layer} has shape {:?}, not [n, {nh} heads × {d}]", tensor.shape),
-            ));
-        }
-        let n = tensor.rows();
-        for h in 0..nh {
-            let data = (0..n).flat_map(|r| tensor.row(r)[h * d..(h + 1) * d].iter().copied()).collect();
-            let mut score = evaluate_layer(layer, &Tensor::new(vec![n, d], data), targets, fold, &config.probe)?;
-            score.head = Some(h);
-            out.push(score);
-        }
+        out.extend(evaluate_heads(layer, tensor, (info.num_heads, info.head_dim), targets, fold, &config.probe)?);
     }
     Ok(out)
 }

@@ -194,6 +194,69 @@ fn run_fold(
     Ok(Fold { score, auc, c, control, dom, held_out, n_train: train.len() })
 }
 
+/// Cross-validates one probe per attention head of block `layer` (a `heads` sweep): `features`
+/// `[n, heads·head_dim]` (each position's heads side by side), `shape` = `(heads, head_dim)`;
+/// each head's `[n, head_dim]` columns go through [`evaluate_layer`]. Scores in head order,
+/// each with its `head`. Heads run in parallel (up to the available cores), each head's folds
+/// on its thread: a block has more heads than a probe has folds, and each head's bootstrap
+/// runs alongside the others'.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a tensor that is not `[n, heads·head_dim]` (or no heads), and
+/// [`evaluate_layer`]'s errors.
+pub fn evaluate_heads(
+    layer: usize,
+    features: &Tensor,
+    shape: (usize, usize),
+    targets: &Targets,
+    fold: &[usize],
+    cfg: &ProbeConfig,
+) -> Result<Vec<LayerScore>> {
+    let (nh, d) = shape;
+    if nh == 0 || d == 0 || features.shape.len() != 2 || features.shape[1] != nh * d {
+        return Err(Error::invalid(
+            "site",
+            format!("heads: block {layer} has shape {:?}, not [n, {nh} heads × {d}]", features.shape),
+        ));
+    }
+    let n = features.rows();
+    in_parallel(nh, cores(), |h| {
+        let data = (0..n).flat_map(|r| features.row(r)[h * d..(h + 1) * d].iter().copied()).collect();
+        let mut score = evaluate_layer_on(layer, &Tensor::new(vec![n, d], data), targets, fold, cfg, 1)?;
+        score.head = Some(h);
+        Ok(score)
+    })
+    .into_iter()
+    .collect()
+}
+
+/// The cores this process may use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// `f(0) .. f(count - 1)` in order, computed on up to `threads` scoped threads (task `i` on
+/// thread `i mod threads`); on the calling thread when there is one.
+fn in_parallel<T: Send>(count: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = threads.min(count).max(1);
+    if threads == 1 {
+        return (0..count).map(f).collect();
+    }
+    let mut results: Vec<Option<T>> = (0..count).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = (0..threads)
+            .map(|t| s.spawn(move || (t..count).step_by(threads).map(|i| (i, f(i))).collect::<Vec<_>>()))
+            .collect();
+        for h in handles {
+            for (i, r) in h.join().expect("a probe thread panicked") {
+                results[i] = Some(r);
+            }
+        }
+    });
+    results.into_iter().map(|r| r.expect("every task ran")).collect()
+}
+
 /// Cross-validates the probes of one layer: `features` `[n, hidden]`, `targets` per row,
 /// `fold` the outer fold of every row (from [`stratified_folds`] over
 /// [`Targets::strata`]). Outer folds run in parallel (up to the available cores).
@@ -207,6 +270,18 @@ pub fn evaluate_layer(
     targets: &Targets,
     fold: &[usize],
     cfg: &ProbeConfig,
+) -> Result<LayerScore> {
+    evaluate_layer_on(layer, features, targets, fold, cfg, cores())
+}
+
+/// [`evaluate_layer`] with its outer folds on up to `threads` threads.
+fn evaluate_layer_on(
+    layer: usize,
+    features: &Tensor,
+    targets: &Targets,
+    fold: &[usize],
+    cfg: &ProbeConfig,
+    threads: usize,
 ) -> Result<LayerScore> {
     cfg.validate()?;
     if features.shape.len() != 2 || features.shape[0] != targets.len() || fold.len() != targets.len() {
@@ -227,27 +302,9 @@ pub fn evaluate_layer(
         }
         Targets::Numeric(v) => Targets::Numeric(permuted(v, cfg.seed)),
     };
-    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(k).max(1);
-    let mut results: Vec<Option<Result<Fold>>> = (0..k).map(|_| None).collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let control = &control;
-                s.spawn(move || {
-                    (t..k)
-                        .step_by(threads)
-                        .map(|f| (f, run_fold(features, targets, control, fold, f, cfg)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            for (f, r) in h.join().expect("a probe fold panicked") {
-                results[f] = Some(r);
-            }
-        }
-    });
-    let folds: Vec<Fold> = results.into_iter().map(|r| r.expect("every fold ran")).collect::<Result<_>>()?;
+    let folds: Vec<Fold> = in_parallel(k, threads, |f| run_fold(features, targets, &control, fold, f, cfg))
+        .into_iter()
+        .collect::<Result<_>>()?;
     let (score, score_std) = mean_std(&folds.iter().map(|f| f.score).collect::<Vec<_>>());
     let control = folds.iter().map(|f| f.control).sum::<f64>() / k as f64;
     let mut held_out: Vec<(usize, f64)> = folds.iter().flat_map(|f| f.held_out.iter().copied()).collect();

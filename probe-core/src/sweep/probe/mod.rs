@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-pub use cv::{evaluate_layer, roc_auc};
+pub use cv::{evaluate_heads, evaluate_layer, roc_auc};
 pub use folds::stratified_folds;
 pub use linalg::Standardizer;
 pub use logistic::LogisticProbe;

@@ -132,3 +132,23 @@ fn auc_handles_ties_and_order() {
     assert_eq!(roc_auc(&[0.5, 0.5], &[false, true]), 0.5);
     assert!(roc_auc(&[0.5], &[true]).is_nan());
 }
+
+#[test]
+fn each_head_is_a_layer_probe_on_its_columns() {
+    // Two heads of 4: the first carries the class in its column 0, the second is noise.
+    let (signal, y) = blobs(120, 4, 3.0, 1);
+    let (noise, _) = blobs(120, 4, 0.0, 2);
+    let data = (0..120).flat_map(|r| signal.row(r).iter().chain(noise.row(r)).copied()).collect();
+    let x = Tensor::new(vec![120, 8], data);
+    let (t, cfg) = (classes(y, 2), ProbeConfig::default());
+    let fold = stratified_folds(&t.strata(cfg.folds), cfg.folds, cfg.seed).unwrap();
+    let heads = evaluate_heads(5, &x, (2, 4), &t, &fold, &cfg).unwrap();
+    assert_eq!(heads.iter().map(|s| (s.layer, s.head)).collect::<Vec<_>>(), [(5, Some(0)), (5, Some(1))]);
+    for (h, alone) in [signal, noise].iter().enumerate() {
+        let want = evaluate_layer(5, alone, &t, &fold, &cfg).unwrap();
+        assert_eq!((heads[h].accuracy, heads[h].auc, heads[h].ci95), (want.accuracy, want.auc, want.ci95), "head {h}");
+    }
+    assert_eq!(heads[0].accuracy, 1.0);
+    let err = evaluate_heads(5, &x, (3, 4), &t, &fold, &cfg).unwrap_err().to_string();
+    assert!(err.contains("[120, 8]") && err.contains("3 heads × 4"), "{err}");
+}
