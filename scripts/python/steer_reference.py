@@ -23,7 +23,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sites_reference import child, layers_of  # noqa: E402
+from export_common import child, layers_of  # noqa: E402
 
 
 def main() -> int:
