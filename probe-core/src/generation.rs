@@ -201,8 +201,12 @@ impl StateCapture {
         if self.reads.is_empty() || self.reads.iter().any(|(_, l)| l.is_empty()) {
             return Err(Error::invalid("layers", "no layers requested"));
         }
+        crate::activation::check_reads(&self.reads, &self.model)?;
         if request.sampling.n != 1 {
-            return Err(Error::invalid("n", format!("{} (states are captured for one completion per prompt)", request.sampling.n)));
+            return Err(Error::invalid(
+                "n",
+                format!("{} (states are captured for one completion per prompt)", request.sampling.n),
+            ));
         }
         if !request.sampling.steering.is_empty() {
             return Err(Error::invalid(

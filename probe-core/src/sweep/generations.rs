@@ -67,7 +67,10 @@ impl Capture<'_> {
         for &(site, layer) in &self.slots {
             let width = self.info.width(site);
             let t = acts.at(site, layer).filter(|t| t.rows() == n && t.data.len() == n * width).ok_or_else(|| {
-                Error::backend("generator", format!("captured no [{n}, {width}] states of layer {layer} of site {site}"))
+                Error::backend(
+                    "generator",
+                    format!("captured no [{n}, {width}] states of layer {layer} of site {site}"),
+                )
             })?;
             for (r, row) in out.iter_mut().enumerate() {
                 row.push(t.data[r * width..(r + 1) * width].to_vec());
