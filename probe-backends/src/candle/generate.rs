@@ -111,8 +111,14 @@ struct Row {
     fed: usize,
 }
 
-/// A finished completion: (token ids, finish reason, text, captured states per slot).
-type Completion = (Vec<u32>, FinishReason, String, Option<Vec<Vec<f32>>>);
+/// Per (site, layer) slot of a [`Capturing`], one row's values in f32.
+type States = Vec<Vec<f32>>;
+
+/// A finished completion: (token ids, finish reason, text, captured states).
+type Completion = (Vec<u32>, FinishReason, String, Option<States>);
+
+/// A prefill's logits, every layer's keys and values, and (capturing) per slot `[b · width]`.
+type Prefilled = (Tensor, Vec<(Tensor, Tensor)>, States);
 
 /// What a generation reads while it decodes ([`StateCapture`], checked): per (site, layer)
 /// slot, the last fed token's value or the mean of every fed token's, in f32.
@@ -219,7 +225,7 @@ impl Inner {
         &self,
         request: &GenerationRequest,
         capture: Option<&Capturing>,
-    ) -> Result<(Vec<Generation>, Vec<Option<Vec<Vec<f32>>>>)> {
+    ) -> Result<(Vec<Generation>, Vec<Option<States>>)> {
         self.decoder.check_loaded(None)?;
         let p = &request.sampling;
         for i in &p.steering {
@@ -408,7 +414,7 @@ impl Inner {
         input: &Tensor,
         lens: &[usize],
         steer: &Steering,
-    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>, Vec<Vec<f32>>)> {
+    ) -> Result<Prefilled> {
         let (b, s) = input.dims2().map_err(be)?;
         let device = self.decoder.device().clone();
         let last_idx: Vec<u32> = lens.iter().enumerate().map(|(r, &l)| (r * s + l - 1) as u32).collect();
