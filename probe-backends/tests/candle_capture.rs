@@ -49,18 +49,17 @@ fn prompts() -> Vec<String> {
 }
 
 /// Greedy sampling of `max_tokens` with stop strings that end the fixture's completions of
-/// [`prompts`] at different steps: a character from the middle of two of them.
+/// [`prompts`] at different steps.
 async fn stopping(model: &CandleBackend, max_tokens: u32) -> SamplingParams {
     let plain = SamplingParams::greedy(max_tokens);
     let request = GenerationRequest::new(model.model_id().id, prompts()).with_sampling(plain.clone());
     let gens = model.generate(request).await.unwrap();
-    let stop = [1, 3]
-        .iter()
-        .filter_map(|&i| {
-            let chars: Vec<char> = gens[i].completion.chars().filter(|c| !c.is_whitespace()).collect();
-            chars.get(chars.len() / (i + 1)).map(|c| c.to_string())
-        })
-        .collect();
+    // The rarest of the characters in the second half of one completion.
+    let all: String = gens.iter().map(|g| g.completion.as_str()).collect();
+    let count = |c: char| all.chars().filter(|&x| x == c).count();
+    let chars: Vec<char> = gens[2].completion.chars().filter(|c| !c.is_whitespace()).collect();
+    let late = chars[chars.len() / 2..].iter().copied().min_by_key(|&c| count(c));
+    let stop = late.map(|c| vec![c.to_string()]).unwrap_or_default();
     plain.with_stop(stop)
 }
 

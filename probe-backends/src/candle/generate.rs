@@ -160,6 +160,32 @@ impl Capturing {
         Ok(())
     }
 
+    /// Per slot, the `[b, width]` values read in one step, in f32 on the host (`[b · width]`),
+    /// copied in one transfer.
+    fn to_host(&self, parts: Vec<Option<Tensor>>) -> Result<Vec<Option<Vec<f32>>>> {
+        let parts: Vec<Tensor> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(k, t)| {
+                t.ok_or_else(|| {
+                    Error::backend("candle", format!("no states of {:?} were read while generating", self.slots[k]))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let widths: Vec<usize> = parts.iter().map(|t| t.dim(1)).collect::<candle_core::Result<_>>().map_err(be)?;
+        let all = Tensor::cat(&parts, 1).and_then(|t| t.to_dtype(DType::F32)).and_then(|t| t.to_vec2::<f32>());
+        let all = all.map_err(be)?;
+        let mut out: Vec<Vec<f32>> = widths.iter().map(|w| Vec::with_capacity(w * all.len())).collect();
+        for row in &all {
+            let mut at = 0;
+            for (o, &w) in out.iter_mut().zip(&widths) {
+                o.extend_from_slice(&row[at..at + w]);
+                at += w;
+            }
+        }
+        Ok(out.into_iter().map(Some).collect())
+    }
+
     /// A row's states once it is done.
     fn finish(&self, row: &mut Row) -> Vec<Vec<f32>> {
         let mut states = std::mem::take(&mut row.states);
@@ -296,21 +322,22 @@ impl Inner {
             }
             let ids: Vec<u32> = active.iter().map(|r| *r.ids.last().unwrap_or(&0)).collect();
             let logits = match capture {
-                None => self.decoder.next_logits_rows(&ids, &mut kv, &steer, None).map_err(be)?,
-                Some(c) => {
-                    let mut step: Vec<Option<Vec<f32>>> = vec![None; c.slots.len()];
+                // `last` reads only the steps that feed some row's final token.
+                Some(c) if c.mean || active.iter().any(|r| r.done.is_some()) => {
+                    let mut parts: Vec<Option<Tensor>> = vec![None; c.slots.len()];
                     let mut visit = |site: Site, layer: usize, h: &Tensor| -> candle_core::Result<()> {
                         if let Some(k) = c.slot(site, layer) {
-                            step[k] = Some(h.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?);
+                            parts[k] = Some(h.to_device(self.decoder.device())?.flatten_from(1)?);
                         }
                         Ok(())
                     };
                     let mut reader = Reader::new(&c.reads, self.decoder.cfg.num_layers, &mut visit);
                     let logits = self.decoder.next_logits_rows(&ids, &mut kv, &steer, Some(&mut reader)).map_err(be)?;
                     let ones = vec![1; active.len()];
-                    c.absorb(&mut active, &step, &ones)?;
+                    c.absorb(&mut active, &c.to_host(parts)?, &ones)?;
                     logits
                 }
+                _ => self.decoder.next_logits_rows(&ids, &mut kv, &steer, None).map_err(be)?,
             };
             let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(be)?;
             let mut finished = Vec::new();
@@ -366,11 +393,12 @@ impl Inner {
         let device = self.decoder.device().clone();
         let input = Tensor::from_vec(ids, (group.len(), width), &device).map_err(be)?;
         let (logits, kept, step) = match capture {
-            None => {
+            // `last` reads the final token, always fed in a decode step.
+            Some(c) if c.mean => self.prefill_capturing(c, &input, &lens, steer)?,
+            _ => {
                 let (logits, kept) = self.decoder.prefill(&input, &lens, steer, None).map_err(be)?;
                 (logits, kept, Vec::new())
             }
-            Some(c) => self.prefill_capturing(c, &input, &lens, steer)?,
         };
         let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(be)?;
         let mut joined = Vec::with_capacity(group.len() * rows);
@@ -380,7 +408,7 @@ impl Inner {
                 let states = vec![Vec::new(); capture.map_or(0, |c| c.slots.len())];
                 let mut row =
                     Row { prompt: pi, sample: s, ids: Vec::new(), done: None, text: None, rng, states, fed: 0 };
-                if let Some(c) = capture {
+                if let Some(c) = capture.filter(|_| !step.is_empty()) {
                     // This prompt's row of the prefill's reduced values.
                     let mine: Vec<Option<Vec<f32>>> = step
                         .iter()
@@ -421,30 +449,21 @@ impl Inner {
         let last_idx = Tensor::from_vec(last_idx, b, &device).map_err(be)?;
         let mask: Vec<f32> = lens.iter().flat_map(|&l| (0..s).map(move |j| if j < l { 1.0 } else { 0.0 })).collect();
         let mask = Tensor::from_vec(mask, (b, s, 1), &device).map_err(be)?;
-        let mut step: Vec<Option<Vec<f32>>> = vec![None; capture.slots.len()];
+        let mut parts: Vec<Option<Tensor>> = vec![None; capture.slots.len()];
         let mut visit = |site: Site, layer: usize, h: &Tensor| -> candle_core::Result<()> {
             let Some(k) = capture.slot(site, layer) else { return Ok(()) };
             let h = h.to_device(&device)?.to_dtype(DType::F32)?;
             let width = h.elem_count() / (b * s);
-            let reduced = if capture.mean {
+            parts[k] = Some(if capture.mean {
                 h.reshape((b, s, width))?.broadcast_mul(&mask)?.sum(1)?
             } else {
                 h.reshape((b * s, width))?.index_select(&last_idx, 0)?
-            };
-            step[k] = Some(reduced.flatten_all()?.to_vec1()?);
+            });
             Ok(())
         };
         let mut reader = Reader::new(&capture.reads, self.decoder.cfg.num_layers, &mut visit);
         let (logits, kept) = self.decoder.prefill(input, lens, steer, Some(&mut reader)).map_err(be)?;
-        let step = step
-            .into_iter()
-            .enumerate()
-            .map(|(k, v)| {
-                v.ok_or_else(|| {
-                    Error::backend("candle", format!("no states of {:?} were read in the prefill", capture.slots[k]))
-                })
-            })
-            .collect::<Result<_>>()?;
+        let step = capture.to_host(parts)?.into_iter().flatten().collect();
         Ok((logits, kept, step))
     }
 

@@ -41,6 +41,18 @@
 //! - A corrupt entry is a miss: it is recomputed, and counted in
 //!   [`SweepSummary::corrupt_entries`] (from [`CacheStore::corrupt_entries`]).
 //!
+//! # States read while generating
+//!
+//! When the generator can read the extractor's model's hidden states as it generates
+//! ([`crate::Capabilities::capture_states`], [`Generator::states_model`] equal to
+//! [`ActivationExtractor::model_info`]), the readout is `last` or `mean` and nothing steers
+//! the completions, the blocks generated now are captured
+//! ([`Generator::generate_capturing`]): each block's activation block entries (the layers
+//! without a whole-layer entry) are committed with its generation block entry, under the keys
+//! and in the layout extraction would write, so the activation phase finds them and runs no
+//! forward pass for those rows (counted in [`SweepSummary::pass_reuse`]). Completions found
+//! in the cache, other readouts and steered runs are extracted as before.
+//!
 //! Everything is validated before any expensive work: layers against
 //! [`crate::ActivationExtractor::model_info`], the batch size, sampling, the probe settings and
 //! the labels (at least two examples per class).
