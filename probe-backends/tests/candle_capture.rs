@@ -155,7 +155,9 @@ async fn a_candle_sweep_reads_its_activations_while_generating() {
     for readout in [Readout::Last, Readout::Mean] {
         let config = SweepConfig::new((0..=l).collect())
             .with_positions(readout.clone())
-            .with_batch_size(8)
+            // Generate calls of 7 prompts, two at once: calls straddle the blocks.
+            .with_batch_size(7)
+            .with_generation_in_flight(2)
             .with_sampling(Some(SamplingParams::greedy(6).with_stop(vec!["e".into()])))
             .with_probe(sweep::ProbeConfig::default().with_folds(2));
         let cache = MemoryCache::new();
@@ -168,7 +170,7 @@ async fn a_candle_sweep_reads_its_activations_while_generating() {
         assert!(s.to_string().contains("20 inputs read from the generation pass"), "{s}");
 
         // Again, and at another batch size: everything from the cache.
-        for batch in [8, 3] {
+        for batch in [7, 3] {
             let again = sweep::run(
                 SweepParts::new(&model, &cache).with_generator(&model),
                 &set,
