@@ -1,7 +1,7 @@
 //! States read while generating (`Generator::generate_capturing`) equal a separate extraction
 //! pass over prompt + completion ids, on the fixture Llama and Gemma 2 (sliding windows,
 //! soft-capping; PROBE_FIXTURES): every layer of the residual stream and every block's
-//! `mlp_out`, `last` and `mean`, prompts of different lengths decoded together (a decode batch
+//! `mlp_out`, at `last`, `mean`, `last-prompt` and `mean-completion`, prompts of different lengths decoded together (a decode batch
 //! smaller than the prompts, so rows join and leave) with completions that stop at different
 //! steps. A sweep that generates with candle runs no extraction pass for what it generated,
 //! a second sweep and one at another batch size read everything from the cache, and its
@@ -16,7 +16,7 @@ use probe_core::sweep::{self, PromptFormat, PromptSet, SweepConfig, SweepParts};
 use probe_core::testing::{MemoryCache, require_service};
 use probe_core::{
     ActivationExtractor, ActivationRequest, Capabilities, Generation, GenerationRequest, Generator, Inputs, ModelId,
-    Positions, Readout, Result, SamplingParams, Site, StateCapture,
+    Positions, Readout, Result, SamplingParams, Site, Span, StateCapture,
 };
 
 /// max |captured − extracted|, over max(1, max |extracted|), f32.
@@ -76,9 +76,10 @@ async fn captured_states_equal_the_extraction_pass() {
         // Stop strings (taken from the completions themselves) end some completions at
         // different steps; the others run to max_tokens.
         let sampling = stopping(&model, 12).await;
-        for positions in [Positions::Last, Positions::Mean] {
+        for readout in [Readout::Last, Readout::Mean, Readout::LastPrompt, Readout::MeanCompletion] {
+            let positions = readout.positions();
             let request = GenerationRequest::new(model.model_id().id, prompts()).with_sampling(sampling.clone());
-            let capture = StateCapture::new(info.clone(), reads.clone(), positions);
+            let capture = StateCapture::new(info.clone(), reads.clone(), readout.clone());
             let (gens, acts) = model.generate_capturing(request.clone(), capture).await.unwrap();
             assert_eq!(gens, model.generate(request).await.unwrap(), "{arch}: the same completions");
             let lens: Vec<usize> = gens.iter().map(|g| g.token_ids.as_ref().unwrap().len()).collect();
@@ -89,6 +90,16 @@ async fn captured_states_equal_the_extraction_pass() {
                 .with_positions(positions)
                 .with_batch_size(2);
             req.more_sites = reads[1..].to_vec();
+            // The extraction pass reads the readout's span of each prompt + completion.
+            let spans = gens.iter().map(|g| {
+                let (p, all) = (g.prompt_token_ids.as_ref().unwrap().len(), g.full_token_ids().unwrap().len());
+                match readout {
+                    Readout::LastPrompt => Span::new(0, p),
+                    Readout::MeanCompletion => Span::new(p, all),
+                    _ => Span::new(0, all),
+                }
+            });
+            req.spans = Some(spans.collect());
             let extracted = model.extract(req).await.unwrap();
             let mut worst = 0f32;
             for (site, layers) in &reads {
@@ -96,11 +107,11 @@ async fn captured_states_equal_the_extraction_pass() {
                     let (a, b) = (acts.at(*site, layer).unwrap(), extracted.at(*site, layer).unwrap());
                     assert_eq!(a.shape, b.shape, "{arch} {site} {layer}");
                     let e = err(&a.data, &b.data);
-                    assert!(e <= TOLERANCE, "{arch} {positions:?} {site} layer {layer}: error {e}");
+                    assert!(e <= TOLERANCE, "{arch} {readout} {site} layer {layer}: error {e}");
                     worst = worst.max(e);
                 }
             }
-            eprintln!("{arch} {positions:?}: completion lengths {lens:?}, worst error {worst:e}");
+            eprintln!("{arch} {readout}: completion lengths {lens:?}, worst error {worst:e}");
         }
     }
 }
@@ -152,7 +163,7 @@ async fn a_candle_sweep_reads_its_activations_while_generating() {
     let Some(model) = load("llama", 8) else { return };
     let set = labelled(20); // two blocks of the cache grid: 16 + 4
     let l = model.model_info().num_layers;
-    for readout in [Readout::Last, Readout::Mean] {
+    for readout in [Readout::Last, Readout::Mean, Readout::LastPrompt, Readout::MeanCompletion] {
         let config = SweepConfig::new((0..=l).collect())
             .with_positions(readout.clone())
             // Generate calls of 7 prompts, two at once: calls straddle the blocks.

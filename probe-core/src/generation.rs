@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{Activations, Capabilities, Error, ModelInfo, Positions, Result, Site, SpecialTokens};
+use crate::{Activations, Capabilities, Error, ModelInfo, Readout, Result, Site, SpecialTokens};
 
 /// Every sampling field, resolved: nothing is left to a server's defaults, so a cached
 /// result can never change silently.
@@ -168,7 +168,7 @@ impl GenerationRequest {
 
 /// Hidden states to read while generating ([`Generator::generate_capturing`]): what an
 /// extraction pass over each prompt + completion (token ids exactly as generated, no steering)
-/// would return at `positions`.
+/// would return at `readout`.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct StateCapture {
@@ -177,26 +177,36 @@ pub struct StateCapture {
     pub model: ModelInfo,
     /// Per site, its layers (as [`crate::ActivationRequest::reads`]).
     pub reads: Vec<(Site, Vec<usize>)>,
-    /// [`Positions::Last`] (the last token of prompt + completion) or [`Positions::Mean`]
-    /// (every token of both).
-    pub positions: Positions,
+    /// [`Readout::Last`] (the last token of prompt + completion), [`Readout::Mean`] (every
+    /// token of both), [`Readout::LastPrompt`] or [`Readout::MeanCompletion`]; markers and
+    /// `all` are read by extraction.
+    pub readout: Readout,
 }
 
 impl StateCapture {
-    /// A capture of `reads` of `model` at `positions`.
-    pub fn new(model: ModelInfo, reads: Vec<(Site, Vec<usize>)>, positions: Positions) -> Self {
-        Self { model, reads, positions }
+    /// A capture of `reads` of `model` at `readout`.
+    pub fn new(model: ModelInfo, reads: Vec<(Site, Vec<usize>)>, readout: impl Into<Readout>) -> Self {
+        Self { model, reads, readout: readout.into() }
     }
 
-    /// Checks what any generator can check: `positions` is `last` or `mean`, some layer is
-    /// read, and the request asks for one completion per prompt without steering (steered
-    /// states are not what an extraction pass reads).
+    /// Whether `readout` can be captured while generating (`last`, `mean`, `last-prompt`,
+    /// `mean-completion`).
+    pub fn can_read(readout: &Readout) -> bool {
+        matches!(readout, Readout::Last | Readout::Mean | Readout::LastPrompt | Readout::MeanCompletion)
+    }
+
+    /// Checks what any generator can check: the readout ([`StateCapture::can_read`]), the
+    /// layers, and that the request asks for one completion per prompt without steering
+    /// (steered states are not what an extraction pass reads).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming the bad value.
     pub fn validate(&self, request: &GenerationRequest) -> Result<()> {
-        if self.positions == Positions::All {
-            return Err(Error::invalid("positions", "\"all\" cannot be captured while generating: use last or mean"));
+        if !Self::can_read(&self.readout) {
+            return Err(Error::invalid(
+                "positions",
+                format!("{} cannot be captured while generating: extract it", self.readout),
+            ));
         }
         if self.reads.is_empty() || self.reads.iter().any(|(_, l)| l.is_empty()) {
             return Err(Error::invalid("layers", "no layers requested"));

@@ -8,8 +8,8 @@
 
 use candle_core::{DType, Tensor};
 use probe_core::{
-    Activations, Error, FinishReason, Generation, GenerationRequest, LayerActivations, Positions, Result,
-    SamplingParams, Site, StateCapture,
+    Activations, Error, FinishReason, Generation, GenerationRequest, LayerActivations, Readout, Result, SamplingParams,
+    Site, StateCapture,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -121,12 +121,18 @@ type Completion = (Vec<u32>, FinishReason, String, Option<States>);
 type Prefilled = (Tensor, Vec<(Tensor, Tensor)>, States);
 
 /// What a generation reads while it decodes ([`StateCapture`], checked): per (site, layer)
-/// slot, the last fed token's value or the mean of every fed token's, in f32.
+/// slot, the last read token's value or the mean of every read token's, in f32; the prompt's
+/// tokens are read in the prefill, the completion's in the decode steps that feed them.
 #[derive(Debug)]
 struct Capturing {
     reads: Vec<(Site, Vec<usize>)>,
     slots: Vec<(Site, usize)>,
+    /// The mean of the tokens read, else the last one's value.
     mean: bool,
+    /// The prompt's tokens are read.
+    prompt: bool,
+    /// The completion's tokens are read.
+    completion: bool,
 }
 
 impl Capturing {
@@ -226,7 +232,13 @@ impl Inner {
         super::extract::check_sites(&self.decoder.cfg, &self.info.architecture, &capture.reads)?;
         let slots: Vec<(Site, usize)> =
             capture.reads.iter().flat_map(|(site, layers)| layers.iter().map(move |&l| (*site, l))).collect();
-        let capturing = Capturing { reads: capture.reads.clone(), slots, mean: capture.positions == Positions::Mean };
+        let (mean, prompt, completion) = match capture.readout {
+            Readout::Last => (false, false, true),
+            Readout::Mean => (true, true, true),
+            Readout::LastPrompt => (false, true, false),
+            _ => (true, false, true),
+        };
+        let capturing = Capturing { reads: capture.reads.clone(), slots, mean, prompt, completion };
         let (gens, states) = self.generate_with(request, Some(&capturing))?;
         let n = states.len();
         let mut layers = Vec::with_capacity(capturing.slots.len());
@@ -243,7 +255,7 @@ impl Inner {
             layers.push(LayerActivations::new(site, layer, probe_core::Tensor::new(shape, data)));
         }
         let counts = gens.iter().map(|g| g.full_token_ids().map_or(0, |ids| ids.len())).collect();
-        Ok((gens, Activations::new(layers, capture.positions, None, counts)))
+        Ok((gens, Activations::new(layers, capture.readout.positions(), None, counts)))
     }
 
     /// The generations of `request`, and per prompt (first sample) the states `capture` read.
@@ -323,7 +335,7 @@ impl Inner {
             let ids: Vec<u32> = active.iter().map(|r| *r.ids.last().unwrap_or(&0)).collect();
             let logits = match capture {
                 // `last` reads only the steps that feed some row's final token.
-                Some(c) if c.mean || active.iter().any(|r| r.done.is_some()) => {
+                Some(c) if c.completion && (c.mean || active.iter().any(|r| r.done.is_some())) => {
                     let mut parts: Vec<Option<Tensor>> = vec![None; c.slots.len()];
                     let mut visit = |site: Site, layer: usize, h: &Tensor| -> candle_core::Result<()> {
                         if let Some(k) = c.slot(site, layer) {
@@ -393,8 +405,7 @@ impl Inner {
         let device = self.decoder.device().clone();
         let input = Tensor::from_vec(ids, (group.len(), width), &device).map_err(be)?;
         let (logits, kept, step) = match capture {
-            // `last` reads the final token, always fed in a decode step.
-            Some(c) if c.mean => self.prefill_capturing(c, &input, &lens, steer)?,
+            Some(c) if c.prompt => self.prefill_capturing(c, &input, &lens, steer)?,
             _ => {
                 let (logits, kept) = self.decoder.prefill(&input, &lens, steer, None).map_err(be)?;
                 (logits, kept, Vec::new())

@@ -58,7 +58,7 @@ impl Capture<'_> {
     }
 
     fn request(&self) -> StateCapture {
-        StateCapture::new(self.info.clone(), activations::reads(&self.slots), self.readout.positions())
+        StateCapture::new(self.info.clone(), activations::reads(&self.slots), self.readout.clone())
     }
 
     /// The captured values of `n` rows, per row then slot, each slot checked for its width.

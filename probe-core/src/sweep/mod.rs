@@ -45,7 +45,8 @@
 //!
 //! When the generator can read the extractor's model's hidden states as it generates
 //! ([`crate::Capabilities::capture_states`], [`Generator::states_model`] equal to
-//! [`ActivationExtractor::model_info`]), the readout is `last` or `mean` and nothing steers
+//! [`ActivationExtractor::model_info`]), the readout is `last`, `mean`, `last-prompt` or
+//! `mean-completion` and nothing steers
 //! the completions, the blocks generated now are captured
 //! ([`Generator::generate_capturing`]): each block's activation block entries (the layers
 //! without a whole-layer entry) are committed with its generation block entry, under the keys
@@ -511,8 +512,8 @@ pub async fn features(
 }
 
 /// The states to read while generating, when the generator can
-/// ([`Generator::generate_capturing`]) for the extractor's model, the readout is `last` or
-/// `mean`, nothing steers the completions (extraction reads unsteered states) and some
+/// ([`Generator::generate_capturing`]) for the extractor's model, the readout is one it reads
+/// ([`crate::StateCapture::can_read`]), nothing steers the completions (extraction reads unsteered states) and some
 /// (site, layer) lacks its whole-layer entry. Only blocks whose completions are generated now
 /// are captured; cached completions are extracted as before.
 async fn capture<'a>(
@@ -524,7 +525,7 @@ async fn capture<'a>(
     config: &'a SweepConfig,
 ) -> Result<Option<generations::Capture<'a>>> {
     let can = generator.capabilities().capture_states
-        && matches!(config.positions, Readout::Last | Readout::Mean)
+        && crate::StateCapture::can_read(&config.positions)
         && job.sampling.steering.is_empty()
         && job.sampling.n == 1
         && generator.states_model().as_ref() == Some(info);
