@@ -646,3 +646,47 @@ fn steering_along_a_probe_raises_its_score_with_alpha() {
     println!("mean probe score at α = -8, 0, 8: {means:?}");
     assert!(means[0] < means[1] && means[1] < means[2], "mean probe score at α = -8, 0, 8: {means:?}");
 }
+
+/// On candle, a sweep that generates reads the activations while generating: no extraction
+/// pass, the summary line and report.json say how many inputs; a rerun and a run at another
+/// batch size read everything from the cache.
+#[cfg(feature = "candle")]
+#[test]
+fn a_candle_sweep_reads_its_activations_while_generating() {
+    let Some(fixtures) = probe_core::testing::require_service("PROBE_FIXTURES") else { return };
+    let model = format!("{fixtures}/models/llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write_prompts(&d.join("prompts.jsonl"), 20);
+    let run = |out: &str, batch: &str| {
+        let args = [
+            "sweep",
+            "--model",
+            &model,
+            "--prompts",
+            "prompts.jsonl",
+            "--layers",
+            "all",
+            "--max-tokens",
+            "4",
+            "--batch-size",
+            batch,
+            "--cache",
+            "cache",
+            "--out",
+            out,
+        ];
+        let stdout = ok(&probe(d, &args));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join(out).join("report.json")).unwrap()).unwrap();
+        (summary_line(&stdout).to_owned(), report["summary"].clone())
+    };
+    let (line, summary) = run("out", "8");
+    assert!(line.contains("20 inputs read from the generation pass, 0 extra passes"), "{line}");
+    assert_eq!((summary["extract_calls"].as_u64(), summary["pass_reuse"]["reused"].as_u64()), (Some(0), Some(20)));
+    for (out, batch) in [("out2", "8"), ("out3", "3")] {
+        let (line, summary) = run(out, batch);
+        assert!(line.starts_with("generations: 0 generated, 20 cached · activations: 0 layers computed"), "{line}");
+        assert_eq!(summary["extract_calls"].as_u64(), Some(0));
+    }
+}

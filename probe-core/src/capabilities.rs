@@ -18,6 +18,11 @@ pub struct Capabilities {
     pub token_ids: bool,
     /// Generator: `n > 1` completions per prompt.
     pub multiple_samples: bool,
+    /// Generator: reads hidden states while it generates
+    /// ([`crate::Generator::generate_capturing`]), as an extraction pass over prompt +
+    /// completion would.
+    #[serde(default)]
+    pub capture_states: bool,
     /// Extractor: accepts token ids as input (not only texts).
     pub token_id_input: bool,
     /// Extractor: `Positions::All` (every token, with a mask).

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{Capabilities, Error, Result, SpecialTokens};
+use crate::{Activations, Capabilities, Error, ModelInfo, Readout, Result, Site, SpecialTokens};
 
 /// Every sampling field, resolved: nothing is left to a server's defaults, so a cached
 /// result can never change silently.
@@ -166,6 +166,68 @@ impl GenerationRequest {
     }
 }
 
+/// Hidden states to read while generating ([`Generator::generate_capturing`]): what an
+/// extraction pass over each prompt + completion (token ids exactly as generated, no steering)
+/// would return at `readout`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StateCapture {
+    /// The model whose states are wanted (an extractor's [`ModelInfo`]); a generator serving
+    /// another model (or another dtype) refuses the request.
+    pub model: ModelInfo,
+    /// Per site, its layers (as [`crate::ActivationRequest::reads`]).
+    pub reads: Vec<(Site, Vec<usize>)>,
+    /// [`Readout::Last`] (the last token of prompt + completion), [`Readout::Mean`] (every
+    /// token of both), [`Readout::LastPrompt`] or [`Readout::MeanCompletion`]; markers and
+    /// `all` are read by extraction.
+    pub readout: Readout,
+}
+
+impl StateCapture {
+    /// A capture of `reads` of `model` at `readout`.
+    pub fn new(model: ModelInfo, reads: Vec<(Site, Vec<usize>)>, readout: impl Into<Readout>) -> Self {
+        Self { model, reads, readout: readout.into() }
+    }
+
+    /// Whether `readout` can be captured while generating (`last`, `mean`, `last-prompt`,
+    /// `mean-completion`).
+    pub fn can_read(readout: &Readout) -> bool {
+        matches!(readout, Readout::Last | Readout::Mean | Readout::LastPrompt | Readout::MeanCompletion)
+    }
+
+    /// Checks what any generator can check: the readout ([`StateCapture::can_read`]), the
+    /// layers, and that the request asks for one completion per prompt without steering
+    /// (steered states are not what an extraction pass reads).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the bad value.
+    pub fn validate(&self, request: &GenerationRequest) -> Result<()> {
+        if !Self::can_read(&self.readout) {
+            return Err(Error::invalid(
+                "positions",
+                format!("{} cannot be captured while generating: extract it", self.readout),
+            ));
+        }
+        if self.reads.is_empty() || self.reads.iter().any(|(_, l)| l.is_empty()) {
+            return Err(Error::invalid("layers", "no layers requested"));
+        }
+        crate::activation::check_reads(&self.reads, &self.model)?;
+        if request.sampling.n != 1 {
+            return Err(Error::invalid(
+                "n",
+                format!("{} (states are captured for one completion per prompt)", request.sampling.n),
+            ));
+        }
+        if !request.sampling.steering.is_empty() {
+            return Err(Error::invalid(
+                "steering",
+                "states captured while steering are not those of an extraction pass; extract them separately",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Why a completion ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -264,6 +326,33 @@ pub trait Generator: Send + Sync + std::fmt::Debug {
 
     /// What this generator supports.
     fn capabilities(&self) -> Capabilities;
+
+    /// [`Generator::generate`] that also reads hidden states while it generates: per (site,
+    /// layer) of `capture`, `[prompts, width]` in prompt order (a site of several values per
+    /// token, [`Site::Heads`], `[prompts, heads, head_dim]`), equal (to rounding) to what an
+    /// extraction pass over each prompt's token ids followed by its completion's would return.
+    /// Only where `capabilities().capture_states` (then [`Generator::states_model`] is the
+    /// model read).
+    ///
+    /// # Errors
+    /// As [`Generator::generate`]; [`Error::InvalidInput`] for a capture another model's,
+    /// [`StateCapture::validate`]'s; [`Error::NotSupported`] (the default) for a generator
+    /// that cannot capture.
+    async fn generate_capturing(
+        &self,
+        request: GenerationRequest,
+        capture: StateCapture,
+    ) -> Result<(Vec<Generation>, Activations)> {
+        let _ = (request, capture);
+        Err(Error::not_supported("capturing hidden states while generating", self.model_id().id))
+    }
+
+    /// The model whose hidden states [`Generator::generate_capturing`] reads (compare it with
+    /// an extractor's [`crate::ActivationExtractor::model_info`]); `None` (the default)
+    /// without `capabilities().capture_states`.
+    fn states_model(&self) -> Option<ModelInfo> {
+        None
+    }
 }
 
 /// A model's identity for cache keys: id and a revision (a content hash of the weights'

@@ -75,7 +75,7 @@ pub use plan::DevicePolicy;
 /// plan give a batch size: the one default, used by every backend and the sweep.
 pub const DEFAULT_BATCH_SIZE: usize = 16;
 pub use error::{BoxError, Error, Result};
-pub use generation::{FinishReason, Generation, GenerationRequest, Generator, ModelId, SamplingParams};
+pub use generation::{FinishReason, Generation, GenerationRequest, Generator, ModelId, SamplingParams, StateCapture};
 pub use readout::Readout;
 pub use site::{Site, Sites};
 pub use steer::{DIRECTION_TENSOR, Intervention};

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use candle_nn::VarBuilder;
 use probe_core::{
     ActivationExtractor, ActivationRequest, Activations, Capabilities, Error, Generation, GenerationRequest, Generator,
-    ModelId, ModelInfo, Result, SpecialTokens,
+    ModelId, ModelInfo, Result, SpecialTokens, StateCapture,
 };
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
@@ -333,7 +333,31 @@ impl Generator for CandleBackend {
         c.stop_strings = true;
         c.token_ids = true;
         c.multiple_samples = true;
+        c.capture_states = self.inner.decoder.check_loaded(None).is_ok();
         c
+    }
+
+    /// Reads the states in the same prefill and decode steps (one more batched step feeds
+    /// each completion's final token).
+    async fn generate_capturing(
+        &self,
+        request: GenerationRequest,
+        capture: StateCapture,
+    ) -> Result<(Vec<Generation>, Activations)> {
+        request.validate()?;
+        if request.model != self.inner.id.id {
+            return Err(Error::invalid(
+                "model",
+                format!("{:?} is not served here (this backend serves {:?})", request.model, self.inner.id.id),
+            ));
+        }
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.generate_capturing(&request, &capture)).await
+    }
+
+    /// This model (as its extractor reports it), when it was loaded whole.
+    fn states_model(&self) -> Option<ModelInfo> {
+        self.inner.decoder.check_loaded(None).is_ok().then(|| self.inner.info.clone())
     }
 }
 

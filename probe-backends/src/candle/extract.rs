@@ -50,7 +50,7 @@ pub(crate) fn check_sites(cfg: &ModelConfig, arch: &str, reads: &[(Site, Vec<usi
 
 impl Inner {
     /// What one position holds at `site`: its width and the shape of one position's values.
-    fn site_shape(&self, site: Site) -> (usize, Vec<usize>) {
+    pub(crate) fn site_shape(&self, site: Site) -> (usize, Vec<usize>) {
         let cfg = &self.decoder.cfg;
         match site {
             Site::Heads => (cfg.num_heads * cfg.head_dim, vec![cfg.num_heads, cfg.head_dim]),

@@ -6,14 +6,17 @@
 //! rows in one batched operation (keys padded to the longest row and masked), and a finished
 //! sequence leaves (the last row moves into its slot) so that the next prompts can join.
 
-use candle_core::Tensor;
-use probe_core::{Error, FinishReason, Generation, GenerationRequest, Result, SamplingParams};
+use candle_core::{DType, Tensor};
+use probe_core::{
+    Activations, Error, FinishReason, Generation, GenerationRequest, LayerActivations, Readout, Result, SamplingParams,
+    Site, StateCapture,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::backend::Inner;
 use super::kv::DecodeKv;
-use super::model::Steering;
+use super::model::{Reader, Steering};
 
 fn be(e: candle_core::Error) -> Error {
     super::oom::error(e)
@@ -97,13 +100,108 @@ struct Row {
     prompt: usize,
     sample: usize,
     ids: Vec<u32>,
+    /// Set once its last token is drawn; while capturing, the row then decodes one more step
+    /// (feeding that token, its logits unused) before it leaves.
     done: Option<FinishReason>,
     text: Option<String>,
     rng: StdRng,
+    /// While capturing, per slot: the sum (mean) or the latest value (last) of the tokens fed.
+    states: Vec<Vec<f32>>,
+    /// Tokens fed (prompt included) while capturing.
+    fed: usize,
 }
 
-/// A finished completion: (token ids, finish reason, text).
-type Completion = (Vec<u32>, FinishReason, String);
+/// Per (site, layer) slot of a [`Capturing`], one row's values in f32.
+type States = Vec<Vec<f32>>;
+
+/// A finished completion: (token ids, finish reason, text, captured states).
+type Completion = (Vec<u32>, FinishReason, String, Option<States>);
+
+/// A prefill's logits, every layer's keys and values, and (capturing) per slot `[b · width]`.
+type Prefilled = (Tensor, Vec<(Tensor, Tensor)>, States);
+
+/// What a generation reads while it decodes ([`StateCapture`], checked): per (site, layer)
+/// slot, the last read token's value or the mean of every read token's, in f32; the prompt's
+/// tokens are read in the prefill, the completion's in the decode steps that feed them.
+#[derive(Debug)]
+struct Capturing {
+    reads: Vec<(Site, Vec<usize>)>,
+    slots: Vec<(Site, usize)>,
+    /// The mean of the tokens read, else the last one's value.
+    mean: bool,
+    /// The prompt's tokens are read.
+    prompt: bool,
+    /// The completion's tokens are read.
+    completion: bool,
+}
+
+impl Capturing {
+    fn slot(&self, site: Site, layer: usize) -> Option<usize> {
+        self.slots.iter().position(|&s| s == (site, layer))
+    }
+
+    /// Adds (mean) or sets (last) the values `step` (per slot, `[b · width]`, row `r` of it
+    /// `rows[r]`'s) into the rows; each row has fed `tokens[r]` more tokens.
+    fn absorb(&self, rows: &mut [Row], step: &[Option<Vec<f32>>], tokens: &[usize]) -> Result<()> {
+        let b = rows.len();
+        for (k, values) in step.iter().enumerate() {
+            let values = values.as_ref().ok_or_else(|| {
+                Error::backend("candle", format!("no states of {:?} were read while generating", self.slots[k]))
+            })?;
+            let width = values.len() / b.max(1);
+            for (r, row) in rows.iter_mut().enumerate() {
+                let v = &values[r * width..(r + 1) * width];
+                let acc = &mut row.states[k];
+                if acc.is_empty() || !self.mean {
+                    acc.clear();
+                    acc.extend_from_slice(v);
+                } else {
+                    acc.iter_mut().zip(v).for_each(|(a, x)| *a += x);
+                }
+            }
+        }
+        for (row, t) in rows.iter_mut().zip(tokens) {
+            row.fed += t;
+        }
+        Ok(())
+    }
+
+    /// Per slot, the `[b, width]` values read in one step, in f32 on the host (`[b · width]`),
+    /// copied in one transfer.
+    fn to_host(&self, parts: Vec<Option<Tensor>>) -> Result<Vec<Option<Vec<f32>>>> {
+        let parts: Vec<Tensor> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(k, t)| {
+                t.ok_or_else(|| {
+                    Error::backend("candle", format!("no states of {:?} were read while generating", self.slots[k]))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let widths: Vec<usize> = parts.iter().map(|t| t.dim(1)).collect::<candle_core::Result<_>>().map_err(be)?;
+        let all = Tensor::cat(&parts, 1).and_then(|t| t.to_dtype(DType::F32)).and_then(|t| t.to_vec2::<f32>());
+        let all = all.map_err(be)?;
+        let mut out: Vec<Vec<f32>> = widths.iter().map(|w| Vec::with_capacity(w * all.len())).collect();
+        for row in &all {
+            let mut at = 0;
+            for (o, &w) in out.iter_mut().zip(&widths) {
+                o.extend_from_slice(&row[at..at + w]);
+                at += w;
+            }
+        }
+        Ok(out.into_iter().map(Some).collect())
+    }
+
+    /// A row's states once it is done.
+    fn finish(&self, row: &mut Row) -> Vec<Vec<f32>> {
+        let mut states = std::mem::take(&mut row.states);
+        if self.mean {
+            let n = row.fed.max(1) as f32;
+            states.iter_mut().flatten().for_each(|v| *v /= n);
+        }
+        states
+    }
+}
 
 impl Inner {
     fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -111,6 +209,61 @@ impl Inner {
     }
 
     pub(crate) fn generate(&self, request: &GenerationRequest) -> Result<Vec<Generation>> {
+        self.generate_with(request, None).map(|(g, _)| g)
+    }
+
+    /// [`Self::generate`], reading `capture`'s states on the way: the generations and, per
+    /// (site, layer), `[prompts, width]` (`[prompts, heads, head_dim]` for [`Site::Heads`]).
+    pub(crate) fn generate_capturing(
+        &self,
+        request: &GenerationRequest,
+        capture: &StateCapture,
+    ) -> Result<(Vec<Generation>, Activations)> {
+        capture.validate(request)?;
+        if capture.model != self.info {
+            return Err(Error::invalid(
+                "model",
+                format!(
+                    "states of {:?} ({}) were asked for; this generator runs {:?} ({})",
+                    capture.model.id.id, capture.model.dtype, self.info.id.id, self.info.dtype
+                ),
+            ));
+        }
+        super::extract::check_sites(&self.decoder.cfg, &self.info.architecture, &capture.reads)?;
+        let slots: Vec<(Site, usize)> =
+            capture.reads.iter().flat_map(|(site, layers)| layers.iter().map(move |&l| (*site, l))).collect();
+        let (mean, prompt, completion) = match capture.readout {
+            Readout::Last => (false, false, true),
+            Readout::Mean => (true, true, true),
+            Readout::LastPrompt => (false, true, false),
+            _ => (true, false, true),
+        };
+        let capturing = Capturing { reads: capture.reads.clone(), slots, mean, prompt, completion };
+        let (gens, states) = self.generate_with(request, Some(&capturing))?;
+        let n = states.len();
+        let mut layers = Vec::with_capacity(capturing.slots.len());
+        for (k, &(site, layer)) in capturing.slots.iter().enumerate() {
+            let (width, per_position) = self.site_shape(site);
+            let mut data = Vec::with_capacity(n * width);
+            for row in &states {
+                let v = row.as_ref().map(|r| &r[k]).filter(|v| v.len() == width).ok_or_else(|| {
+                    Error::backend("candle", format!("layer {layer} of site {site}: no states of width {width}"))
+                })?;
+                data.extend_from_slice(v);
+            }
+            let shape = [vec![n], per_position].concat();
+            layers.push(LayerActivations::new(site, layer, probe_core::Tensor::new(shape, data)));
+        }
+        let counts = gens.iter().map(|g| g.full_token_ids().map_or(0, |ids| ids.len())).collect();
+        Ok((gens, Activations::new(layers, capture.readout.positions(), None, counts)))
+    }
+
+    /// The generations of `request`, and per prompt (first sample) the states `capture` read.
+    fn generate_with(
+        &self,
+        request: &GenerationRequest,
+        capture: Option<&Capturing>,
+    ) -> Result<(Vec<Generation>, Vec<Option<States>>)> {
         self.decoder.check_loaded(None)?;
         let p = &request.sampling;
         for i in &p.steering {
@@ -121,22 +274,36 @@ impl Inner {
         for (i, ids) in prompts.iter().enumerate() {
             self.check_length(i, ids.len() + p.max_tokens as usize)?;
         }
-        let done = self.decode_batched(&prompts, p, self.options.default_batch_size)?;
+        let done = self.decode_batched(&prompts, p, self.options.default_batch_size, capture)?;
         let mut out = Vec::with_capacity(prompts.len() * p.n as usize);
+        let mut states = Vec::with_capacity(prompts.len());
         for (pi, completions) in done.into_iter().enumerate() {
-            for (si, (ids, reason, text)) in completions.into_iter().enumerate() {
+            for (si, (ids, reason, text, captured)) in completions.into_iter().enumerate() {
+                if si == 0 {
+                    states.push(captured);
+                }
                 let prompt = request.prompts[pi].clone();
                 let g = Generation::new(pi, si as u32, prompt, text, reason, Some(ids));
                 out.push(g.with_prompt_token_ids(Some(prompts[pi].clone())));
             }
         }
-        Ok(out)
+        Ok((out, states))
     }
 
     /// The `n` completions of every prompt, decoding up to `batch` sequences at once (a
     /// prompt's samples always join together, so a prompt with more samples than `batch`
     /// decodes alone). Greedy samples are identical: one row per prompt, copied.
-    fn decode_batched(&self, prompts: &[Vec<u32>], p: &SamplingParams, batch: usize) -> Result<Vec<Vec<Completion>>> {
+    ///
+    /// With `capture`, every token of prompt + completion is read: the prompt in the prefill,
+    /// each completion token in the decode step that feeds it, the final one in one more
+    /// step, batched with the rows still decoding (its logits unused).
+    fn decode_batched(
+        &self,
+        prompts: &[Vec<u32>],
+        p: &SamplingParams,
+        batch: usize,
+        capture: Option<&Capturing>,
+    ) -> Result<Vec<Vec<Completion>>> {
         let per_prompt = if p.is_greedy() { 1 } else { p.n as usize };
         let steer = self.decoder.steering(&p.steering)?;
         let mut done: Vec<Vec<Option<Completion>>> = vec![vec![None; per_prompt]; prompts.len()];
@@ -155,7 +322,8 @@ impl Inner {
                 next_prompt += 1;
             }
             if !group.is_empty() {
-                self.prefill(&group, prompts, (p, &steer), per_prompt, &mut active, &mut kv, &mut done)?;
+                let how = (p, &steer, capture);
+                self.prefill(&group, prompts, how, per_prompt, &mut active, &mut kv, &mut done)?;
             }
             if active.is_empty() {
                 // Every admitted sequence finished at its first token: admit more, or stop.
@@ -165,19 +333,41 @@ impl Inner {
                 continue;
             }
             let ids: Vec<u32> = active.iter().map(|r| *r.ids.last().unwrap_or(&0)).collect();
-            let logits = self.decoder.next_logits_rows(&ids, &mut kv, &steer).map_err(be)?;
+            let logits = match capture {
+                // `last` reads only the steps that feed some row's final token.
+                Some(c) if c.completion && (c.mean || active.iter().any(|r| r.done.is_some())) => {
+                    let mut parts: Vec<Option<Tensor>> = vec![None; c.slots.len()];
+                    let mut visit = |site: Site, layer: usize, h: &Tensor| -> candle_core::Result<()> {
+                        if let Some(k) = c.slot(site, layer) {
+                            parts[k] = Some(h.to_device(self.decoder.device())?.flatten_from(1)?);
+                        }
+                        Ok(())
+                    };
+                    let mut reader = Reader::new(&c.reads, self.decoder.cfg.num_layers, &mut visit);
+                    let logits = self.decoder.next_logits_rows(&ids, &mut kv, &steer, Some(&mut reader)).map_err(be)?;
+                    let ones = vec![1; active.len()];
+                    c.absorb(&mut active, &c.to_host(parts)?, &ones)?;
+                    logits
+                }
+                _ => self.decoder.next_logits_rows(&ids, &mut kv, &steer, None).map_err(be)?,
+            };
             let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(be)?;
             let mut finished = Vec::new();
             for (i, (row, l)) in active.iter_mut().zip(&logits).enumerate() {
-                self.push_token(row, l, p)?;
                 if row.done.is_some() {
+                    // Capturing: its final token was fed in this step.
+                    finished.push(i);
+                    continue;
+                }
+                self.push_token(row, l, p)?;
+                if row.done.is_some() && capture.is_none() {
                     finished.push(i);
                 }
             }
             // From the last: a swap-removal only moves rows that stay.
             for &i in finished.iter().rev() {
                 kv.swap_remove(i).map_err(be)?;
-                self.finish(active.swap_remove(i), &mut done)?;
+                self.finish(active.swap_remove(i), capture, &mut done)?;
             }
         }
         let mut out = Vec::with_capacity(prompts.len());
@@ -199,7 +389,7 @@ impl Inner {
         &self,
         group: &[usize],
         prompts: &[Vec<u32>],
-        (p, steer): (&SamplingParams, &Steering),
+        (p, steer, capture): (&SamplingParams, &Steering, Option<&Capturing>),
         rows: usize,
         active: &mut Vec<Row>,
         kv: &mut DecodeKv,
@@ -214,23 +404,78 @@ impl Inner {
         }
         let device = self.decoder.device().clone();
         let input = Tensor::from_vec(ids, (group.len(), width), &device).map_err(be)?;
-        let (logits, kept) = self.decoder.prefill(&input, &lens, steer).map_err(be)?;
+        let (logits, kept, step) = match capture {
+            Some(c) if c.prompt => self.prefill_capturing(c, &input, &lens, steer)?,
+            _ => {
+                let (logits, kept) = self.decoder.prefill(&input, &lens, steer, None).map_err(be)?;
+                (logits, kept, Vec::new())
+            }
+        };
         let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(be)?;
+        let mut joined = Vec::with_capacity(group.len() * rows);
         for (r, (&pi, logits)) in group.iter().zip(&logits).enumerate() {
             for s in 0..rows {
                 let rng = StdRng::seed_from_u64(stream_seed(p.seed, pi, s as u32));
-                let mut row = Row { prompt: pi, sample: s, ids: Vec::new(), done: None, text: None, rng };
+                let states = vec![Vec::new(); capture.map_or(0, |c| c.slots.len())];
+                let mut row =
+                    Row { prompt: pi, sample: s, ids: Vec::new(), done: None, text: None, rng, states, fed: 0 };
+                if let Some(c) = capture.filter(|_| !step.is_empty()) {
+                    // This prompt's row of the prefill's reduced values.
+                    let mine: Vec<Option<Vec<f32>>> = step
+                        .iter()
+                        .map(|v: &Vec<f32>| {
+                            let w = v.len() / group.len();
+                            Some(v[r * w..(r + 1) * w].to_vec())
+                        })
+                        .collect();
+                    c.absorb(std::slice::from_mut(&mut row), &mine, &[lens[r]])?;
+                }
                 self.push_token(&mut row, logits, p)?;
-                if row.done.is_some() {
-                    self.finish(row, done)?;
+                if row.done.is_some() && capture.is_none() {
+                    self.finish(row, None, done)?;
                 } else {
                     // Each sample its own copy of the prompt's keys.
                     kv.push(&kept, r, lens[r], lens[r] + p.max_tokens as usize).map_err(be)?;
-                    active.push(row);
+                    joined.push(row);
                 }
             }
         }
+        active.extend(joined);
         Ok(())
+    }
+
+    /// [`super::model::Decoder::prefill`] reading `capture`'s slots, each reduced on the
+    /// device over every row's real tokens (the last one's value, or the sum); returns the
+    /// logits, the keys and, per slot, `[b · width]` in f32.
+    fn prefill_capturing(
+        &self,
+        capture: &Capturing,
+        input: &Tensor,
+        lens: &[usize],
+        steer: &Steering,
+    ) -> Result<Prefilled> {
+        let (b, s) = input.dims2().map_err(be)?;
+        let device = self.decoder.device().clone();
+        let last_idx: Vec<u32> = lens.iter().enumerate().map(|(r, &l)| (r * s + l - 1) as u32).collect();
+        let last_idx = Tensor::from_vec(last_idx, b, &device).map_err(be)?;
+        let mask: Vec<f32> = lens.iter().flat_map(|&l| (0..s).map(move |j| if j < l { 1.0 } else { 0.0 })).collect();
+        let mask = Tensor::from_vec(mask, (b, s, 1), &device).map_err(be)?;
+        let mut parts: Vec<Option<Tensor>> = vec![None; capture.slots.len()];
+        let mut visit = |site: Site, layer: usize, h: &Tensor| -> candle_core::Result<()> {
+            let Some(k) = capture.slot(site, layer) else { return Ok(()) };
+            let h = h.to_device(&device)?.to_dtype(DType::F32)?;
+            let width = h.elem_count() / (b * s);
+            parts[k] = Some(if capture.mean {
+                h.reshape((b, s, width))?.broadcast_mul(&mask)?.sum(1)?
+            } else {
+                h.reshape((b * s, width))?.index_select(&last_idx, 0)?
+            });
+            Ok(())
+        };
+        let mut reader = Reader::new(&capture.reads, self.decoder.cfg.num_layers, &mut visit);
+        let (logits, kept) = self.decoder.prefill(input, lens, steer, Some(&mut reader)).map_err(be)?;
+        let step = capture.to_host(parts)?.into_iter().flatten().collect();
+        Ok((logits, kept, step))
     }
 
     /// Draws `row`'s next token from `logits` and marks it done at an end-of-sequence token,
@@ -253,14 +498,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Files a finished `row` under its prompt's completions.
-    fn finish(&self, row: Row, done: &mut [Vec<Option<Completion>>]) -> Result<()> {
+    /// Files a finished `row` under its prompt's completions (with its captured states).
+    fn finish(&self, mut row: Row, capture: Option<&Capturing>, done: &mut [Vec<Option<Completion>>]) -> Result<()> {
         let reason = row.done.unwrap_or(FinishReason::Length);
+        let states = capture.map(|c| c.finish(&mut row));
         let text = match row.text {
             Some(t) => t,
             None => drop_incomplete_tail(self.decode(&row.ids)?),
         };
-        done[row.prompt][row.sample] = Some((row.ids, reason, text));
+        done[row.prompt][row.sample] = Some((row.ids, reason, text, states));
         Ok(())
     }
 }

@@ -85,6 +85,70 @@ impl Steering {
     }
 }
 
+/// What a prefill or decode step reads on the way (capture while generating): the residual
+/// stream at `resid` (Hugging Face numbering, `L` after the final norm) and, per block, the
+/// sites inside it, each handed to `visit(site, layer, value)` as [`Decoder::states`] hands
+/// them (`[b, s, width]`, in the weights' dtype).
+pub(crate) struct Reader<'a> {
+    resid: Vec<usize>,
+    taps: Vec<Vec<Site>>,
+    visit: &'a mut dyn FnMut(Site, usize, &Tensor) -> Result<()>,
+}
+
+impl std::fmt::Debug for Reader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("resid", &self.resid).field("taps", &self.taps).finish_non_exhaustive()
+    }
+}
+
+impl<'a> Reader<'a> {
+    /// A reader of `reads` (per site, its layers) over `blocks` blocks.
+    pub(crate) fn new(
+        reads: &[(Site, Vec<usize>)],
+        blocks: usize,
+        visit: &'a mut dyn FnMut(Site, usize, &Tensor) -> Result<()>,
+    ) -> Self {
+        let mut resid = reads.iter().find(|(s, _)| s.is_resid()).map_or_else(Vec::new, |(_, l)| l.clone());
+        resid.sort_unstable();
+        resid.dedup();
+        let mut taps: Vec<Vec<Site>> = vec![Vec::new(); blocks];
+        for (site, layers) in reads.iter().filter(|(s, _)| s.in_block()) {
+            for &b in layers.iter().filter(|&&b| b < blocks) {
+                taps[b].push(*site);
+            }
+        }
+        Self { resid, taps, visit }
+    }
+
+    fn embedded(&mut self, x: &Tensor) -> Result<()> {
+        if self.resid.first() == Some(&0) {
+            (self.visit)(Site::Resid, 0, x)?;
+        }
+        Ok(())
+    }
+
+    fn tap(&self, i: usize) -> Option<Tap> {
+        (!self.taps[i].is_empty()).then(|| Tap::new(self.taps[i].clone()))
+    }
+
+    /// After block `i` (of `l`): its tap's sites, then the residual stream it leaves.
+    fn after(&mut self, i: usize, l: usize, tap: Option<Tap>, x: &Tensor, norm: Option<&Norm>) -> Result<()> {
+        for (site, value) in tap.into_iter().flat_map(Tap::into_values) {
+            let value = value.ok_or_else(|| candle_core::Error::Msg(format!("block {i} has no site {site}")))?;
+            (self.visit)(site, i, &value)?;
+        }
+        if self.resid.binary_search(&(i + 1)).is_ok() {
+            if i + 1 < l {
+                (self.visit)(Site::Resid, i + 1, x)?;
+            } else {
+                let norm = norm.ok_or_else(|| candle_core::Error::Msg("no final norm".into()))?;
+                (self.visit)(Site::Resid, l, &norm.forward(x)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The decoder: embeddings, blocks, final norm and (only for generation) the LM head.
 #[derive(Debug, Clone)]
 pub(crate) struct Decoder {
@@ -372,15 +436,25 @@ impl Decoder {
         ids: &Tensor,
         lens: &[usize],
         steer: &Steering,
+        mut reader: Option<&mut Reader<'_>>,
     ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
         let (b, s) = ids.dims2()?;
         let steps = self.stages.steps(self.step(lens, s)?)?;
         let mut x = self.embed(ids, &[0])?;
+        if let Some(r) = reader.as_deref_mut() {
+            r.embedded(&x)?;
+        }
         let mut kept = Vec::with_capacity(self.blocks.len());
+        let l = self.cfg.num_layers;
         for (i, block) in self.blocks.iter().enumerate() {
             let mut kv = None;
             let input = steer.enter(i, self.stages.enter(i, x)?)?;
-            x = block.forward_tap(&input, self.stages.step_of(&steps, i), Kv::Keep(&mut kv), None, steer.heads(i))?;
+            let mut tap = reader.as_deref().and_then(|r| r.tap(i));
+            let step = self.stages.step_of(&steps, i);
+            x = block.forward_tap(&input, step, Kv::Keep(&mut kv), tap.as_mut(), steer.heads(i))?;
+            if let Some(r) = reader.as_deref_mut() {
+                r.after(i, l, tap, &x, self.norm.as_ref())?;
+            }
             kept.push(kv.ok_or_else(|| candle_core::Error::Msg(format!("block {i} kept no keys")))?);
         }
         let mut last = Vec::with_capacity(b);
@@ -396,7 +470,15 @@ impl Decoder {
     /// position and sliding window as if it ran alone); returns the logits, `[b, vocab]` in f32.
     /// Every row runs at once, attention included: each row's keys padded to the longest
     /// and masked ([`super::attention::rows`]).
-    pub(crate) fn next_logits_rows(&self, ids: &[u32], kv: &mut DecodeKv, steer: &Steering) -> Result<Tensor> {
+    ///
+    /// With `reader`, also hands it what it reads of this step's tokens (`[b, 1, width]`).
+    pub(crate) fn next_logits_rows(
+        &self,
+        ids: &[u32],
+        kv: &mut DecodeKv,
+        steer: &Steering,
+        mut reader: Option<&mut Reader<'_>>,
+    ) -> Result<Tensor> {
         let b = ids.len();
         if kv.rows().len() != b {
             candle_core::bail!("{b} tokens for {} decoding rows", kv.rows().len());
@@ -437,10 +519,19 @@ impl Decoder {
         };
         let steps = self.stages.steps(step)?;
         let mut x = self.embed(&Tensor::from_vec(ids.to_vec(), (b, 1), &self.device)?, &offsets)?;
+        if let Some(r) = reader.as_deref_mut() {
+            r.embedded(&x)?;
+        }
+        let l = self.cfg.num_layers;
         for (i, block) in self.blocks.iter().enumerate() {
             let (kb, vb) = kv.layer(i)?;
             let input = steer.enter(i, self.stages.enter(i, x)?)?;
-            x = block.forward_tap(&input, self.stages.step_of(&steps, i), Kv::Decode(kb, vb), None, steer.heads(i))?;
+            let mut tap = reader.as_deref().and_then(|r| r.tap(i));
+            let step = self.stages.step_of(&steps, i);
+            x = block.forward_tap(&input, step, Kv::Decode(kb, vb), tap.as_mut(), steer.heads(i))?;
+            if let Some(r) = reader.as_deref_mut() {
+                r.after(i, l, tap, &x, self.norm.as_ref())?;
+            }
         }
         kv.rows_mut().iter_mut().for_each(|r| r.len += 1);
         self.logits(&x.squeeze(1)?)

@@ -28,7 +28,7 @@ pub(super) fn slots(reads: &[(Site, Vec<usize>)]) -> Vec<Slot> {
 
 /// `slots` as an extraction request's reads: per site (in the order of first appearance), its
 /// layers.
-fn reads(slots: &[Slot]) -> Vec<(Site, Vec<usize>)> {
+pub(super) fn reads(slots: &[Slot]) -> Vec<(Site, Vec<usize>)> {
     let mut out: Vec<(Site, Vec<usize>)> = Vec::new();
     for &(site, layer) in slots {
         match out.iter_mut().find(|(s, _)| *s == site) {
@@ -74,7 +74,7 @@ impl Job<'_> {
         super::cache_blocks(self.n)
     }
 
-    fn put(&self, (site, layer): Slot, rows: Option<(usize, usize)>, tensor: &Tensor) -> Result<PutRequest> {
+    pub(super) fn put(&self, (site, layer): Slot, rows: Option<(usize, usize)>, tensor: &Tensor) -> Result<PutRequest> {
         let (start, end) = rows.unwrap_or((0, self.n));
         let meta: HashMap<String, String> = [
             ("model", self.info.id.id.clone()),
@@ -202,6 +202,17 @@ async fn whole_layers(cache: &dyn CacheStore, job: &Job<'_>) -> Result<(BTreeMap
     }
     let missing = job.layers.iter().copied().filter(|l| !done.contains_key(l)).collect();
     Ok((done, missing))
+}
+
+/// The requested layers without a whole-layer entry (presence only: nothing is read).
+pub(super) async fn without_whole(cache: &dyn CacheStore, job: &Job<'_>) -> Result<Vec<Slot>> {
+    let mut out = Vec::new();
+    for &slot in job.layers {
+        if !cache.contains_key(&job.key(slot, None)).await? {
+            out.push(slot);
+        }
+    }
+    Ok(out)
 }
 
 /// The inputs of `rows`, in order, taken from the blocks of `own` that hold them.

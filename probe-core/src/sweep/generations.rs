@@ -17,11 +17,80 @@ use futures::{StreamExt, TryStreamExt, stream};
 
 use crate::key::{ActivationSource, generation_block_key_with, generation_key_with};
 use crate::{
-    CacheKey, CacheStore, CacheStoreExt, Error, Generation, GenerationRequest, Generator, Inputs, ModelId, PutRequest,
-    Result, SamplingParams, codec,
+    Activations, CacheKey, CacheStore, CacheStoreExt, Error, Generation, GenerationRequest, Generator, Inputs, ModelId,
+    ModelInfo, PutRequest, Readout, Result, SamplingParams, StateCapture, Tensor, codec,
 };
 
+use super::activations::{self, Slot};
 use super::{Phase, PromptSet, SweepEvent, SweepObserver, SweepSummary};
+
+/// Per row, per slot of a [`Capture`]: the values read while generating.
+type RowStates = Vec<Vec<f32>>;
+
+/// Hidden states read while generating ([`Generator::generate_capturing`]): every generated
+/// block's activation block entries, written under the keys, in the layout and on the grid
+/// that extraction would write them.
+pub(super) struct Capture<'a> {
+    pub(super) info: &'a ModelInfo,
+    /// The source extraction would key them under (the generations' token ids).
+    pub(super) source: ActivationSource,
+    /// The (site, layer) slots without a whole-layer entry.
+    pub(super) slots: Vec<Slot>,
+    pub(super) readout: &'a Readout,
+    /// The extraction batch size (part of the job; entries do not depend on it).
+    pub(super) batch_size: usize,
+}
+
+impl Capture<'_> {
+    /// The extraction job these entries belong to.
+    pub(super) fn job<'b>(&'b self, prompts: &'b PromptSet) -> activations::Job<'b> {
+        activations::Job {
+            info: self.info,
+            prompt_set: &prompts.name,
+            source: &self.source,
+            n: prompts.len(),
+            layers: &self.slots,
+            readout: self.readout,
+            spans: None,
+            batch_size: self.batch_size,
+            special_tokens: prompts.special_tokens,
+        }
+    }
+
+    fn request(&self) -> StateCapture {
+        StateCapture::new(self.info.clone(), activations::reads(&self.slots), self.readout.clone())
+    }
+
+    /// The captured values of `n` rows, per row then slot, each slot checked for its width.
+    fn rows(&self, acts: &Activations, n: usize) -> Result<Vec<RowStates>> {
+        let mut out: Vec<RowStates> = vec![Vec::with_capacity(self.slots.len()); n];
+        for &(site, layer) in &self.slots {
+            let width = self.info.width(site);
+            let t = acts.at(site, layer).filter(|t| t.rows() == n && t.data.len() == n * width).ok_or_else(|| {
+                Error::backend(
+                    "generator",
+                    format!("captured no [{n}, {width}] states of layer {layer} of site {site}"),
+                )
+            })?;
+            for (r, row) in out.iter_mut().enumerate() {
+                row.push(t.data[r * width..(r + 1) * width].to_vec());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What one generate call did.
+struct CallDone {
+    /// Completions generated.
+    count: usize,
+    /// The blocks it completed, with their completions.
+    complete: Vec<(Rows, Vec<Generation>)>,
+    /// Rows whose states were captured and committed (blocks it completed).
+    captured: usize,
+    /// Activation block entries written.
+    entries: usize,
+}
 
 /// Rows `[start, end)` of one block.
 pub(super) type Rows = (usize, usize);
@@ -42,6 +111,8 @@ pub(super) struct GenJob<'a> {
     pub(super) in_flight: usize,
     /// Prompts per generate call (the batch size).
     pub(super) batch: usize,
+    /// States to read while generating (`None`: generation only).
+    pub(super) capture: Option<Capture<'a>>,
 }
 
 impl<'a> GenJob<'a> {
@@ -65,6 +136,7 @@ impl<'a> GenJob<'a> {
             texts: prompts.texts(),
             in_flight: config.generation_in_flight,
             batch: config.batch_size,
+            capture: None,
         }
     }
 }
@@ -115,20 +187,27 @@ impl GenJob<'_> {
         }
     }
 
-    /// Generates the prompts of rows `call` (rows of the missing blocks `pending` holds), then
-    /// commits the entry of every block this call completes. Returns how many completions it
-    /// generated and the blocks it committed.
+    /// Generates the prompts of rows `call` (rows of the missing blocks `pending` holds),
+    /// capturing states with [`Self::capture`], then commits the entries of every block this
+    /// call completes (its activation block entries first, then its generations).
     async fn generate_call(
         &self,
         generator: &dyn Generator,
         call: &[usize],
         pending: &Mutex<Pending>,
-    ) -> Result<(usize, Vec<(Rows, Vec<Generation>)>)> {
+    ) -> Result<CallDone> {
         let texts: Vec<String> = call.iter().map(|&i| self.texts[i].clone()).collect();
         let request = GenerationRequest::new(self.model.id.clone(), texts.clone())
             .with_sampling(self.sampling.clone())
             .with_special_tokens(self.prompts.special_tokens);
-        let mut g = generator.generate(request).await?;
+        let (mut g, states) = match &self.capture {
+            Some(capture) => {
+                let (g, acts) = generator.generate_capturing(request, capture.request()).await?;
+                let states = capture.rows(&acts, call.len())?;
+                (g, Some(states))
+            }
+            None => (generator.generate(request).await?, None),
+        };
         g.sort_by_key(|x| x.prompt_index);
         if !usable(&g, &texts, (0, call.len())) {
             return Err(Error::backend(
@@ -139,12 +218,26 @@ impl GenJob<'_> {
         for x in &mut g {
             x.prompt_index = call[x.prompt_index];
         }
-        let complete = pending.lock().expect("pending generations").add(g);
-        for (rows, gens) in &complete {
-            self.cache.put(self.put(self.block_key(*rows), gens, *rows)).await?;
+        let states = states.map(|s| call.iter().copied().zip(s).collect());
+        let complete = pending.lock().expect("pending generations").add(g, states);
+        let mut done = CallDone { count: call.len(), complete: Vec::new(), captured: 0, entries: 0 };
+        for (rows, gens, states) in complete {
+            if let (Some(capture), Some(states)) = (&self.capture, states) {
+                let job = capture.job(self.prompts);
+                for (k, &slot) in capture.slots.iter().enumerate() {
+                    let width = capture.info.width(slot.0);
+                    let data: Vec<f32> = states.iter().flat_map(|row| row[k].iter().copied()).collect();
+                    let tensor = Tensor::new(vec![rows.1 - rows.0, width], data);
+                    self.cache.put(job.put(slot, Some(rows), &tensor)?).await?;
+                    done.entries += 1;
+                }
+                done.captured += rows.1 - rows.0;
+            }
+            self.cache.put(self.put(self.block_key(rows), &gens, rows)).await?;
             tracing::debug!("generations of prompts {}..{} committed", rows.0, rows.1);
+            done.complete.push((rows, gens));
         }
-        Ok((call.len(), complete))
+        Ok(done)
     }
 
     /// The completions of every block in `blocks`: read from block entries, the missing
@@ -174,14 +267,18 @@ impl GenJob<'_> {
             self.observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: *done });
         }
         let calls = super::passes(&missing, self.batch);
-        let pending = Mutex::new(Pending { blocks: missing, rows: BTreeMap::new() });
+        let pending = Mutex::new(Pending { blocks: missing, rows: BTreeMap::new(), states: BTreeMap::new() });
         let mut generated = stream::iter(calls.iter().map(|call| self.generate_call(generator, call, &pending)))
             .buffer_unordered(self.in_flight.max(1));
-        while let Some((count, complete)) = generated.try_next().await? {
-            summary.generations_generated += count;
-            *done += count;
+        while let Some(call) = generated.try_next().await? {
+            summary.generations_generated += call.count;
+            *done += call.count;
             self.observer.on_event(&SweepEvent::Progress { phase: Phase::Generation, done: *done });
-            have.extend(complete);
+            have.extend(call.complete);
+            if self.capture.is_some() {
+                summary.entries_written += call.entries;
+                summary.pass_reuse.get_or_insert_default().reused += call.captured as u64;
+            }
         }
         Ok(have)
     }
@@ -362,17 +459,28 @@ struct Pending {
     blocks: Vec<Rows>,
     /// Completions of those blocks generated so far, by prompt index.
     rows: BTreeMap<usize, Generation>,
+    /// States captured with them, by prompt index.
+    states: BTreeMap<usize, RowStates>,
 }
 
+/// A block completed: its rows, completions and (when captured) states.
+type Completed = (Rows, Vec<Generation>, Option<Vec<RowStates>>);
+
 impl Pending {
-    /// Adds one call's completions; returns the blocks they complete (taken out), in order.
-    fn add(&mut self, gens: Vec<Generation>) -> Vec<(Rows, Vec<Generation>)> {
+    /// Adds one call's completions (and captured states, by prompt index); returns the blocks
+    /// they complete (taken out), in order.
+    fn add(&mut self, gens: Vec<Generation>, states: Option<Vec<(usize, RowStates)>>) -> Vec<Completed> {
         self.rows.extend(gens.into_iter().map(|g| (g.prompt_index, g)));
+        let captured = states.is_some();
+        self.states.extend(states.into_iter().flatten());
         let mut complete = Vec::new();
         self.blocks.retain(|&(s, e)| {
             let whole = self.rows.range(s..e).count() == e - s;
             if whole {
-                complete.push(((s, e), (s..e).filter_map(|i| self.rows.remove(&i)).collect()));
+                let gens = (s..e).filter_map(|i| self.rows.remove(&i)).collect();
+                let states: Option<Vec<RowStates>> =
+                    captured.then(|| (s..e).map(|i| self.states.remove(&i)).collect()).flatten();
+                complete.push(((s, e), gens, states));
             }
             !whole
         });

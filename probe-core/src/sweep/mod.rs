@@ -41,6 +41,19 @@
 //! - A corrupt entry is a miss: it is recomputed, and counted in
 //!   [`SweepSummary::corrupt_entries`] (from [`CacheStore::corrupt_entries`]).
 //!
+//! # States read while generating
+//!
+//! When the generator can read the extractor's model's hidden states as it generates
+//! ([`crate::Capabilities::capture_states`], [`Generator::states_model`] equal to
+//! [`ActivationExtractor::model_info`]), the readout is `last`, `mean`, `last-prompt` or
+//! `mean-completion` and nothing steers
+//! the completions, the blocks generated now are captured
+//! ([`Generator::generate_capturing`]): each block's activation block entries (the layers
+//! without a whole-layer entry) are committed with its generation block entry, under the keys
+//! and in the layout extraction would write, so the activation phase finds them and runs no
+//! forward pass for those rows (counted in [`SweepSummary::pass_reuse`]). Completions found
+//! in the cache, other readouts and steered runs are extracted as before.
+//!
 //! Everything is validated before any expensive work: layers against
 //! [`crate::ActivationExtractor::model_info`], the batch size, sampling, the probe settings and
 //! the labels (at least two examples per class).
@@ -453,7 +466,8 @@ pub async fn features(
 
     let (texts, source, gens) = match (&config.sampling, parts.generator) {
         (Some(sampling), Some(generator)) => {
-            let job = generations::GenJob::new(generator, parts.cache, parts.observer, prompts, sampling, config);
+            let mut job = generations::GenJob::new(generator, parts.cache, parts.observer, prompts, sampling, config);
+            job.capture = capture(parts.cache, generator, &job, &info, &layers, config).await?;
             let (texts, source, gens) =
                 generations::texts_with_completions(&job, &cache_blocks(prompts.len()), &mut summary).await?;
             (texts, source, Some(gens))
@@ -483,8 +497,50 @@ pub async fn features(
         activations::cached_extract(parts.extractor, parts.cache, parts.observer, &job, &texts, &mut summary).await?;
 
     summary.corrupt_entries = parts.cache.corrupt_entries().saturating_sub(corrupt_before);
-    summary.pass_reuse = parts.extractor.pass_reuse().map(|now| now.since(reuse_before.unwrap_or_default()));
+    let extractor_reuse = parts.extractor.pass_reuse().map(|now| now.since(reuse_before.unwrap_or_default()));
+    summary.pass_reuse = match (summary.pass_reuse, extractor_reuse) {
+        (Some(mut read), Some(r)) => {
+            read.reused += r.reused;
+            read.extra_passes += r.extra_passes;
+            read.extra_pass_tokens += r.extra_pass_tokens;
+            read.extra_pass_cached_tokens += r.extra_pass_cached_tokens;
+            Some(read)
+        }
+        (read, r) => read.or(r),
+    };
     Ok((features, summary))
+}
+
+/// The states to read while generating, when the generator can
+/// ([`Generator::generate_capturing`]) for the extractor's model, the readout is one it reads
+/// ([`crate::StateCapture::can_read`]), nothing steers the completions (extraction reads unsteered states) and some
+/// (site, layer) lacks its whole-layer entry. Only blocks whose completions are generated now
+/// are captured; cached completions are extracted as before.
+async fn capture<'a>(
+    cache: &dyn CacheStore,
+    generator: &dyn Generator,
+    job: &generations::GenJob<'_>,
+    info: &'a crate::ModelInfo,
+    slots: &[activations::Slot],
+    config: &'a SweepConfig,
+) -> Result<Option<generations::Capture<'a>>> {
+    let can = generator.capabilities().capture_states
+        && crate::StateCapture::can_read(&config.positions)
+        && job.sampling.steering.is_empty()
+        && job.sampling.n == 1
+        && generator.states_model().as_ref() == Some(info);
+    if !can {
+        return Ok(None);
+    }
+    let mut capture = generations::Capture {
+        info,
+        source: ActivationSource::GeneratedTokens(job.whole_key().digest),
+        slots: slots.to_vec(),
+        readout: &config.positions,
+        batch_size: config.batch_size,
+    };
+    capture.slots = activations::without_whole(cache, &capture.job(job.prompts)).await?;
+    Ok((!capture.slots.is_empty()).then_some(capture))
 }
 
 /// One probe per (block, head) of a `heads` sweep's `features` (`[n, heads·head_dim]` per

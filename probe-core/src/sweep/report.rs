@@ -161,8 +161,10 @@ pub struct SweepSummary {
     /// of the run; absent when no batch ran out of memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_batch_size: Option<usize>,
-    /// An extractor that generated too (vLLM's): inputs read from the generation pass and
-    /// extra forward passes ([`crate::ActivationExtractor::pass_reuse`]); absent otherwise.
+    /// Inputs read from the generation pass and extra forward passes: of an extractor that
+    /// generated too (vLLM's, [`crate::ActivationExtractor::pass_reuse`]), and of a generator
+    /// that read the states while generating (candle's, [`crate::Generator::generate_capturing`]:
+    /// every input of the blocks it generated, no extra pass); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pass_reuse: Option<crate::PassReuse>,
 }

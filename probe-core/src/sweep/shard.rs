@@ -302,6 +302,7 @@ async fn lookup<'a>(
                 texts: prompts.texts(),
                 in_flight: 1,
                 batch: config.batch_size,
+                capture: None,
             };
             let found = generations::merge_lookup(&job, &grid).await?;
             let digest = job.whole_key().digest;
