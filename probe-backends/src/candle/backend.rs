@@ -305,9 +305,9 @@ impl ActivationExtractor for CandleBackend {
     }
 }
 
-#[async_trait]
-impl Generator for CandleBackend {
-    async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
+impl CandleBackend {
+    /// A generation request this backend serves: valid, and for this model.
+    fn check_request(&self, request: &GenerationRequest) -> Result<()> {
         request.validate()?;
         if request.model != self.inner.id.id {
             return Err(Error::invalid(
@@ -315,6 +315,14 @@ impl Generator for CandleBackend {
                 format!("{:?} is not served here (this backend serves {:?})", request.model, self.inner.id.id),
             ));
         }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Generator for CandleBackend {
+    async fn generate(&self, request: GenerationRequest) -> Result<Vec<Generation>> {
+        self.check_request(&request)?;
         let inner = Arc::clone(&self.inner);
         blocking(move || inner.generate(&request)).await
     }
@@ -344,13 +352,7 @@ impl Generator for CandleBackend {
         request: GenerationRequest,
         capture: StateCapture,
     ) -> Result<(Vec<Generation>, Activations)> {
-        request.validate()?;
-        if request.model != self.inner.id.id {
-            return Err(Error::invalid(
-                "model",
-                format!("{:?} is not served here (this backend serves {:?})", request.model, self.inner.id.id),
-            ));
-        }
+        self.check_request(&request)?;
         let inner = Arc::clone(&self.inner);
         blocking(move || inner.generate_capturing(&request, &capture)).await
     }
