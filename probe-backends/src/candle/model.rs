@@ -13,7 +13,7 @@ use super::attention;
 use super::block::{Block, DecodeStep, RopeRows, Step, Tap};
 use super::config::ModelConfig;
 use super::kv::{DecodeKv, Kv, RowKv};
-use super::layers::{Linear, Norm};
+use super::layers::Norm;
 use super::placement::Stages;
 use super::rope::Rope;
 
@@ -160,9 +160,8 @@ pub(crate) struct Decoder {
     blocks: Vec<Block>,
     /// The final norm, when every block is loaded.
     norm: Option<Norm>,
-    /// The LM head, when the whole model is loaded (it generates); on the CPU in the
-    /// [`Linear::ready`] layout (a decode step's few rows read it in memory order).
-    lm_head: Option<Linear>,
+    /// The LM head, when the whole model is loaded (it generates).
+    lm_head: Option<Tensor>,
     inv_freq: Vec<f32>,
     /// Sliding layers' inverse frequencies, where they differ.
     local_inv_freq: Option<Vec<f32>>,
@@ -207,14 +206,6 @@ impl Decoder {
             None if cfg.tie_word_embeddings => Some(embed.to_device(stages.last())?),
             None => Some(vb.get((cfg.vocab_size, cfg.hidden_size), names.heads[0])?),
         };
-        let lm_head = lm_head
-            .map(|w| {
-                let head = Linear { weight: w, bias: None };
-                // A tied head on a GPU stays the embedding itself (no second copy); on the CPU
-                // its own ready copy makes each decode step's logits several times faster.
-                if head.weight.device().is_cpu() { head.ready() } else { Ok(head) }
-            })
-            .transpose()?;
         let blocks = blocks_vec;
         let inv_freq = cfg.rope.inv_freq();
         let local_inv_freq = cfg.local_rope.as_ref().map(|r| r.inv_freq());
@@ -543,7 +534,7 @@ impl Decoder {
             candle_core::bail!("the model was loaded for extraction only (no LM head)")
         };
         let last = norm.forward(last)?;
-        let logits = lm_head.forward(&last)?.to_dtype(DType::F32)?;
+        let logits = last.matmul(&lm_head.t()?)?.to_dtype(DType::F32)?;
         match self.cfg.final_softcap {
             Some(cap) => (logits / cap)?.tanh()? * cap,
             None => Ok(logits),
