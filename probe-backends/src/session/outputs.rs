@@ -16,7 +16,8 @@ pub struct Written {
     pub json: PathBuf,
     /// `report.md`.
     pub markdown: PathBuf,
-    /// `accuracy.svg`, or one `accuracy-<site>.svg` per site of a sweep of several.
+    /// `accuracy.svg`, or one `accuracy-<site>.svg` per site of a sweep of several; then
+    /// `heads.svg` for a `heads` sweep.
     pub plots: Vec<PathBuf>,
     /// The saved probes' folder, when there are probes.
     pub probes: Option<PathBuf>,
@@ -57,6 +58,7 @@ pub fn write_report(report: &SweepReport, out: &Path) -> Result<Written> {
         write_atomically(&heads, |tmp| {
             std::fs::write(tmp, render_heads(report)?).map_err(|e| Error::io(tmp.display(), e))
         })?;
+        plots.push(heads);
     }
     let probes = (!report.probes.is_empty()).then(|| out.join("probes"));
     let json = out.join("report.json");
