@@ -4,10 +4,11 @@ an attention mask) and by probe's candle backend (probe-extract-bench --ids), ea
 process (start, imports, load, one pass over the prompts, exit), interleaved round by round.
 
     long.py --model DIR --probe-bin target/release/probe-extract-bench [--also NAME=BIN ...]
-            [--seq 1900 --prompts 8 --batch 4 --threads 2 --rounds 1]
+            [--seq 1900 --prompts 8 --batch 4 --threads 2 --rounds 1] [--prefix P]
 
 The prompts are `--prompts` distinct random id sequences of `0.95 x seq` to `seq` tokens (so a
-batch is ragged and padded). Prints per engine the whole-process wall time, the pass alone,
+batch is ragged and padded); with `--prefix P` (issue 28, a templated set) each starts with the
+same P random ids (one instruction) and goes on with its own item of `0.8 x seq` to `seq` ids. Prints per engine the whole-process wall time, the pass alone,
 prompt tokens/s over the whole process, peak RSS (the process's ru_maxrss, from wait4) and the
 ratio to transformers; `--also` adds more probe binaries (e.g. an older build) to the same rounds.
 Usage: see benches/peer/run.
@@ -78,11 +79,14 @@ def main():
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--prefix", type=int, default=0, help="ids every prompt starts with (a template)")
     a = p.parse_args()
     rng = random.Random(26)
     with open(os.path.join(a.model, "config.json")) as f:
         vocab = json.load(f)["vocab_size"]
-    ids = [[rng.randrange(3, vocab) for _ in range(rng.randint(int(0.95 * a.seq), a.seq))] for _ in range(a.prompts)]
+    shortest = int((0.8 if a.prefix else 0.95) * a.seq)
+    prefix = [rng.randrange(3, vocab) for _ in range(a.prefix)]
+    ids = [prefix + [rng.randrange(3, vocab) for _ in range(rng.randint(shortest, a.seq))] for _ in range(a.prompts)]
     tokens = sum(len(r) for r in ids)
     tmp = tempfile.mkdtemp(prefix="probe-long-")
     ids_file = os.path.join(tmp, "ids.json")
@@ -101,7 +105,8 @@ def main():
             results[name].append((wall, rss, res["pass_s"], before, load_avg()))
             print(f"round {r + 1} {name}: {wall:.1f} s whole, {res['pass_s']:.1f} s pass, {rss / 1e9:.2f} GB peak RSS"
                   f" (load {before} -> {load_avg()})", file=sys.stderr)
-    print(f"{a.prompts} prompts of {min(map(len, ids))}-{max(map(len, ids))} tokens ({tokens} in all), batch {a.batch},"
+    shared = f", the first {a.prefix} the same in every prompt" if a.prefix else ""
+    print(f"{a.prompts} prompts of {min(map(len, ids))}-{max(map(len, ids))} tokens{shared} ({tokens} in all), batch {a.batch},"
           f" every hidden state, {a.threads} threads, best of {a.rounds} interleaved rounds (whole processes)")
     print()
     print("| engine | whole process s | pass s | tokens/s (whole process) | peak RSS GB | vs transformers (whole process) | load (1/5/15 min) before, after |")

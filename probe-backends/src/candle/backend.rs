@@ -36,6 +36,9 @@ pub(crate) struct Inner {
     pub(crate) options: CandleOptions,
     /// Extraction forward passes run (one per batch, every requested site and layer read in it).
     pub(crate) forward_passes: AtomicU64,
+    /// Positions those passes and generation's prefills ran, padding and shared prefixes
+    /// (once each) included.
+    pub(crate) positions_run: AtomicU64,
 }
 
 impl std::fmt::Debug for CandleBackend {
@@ -197,7 +200,16 @@ impl CandleBackend {
             .with_attention_chunk_bytes(options.attention_chunk_bytes);
         let id = ModelId::new(dir.to_string_lossy(), revision.clone());
         Ok(CandleBackend {
-            inner: Arc::new(Inner { id, info, decoder, tokenizer, eos, options, forward_passes: AtomicU64::new(0) }),
+            inner: Arc::new(Inner {
+                id,
+                info,
+                decoder,
+                tokenizer,
+                eos,
+                options,
+                forward_passes: AtomicU64::new(0),
+                positions_run: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -228,6 +240,13 @@ impl CandleBackend {
     /// sites and layers it reads (for checks that they share a pass).
     pub fn forward_passes(&self) -> u64 {
         self.inner.forward_passes.load(Ordering::Relaxed)
+    }
+
+    /// The positions extraction passes and generation's prefills ran since loading: each
+    /// batch's rows times its longest input (padding included), each shared prefix once (what
+    /// sharing saves shows here).
+    pub fn positions_run(&self) -> u64 {
+        self.inner.positions_run.load(Ordering::Relaxed)
     }
 
     /// The options the backend was loaded with.

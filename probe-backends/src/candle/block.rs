@@ -252,6 +252,19 @@ impl Block {
                 *kept = Some((k, v));
                 out
             }
+            Kv::After((pk, pv), kept) => {
+                // The prefix's keys at positions 0..p of every row, the row's own after them.
+                let whole = |prefix: &Tensor, own: &Tensor| -> Result<Tensor> {
+                    let (_, nkv, p, d) = prefix.dims4()?;
+                    Tensor::cat(&[&prefix.broadcast_as((b, nkv, p, d))?, own], 2)
+                };
+                let (k, v) = (whole(pk, &k)?, whole(pv, &v)?);
+                let out = attention::causal(&q, &k, &v, shape)?;
+                if let Some(kept) = kept {
+                    *kept = Some((k, v));
+                }
+                out
+            }
             Kv::Decode(kb, vb) => {
                 let Some(d) = &step.decode else { candle_core::bail!("a decode step without its DecodeStep") };
                 let (kb, vb) = (kb.narrow(0, 0, b)?, vb.narrow(0, 0, b)?);
@@ -271,12 +284,8 @@ impl Block {
         self.o.forward(&out)
     }
 
-    /// `x` (`[b, s, h]`) through the block; `cache` holds earlier keys and values (generation).
-    pub(crate) fn forward(&self, x: &Tensor, step: &Step, cache: Kv) -> Result<Tensor> {
-        self.forward_tap(x, step, cache, None, None)
-    }
-
-    /// [`Block::forward`], keeping what `tap` reads on the way (nothing more is computed: the
+    /// `x` (`[b, s, h]`) through the block, `cache` holding earlier keys and values
+    /// (generation, a shared prefix), keeping what `tap` reads on the way (nothing more is computed: the
     /// tapped tensor is one the block makes anyway), and adding `heads_add` (`[heads·head_dim]`)
     /// to the output projection's input (steering of heads).
     pub(crate) fn forward_tap(

@@ -1,6 +1,7 @@
-//! Extraction: tokenise, sort by length, right-pad into batches, one forward pass per batch
-//! that reads every requested (site, layer) and stops at the deepest, reduce each captured
-//! tensor on the device.
+//! Extraction: tokenise, form batches (by length, or by shared prefix: [`super::batches`]),
+//! right-pad each, one forward pass per batch (after its shared prefix's, run once) that reads
+//! every requested (site, layer) and stops at the deepest, reduce each captured tensor on the
+//! device.
 
 use std::sync::atomic::Ordering;
 
@@ -92,32 +93,51 @@ impl Inner {
         };
         let mut out: Vec<Vec<f32>> = slots.iter().map(|&(site, _)| vec![0f32; n * row_width(site)]).collect();
 
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
         let batch = request.batch_size.unwrap_or(self.options.default_batch_size).max(1);
         let device = self.decoder.device().clone();
         let pad = self.decoder.cfg.pad_token_id.filter(|&p| (p as usize) < self.decoder.cfg.vocab_size).unwrap_or(0);
+        let depth = self.decoder.depth(&reads);
 
-        for chunk in order.chunks(batch) {
+        for super::batches::Batch { rows: chunk, prefix: shared } in
+            super::batches::plan(&ids, batch, self.options.shared_prefixes)
+        {
             let lens: Vec<usize> = chunk.iter().map(|&i| ids[i].len()).collect();
             let s = lens.iter().copied().max().unwrap_or(1);
             let b = chunk.len();
-            let mut flat = Vec::with_capacity(b * s);
-            for &i in chunk {
-                flat.extend_from_slice(&ids[i]);
+            let sp: Vec<probe_core::Span> = chunk.iter().map(|&i| spans[i]).collect();
+            let shared = if self.decoder.can_share(shared, &lens) { shared } else { 0 };
+            // The readouts that cover a prefix position read the prefix's values too; the
+            // others read the rows' own positions, `base..s`.
+            let covered = match positions {
+                Positions::All => shared > 0,
+                Positions::Last => sp.iter().any(|p| p.end <= shared),
+                Positions::Mean => sp.iter().any(|p| p.start < shared),
+            };
+            let base = if covered { 0 } else { shared };
+            let prefix = (shared > 0)
+                .then(|| {
+                    let reads: &[(Site, Vec<usize>)] = if covered { &reads } else { &[] };
+                    let none = super::model::Steering::default();
+                    self.decoder.prefix(&ids[chunk[0]][..shared], depth, reads, &none).map_err(be)
+                })
+                .transpose()?;
+            let mut flat = Vec::with_capacity(b * (s - shared));
+            for &i in &chunk {
+                flat.extend_from_slice(&ids[i][shared..]);
                 flat.extend(std::iter::repeat_n(pad, s - ids[i].len()));
             }
-            let input = Tensor::from_vec(flat, (b, s), &device).map_err(be)?;
+            let input = Tensor::from_vec(flat, (b, s - shared), &device).map_err(be)?;
+            let own: Vec<usize> = lens.iter().map(|&l| l - shared).collect();
             // Reduction helpers on the device, from each input's span: the row index of its
-            // last token and a 0/1 mask over its tokens.
-            let sp: Vec<probe_core::Span> = chunk.iter().map(|&i| spans[i]).collect();
-            let last_idx: Vec<u32> = sp.iter().enumerate().map(|(r, p)| (r * s + p.end - 1) as u32).collect();
+            // last token and a 0/1 mask over its tokens, over the positions `base..s` read.
+            let w = s - base;
+            let last_idx: Vec<u32> = sp.iter().enumerate().map(|(r, p)| (r * w + p.end - 1 - base) as u32).collect();
             let last_idx = Tensor::from_vec(last_idx, b, &device).map_err(be)?;
             let mask01: Vec<f32> = sp
                 .iter()
-                .flat_map(|p| (0..s).map(move |j| if (p.start..p.end).contains(&j) { 1.0 } else { 0.0 }))
+                .flat_map(|p| (base..s).map(move |j| if (p.start..p.end).contains(&j) { 1.0 } else { 0.0 }))
                 .collect();
-            let mask01 = Tensor::from_vec(mask01, (b, s, 1), &device).map_err(be)?;
+            let mask01 = Tensor::from_vec(mask01, (b, w, 1), &device).map_err(be)?;
             let counts: Vec<f32> = sp.iter().map(|p| (p.end - p.start) as f32).collect();
             let counts = Tensor::from_vec(counts, (b, 1), &device).map_err(be)?;
 
@@ -128,7 +148,7 @@ impl Inner {
                 let h = h.to_device(&device).and_then(|h| h.to_dtype(DType::F32)).map_err(be)?;
                 let rows: Vec<f32> = match positions {
                     Positions::Last => h
-                        .reshape((b * s, hidden))
+                        .reshape((b * w, hidden))
                         .and_then(|h| h.index_select(&last_idx, 0))
                         .and_then(|t| t.flatten_all()?.to_vec1())
                         .map_err(be)?,
@@ -152,8 +172,10 @@ impl Inner {
                 }
                 Ok(())
             };
+            // One pass per batch, its prefix's included.
             self.forward_passes.fetch_add(1, Ordering::Relaxed);
-            self.decoder.states(&input, &lens, &reads, &mut visit)?;
+            self.positions_run.fetch_add((shared + b * (s - shared)) as u64, Ordering::Relaxed);
+            self.decoder.states(&input, &own, prefix.as_ref(), &reads, &mut visit)?;
         }
 
         let tensors = slots

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 
 use super::backend::Inner;
 use super::kv::DecodeKv;
-use super::model::{Reader, Steering};
+use super::model::{Prefix, Reader, Steering};
 
 fn be(e: candle_core::Error) -> Error {
     super::oom::error(e)
@@ -396,18 +396,37 @@ impl Inner {
         done: &mut [Vec<Option<Completion>>],
     ) -> Result<()> {
         let lens: Vec<usize> = group.iter().map(|&pi| prompts[pi].len()).collect();
-        let width = lens.iter().copied().max().unwrap_or(1);
+        // The prompts' common prefix runs once (see [`super::batches::shared_prefix`]).
+        let shared = match self.options.shared_prefixes {
+            true => {
+                let ids: Vec<&[u32]> = group.iter().map(|&pi| prompts[pi].as_slice()).collect();
+                super::batches::shared_prefix(&ids)
+            }
+            false => 0,
+        };
+        let shared = if self.decoder.can_share(shared, &lens) { shared } else { 0 };
+        let prefix = (shared > 0)
+            .then(|| {
+                // Means over the prompt read the prefix's positions too.
+                let reads = capture.filter(|c| c.prompt && c.mean).map_or(&[][..], |c| &c.reads[..]);
+                let blocks = self.decoder.cfg.num_layers;
+                self.decoder.prefix(&prompts[group[0]][..shared], blocks, reads, steer).map_err(be)
+            })
+            .transpose()?;
+        let own: Vec<usize> = lens.iter().map(|&l| l - shared).collect();
+        let width = own.iter().copied().max().unwrap_or(1);
         let mut ids = Vec::with_capacity(group.len() * width);
         for &pi in group {
-            ids.extend_from_slice(&prompts[pi]);
-            ids.resize(ids.len() + width - prompts[pi].len(), 0);
+            ids.extend_from_slice(&prompts[pi][shared..]);
+            ids.resize(ids.len() + width - (prompts[pi].len() - shared), 0);
         }
         let device = self.decoder.device().clone();
         let input = Tensor::from_vec(ids, (group.len(), width), &device).map_err(be)?;
+        self.positions_run.fetch_add((shared + group.len() * width) as u64, std::sync::atomic::Ordering::Relaxed);
         let (logits, kept, step) = match capture {
-            Some(c) if c.prompt => self.prefill_capturing(c, &input, &lens, steer)?,
+            Some(c) if c.prompt => self.prefill_capturing(c, &input, &own, prefix.as_ref(), steer)?,
             _ => {
-                let (logits, kept) = self.decoder.prefill(&input, &lens, steer, None).map_err(be)?;
+                let (logits, kept) = self.decoder.prefill(&input, &own, prefix.as_ref(), steer, None).map_err(be)?;
                 (logits, kept, Vec::new())
             }
         };
@@ -444,36 +463,38 @@ impl Inner {
         Ok(())
     }
 
-    /// [`super::model::Decoder::prefill`] reading `capture`'s slots, each reduced on the
-    /// device over every row's real tokens (the last one's value, or the sum); returns the
-    /// logits, the keys and, per slot, `[b · width]` in f32.
+    /// [`super::model::Decoder::prefill`] (after `prefix`) reading `capture`'s slots, each
+    /// reduced on the device over every row's real tokens (the last one's value, or the sum);
+    /// returns the logits, the keys and, per slot, `[b · width]` in f32.
     fn prefill_capturing(
         &self,
         capture: &Capturing,
         input: &Tensor,
         lens: &[usize],
+        prefix: Option<&Prefix>,
         steer: &Steering,
     ) -> Result<Prefilled> {
-        let (b, s) = input.dims2().map_err(be)?;
+        let b = input.dim(0).map_err(be)?;
         let device = self.decoder.device().clone();
-        let last_idx: Vec<u32> = lens.iter().enumerate().map(|(r, &l)| (r * s + l - 1) as u32).collect();
-        let last_idx = Tensor::from_vec(last_idx, b, &device).map_err(be)?;
-        let mask: Vec<f32> = lens.iter().flat_map(|&l| (0..s).map(move |j| if j < l { 1.0 } else { 0.0 })).collect();
-        let mask = Tensor::from_vec(mask, (b, s, 1), &device).map_err(be)?;
         let mut parts: Vec<Option<Tensor>> = vec![None; capture.slots.len()];
         let mut visit = |site: Site, layer: usize, h: &Tensor| -> candle_core::Result<()> {
             let Some(k) = capture.slot(site, layer) else { return Ok(()) };
             let h = h.to_device(&device)?.to_dtype(DType::F32)?;
-            let width = h.elem_count() / (b * s);
+            // `[b, s, width]`: the rows' own positions, after the prefix's where it kept them.
+            let (_, s, width) = h.dims3()?;
+            let before = s - input.dim(1)?;
             parts[k] = Some(if capture.mean {
-                h.reshape((b, s, width))?.broadcast_mul(&mask)?.sum(1)?
+                let mask = lens.iter().flat_map(|&l| (0..s).map(move |j| if j < before + l { 1f32 } else { 0.0 }));
+                let mask = Tensor::from_iter(mask, &device)?.reshape((b, s, 1))?;
+                h.broadcast_mul(&mask)?.sum(1)?
             } else {
-                h.reshape((b * s, width))?.index_select(&last_idx, 0)?
+                let last = lens.iter().enumerate().map(|(r, &l)| (r * s + before + l - 1) as u32);
+                h.reshape((b * s, width))?.index_select(&Tensor::from_iter(last, &device)?, 0)?
             });
             Ok(())
         };
         let mut reader = Reader::new(&capture.reads, self.decoder.cfg.num_layers, &mut visit);
-        let (logits, kept) = self.decoder.prefill(input, lens, steer, Some(&mut reader)).map_err(be)?;
+        let (logits, kept) = self.decoder.prefill(input, lens, prefix, steer, Some(&mut reader)).map_err(be)?;
         let step = capture.to_host(parts)?.into_iter().flatten().collect();
         Ok((logits, kept, step))
     }

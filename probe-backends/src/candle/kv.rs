@@ -13,6 +13,11 @@ pub(crate) enum Kv<'a> {
     None,
     /// A prefill: the block leaves its keys and values (`[b, kv_heads, s, head_dim]`) here.
     Keep(&'a mut Option<(Tensor, Tensor)>),
+    /// After a prefix every row shares (its keys and values, `[1, kv_heads, p, head_dim]`, see
+    /// [`super::model::Prefix`]): each row's queries see the prefix, then their own keys; with
+    /// `Some(kept)`, the block leaves the row's keys and values there, prefix first
+    /// (`[b, kv_heads, p + s, head_dim]`, as a prefill of the whole input would).
+    After(&'a (Tensor, Tensor), Option<&'a mut Option<(Tensor, Tensor)>>),
     /// A decode step: the layer's key and value buffers (see [`DecodeKv`]); the step's
     /// [`super::block::DecodeStep`] says where each row's new key goes and which keys it sees.
     Decode(&'a Tensor, &'a Tensor),

@@ -14,6 +14,10 @@
 //!
 //! Extraction runs one forward pass per batch that stops after the deepest requested layer
 //! and never computes logits; layers are numbered as transformers' `output_hidden_states`.
+//! Inputs that start alike (a templated set: one instruction or chat template, then an item)
+//! share it: a batch runs its common prefix once and its rows only what follows, attending to
+//! the prefix's keys (`CandleOptions::shared_prefixes`, the `batches` module); generation's
+//! prefill does the same for the prompts it admits together.
 //! Attention never holds a `[batch, heads, seq, seq]` score matrix: queries go in chunks over
 //! only the keys they see (causal, sliding window), with f32 scores and softmax in every dtype;
 //! on the CPU a fused kernel, on a GPU candle's ops (see the `attention` module).
@@ -42,6 +46,7 @@
 mod attention;
 mod attention_cpu;
 mod backend;
+mod batches;
 mod block;
 mod config;
 mod extract;

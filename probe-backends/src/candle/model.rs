@@ -120,9 +120,15 @@ impl<'a> Reader<'a> {
         Self { resid, taps, visit }
     }
 
-    fn embedded(&mut self, x: &Tensor) -> Result<()> {
+    /// The blocks a forward call runs to serve these reads: up to the deepest.
+    fn depth(&self) -> usize {
+        let tapped = self.taps.iter().rposition(|t| !t.is_empty()).map(|b| b + 1);
+        tapped.max(self.resid.last().copied()).unwrap_or(0)
+    }
+
+    fn embedded(&mut self, x: &Tensor, prefix: Option<&Prefix>) -> Result<()> {
         if self.resid.first() == Some(&0) {
-            (self.visit)(Site::Resid, 0, x)?;
+            (self.visit)(Site::Resid, 0, &Prefix::whole(prefix, Site::Resid, 0, x)?)?;
         }
         Ok(())
     }
@@ -131,21 +137,59 @@ impl<'a> Reader<'a> {
         (!self.taps[i].is_empty()).then(|| Tap::new(self.taps[i].clone()))
     }
 
-    /// After block `i` (of `l`): its tap's sites, then the residual stream it leaves.
-    fn after(&mut self, i: usize, l: usize, tap: Option<Tap>, x: &Tensor, norm: Option<&Norm>) -> Result<()> {
+    /// After block `i` (of `l`): its tap's sites, then the residual stream it leaves (each
+    /// with the prefix's positions in front, where `prefix` holds them).
+    fn after(
+        &mut self,
+        i: usize,
+        l: usize,
+        tap: Option<Tap>,
+        x: &Tensor,
+        norm: Option<&Norm>,
+        prefix: Option<&Prefix>,
+    ) -> Result<()> {
         for (site, value) in tap.into_iter().flat_map(Tap::into_values) {
             let value = value.ok_or_else(|| candle_core::Error::Msg(format!("block {i} has no site {site}")))?;
-            (self.visit)(site, i, &value)?;
+            (self.visit)(site, i, &Prefix::whole(prefix, site, i, &value)?)?;
         }
         if self.resid.binary_search(&(i + 1)).is_ok() {
-            if i + 1 < l {
-                (self.visit)(Site::Resid, i + 1, x)?;
+            let x = if i + 1 < l {
+                x.clone()
             } else {
-                let norm = norm.ok_or_else(|| candle_core::Error::Msg("no final norm".into()))?;
-                (self.visit)(Site::Resid, l, &norm.forward(x)?)?;
-            }
+                norm.ok_or_else(|| candle_core::Error::Msg("no final norm".into()))?.forward(x)?
+            };
+            (self.visit)(Site::Resid, i + 1, &Prefix::whole(prefix, Site::Resid, i + 1, &x)?)?;
         }
         Ok(())
+    }
+}
+
+/// Token ids that every row of a forward call starts with, run once (one row): each block's
+/// keys and values, and the values read at its positions (`[1, p, width]`) where the run
+/// asked for them ([`Decoder::prefix`]). The rows then run only what follows it
+/// ([`Decoder::states`], [`Decoder::prefill`]), their queries attending to its keys: the same
+/// arithmetic as running every row whole.
+#[derive(Debug)]
+pub(crate) struct Prefix {
+    len: usize,
+    kv: Vec<(Tensor, Tensor)>,
+    states: Vec<((Site, usize), Tensor)>,
+}
+
+impl Prefix {
+    /// Its positions.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `h` (`[b, s, width]`: positions after the prefix) with the prefix's values at `site`,
+    /// `layer` in front (`[b, p + s, width]`), where it holds them; else `h`.
+    fn whole(prefix: Option<&Self>, site: Site, layer: usize, h: &Tensor) -> Result<Tensor> {
+        let Some(held) = prefix.and_then(|p| p.states.iter().find(|(at, _)| *at == (site, layer))) else {
+            return Ok(h.clone());
+        };
+        let (b, _, w) = h.dims3()?;
+        Tensor::cat(&[&held.1.broadcast_as((b, held.1.dim(1)?, w))?, h], 1)
     }
 }
 
@@ -290,11 +334,12 @@ impl Decoder {
         }
     }
 
-    /// What the blocks share when `s` positions from 0 run over rows of lengths `lens` (a
-    /// prefill or an extraction: attention is causal over the input, see [`super::attention`]).
-    fn step(&self, lens: &[usize], s: usize) -> Result<Step<'_>> {
+    /// What the blocks share when positions `offset..offset + s` run over rows of lengths
+    /// `lens` (a prefill or an extraction: attention is causal over the input, see
+    /// [`super::attention`]).
+    fn step(&self, lens: &[usize], offset: usize, s: usize) -> Result<Step<'_>> {
         let rows = |rope: &Rope, inv_freq: &[f32]| -> Result<RopeRows> {
-            let (cos, sin) = rope.rows(inv_freq, lens, 0, s, &self.device, self.dtype)?;
+            let (cos, sin) = rope.rows(inv_freq, lens, offset, s, &self.device, self.dtype)?;
             Ok(RopeRows { cos, sin })
         };
         let local_rope = match (&self.cfg.local_rope, &self.local_inv_freq) {
@@ -310,66 +355,121 @@ impl Decoder {
         })
     }
 
-    /// Runs `ids` (`[b, s]`, right-padded; `lens` the real lengths) once, through the blocks up
-    /// to the deepest of `reads` (per site, its sorted layers), and calls `visit(site, layer,
-    /// value)` for each of them on the way: the residual stream in Hugging Face numbering
-    /// (`[b, s, hidden]`; `L` after the final norm), every other site at its blocks, as the
-    /// block's [`Tap`] holds it (`[b, s, width]`). Stops after the deepest; never computes
-    /// logits.
+    /// Whether rows of total lengths `lens` can share a prefix of `p` positions: RoPE turns it
+    /// the same way alone as inside each of them (longrope and dynamic NTK switch frequencies
+    /// with the length).
+    pub(crate) fn can_share(&self, p: usize, lens: &[usize]) -> bool {
+        let same = |rope: &Rope| lens.iter().all(|&l| rope.same_frequencies(p, l));
+        p > 0 && same(&self.cfg.rope) && self.cfg.local_rope.as_ref().is_none_or(same)
+    }
+
+    /// Runs `ids` (one sequence) once through blocks `0..blocks`, steered, keeping every
+    /// block's keys and values and what `reads` read at its positions, for the calls that go
+    /// on from it ([`Decoder::states`] and [`Decoder::prefill`] with `prefix`).
+    pub(crate) fn prefix(
+        &self,
+        ids: &[u32],
+        blocks: usize,
+        reads: &[(Site, Vec<usize>)],
+        steer: &Steering,
+    ) -> Result<Prefix> {
+        let input = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &self.device)?;
+        let mut states = Vec::new();
+        let mut keep = |site: Site, layer: usize, h: &Tensor| -> Result<()> {
+            states.push(((site, layer), h.clone()));
+            Ok(())
+        };
+        let mut reader = Reader::new(reads, self.blocks.len(), &mut keep);
+        let (_, kv) = self.run(&input, &[ids.len()], None, blocks, true, steer, Some(&mut reader))?;
+        Ok(Prefix { len: ids.len(), kv, states })
+    }
+
+    /// One forward call: `ids` (`[b, s]`, right-padded; `lens` the real lengths) after
+    /// `prefix` (at positions `0..p` of every row), through blocks `0..blocks`, steered,
+    /// handing `reader` what it reads on the way. Returns the residual stream after the last
+    /// block run (`[b, s, hidden]`) and, with `keep`, every block's keys and values
+    /// (`[b, kv_heads, p + s, head_dim]`).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        ids: &Tensor,
+        lens: &[usize],
+        prefix: Option<&Prefix>,
+        blocks: usize,
+        keep: bool,
+        steer: &Steering,
+        mut reader: Option<&mut Reader<'_>>,
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let (_, s) = ids.dims2()?;
+        let p = prefix.map_or(0, Prefix::len);
+        let whole: Vec<usize> = lens.iter().map(|&len| p + len).collect();
+        let steps = self.stages.steps(self.step(&whole, p, s)?)?;
+        let mut x = self.embed(ids, &[p])?;
+        if let Some(r) = reader.as_deref_mut() {
+            r.embedded(&x, prefix)?;
+        }
+        let mut kept = Vec::with_capacity(if keep { blocks } else { 0 });
+        let l = self.cfg.num_layers;
+        for (i, block) in self.blocks.iter().enumerate().take(blocks) {
+            let mut kv = None;
+            let input = steer.enter(i, self.stages.enter(i, x)?)?;
+            let mut tap = reader.as_deref().and_then(|r| r.tap(i));
+            let step = self.stages.step_of(&steps, i);
+            let cache = match (prefix, keep) {
+                (Some(pre), true) => Kv::After(&pre.kv[i], Some(&mut kv)),
+                (Some(pre), false) => Kv::After(&pre.kv[i], None),
+                (None, true) => Kv::Keep(&mut kv),
+                (None, false) => Kv::None,
+            };
+            x = block.forward_tap(&input, step, cache, tap.as_mut(), steer.heads(i))?;
+            if let Some(r) = reader.as_deref_mut() {
+                r.after(i, l, tap, &x, self.norm.as_ref(), prefix)?;
+            }
+            if keep {
+                kept.push(kv.ok_or_else(|| candle_core::Error::Msg(format!("block {i} kept no keys")))?);
+            }
+        }
+        Ok((x, kept))
+    }
+
+    /// Runs `ids` (`[b, s]`, right-padded; `lens` the real lengths) once, after `prefix` when
+    /// there is one, through the blocks up to the deepest of `reads` (per site, its sorted
+    /// layers), and calls `visit(site, layer, value)` for each of them on the way: the
+    /// residual stream in Hugging Face numbering (`[b, s, hidden]`; `L` after the final norm),
+    /// every other site at its blocks, as the block's [`Tap`] holds it (`[b, s, width]`); with
+    /// the prefix's positions in front (`[b, p + s, width]`) where the prefix kept them.
+    /// Stops after the deepest; never computes logits.
     pub(crate) fn states(
         &self,
         ids: &Tensor,
         lens: &[usize],
+        prefix: Option<&Prefix>,
         reads: &[(Site, Vec<usize>)],
         visit: &mut dyn FnMut(Site, usize, &Tensor) -> probe_core::Result<()>,
     ) -> probe_core::Result<()> {
-        let be = super::oom::error;
-        let resid: &[usize] = reads.iter().find(|(s, _)| s.is_resid()).map_or(&[], |(_, l)| l);
-        // Per block, the sites read inside it.
-        let mut taps: Vec<Vec<Site>> = vec![Vec::new(); self.blocks.len()];
-        for (site, layers) in reads.iter().filter(|(s, _)| s.in_block()) {
-            for &b in layers {
-                taps[b].push(*site);
-            }
+        // The reader's calls return candle's errors: keep visit's own to return it as it is.
+        let mut failed = None;
+        let mut each = |site: Site, layer: usize, h: &Tensor| -> Result<()> {
+            visit(site, layer, h).map_err(|e| {
+                let msg = e.to_string();
+                failed = Some(e);
+                candle_core::Error::Msg(msg)
+            })
+        };
+        let mut reader = Reader::new(reads, self.blocks.len(), &mut each);
+        let blocks = reader.depth();
+        let ran = self.run(ids, lens, prefix, blocks, false, &Steering::default(), Some(&mut reader));
+        drop(reader);
+        match ran {
+            Ok(_) => Ok(()),
+            Err(e) => Err(failed.unwrap_or_else(|| super::oom::error(e))),
         }
-        // The last block to run: hidden_states[l] is after block l - 1.
-        let last_tap = taps.iter().rposition(|t| !t.is_empty()).map(|b| b + 1);
-        let blocks = last_tap.max(resid.last().copied()).unwrap_or(0);
-        let (_, s) = ids.dims2().map_err(be)?;
-        let steps = self.step(lens, s).and_then(|step| self.stages.steps(step)).map_err(be)?;
-        let mut x = self.embed(ids, &[0]).map_err(be)?;
-        if resid.first() == Some(&0) {
-            visit(Site::Resid, 0, &x)?;
-        }
-        let l = self.cfg.num_layers;
-        for (i, block) in self.blocks.iter().enumerate().take(blocks) {
-            x = self.stages.enter(i, x).map_err(be)?;
-            let step = self.stages.step_of(&steps, i);
-            if taps[i].is_empty() {
-                x = block.forward(&x, step, Kv::None).map_err(be)?;
-            } else {
-                let mut tap = Tap::new(std::mem::take(&mut taps[i]));
-                x = block.forward_tap(&x, step, Kv::None, Some(&mut tap), None).map_err(be)?;
-                for (site, value) in tap.into_values() {
-                    let value = value
-                        .ok_or_else(|| probe_core::Error::backend("candle", format!("block {i} has no site {site}")))?;
-                    visit(site, i, &value)?;
-                }
-            }
-            if resid.binary_search(&(i + 1)).is_ok() {
-                if i + 1 < l {
-                    visit(Site::Resid, i + 1, &x)?;
-                } else {
-                    visit(Site::Resid, l, &self.norm()?.forward(&x).map_err(be)?)?;
-                }
-            }
-        }
-        Ok(())
     }
 
-    /// The final norm, when it was loaded.
-    fn norm(&self) -> probe_core::Result<&Norm> {
-        self.norm.as_ref().ok_or_else(|| self.not_loaded(self.cfg.num_layers))
+    /// The blocks a call reading `reads` runs (see [`Decoder::states`]).
+    pub(crate) fn depth(&self, reads: &[(Site, Vec<usize>)]) -> usize {
+        let mut none = |_: Site, _: usize, _: &Tensor| -> Result<()> { Ok(()) };
+        Reader::new(reads, self.blocks.len(), &mut none).depth()
     }
 
     /// Refuses what the loaded part of the model cannot run, before any work: generation
@@ -418,37 +518,20 @@ impl Decoder {
         }
     }
 
-    /// Runs prompts `ids` (`[b, s]`, right-padded; `lens` the real lengths); returns the
-    /// logits at each row's last real token (`[b, vocab]` in f32, soft-capped where the
-    /// architecture does so) and every layer's keys and values (`[b, kv_heads, s, head_dim]`,
-    /// for [`DecodeKv::push`]).
+    /// Runs prompts `ids` (`[b, s]`, right-padded; `lens` the real lengths) after `prefix`
+    /// when there is one; returns the logits at each row's last real token (`[b, vocab]` in
+    /// f32, soft-capped where the architecture does so) and every layer's keys and values
+    /// (`[b, kv_heads, p + s, head_dim]`, prefix first, for [`DecodeKv::push`]).
     pub(crate) fn prefill(
         &self,
         ids: &Tensor,
         lens: &[usize],
+        prefix: Option<&Prefix>,
         steer: &Steering,
-        mut reader: Option<&mut Reader<'_>>,
+        reader: Option<&mut Reader<'_>>,
     ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
-        let (b, s) = ids.dims2()?;
-        let steps = self.stages.steps(self.step(lens, s)?)?;
-        let mut x = self.embed(ids, &[0])?;
-        if let Some(r) = reader.as_deref_mut() {
-            r.embedded(&x)?;
-        }
-        let mut kept = Vec::with_capacity(self.blocks.len());
-        let l = self.cfg.num_layers;
-        for (i, block) in self.blocks.iter().enumerate() {
-            let mut kv = None;
-            let input = steer.enter(i, self.stages.enter(i, x)?)?;
-            let mut tap = reader.as_deref().and_then(|r| r.tap(i));
-            let step = self.stages.step_of(&steps, i);
-            x = block.forward_tap(&input, step, Kv::Keep(&mut kv), tap.as_mut(), steer.heads(i))?;
-            if let Some(r) = reader.as_deref_mut() {
-                r.after(i, l, tap, &x, self.norm.as_ref())?;
-            }
-            kept.push(kv.ok_or_else(|| candle_core::Error::Msg(format!("block {i} kept no keys")))?);
-        }
-        let mut last = Vec::with_capacity(b);
+        let (x, kept) = self.run(ids, lens, prefix, self.blocks.len(), true, steer, reader)?;
+        let mut last = Vec::with_capacity(lens.len());
         for (r, &len) in lens.iter().enumerate() {
             last.push(x.narrow(0, r, 1)?.narrow(1, len - 1, 1)?);
         }
@@ -511,7 +594,7 @@ impl Decoder {
         let steps = self.stages.steps(step)?;
         let mut x = self.embed(&Tensor::from_vec(ids.to_vec(), (b, 1), &self.device)?, &offsets)?;
         if let Some(r) = reader.as_deref_mut() {
-            r.embedded(&x)?;
+            r.embedded(&x, None)?;
         }
         let l = self.cfg.num_layers;
         for (i, block) in self.blocks.iter().enumerate() {
@@ -521,7 +604,7 @@ impl Decoder {
             let step = self.stages.step_of(&steps, i);
             x = block.forward_tap(&input, step, Kv::Decode(kb, vb), tap.as_mut(), steer.heads(i))?;
             if let Some(r) = reader.as_deref_mut() {
-                r.after(i, l, tap, &x, self.norm.as_ref())?;
+                r.after(i, l, tap, &x, self.norm.as_ref(), None)?;
             }
         }
         kv.rows_mut().iter_mut().for_each(|r| r.len += 1);

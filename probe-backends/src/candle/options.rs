@@ -114,6 +114,11 @@ pub struct CandleOptions {
     /// every block, and no LM head (`None`: the whole model). Layers past block `n` are
     /// refused, and so is generation.
     pub blocks: Option<usize>,
+    /// Inputs that start with the same token ids (one instruction, few-shot block or chat
+    /// template before each item) run those ids once per batch and go on from their keys
+    /// and values, batches formed to share the most (`true`, the default; the values are
+    /// those of running every input whole). `false`: every input runs whole.
+    pub shared_prefixes: bool,
 }
 
 impl Default for CandleOptions {
@@ -125,6 +130,7 @@ impl Default for CandleOptions {
             split: Vec::new(),
             attention_chunk_bytes: None,
             blocks: None,
+            shared_prefixes: true,
         }
     }
 }
@@ -153,6 +159,11 @@ impl CandleOptions {
     /// Loads only what extraction up to block `n` needs (see [`CandleOptions::blocks`]).
     pub fn with_blocks(mut self, blocks: Option<usize>) -> Self {
         self.blocks = blocks;
+        self
+    }
+    /// Shares the prefixes inputs have in common (see [`CandleOptions::shared_prefixes`]).
+    pub fn with_shared_prefixes(mut self, share: bool) -> Self {
+        self.shared_prefixes = share;
         self
     }
     /// Sets the default batch size (values below 1 count as 1).

@@ -145,6 +145,12 @@ impl Rope {
         }
     }
 
+    /// Whether sequences of `a` and of `b` positions rotate with the same frequencies (so a
+    /// prefix run alone rotates as it does inside a longer input).
+    pub(crate) fn same_frequencies(&self, a: usize, b: usize) -> bool {
+        self.inv_freq_for(a) == self.inv_freq_for(b)
+    }
+
     /// The inverse frequencies of a forward pass over `len` positions, where they differ from
     /// [`Rope::inv_freq`]: longrope's long factors past its threshold, dynamic NTK's larger base
     /// past `max_position_embeddings` (each as transformers' `dynamic_rope_update` sets them).
