@@ -10,7 +10,7 @@ The prompts are `--prompts` distinct random id sequences of `0.95 x seq` to `seq
 batch is ragged and padded); with `--prefix P` (issue 28, a templated set) each starts with the
 same P random ids (one instruction) and goes on with its own item of `0.8 x seq` to `seq` ids. Prints per engine the whole-process wall time, the pass alone,
 prompt tokens/s over the whole process, peak RSS (the process's ru_maxrss, from wait4) and the
-ratio to transformers; `--also` adds more probe binaries (e.g. an older build) to the same rounds.
+ratio to transformers (each process starts with the model's files in the page cache); `--also` adds more probe binaries (e.g. an older build) to the same rounds.
 Usage: see benches/peer/run.
 """
 import argparse
@@ -65,6 +65,17 @@ def run_measured(cmd, env=None):
     return wall, usage.ru_maxrss * 1024, json.loads(lines[-1])
 
 
+def warm(model_dir):
+    """Reads the model's files, so that every engine starts from a warm page cache (else the one
+    that runs after transformers reads its weights from disk)."""
+    for name in os.listdir(model_dir):
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+
 def load_avg():
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -100,6 +111,7 @@ def main():
     results = {name: [] for name, _ in engines}
     for r in range(a.rounds):
         for name, cmd in engines:
+            warm(a.model)
             before = load_avg()
             wall, rss, res = run_measured(cmd, env)
             results[name].append((wall, rss, res["pass_s"], before, load_avg()))
