@@ -125,8 +125,13 @@ impl DecodeKv {
         if i != last {
             let held = self.rows[last].held();
             for (bk, bv) in self.layers.iter().flatten() {
-                // A copy first: source and destination share the buffer.
-                let part = |t: &Tensor| t.narrow(0, last, 1)?.narrow(2, 0, held)?.copy();
+                // A copy first (source and destination share the buffer), contiguous (as
+                // `slice_set` takes it; with several key/value heads the slot's first `held`
+                // positions are not).
+                let part = |t: &Tensor| {
+                    let part = t.narrow(0, last, 1)?.narrow(2, 0, held)?;
+                    if part.is_contiguous() { part.copy() } else { part.contiguous() }
+                };
                 bk.narrow(0, i, 1)?.slice_set(&part(bk)?, 2, 0)?;
                 bv.narrow(0, i, 1)?.slice_set(&part(bv)?, 2, 0)?;
             }
@@ -181,5 +186,20 @@ mod tests {
         let (_, v) = kv.layer(0).unwrap();
         assert_eq!(v.dims(), [4, 1, 20, 1]);
         assert_eq!(v.dtype(), DType::F32);
+    }
+
+    #[test]
+    fn a_row_leaves_with_several_key_value_heads() {
+        // 2 kv heads: a slot's first positions are not contiguous in a larger buffer.
+        let t = Tensor::arange(0f32, 2. * 2. * 3., &Device::Cpu).unwrap().reshape((2, 2, 3, 1)).unwrap();
+        let p = vec![(t.clone(), t.clone())];
+        let mut kv = DecodeKv::new(1, 2);
+        kv.push(&p, 0, 3, 8).unwrap();
+        kv.push(&p, 1, 2, 8).unwrap();
+        kv.swap_remove(0).unwrap();
+        let (k, _) = kv.layer(0).unwrap();
+        let slot: Vec<f32> =
+            k.narrow(0, 0, 1).unwrap().narrow(2, 0, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(slot, [6.0, 7.0, 9.0, 10.0]);
     }
 }
