@@ -4,7 +4,10 @@
 //! computing in bf16 vs f32 (group `candle_extract_dtype`, every layer captured); and greedy
 //! generation of prompts of different lengths decoded one sequence at a time vs batched
 //! (group `candle_generate`, new tokens/s); and 2,048 tokens per iteration as 16 × 128, 4 × 512
-//! or 1 × 2,048 (group `candle_extract_seq_len`: attention's share grows with the length).
+//! or 1 × 2,048 (group `candle_extract_seq_len`: attention's share grows with the length); and
+//! 16 inputs that share their first 160 ids, the prefix run once vs every input whole (group
+//! `candle_extract_templated`). The generation prompts are words repeated, so they share
+//! their shorter ones' ids: the prefill runs that prefix once.
 //!
 //! `cargo bench -p probe-benches --bench candle` (tokens/s is criterion's throughput).
 
@@ -173,6 +176,26 @@ fn bench(c: &mut Criterion) {
             .collect();
         let req = ActivationRequest::token_ids(ids, (0..=LAYERS).collect()).with_batch_size(batch);
         group.bench_function(format!("{batch}x{seq}"), |b| {
+            b.iter(|| rt.block_on(model.extract(req.clone())).expect("extract"));
+        });
+    }
+    group.finish();
+
+    // A templated set: 16 inputs that start with the same 160 ids (one instruction) and end
+    // with 24 of their own, every layer: the prefix run once per batch vs every input whole.
+    let mut group = c.benchmark_group("candle_extract_templated");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements((BATCH * (160 + 24)) as u64));
+    let to_ids =
+        |v: Vec<f32>| -> Vec<u32> { v.into_iter().map(|v| ((v + 1.0) * 0.5 * (VOCAB - 1) as f32) as u32).collect() };
+    let instruction = to_ids(random(160, 1.0, &mut state));
+    let ids: Vec<Vec<u32>> =
+        (0..BATCH).map(|_| [instruction.clone(), to_ids(random(24, 1.0, &mut state))].concat()).collect();
+    let req = ActivationRequest::token_ids(ids, (0..=LAYERS).collect()).with_batch_size(BATCH);
+    for (name, share) in [("shared_prefix", true), ("whole_inputs", false)] {
+        let model = CandleBackend::load(dir.path(), CandleOptions::default().with_shared_prefixes(share))
+            .expect("load the random model");
+        group.bench_function(name, |b| {
             b.iter(|| rt.block_on(model.extract(req.clone())).expect("extract"));
         });
     }

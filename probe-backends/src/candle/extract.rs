@@ -114,6 +114,9 @@ impl Inner {
                 Positions::Mean => sp.iter().any(|p| p.start < shared),
             };
             let base = if covered { 0 } else { shared };
+            if shared > 0 {
+                tracing::debug!("candle: {b} inputs share their first {shared} tokens, run once");
+            }
             let prefix = (shared > 0)
                 .then(|| {
                     let reads: &[(Site, Vec<usize>)] = if covered { &reads } else { &[] };
