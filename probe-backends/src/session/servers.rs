@@ -420,11 +420,10 @@ mod no_vllm {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "vllm"))]
 mod tests {
     use super::*;
 
-    #[cfg(feature = "vllm")]
     #[test]
     fn launched_servers_cycle_over_the_generation_gpus_or_share_the_cpu() {
         let toml = "[devices]\ngeneration_gpus = [0, 1]\n[vllm]\nservers = 4\nbase_port = 9100\nargs = [\"--dtype\", \"float32\"]\n";
@@ -481,7 +480,6 @@ mod tests {
         assert!(!no_gen.launches(), "--no-generate: nothing to launch");
     }
 
-    #[cfg(feature = "vllm")]
     #[test]
     fn servers_that_extract_get_the_hidden_states_flags_and_are_never_time_shared() {
         let toml = "[vllm]\ncommand = [\"/py\", \"-m\", \"vllm.entrypoints.openai.api_server\"]\n";
@@ -512,7 +510,6 @@ mod tests {
         assert!(!given.launches(), "servers given by URL are not launched");
     }
 
-    #[cfg(feature = "vllm")]
     #[test]
     fn launched_servers_take_the_plans_arguments_and_cpu_servers_keep_the_file_settings() {
         use probe_core::plan::{DeviceInventory, ModelSpec, RunSettings, resolve_run};
