@@ -3,7 +3,8 @@
 //! (PROBE_FIXTURES): extraction at `last`, `mean` and `all`, spans inside and outside the
 //! prefix, several sites, batched and not, with two templates (prefixes of different
 //! lengths), an input that is nearly all prefix and one that shares nothing; generation's
-//! greedy tokens, and the states it reads while generating.
+//! greedy tokens (the rows decoding over the prefix's keys, held once), and the states it reads
+//! while generating.
 #![cfg(feature = "candle")]
 
 use std::path::PathBuf;
@@ -117,7 +118,12 @@ async fn generating_after_a_shared_prefix_keeps_tokens_and_captured_states() {
         let (a, b) = (shared.generate(request.clone()).await.unwrap(), whole.generate(request.clone()).await.unwrap());
         assert_eq!(a, b, "{arch}: the same greedy completions");
         let (ran, all) = (shared.positions_run(), whole.positions_run());
-        assert!(ran < all, "{arch}: prefills after a shared prefix ran {ran} positions, whole prompts {all}");
+        if arch == "phi3" {
+            // Its rows may drop their keys at the longrope switch: each keeps all of its own.
+            assert_eq!(ran, all, "{arch}: no prefix shared in generation");
+        } else {
+            assert!(ran < all, "{arch}: prefills after a shared prefix ran {ran} positions, whole prompts {all}");
+        }
         let reads = vec![(Site::Resid, (0..=l).collect::<Vec<_>>()), (Site::MlpOut, vec![0])];
         for positions in [Positions::Last, Positions::Mean] {
             let capture = StateCapture::new(info.clone(), reads.clone(), positions);

@@ -155,28 +155,92 @@ pub(crate) fn rows_mask(lens: &[usize], keys: usize, window: Option<usize>, devi
     Tensor::from_vec(m, (lens.len(), 1, 1, keys), device).map(Some)
 }
 
+/// A prefix that some rows of a decode step attend to before their own keys (see
+/// [`super::kv::SharedKv`]): its keys and values (`[1, kv_heads, p, d]`), the rows (u32
+/// `[n]`) and their additive mask over its keys (`[n, 1, 1, p]`; `None`: all visible).
+#[derive(Debug)]
+pub(crate) struct SharedKeys<'a> {
+    pub(crate) rows: &'a Tensor,
+    pub(crate) k: &'a Tensor,
+    pub(crate) v: &'a Tensor,
+    pub(crate) mask: Option<&'a Tensor>,
+}
+
 /// One query per row (`q`: `[b, heads, 1, d]`) over that row's keys (`k`, `v`: `[b, kv_heads,
 /// keys, d]`, views of the decode buffers; positions past a row's length hold anything) under
-/// `mask` (from [`rows_mask`]). Returns `[b, 1, heads · d]` in `q`'s dtype.
-pub(crate) fn rows(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, shape: Shape) -> Result<Tensor> {
+/// `mask` (from [`rows_mask`]), after the keys of the prefix it shares, if any (`shared`: each
+/// prefix with its rows; `restore` puts values stacked group by group, then the rows of no
+/// group, back in row order). One softmax per row over its prefix's keys and its own.
+/// Returns `[b, 1, heads · d]` in `q`'s dtype.
+pub(crate) fn rows(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    shape: Shape,
+    shared: &[SharedKeys],
+    restore: Option<&Tensor>,
+) -> Result<Tensor> {
     let (b, nh, _, d) = q.dims4()?;
     let (_, nkv, keys, _) = k.dims4()?;
     let rep = nh / nkv;
     let (dtype, device) = (q.dtype(), q.device());
     let work = work_dtype(device, dtype);
     let (q, k, v) = (q.to_dtype(work)?, k.to_dtype(work)?, v.to_dtype(work)?);
-    let scores = q.reshape((b, nkv, rep, d))?.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-    let scores = match shape.softcap {
-        Some(cap) => ((scores / cap)?.tanh()? * cap)?,
-        None => scores,
+    let q = q.reshape((b, nkv, rep, d))?;
+    let softcap = |scores: Tensor| match shape.softcap {
+        Some(cap) => (scores / cap)?.tanh()? * cap,
+        None => Ok(scores),
     };
+    let scores = softcap(q.matmul(&k.t()?)?.to_dtype(DType::F32)?)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
         None => scores,
     };
     debug_assert_eq!(scores.dim(D::Minus1)?, keys);
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(work)?;
-    probs.matmul(&v)?.reshape((b, 1, nh * d))?.to_dtype(dtype)
+    let (Some(restore), false) = (restore, shared.is_empty()) else {
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(work)?;
+        return probs.matmul(&v)?.reshape((b, 1, nh * d))?.to_dtype(dtype);
+    };
+    // The prefixes' scores, `[b, kv_heads, rep, longest prefix]` (−∞ past a row's prefix),
+    // before the rows' own, under one softmax.
+    let longest = shared.iter().map(|g| g.k.dim(2)).collect::<Result<Vec<_>>>()?.into_iter().max().unwrap_or(0);
+    let in_groups: usize = shared.iter().map(|g| g.rows.dim(0)).sum::<Result<usize>>()?;
+    let hidden = |n: usize, width: usize| Tensor::full(f32::NEG_INFINITY, (n, nkv, rep, width), device);
+    let mut parts = Vec::with_capacity(shared.len() + 1);
+    for g in shared {
+        let (n, p) = (g.rows.dim(0)?, g.k.dim(2)?);
+        // The group's queries of a kv head as the rows of one matmul: `[kv_heads, n · rep, d]`.
+        let qg = q.index_select(g.rows, 0)?.transpose(0, 1)?.contiguous()?.reshape((nkv, n * rep, d))?;
+        let kg = g.k.to_dtype(work)?.squeeze(0)?;
+        let s = qg.matmul(&kg.t()?)?.to_dtype(DType::F32)?.reshape((nkv, n, rep, p))?.transpose(0, 1)?;
+        let s = softcap(s.contiguous()?)?;
+        let s = match g.mask {
+            Some(m) => s.broadcast_add(m)?,
+            None => s,
+        };
+        parts.push(if p < longest { Tensor::cat(&[&s, &hidden(n, longest - p)?], 3)? } else { s });
+    }
+    if in_groups < b {
+        parts.push(hidden(b - in_groups, longest)?);
+    }
+    let prefix_scores = Tensor::cat(&parts, 0)?.contiguous()?.index_select(restore, 0)?;
+    let probs = candle_nn::ops::softmax_last_dim(&Tensor::cat(&[&prefix_scores, &scores], 3)?)?.to_dtype(work)?;
+    let own = probs.narrow(3, longest, keys)?.contiguous()?.matmul(&v)?;
+    let prefix_probs = probs.narrow(3, 0, longest)?.contiguous()?;
+    let mut parts = Vec::with_capacity(shared.len() + 1);
+    for g in shared {
+        let (n, p) = (g.rows.dim(0)?, g.k.dim(2)?);
+        let pg = prefix_probs.index_select(g.rows, 0)?.narrow(3, 0, p)?;
+        let pg = pg.transpose(0, 1)?.contiguous()?.reshape((nkv, n * rep, p))?;
+        let vg = g.v.to_dtype(work)?.squeeze(0)?;
+        parts.push(pg.matmul(&vg)?.reshape((nkv, n, rep, d))?.transpose(0, 1)?);
+    }
+    if in_groups < b {
+        parts.push(Tensor::zeros((b - in_groups, nkv, rep, d), work, device)?);
+    }
+    let from_prefix = Tensor::cat(&parts, 0)?.contiguous()?.index_select(restore, 0)?;
+    (own + from_prefix)?.reshape((b, 1, nh * d))?.to_dtype(dtype)
 }
 
 #[cfg(test)]
@@ -249,12 +313,53 @@ mod tests {
         for window in [None, Some(3)] {
             let shape = Shape { window, softcap: None, chunk_bytes: None };
             let mask = rows_mask(&lens, keys, window, &dev)?;
-            let got = rows(&q, &k, &v, mask.as_ref(), shape)?;
+            let got = rows(&q, &k, &v, mask.as_ref(), shape, &[], None)?;
             for (r, &len) in lens.iter().enumerate() {
                 // The last query of a causal pass over exactly this row's visible keys.
                 let (kr, vr) = (k.narrow(0, r, 1)?.narrow(2, 0, len)?, v.narrow(0, r, 1)?.narrow(2, 0, len)?);
                 let want = causal(&q.narrow(0, r, 1)?.contiguous()?, &kr, &vr, shape)?;
                 assert!(max_diff(&got.narrow(0, r, 1)?, &want) < 1e-6, "row {r}, window {window:?}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rows_see_their_shared_prefix_then_their_own_keys() -> Result<()> {
+        let dev = Device::Cpu;
+        let (nh, nkv, d, keys) = (4, 2, 8, 6);
+        // Rows 0 and 2 share prefix A (5 keys), row 3 prefix B (3 keys), row 1 none.
+        let own = [4usize, 6, 2, 5];
+        let q = Tensor::randn(0f32, 1.0, (4, nh, 1, d), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (4, nkv, keys, d), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (4, nkv, keys, d), &dev)?;
+        let (ka, va) =
+            (Tensor::randn(0f32, 1.0, (1, nkv, 5, d), &dev)?, Tensor::randn(0f32, 1.0, (1, nkv, 5, d), &dev)?);
+        let (kb, vb) =
+            (Tensor::randn(0f32, 1.0, (1, nkv, 3, d), &dev)?, Tensor::randn(0f32, 1.0, (1, nkv, 3, d), &dev)?);
+        let prefix = [Some((&ka, &va)), None, Some((&ka, &va)), Some((&kb, &vb))];
+        let a_rows = Tensor::new(&[0u32, 2], &dev)?;
+        let b_rows = Tensor::new(&[3u32], &dev)?;
+        // Stacked A's rows (0, 2), B's (3), then row 1.
+        let restore = Tensor::new(&[0u32, 3, 1, 2], &dev)?;
+        for softcap in [None, Some(2.0)] {
+            let shape = Shape { window: None, softcap, chunk_bytes: None };
+            let shared = [
+                SharedKeys { rows: &a_rows, k: &ka, v: &va, mask: None },
+                SharedKeys { rows: &b_rows, k: &kb, v: &vb, mask: None },
+            ];
+            let mask = rows_mask(&own, keys, None, &dev)?;
+            let got = rows(&q, &k, &v, mask.as_ref(), shape, &shared, Some(&restore))?;
+            for r in 0..4 {
+                // The last query of a causal pass over the prefix's keys then the row's own.
+                let (kr, vr) = (k.narrow(0, r, 1)?.narrow(2, 0, own[r])?, v.narrow(0, r, 1)?.narrow(2, 0, own[r])?);
+                let (kr, vr) = match prefix[r] {
+                    Some((pk, pv)) => (Tensor::cat(&[pk, &kr], 2)?, Tensor::cat(&[pv, &vr], 2)?),
+                    None => (kr, vr),
+                };
+                let want = causal(&q.narrow(0, r, 1)?.contiguous()?, &kr, &vr, shape)?;
+                let e = max_diff(&got.narrow(0, r, 1)?, &want);
+                assert!(e < 1e-5, "row {r}, softcap {softcap:?}: {e}");
             }
         }
         Ok(())

@@ -73,6 +73,47 @@ pub(crate) struct DecodeStep {
     /// `window` of them); `None` = nothing masked.
     pub(crate) full_mask: Option<Tensor>,
     pub(crate) sliding_mask: Option<Tensor>,
+    /// The prefixes rows share, each with its rows; `restore` (u32 `[b]`) puts values stacked
+    /// group by group (then the rows without one) back in row order. Empty: none shared.
+    pub(crate) shared: Vec<SharedRows>,
+    pub(crate) restore: Option<Tensor>,
+}
+
+/// The rows of a decode step that attend to one shared prefix first.
+#[derive(Debug)]
+pub(crate) struct SharedRows {
+    /// Their slots, u32 `[n]`.
+    pub(crate) rows: Tensor,
+    pub(crate) kv: super::kv::SharedKv,
+    /// Additive masks `[n, 1, 1, p]` of sliding layers: a prefix key older than a row's window
+    /// is hidden (`None`: every key visible; full layers see all of the prefix).
+    pub(crate) sliding_mask: Option<Tensor>,
+}
+
+impl DecodeStep {
+    /// The step with its tensors on `device` (a later stage of a layer split; the prefixes'
+    /// keys already live with their layers).
+    pub(crate) fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
+        let mv = |t: &Tensor| t.to_device(device);
+        Ok(Self {
+            at: mv(&self.at)?,
+            keys: self.keys,
+            full_mask: self.full_mask.as_ref().map(mv).transpose()?,
+            sliding_mask: self.sliding_mask.as_ref().map(mv).transpose()?,
+            shared: self
+                .shared
+                .iter()
+                .map(|g| {
+                    Ok(SharedRows {
+                        rows: mv(&g.rows)?,
+                        kv: g.kv.clone(),
+                        sliding_mask: g.sliding_mask.as_ref().map(mv).transpose()?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            restore: self.restore.as_ref().map(mv).transpose()?,
+        })
+    }
 }
 
 /// The sites inside a block that an extraction reads, and what the block found there.
@@ -258,21 +299,30 @@ impl Block {
                     let (_, nkv, p, d) = prefix.dims4()?;
                     Tensor::cat(&[&prefix.broadcast_as((b, nkv, p, d))?, own], 2)
                 };
-                let (k, v) = (whole(pk, &k)?, whole(pv, &v)?);
-                let out = attention::causal(&q, &k, &v, shape)?;
+                let out = attention::causal(&q, &whole(pk, &k)?, &whole(pv, &v)?, shape)?;
                 if let Some(kept) = kept {
                     *kept = Some((k, v));
                 }
                 out
             }
-            Kv::Decode(kb, vb) => {
+            Kv::Decode(kb, vb, layer) => {
                 let Some(d) = &step.decode else { candle_core::bail!("a decode step without its DecodeStep") };
                 let (kb, vb) = (kb.narrow(0, 0, b)?, vb.narrow(0, 0, b)?);
                 kb.scatter_set(&d.at, &k, 2)?;
                 vb.scatter_set(&d.at, &v, 2)?;
                 let (k, v) = (kb.narrow(2, 0, d.keys)?, vb.narrow(2, 0, d.keys)?);
                 let mask = if self.window.is_some() { &d.sliding_mask } else { &d.full_mask };
-                attention::rows(&q, &k, &v, mask.as_ref(), shape)?
+                let shared: Vec<attention::SharedKeys> = d
+                    .shared
+                    .iter()
+                    .map(|g| attention::SharedKeys {
+                        rows: &g.rows,
+                        k: &g.kv.layers[layer].0,
+                        v: &g.kv.layers[layer].1,
+                        mask: g.sliding_mask.as_ref().filter(|_| self.window.is_some()),
+                    })
+                    .collect();
+                attention::rows(&q, &k, &v, mask.as_ref(), shape, &shared, d.restore.as_ref())?
             }
         };
         // Steering of heads (`[heads·head_dim]`, zero outside the steered heads).

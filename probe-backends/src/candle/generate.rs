@@ -404,7 +404,8 @@ impl Inner {
             }
             false => 0,
         };
-        let shared = if self.decoder.can_share(shared, &lens) { shared } else { 0 };
+        // A row that may drop its cache keeps every key in its slot.
+        let shared = if self.decoder.can_share(shared, &lens) && !self.decoder.drops_cache() { shared } else { 0 };
         let prefix = (shared > 0)
             .then(|| {
                 // Means over the prompt read the prefix's positions too.
@@ -413,6 +414,7 @@ impl Inner {
                 self.decoder.prefix(&prompts[group[0]][..shared], blocks, reads, steer).map_err(be)
             })
             .transpose()?;
+        let shared_kv = prefix.as_ref().map(Prefix::shared_kv);
         let own: Vec<usize> = lens.iter().map(|&l| l - shared).collect();
         let width = own.iter().copied().max().unwrap_or(1);
         let mut ids = Vec::with_capacity(group.len() * width);
@@ -453,8 +455,9 @@ impl Inner {
                 if row.done.is_some() && capture.is_none() {
                     self.finish(row, None, done)?;
                 } else {
-                    // Each sample its own copy of the prompt's keys.
-                    kv.push(&kept, r, lens[r], lens[r] + p.max_tokens as usize).map_err(be)?;
+                    // Each sample its own copy of the keys after the shared prefix (held once).
+                    let room = lens[r] + p.max_tokens as usize;
+                    kv.push(&kept, r, lens[r], room, shared_kv.as_ref()).map_err(be)?;
                     joined.push(row);
                 }
             }

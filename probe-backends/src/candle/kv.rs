@@ -4,6 +4,8 @@
 //! decode step attends for every row in one batched matmul (each row's keys padded to the
 //! longest and masked). A finished sequence leaves by moving the last slot into its place.
 
+use std::sync::Arc;
+
 use candle_core::{Result, Tensor};
 
 /// What one block's attention reads and extends in one forward call.
@@ -15,16 +17,34 @@ pub(crate) enum Kv<'a> {
     Keep(&'a mut Option<(Tensor, Tensor)>),
     /// After a prefix every row shares (its keys and values, `[1, kv_heads, p, head_dim]`, see
     /// [`super::model::Prefix`]): each row's queries see the prefix, then their own keys; with
-    /// `Some(kept)`, the block leaves the row's keys and values there, prefix first
-    /// (`[b, kv_heads, p + s, head_dim]`, as a prefill of the whole input would).
+    /// `Some(kept)`, the block leaves the rows' own keys and values there (`[b, kv_heads, s,
+    /// head_dim]`: decoding reads the prefix's from [`SharedKv`]).
     After(&'a (Tensor, Tensor), Option<&'a mut Option<(Tensor, Tensor)>>),
-    /// A decode step: the layer's key and value buffers (see [`DecodeKv`]); the step's
-    /// [`super::block::DecodeStep`] says where each row's new key goes and which keys it sees.
-    Decode(&'a Tensor, &'a Tensor),
+    /// A decode step of layer `.2`: its key and value buffers (see [`DecodeKv`]); the step's
+    /// [`super::block::DecodeStep`] says where each row's new key goes, which keys it sees and
+    /// the shared prefixes rows attend to first.
+    Decode(&'a Tensor, &'a Tensor, usize),
+}
+
+/// Keys and values of a prompt prefix that decoding rows share (run once, see
+/// [`super::model::Prefix`]): per layer `[1, kv_heads, p, head_dim]`, held once however many
+/// rows attend to it, and dropped with the last of them.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedKv {
+    /// Its positions.
+    pub(crate) len: usize,
+    pub(crate) layers: Arc<[(Tensor, Tensor)]>,
+}
+
+impl SharedKv {
+    /// Whether `self` and `other` are the same prefix (not merely equal).
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.layers, &other.layers)
+    }
 }
 
 /// One decoding sequence's place in the buffers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct RowKv {
     /// Positions fed so far.
     pub(crate) len: usize,
@@ -32,12 +52,20 @@ pub(crate) struct RowKv {
     /// [`super::model::Decoder::next_logits_rows`]); the slot holds positions
     /// `dropped..len` at `0..len - dropped`.
     pub(crate) dropped: usize,
+    /// The prefix it shares with other rows: its first `shared.len` positions are there, the
+    /// slot holds the positions after them (`shared.len..len` at `0..`). Never with `dropped`.
+    pub(crate) shared: Option<SharedKv>,
 }
 
 impl RowKv {
-    /// Keys held.
+    /// Keys held in its slot.
     pub(crate) fn held(&self) -> usize {
-        self.len - self.dropped
+        self.len - self.dropped - self.shared_len()
+    }
+
+    /// Positions its shared prefix holds (0: none).
+    pub(crate) fn shared_len(&self) -> usize {
+        self.shared.as_ref().map_or(0, |s| s.len)
     }
 }
 
@@ -104,18 +132,28 @@ impl DecodeKv {
         Ok(())
     }
 
-    /// Adds a row (the last slot): the first `len` positions of row `r` of a prefill's keys and
-    /// values (`prefill[layer]`: `[b, kv_heads, s, head_dim]`), with room for `room` positions.
-    pub(crate) fn push(&mut self, prefill: &[(Tensor, Tensor)], r: usize, len: usize, room: usize) -> Result<()> {
+    /// Adds a row (the last slot) of `len` positions: after `shared` (its first positions,
+    /// held there), the rest are the first positions of row `r` of a prefill's keys and values
+    /// (`prefill[layer]`: `[b, kv_heads, s, head_dim]`), with room for `room` positions in all.
+    pub(crate) fn push(
+        &mut self,
+        prefill: &[(Tensor, Tensor)],
+        r: usize,
+        len: usize,
+        room: usize,
+        shared: Option<&SharedKv>,
+    ) -> Result<()> {
         let slot = self.rows.len();
-        self.reserve(slot + 1, room.max(len), prefill)?;
+        let row = RowKv { len, dropped: 0, shared: shared.cloned() };
+        let own = row.held();
+        self.reserve(slot + 1, room.max(len) - row.shared_len(), prefill)?;
         for (layer, (pk, pv)) in self.layers.iter().zip(prefill) {
             let (bk, bv) = layer.as_ref().expect("reserved above");
-            let part = |t: &Tensor| t.narrow(0, r, 1)?.narrow(2, 0, len)?.contiguous();
+            let part = |t: &Tensor| t.narrow(0, r, 1)?.narrow(2, 0, own)?.contiguous();
             bk.narrow(0, slot, 1)?.slice_set(&part(pk)?, 2, 0)?;
             bv.narrow(0, slot, 1)?.slice_set(&part(pv)?, 2, 0)?;
         }
-        self.rows.push(RowKv { len, dropped: 0 });
+        self.rows.push(row);
         Ok(())
     }
 
@@ -172,9 +210,9 @@ mod tests {
     fn rows_join_grow_and_leave() {
         let p = prefill(3, 4);
         let mut kv = DecodeKv::new(1, 1);
-        kv.push(&p, 0, 2, 3).unwrap();
-        kv.push(&p, 2, 4, 6).unwrap(); // more slots and positions than allocated
-        kv.push(&p, 1, 3, 3).unwrap();
+        kv.push(&p, 0, 2, 3, None).unwrap();
+        kv.push(&p, 2, 4, 6, None).unwrap(); // more slots and positions than allocated
+        kv.push(&p, 1, 3, 3, None).unwrap();
         assert_eq!(kv.size(), (4, 6));
         assert_eq!(keys(&kv, 0, 2), [0.0, 1.0]);
         assert_eq!(keys(&kv, 1, 4), [8.0, 9.0, 10.0, 11.0]);
@@ -194,12 +232,27 @@ mod tests {
         let t = Tensor::arange(0f32, 2. * 2. * 3., &Device::Cpu).unwrap().reshape((2, 2, 3, 1)).unwrap();
         let p = vec![(t.clone(), t.clone())];
         let mut kv = DecodeKv::new(1, 2);
-        kv.push(&p, 0, 3, 8).unwrap();
-        kv.push(&p, 1, 2, 8).unwrap();
+        kv.push(&p, 0, 3, 8, None).unwrap();
+        kv.push(&p, 1, 2, 8, None).unwrap();
         kv.swap_remove(0).unwrap();
         let (k, _) = kv.layer(0).unwrap();
         let slot: Vec<f32> =
             k.narrow(0, 0, 1).unwrap().narrow(2, 0, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(slot, [6.0, 7.0, 9.0, 10.0]);
+    }
+
+    #[test]
+    fn rows_after_a_shared_prefix_hold_only_their_own_keys() {
+        // Prefill keys of the rows' own positions (3 each); a 40-position prefix held once.
+        let own = prefill(2, 3);
+        let prefix = Tensor::zeros((1, 1, 40, 1), DType::F32, &Device::Cpu).unwrap();
+        let shared = SharedKv { len: 40, layers: vec![(prefix.clone(), prefix)].into() };
+        let mut kv = DecodeKv::new(1, 2);
+        kv.push(&own, 0, 43, 50, Some(&shared)).unwrap();
+        kv.push(&own, 1, 42, 50, Some(&shared)).unwrap();
+        assert_eq!(kv.size(), (2, 10), "slots of the positions after the prefix");
+        assert_eq!(kv.rows().iter().map(RowKv::held).collect::<Vec<_>>(), [3, 2]);
+        assert_eq!(keys(&kv, 1, 2), [3.0, 4.0]);
+        assert!(kv.rows()[0].shared.as_ref().unwrap().same(&shared));
     }
 }

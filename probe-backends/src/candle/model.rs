@@ -5,14 +5,16 @@
 //! and used transposed by the matmul (no copy). Grouped-query attention folds the query
 //! heads of one key/value head into the sequence axis, so keys and values are never repeated.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use probe_core::Site;
 
 use super::attention;
-use super::block::{Block, DecodeStep, RopeRows, Step, Tap};
+use super::block::{Block, DecodeStep, RopeRows, SharedRows, Step, Tap};
 use super::config::ModelConfig;
-use super::kv::{DecodeKv, Kv, RowKv};
+use super::kv::{DecodeKv, Kv, RowKv, SharedKv};
 use super::layers::Norm;
 use super::placement::Stages;
 use super::rope::Rope;
@@ -172,7 +174,7 @@ impl<'a> Reader<'a> {
 #[derive(Debug)]
 pub(crate) struct Prefix {
     len: usize,
-    kv: Vec<(Tensor, Tensor)>,
+    kv: Arc<[(Tensor, Tensor)]>,
     states: Vec<((Site, usize), Tensor)>,
 }
 
@@ -180,6 +182,11 @@ impl Prefix {
     /// Its positions.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Its keys and values, for the rows that decode after it.
+    pub(crate) fn shared_kv(&self) -> SharedKv {
+        SharedKv { len: self.len, layers: Arc::clone(&self.kv) }
     }
 
     /// `h` (`[b, s, width]`: positions after the prefix) with the prefix's values at `site`,
@@ -381,14 +388,14 @@ impl Decoder {
         };
         let mut reader = Reader::new(reads, self.blocks.len(), &mut keep);
         let (_, kv) = self.run(&input, &[ids.len()], None, blocks, true, steer, Some(&mut reader))?;
-        Ok(Prefix { len: ids.len(), kv, states })
+        Ok(Prefix { len: ids.len(), kv: kv.into(), states })
     }
 
     /// One forward call: `ids` (`[b, s]`, right-padded; `lens` the real lengths) after
     /// `prefix` (at positions `0..p` of every row), through blocks `0..blocks`, steered,
     /// handing `reader` what it reads on the way. Returns the residual stream after the last
-    /// block run (`[b, s, hidden]`) and, with `keep`, every block's keys and values
-    /// (`[b, kv_heads, p + s, head_dim]`).
+    /// block run (`[b, s, hidden]`) and, with `keep`, every block's keys and values of the
+    /// rows' own positions (`[b, kv_heads, s, head_dim]`).
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
@@ -511,7 +518,7 @@ impl Decoder {
     /// dropped, the cache stays that short, so every later step runs alone too. Each sequence
     /// of a batched decode has its own keys, so this happens per sequence, as it would alone.
     fn drop_cache_at_longrope_switch(&self, row: &mut RowKv, s: usize) {
-        let Some(threshold) = self.cfg.rope.longrope_threshold().filter(|_| self.cfg.spec.fused) else { return };
+        let Some(threshold) = self.cfg.rope.longrope_threshold().filter(|_| self.drops_cache()) else { return };
         let held = row.held();
         if held > 0 && row.len + s > threshold && held <= threshold {
             row.dropped = row.len;
@@ -520,8 +527,9 @@ impl Decoder {
 
     /// Runs prompts `ids` (`[b, s]`, right-padded; `lens` the real lengths) after `prefix`
     /// when there is one; returns the logits at each row's last real token (`[b, vocab]` in
-    /// f32, soft-capped where the architecture does so) and every layer's keys and values
-    /// (`[b, kv_heads, p + s, head_dim]`, prefix first, for [`DecodeKv::push`]).
+    /// f32, soft-capped where the architecture does so) and every layer's keys and values of
+    /// the rows' own positions (`[b, kv_heads, s, head_dim]`, for [`DecodeKv::push`] with the
+    /// prefix's [`Prefix::shared_kv`]).
     pub(crate) fn prefill(
         &self,
         ids: &Tensor,
@@ -575,6 +583,7 @@ impl Decoder {
             (Some(rope), Some(inv_freq)) => Some(rows(rope, inv_freq)?),
             _ => None,
         };
+        let (shared, restore) = self.shared_rows(kv.rows(), window)?;
         let decode = DecodeStep {
             at,
             keys,
@@ -583,6 +592,8 @@ impl Decoder {
                 Some(_) => attention::rows_mask(&held, keys, window, &self.device)?,
                 None => None,
             },
+            shared,
+            restore,
         };
         let step = Step {
             cfg: &self.cfg,
@@ -602,13 +613,65 @@ impl Decoder {
             let input = steer.enter(i, self.stages.enter(i, x)?)?;
             let mut tap = reader.as_deref().and_then(|r| r.tap(i));
             let step = self.stages.step_of(&steps, i);
-            x = block.forward_tap(&input, step, Kv::Decode(kb, vb), tap.as_mut(), steer.heads(i))?;
+            x = block.forward_tap(&input, step, Kv::Decode(kb, vb, i), tap.as_mut(), steer.heads(i))?;
             if let Some(r) = reader.as_deref_mut() {
                 r.after(i, l, tap, &x, self.norm.as_ref(), None)?;
             }
         }
         kv.rows_mut().iter_mut().for_each(|r| r.len += 1);
         self.logits(&x.squeeze(1)?)
+    }
+
+    /// The rows of a decode step grouped by the prefix they share (rows in slot order, each
+    /// about to feed position `len`), with their masks over its keys on sliding layers of
+    /// `window`, and the order that puts values stacked group by group (then the rows of no
+    /// group) back in slot order (`None` when no row shares a prefix).
+    fn shared_rows(&self, rows: &[RowKv], window: Option<usize>) -> Result<(Vec<SharedRows>, Option<Tensor>)> {
+        let mut groups: Vec<(&SharedKv, Vec<usize>)> = Vec::new();
+        for (r, row) in rows.iter().enumerate() {
+            let Some(kv) = &row.shared else { continue };
+            match groups.iter_mut().find(|(g, _)| g.same(kv)) {
+                Some((_, members)) => members.push(r),
+                None => groups.push((kv, vec![r])),
+            }
+        }
+        if groups.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        let mut stacked: Vec<usize> = groups.iter().flat_map(|(_, m)| m.iter().copied()).collect();
+        stacked.extend((0..rows.len()).filter(|&r| rows[r].shared.is_none()));
+        let mut restore = vec![0u32; rows.len()];
+        for (at, &r) in stacked.iter().enumerate() {
+            restore[r] = at as u32;
+        }
+        let shared = groups
+            .into_iter()
+            .map(|(kv, members)| {
+                // After this step a row holds len + 1 positions and sees the last `window`.
+                let hidden: Vec<usize> =
+                    members.iter().map(|&r| window.map_or(0, |w| (rows[r].len + 1).saturating_sub(w))).collect();
+                let sliding_mask = match hidden.iter().any(|&h| h > 0) {
+                    true => {
+                        let mask = hidden
+                            .iter()
+                            .flat_map(|&h| (0..kv.len).map(move |j| if j < h { f32::NEG_INFINITY } else { 0.0 }));
+                        Some(Tensor::from_iter(mask, &self.device)?.reshape((members.len(), 1, 1, kv.len))?)
+                    }
+                    false => None,
+                };
+                let ids: Vec<u32> = members.iter().map(|&r| r as u32).collect();
+                let n = ids.len();
+                Ok(SharedRows { rows: Tensor::from_vec(ids, n, &self.device)?, kv: kv.clone(), sliding_mask })
+            })
+            .collect::<Result<_>>()?;
+        Ok((shared, Some(Tensor::from_vec(restore, rows.len(), &self.device)?)))
+    }
+
+    /// Whether a decoding sequence may drop its cache (Phi-3's longrope switch, see
+    /// [`Decoder::drop_cache_at_longrope_switch`]): then its prompt keeps every key in its own
+    /// slot, sharing none.
+    pub(crate) fn drops_cache(&self) -> bool {
+        self.cfg.rope.longrope_threshold().is_some() && self.cfg.spec.fused
     }
 
     /// The logits of hidden states `[b, hidden]` (final norm, LM head, soft-capping), in f32.

@@ -14,7 +14,7 @@ use probe_core::{
     Positions, Result, SpecialTokens,
 };
 
-use super::block::{DecodeStep, RopeRows, Step};
+use super::block::{RopeRows, Step};
 use super::{CandleBackend, CandleDevice, CandleFolder, CandleOptions};
 
 /// One device's contiguous run of transformer blocks (0-based, `first..=last`).
@@ -120,18 +120,7 @@ impl Stages {
                 cfg: step.cfg,
                 rope: rows(&step.rope)?,
                 local_rope: step.local_rope.as_ref().map(rows).transpose()?,
-                decode: step
-                    .decode
-                    .as_ref()
-                    .map(|s| -> candle_core::Result<DecodeStep> {
-                        Ok(DecodeStep {
-                            at: mv(&s.at)?,
-                            keys: s.keys,
-                            full_mask: s.full_mask.as_ref().map(mv).transpose()?,
-                            sliding_mask: s.sliding_mask.as_ref().map(mv).transpose()?,
-                        })
-                    })
-                    .transpose()?,
+                decode: step.decode.as_ref().map(|s| s.to_device(d)).transpose()?,
                 chunk_bytes: step.chunk_bytes,
             });
         }
