@@ -3,7 +3,7 @@ batched generate (left padding), whole processes, on the same model and prompts;
 offline `vllm.LLM` generation time as the upper anchor. Greedy, the same new-token budget.
 
     gen.py --model DIR --probe-bin target/release/probe-generate-bench [--prompts 32 --words 40
-           --max-tokens 32 --batch 16 --threads 2 --rounds 2 --vllm]
+           --max-tokens 32 --batch 16 --threads 2 --rounds 2 --vllm --prefix-words 0]
 
 Prints each engine's wall time (whole process: start, load, generate, exit) and generation time,
 new tokens/s, and the ratio to transformers. Usage: see benches/peer/run.
@@ -38,9 +38,13 @@ secs = time.perf_counter() - t
 print(json.dumps({"new_tokens": new, "generate_s": secs, "tokens_per_s": new / secs}))
 """
 
-def prompts(n, words):
-    """Distinct prompts of about `words` words each (the peer tokenizer's vocabulary)."""
-    return [" ".join(f"word{(7 * i + 13 * j) % 3000} thing{(i + j) % 97}" for j in range(words // 2)) for i in range(n)]
+def prompts(n, words, prefix_words=0):
+    """Distinct prompts of about `words` words each (the peer tokenizer's vocabulary), each after
+    the same `prefix_words` words (an instruction) when that is not 0."""
+    instruction = " ".join(f"rule{(11 * j) % 3000} step{j % 89}" for j in range(prefix_words // 2))
+    head = instruction + " " if instruction else ""
+    return [head + " ".join(f"word{(7 * i + 13 * j) % 3000} thing{(i + j) % 97}" for j in range(words // 2))
+            for i in range(n)]
 
 
 def timed(cmd, env=None):
@@ -63,9 +67,10 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--vllm", action="store_true", help="also time vLLM-CPU's offline generate (the upper anchor)")
     p.add_argument("--also", action="append", default=[], help="NAME=BIN: another probe-generate-bench, same rounds")
+    p.add_argument("--prefix-words", type=int, default=0, help="words every prompt starts with (a template)")
     a = p.parse_args()
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write("\n".join(prompts(a.prompts, a.words)) + "\n")
+        f.write("\n".join(prompts(a.prompts, a.words, a.prefix_words)) + "\n")
         file = f.name
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), RAYON_NUM_THREADS=str(a.threads))
     args = [a.model, file, str(a.max_tokens)]
@@ -89,7 +94,8 @@ def main():
             err = getattr(e, "stderr", None)
             print(f"vLLM-CPU did not run: {err.strip().splitlines()[-1] if err and err.strip() else e}")
     os.unlink(file)
-    print(f"generation: {a.prompts} prompts of {a.words} words, {a.max_tokens} new tokens each, greedy, "
+    shared = f" after the same {a.prefix_words} words" if a.prefix_words else ""
+    print(f"generation: {a.prompts} prompts of {a.words} words{shared}, {a.max_tokens} new tokens each, greedy, "
           f"batch {a.batch}, {a.threads} threads; best of {a.rounds} interleaved rounds (vLLM: one run)")
     print()
     print("| engine | whole process s | generate s | new tokens | tokens/s (generate) | vs transformers (whole process) | vs transformers (generate) |")
