@@ -8,6 +8,9 @@
 //! activations are those of the separate pass.
 #![cfg(feature = "candle")]
 
+mod archs;
+
+use archs::{ARCHS, relative_error};
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -19,22 +22,6 @@ use probe_core::{
     Positions, Readout, Result, SamplingParams, Site, Span, StateCapture,
 };
 
-/// One fixture per architecture.
-const ARCHS: &[&str] = &[
-    "llama",
-    "mistral",
-    "qwen2",
-    "gemma2",
-    "qwen3",
-    "gemma3_text",
-    "mixtral",
-    "qwen3_moe",
-    "olmo2",
-    "phi3",
-    "gpt2",
-    "gpt_neox",
-];
-
 /// max |captured − extracted|, over max(1, max |extracted|), f32.
 const TOLERANCE: f32 = 1e-5;
 
@@ -42,12 +29,6 @@ fn load(arch: &str, batch: usize) -> Option<CandleBackend> {
     let root = PathBuf::from(require_service("PROBE_FIXTURES")?);
     let options = CandleOptions::default().with_default_batch_size(batch);
     Some(CandleBackend::load(&root.join("models").join(arch), options).expect("fixture model"))
-}
-
-fn err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "same length");
-    let num = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    num / b.iter().map(|y| y.abs()).fold(1f32, f32::max)
 }
 
 /// Prompts of different lengths.
@@ -133,7 +114,7 @@ async fn captured_states_equal_the_extraction_pass() {
                 for &layer in layers {
                     let (a, b) = (acts.at(*site, layer).unwrap(), extracted.at(*site, layer).unwrap());
                     assert_eq!(a.shape, b.shape, "{arch} {site} {layer}");
-                    let e = err(&a.data, &b.data);
+                    let e = relative_error(&a.data, &b.data);
                     assert!(e <= TOLERANCE, "{arch} {readout} {site} layer {layer}: error {e}");
                     worst = worst.max(e);
                 }
@@ -231,7 +212,7 @@ async fn a_candle_sweep_reads_its_activations_while_generating() {
             sweep::features(SweepParts::new(&model, &fresh).with_generator(&plain), &set, &config).await.unwrap();
         assert!(s.extract_calls > 0 && s.pass_reuse.is_none(), "{s:?}");
         for (slot, t) in &extracted {
-            let e = err(&captured[slot].data, &t.data);
+            let e = relative_error(&captured[slot].data, &t.data);
             assert!(e <= TOLERANCE, "{readout} {slot:?}: error {e}");
         }
     }

@@ -7,6 +7,9 @@
 //! while generating.
 #![cfg(feature = "candle")]
 
+mod archs;
+
+use archs::{ARCHS, relative_error};
 use std::path::PathBuf;
 
 use probe_backends::candle::{CandleBackend, CandleOptions};
@@ -16,22 +19,6 @@ use probe_core::{
     Span, StateCapture,
 };
 
-/// One fixture per architecture.
-const ARCHS: &[&str] = &[
-    "llama",
-    "mistral",
-    "qwen2",
-    "gemma2",
-    "qwen3",
-    "gemma3_text",
-    "mixtral",
-    "qwen3_moe",
-    "olmo2",
-    "phi3",
-    "gpt2",
-    "gpt_neox",
-];
-
 /// max |shared − whole| over max(1, max |whole|), f32.
 const TOLERANCE: f32 = 1e-5;
 
@@ -39,12 +26,6 @@ fn load(arch: &str, share: bool) -> Option<CandleBackend> {
     let root = PathBuf::from(require_service("PROBE_FIXTURES")?);
     let options = CandleOptions::default().with_shared_prefixes(share).with_default_batch_size(4);
     Some(CandleBackend::load(&root.join("models").join(arch), options).expect("fixture model"))
-}
-
-fn err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "same length");
-    let num = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    num / b.iter().map(|y| y.abs()).fold(1f32, f32::max)
 }
 
 /// Two templates (instructions of different lengths) before items of different lengths, an
@@ -94,7 +75,7 @@ async fn a_shared_prefix_gives_the_values_of_whole_inputs() {
                     assert_eq!((&a.mask, &a.token_counts), (&b.mask, &b.token_counts), "{arch}");
                     for (x, y) in a.layers.iter().zip(&b.layers) {
                         assert_eq!((x.site, x.layer, &x.tensor.shape), (y.site, y.layer, &y.tensor.shape));
-                        let e = err(&x.tensor.data, &y.tensor.data);
+                        let e = relative_error(&x.tensor.data, &y.tensor.data);
                         let at = format!("{arch} {positions:?} batch {batch} spans {spans:?} {} {}", x.site, x.layer);
                         assert!(e <= TOLERANCE, "{at}: error {e}");
                         worst = worst.max(e);
@@ -131,7 +112,7 @@ async fn generating_after_a_shared_prefix_keeps_tokens_and_captured_states() {
             let (gb, sb) = whole.generate_capturing(request.clone(), capture).await.unwrap();
             assert_eq!(ga, gb, "{arch} {positions:?}");
             for (x, y) in sa.layers.iter().zip(&sb.layers) {
-                let e = err(&x.tensor.data, &y.tensor.data);
+                let e = relative_error(&x.tensor.data, &y.tensor.data);
                 assert!(e <= TOLERANCE, "{arch} {positions:?} {} {}: error {e}", x.site, x.layer);
             }
         }

@@ -8,6 +8,9 @@
 //! (scripts/python/steer_reference.py); bad interventions refused.
 #![cfg(feature = "candle")]
 
+mod archs;
+
+use archs::ARCHS;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -17,22 +20,6 @@ use probe_core::{
     ActivationExtractor, ActivationRequest, Activations, Error, GenerationRequest, Generator, Intervention, Positions,
     SamplingParams, Site,
 };
-
-/// One fixture per architecture (the fidelity tests cover their checkpoint-layout variants).
-const ARCHS: &[&str] = &[
-    "llama",
-    "mistral",
-    "qwen2",
-    "gemma2",
-    "qwen3",
-    "gemma3_text",
-    "mixtral",
-    "qwen3_moe",
-    "olmo2",
-    "phi3",
-    "gpt2",
-    "gpt_neox",
-];
 
 /// Relative tolerance (max |candle − transformers| / max |transformers|), f32.
 const TOLERANCE: f32 = 1e-5;
