@@ -195,7 +195,7 @@ impl CandleBackend {
         let info = folder.model_info(&options);
         let stages =
             Stages::open(&device, &options.split, options.blocks.map_or(cfg.num_layers, |n| n.min(cfg.num_layers)))?;
-        let decoder = Decoder::load(&vb, cfg, stages, options.blocks)
+        let decoder = Decoder::load(&vb, weights, cfg, stages, options.blocks)
             .map_err(|e| Error::invalid(format!("weights in {}", dir.display()), e))?
             .with_attention_chunk_bytes(options.attention_chunk_bytes);
         let id = ModelId::new(dir.to_string_lossy(), revision.clone());

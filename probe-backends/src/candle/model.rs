@@ -200,11 +200,18 @@ impl Prefix {
     }
 }
 
+/// The token embedding: the table, or (a model that only extracts) its rows read per batch.
+#[derive(Debug, Clone)]
+enum Embedding {
+    Table(Tensor),
+    Rows(Arc<super::weights::Rows>),
+}
+
 /// The decoder: embeddings, blocks, final norm and (only for generation) the LM head.
 #[derive(Debug, Clone)]
 pub(crate) struct Decoder {
     pub(crate) cfg: ModelConfig,
-    embed: Tensor,
+    embed: Embedding,
     /// Learned absolute position embeddings (GPT-2), `[max_positions, hidden]`.
     positions: Option<Tensor>,
     /// The blocks loaded: every block, or the first ones (extraction only).
@@ -228,13 +235,29 @@ impl Decoder {
     /// Loads the weights from `vb` (names as transformers saves them, see [`LAYOUTS`]), each
     /// block on its stage's device, the final norm and head on the last block's. With
     /// `blocks = Some(n)` (extraction only): blocks `0..n`, the final norm when `n` is every
-    /// block, no head.
-    pub(crate) fn load(vb: &VarBuilder, cfg: ModelConfig, stages: Stages, blocks: Option<usize>) -> Result<Self> {
+    /// block, no head, and the embedding's rows read per batch from `weights` (where it stores
+    /// them in f32, bf16 or f16).
+    pub(crate) fn load(
+        vb: &VarBuilder,
+        weights: &super::weights::WeightIndex,
+        cfg: ModelConfig,
+        stages: Stages,
+        blocks: Option<usize>,
+    ) -> Result<Self> {
         let device = vb.device().clone();
         let dtype = vb.dtype();
         let names = Names::of(vb, &cfg);
         let body = if names.body.is_empty() { vb.clone() } else { vb.pp(names.body) };
-        let embed = body.get((cfg.vocab_size, cfg.hidden_size), &format!("{}.weight", names.embed))?;
+        let embed_name = format!("{}.weight", names.embed);
+        let whole_name = if names.body.is_empty() { embed_name.clone() } else { format!("{}.{embed_name}", names.body) };
+        let rows = match blocks {
+            Some(_) => weights.rows(&whole_name).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            None => None,
+        };
+        let embed = match rows {
+            Some(rows) if rows.shape() == (cfg.vocab_size, cfg.hidden_size) => Embedding::Rows(Arc::new(rows)),
+            _ => Embedding::Table(body.get((cfg.vocab_size, cfg.hidden_size), &embed_name)?),
+        };
         let positions = names
             .positions
             .map(|p| body.get((cfg.max_position_embeddings, cfg.hidden_size), &format!("{p}.weight")))
@@ -254,7 +277,10 @@ impl Decoder {
             Some(head) => {
                 Some(vb.clone().set_device(stages.last().clone()).get((cfg.vocab_size, cfg.hidden_size), head)?)
             }
-            None if cfg.tie_word_embeddings => Some(embed.to_device(stages.last())?),
+            None if cfg.tie_word_embeddings => match &embed {
+                Embedding::Table(t) => Some(t.to_device(stages.last())?),
+                Embedding::Rows(_) => None,
+            },
             None => Some(vb.get((cfg.vocab_size, cfg.hidden_size), names.heads[0])?),
         };
         let blocks = blocks_vec;
@@ -322,7 +348,11 @@ impl Decoder {
     /// holds one offset for every row or (with `s = 1`) one per row.
     fn embed(&self, ids: &Tensor, offsets: &[usize]) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        let x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, self.cfg.hidden_size))?;
+        let x = match &self.embed {
+            Embedding::Table(t) => t.index_select(&ids.flatten_all()?, 0)?,
+            Embedding::Rows(rows) => rows.read(&ids.flatten_all()?.to_vec1()?, self.dtype, &self.device)?,
+        };
+        let x = x.reshape((b, s, self.cfg.hidden_size))?;
         let x = match (&self.positions, offsets) {
             (None, _) => x,
             (Some(wpe), &[offset]) => x.broadcast_add(&wpe.narrow(0, offset, s)?.unsqueeze(0)?)?,

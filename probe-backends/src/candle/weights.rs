@@ -1,7 +1,8 @@
 //! The weights a model loads, read tensor by tensor with positioned reads from its
 //! safetensors files: only the tensors a load asks for are read, and no file stays mapped, so
 //! a model that loads a few blocks (extraction up to a layer) holds, and its peak RSS counts,
-//! only those.
+//! only those. Such a model reads its embedding row by row too ([`Rows`]): a batch reads the
+//! rows of its tokens, and the table is never held.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -66,6 +67,73 @@ impl WeightIndex {
         let files: Result<Vec<File>> =
             self.files.iter().map(|f| File::open(f).map_err(|e| Error::io(f.display(), e))).collect();
         Ok(Reader { index: self.clone(), files: files? })
+    }
+}
+
+impl WeightIndex {
+    /// A reader of the rows of the 2-D tensor `name`, stored in f32, bf16 or f16 (`None` for
+    /// another dtype or shape, or a tensor it lacks).
+    ///
+    /// # Errors
+    /// [`Error::Io`] for its file that cannot be opened.
+    pub(crate) fn rows(&self, name: &str) -> Result<Option<Rows>> {
+        use safetensors::Dtype as D;
+        let Some(e) = self.tensors.get(name).filter(|e| e.shape.len() == 2) else { return Ok(None) };
+        if !matches!(e.dtype, D::F32 | D::BF16 | D::F16) {
+            return Ok(None);
+        }
+        let path = &self.files[e.file];
+        let file = File::open(path).map_err(|err| Error::io(path.display(), err))?;
+        Ok(Some(Rows { file, entry: e.clone(), name: name.to_owned() }))
+    }
+}
+
+/// The rows of one `[rows, width]` tensor, read on demand with positioned reads.
+#[derive(Debug)]
+pub(crate) struct Rows {
+    file: File,
+    entry: Entry,
+    name: String,
+}
+
+impl Rows {
+    /// `[rows, width]`.
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        (self.entry.shape[0], self.entry.shape[1])
+    }
+
+    /// Rows `ids` (`[ids.len(), width]`, in `dtype` on `device`), each distinct row read once.
+    pub(crate) fn read(&self, ids: &[u32], dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        use safetensors::Dtype as D;
+        match self.entry.dtype {
+            D::F32 => self.read_as::<f32>(ids, dtype, device),
+            D::BF16 => self.read_as::<half::bf16>(ids, dtype, device),
+            D::F16 => self.read_as::<half::f16>(ids, dtype, device),
+            other => candle_core::bail!("{}: rows of {other:?} are not read one by one", self.name),
+        }
+    }
+
+    fn read_as<T: bytemuck::Pod + candle_core::WithDType>(
+        &self,
+        ids: &[u32],
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let (rows, width) = self.shape();
+        let mut distinct = ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut values = vec![T::zeroed(); distinct.len() * width];
+        let row_bytes = (width * std::mem::size_of::<T>()) as u64;
+        for (&id, dst) in distinct.iter().zip(values.chunks_mut(width.max(1))) {
+            if id as usize >= rows {
+                candle_core::bail!("token id {id} is past the {rows} rows of {}", self.name);
+            }
+            self.file.read_exact_at(bytemuck::cast_slice_mut(dst), self.entry.start + u64::from(id) * row_bytes)?;
+        }
+        let table = Tensor::from_vec(values, (distinct.len(), width), device)?.to_dtype(dtype)?;
+        let at: Vec<u32> = ids.iter().map(|id| distinct.partition_point(|d| d < id) as u32).collect();
+        table.index_select(&Tensor::from_vec(at, ids.len(), device)?, 0)
     }
 }
 

@@ -23,15 +23,16 @@ struct Slot {
 }
 
 /// Items placed in order: embedding, blocks, head (final norm and output projection). With
-/// `blocks = Some(n)` (extraction only): blocks `0..n`, and a head of only the final norm when
-/// `n` is every block, else of nothing.
+/// `blocks = Some(n)` (extraction only): no embedding table (its rows are read per batch),
+/// blocks `0..n`, and a head of only the final norm when `n` is every block, else of nothing.
 fn items(spec: &ModelSpec, m: &ModelMemory, blocks: Option<u64>) -> Vec<u64> {
     let layer = layer_weight_bytes(spec, m.dtype);
     let b = m.dtype.activation_bytes();
-    let emb = spec.vocab_size as u64 * spec.hidden_size as u64 * b;
+    let table = spec.vocab_size as u64 * spec.hidden_size as u64 * b;
+    let emb = if blocks.is_some() { 0 } else { table };
     let n = blocks.map_or(spec.num_layers, |n| (n as usize).min(spec.num_layers));
     let head = match blocks {
-        None => edge_weight_bytes(spec, m.dtype) - emb,
+        None => edge_weight_bytes(spec, m.dtype) - table,
         Some(_) if n == spec.num_layers => spec.hidden_size as u64 * b,
         Some(_) => 0,
     };
