@@ -3,8 +3,9 @@
 //! (PROBE_FIXTURES): extraction at `last`, `mean` and `all`, spans inside and outside the
 //! prefix, several sites, batched and not, with two templates (prefixes of different
 //! lengths), an input that is nearly all prefix and one that shares nothing; generation's
-//! greedy tokens (the rows decoding over the prefix's keys, held once), and the states it reads
-//! while generating.
+//! greedy tokens (the rows decoding over the prefix's keys, held once), sampled ones (the
+//! samples of a prompt decoding over its keys, held once), and the states it reads while
+//! generating.
 #![cfg(feature = "candle")]
 
 mod archs;
@@ -105,6 +106,11 @@ async fn generating_after_a_shared_prefix_keeps_tokens_and_captured_states() {
         } else {
             assert!(ran < all, "{arch}: prefills after a shared prefix ran {ran} positions, whole prompts {all}");
         }
+        // Sampled, 3 samples a prompt (which then share all of its keys): the same draws.
+        let sampled =
+            request.clone().with_sampling(SamplingParams::greedy(5).with_temperature(0.8).with_n(3).with_seed(7));
+        let (a, b) = (shared.generate(sampled.clone()).await.unwrap(), whole.generate(sampled).await.unwrap());
+        assert_eq!(a, b, "{arch}: the same sampled completions");
         let reads = vec![(Site::Resid, (0..=l).collect::<Vec<_>>()), (Site::MlpOut, vec![0])];
         for positions in [Positions::Last, Positions::Mean] {
             let capture = StateCapture::new(info.clone(), reads.clone(), positions);

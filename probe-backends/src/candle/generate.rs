@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 
 use super::backend::Inner;
 use super::kv::DecodeKv;
+use super::kv::SharedKv;
 use super::model::{Prefix, Reader, Steering};
 
 fn be(e: candle_core::Error) -> Error {
@@ -201,6 +202,31 @@ impl Capturing {
         }
         states
     }
+}
+
+/// All of row `r`'s prompt keys (`len` positions) as one shared prefix: `shared`'s, then the
+/// row's own from a prefill's `kept` (`[b, kv_heads, s, head_dim]` per layer).
+fn prompt_kv(
+    kept: &[(Tensor, Tensor)],
+    r: usize,
+    len: usize,
+    shared: Option<&SharedKv>,
+) -> candle_core::Result<SharedKv> {
+    let before = shared.map_or(0, |s| s.len);
+    let layers = kept
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| {
+            let own = |t: &Tensor| t.narrow(0, r, 1)?.narrow(2, 0, len - before);
+            let whole = |prefix: Option<&Tensor>, t: &Tensor| match prefix {
+                Some(p) => Tensor::cat(&[p, &own(t)?], 2),
+                None => own(t)?.contiguous(),
+            };
+            let at = shared.map(|s| &s.layers[i]);
+            Ok((whole(at.map(|l| &l.0), k)?, whole(at.map(|l| &l.1), v)?))
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(SharedKv { len, layers: layers.into() })
 }
 
 impl Inner {
@@ -434,7 +460,12 @@ impl Inner {
         };
         let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(be)?;
         let mut joined = Vec::with_capacity(group.len() * rows);
+        // The samples of one prompt share all of its keys (held once) when there are several.
+        let share_prompts = rows > 1 && self.options.shared_prefixes && !self.decoder.drops_cache();
         for (r, (&pi, logits)) in group.iter().zip(&logits).enumerate() {
+            let prompt_kv =
+                share_prompts.then(|| prompt_kv(&kept, r, lens[r], shared_kv.as_ref())).transpose().map_err(be)?;
+            let shared_kv = prompt_kv.as_ref().or(shared_kv.as_ref());
             for s in 0..rows {
                 let rng = StdRng::seed_from_u64(stream_seed(p.seed, pi, s as u32));
                 let states = vec![Vec::new(); capture.map_or(0, |c| c.slots.len())];
@@ -457,7 +488,7 @@ impl Inner {
                 } else {
                     // Each sample its own copy of the keys after the shared prefix (held once).
                     let room = lens[r] + p.max_tokens as usize;
-                    kv.push(&kept, r, lens[r], room, shared_kv.as_ref()).map_err(be)?;
+                    kv.push(&kept, r, lens[r], room, shared_kv).map_err(be)?;
                     joined.push(row);
                 }
             }

@@ -133,8 +133,9 @@ impl DecodeKv {
     }
 
     /// Adds a row (the last slot) of `len` positions: after `shared` (its first positions,
-    /// held there), the rest are the first positions of row `r` of a prefill's keys and values
-    /// (`prefill[layer]`: `[b, kv_heads, s, head_dim]`), with room for `room` positions in all.
+    /// held there; possibly all of them), the rest are the first positions of row `r` of a
+    /// prefill's keys and values (`prefill[layer]`: `[b, kv_heads, s, head_dim]`), with room for
+    /// `room` positions in all.
     pub(crate) fn push(
         &mut self,
         prefill: &[(Tensor, Tensor)],
@@ -147,7 +148,7 @@ impl DecodeKv {
         let row = RowKv { len, dropped: 0, shared: shared.cloned() };
         let own = row.held();
         self.reserve(slot + 1, room.max(len) - row.shared_len(), prefill)?;
-        for (layer, (pk, pv)) in self.layers.iter().zip(prefill) {
+        for (layer, (pk, pv)) in self.layers.iter().zip(prefill).filter(|_| own > 0) {
             let (bk, bv) = layer.as_ref().expect("reserved above");
             let part = |t: &Tensor| t.narrow(0, r, 1)?.narrow(2, 0, own)?.contiguous();
             bk.narrow(0, slot, 1)?.slice_set(&part(pk)?, 2, 0)?;
