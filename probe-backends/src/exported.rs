@@ -174,11 +174,11 @@ impl ExportDir {
         Ok(ids)
     }
 
-    /// Validates `request` (its site among those the export holds), tokenises it, runs
-    /// `forward` once per batch and reduces what it returns. `forward(batch, layers)` gets the
-    /// padded batch and the sorted, deduplicated layers (blocks for a site inside blocks) and
-    /// returns, for each of those layers, the `[batch, seq, width]` f32 values of the request's
-    /// site in row-major order (width: [`ModelInfo::width`]).
+    /// Validates `request` (its sites among those the export holds), tokenises it, runs
+    /// `forward` once per batch and reduces what it returns. `forward(batch, reads)` gets the
+    /// padded batch and the request's reads (per site, its sorted layers; blocks for a site
+    /// inside blocks) and returns, per site and per layer of it, the `[batch, seq, width]` f32
+    /// values in row-major order (width: [`ModelInfo::width`]): one run serves every site.
     pub(crate) fn extract<F>(
         &self,
         request: &ActivationRequest,
@@ -186,7 +186,7 @@ impl ExportDir {
         mut forward: F,
     ) -> Result<Activations>
     where
-        F: FnMut(&PaddedBatch, Site, &[usize]) -> Result<Vec<Vec<f32>>>,
+        F: FnMut(&PaddedBatch, &[(Site, Vec<usize>)]) -> Result<Vec<Vec<Vec<f32>>>>,
     {
         request.validate(&self.info)?;
         let reads = request.reads();
@@ -197,19 +197,21 @@ impl ExportDir {
         let batch_size = request.batch_size.unwrap_or(default_batch).max(1);
         let spans: Vec<_> = ids.iter().enumerate().map(|(i, s)| request.span(i, s.len())).collect::<Result<_>>()?;
         let pad = self.meta.pad_token_id.unwrap_or(0);
-        // One run over the inputs per site (an export computes every site it holds per run).
-        let mut all: Option<Activations> = None;
-        for (site, layers) in &reads {
-            let shape = match site {
-                Site::Heads => vec![self.info.num_heads, self.info.head_dim],
-                site => vec![self.info.width(*site)],
-            };
-            let mut out = Collector::new(request.positions, layers, &shape, &ids, spans.clone());
-            for (start, chunk) in
-                (0..ids.len()).step_by(batch_size).map(|s| (s, &ids[s..(s + batch_size).min(ids.len())]))
-            {
-                let batch = PaddedBatch::new(chunk, pad);
-                let values = forward(&batch, *site, layers)?;
+        let mut outs: Vec<Collector> = reads
+            .iter()
+            .map(|(site, layers)| {
+                let shape = match site {
+                    Site::Heads => vec![self.info.num_heads, self.info.head_dim],
+                    site => vec![self.info.width(*site)],
+                };
+                Collector::new(request.positions, layers, &shape, &ids, spans.clone())
+            })
+            .collect();
+        for (start, chunk) in (0..ids.len()).step_by(batch_size).map(|s| (s, &ids[s..(s + batch_size).min(ids.len())]))
+        {
+            let batch = PaddedBatch::new(chunk, pad);
+            let values = forward(&batch, &reads)?;
+            for (((site, layers), out), values) in reads.iter().zip(&mut outs).zip(&values) {
                 if values.len() != layers.len() {
                     return Err(Error::backend(
                         "exported model",
@@ -220,6 +222,9 @@ impl ExportDir {
                     out.push(k, start, &batch, v)?;
                 }
             }
+        }
+        let mut all: Option<Activations> = None;
+        for ((site, _), out) in reads.iter().zip(outs) {
             let mut acts = out.finish();
             acts.layers.iter_mut().for_each(|l| l.site = *site);
             match &mut all {

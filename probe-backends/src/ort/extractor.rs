@@ -157,32 +157,42 @@ fn run_error(e: ort::Error, provider: &str) -> Error {
 }
 
 impl Inner {
-    /// One run: `site` at the requested layers (blocks for a site inside blocks) as
-    /// `[batch, seq, width]` f32 each.
-    fn forward(&self, batch: &PaddedBatch, site: Site, layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+    /// One run: each site of `reads` at its layers (blocks for a site inside blocks), per site
+    /// and layer `[batch, seq, width]` f32.
+    fn forward(&self, batch: &PaddedBatch, reads: &[(Site, Vec<usize>)]) -> Result<Vec<Vec<Vec<f32>>>> {
         let err = |e: ort::Error| run_error(e, self.provider);
         let shape = [batch.batch, batch.seq];
         let ids = OrtTensor::from_array((shape, batch.ids.clone())).map_err(err)?;
         let mask = OrtTensor::from_array((shape, batch.mask.clone())).map_err(err)?;
-        let names: Vec<String> = layers.iter().map(|&l| output_name(site, l)).collect();
-        let selector = names.iter().fold(OutputSelector::no_default(), |s, n| s.with(n.as_str()));
+        let names: Vec<Vec<String>> =
+            reads.iter().map(|(site, layers)| layers.iter().map(|&l| output_name(*site, l)).collect()).collect();
+        let selector = names.iter().flatten().fold(OutputSelector::no_default(), |s, n| s.with(n.as_str()));
         let options = RunOptions::new().map_err(err)?.with_outputs(selector);
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session
             .run_with_options(ort::inputs!["input_ids" => ids, "attention_mask" => mask], &options)
             .map_err(err)?;
-        let want = [batch.batch as i64, batch.seq as i64, self.export.info.width(site) as i64];
-        names
+        reads
             .iter()
-            .map(|name| {
-                let value = outputs
-                    .get(name)
-                    .ok_or_else(|| Error::backend(BACKEND, format!("ONNX Runtime returned no {name}")))?;
-                let (got, data) = value.try_extract_tensor::<f32>().map_err(err)?;
-                if **got != want {
-                    return Err(Error::backend(BACKEND, format!("{name} has shape {got:?}, expected {want:?}")));
-                }
-                Ok(data.to_vec())
+            .zip(&names)
+            .map(|((site, _), names)| {
+                let want = [batch.batch as i64, batch.seq as i64, self.export.info.width(*site) as i64];
+                names
+                    .iter()
+                    .map(|name| {
+                        let value = outputs
+                            .get(name)
+                            .ok_or_else(|| Error::backend(BACKEND, format!("ONNX Runtime returned no {name}")))?;
+                        let (got, data) = value.try_extract_tensor::<f32>().map_err(err)?;
+                        if **got != want {
+                            return Err(Error::backend(
+                                BACKEND,
+                                format!("{name} has shape {got:?}, expected {want:?}"),
+                            ));
+                        }
+                        Ok(data.to_vec())
+                    })
+                    .collect()
             })
             .collect()
     }
@@ -191,11 +201,10 @@ impl Inner {
 #[async_trait]
 impl ActivationExtractor for OrtExtractor {
     async fn extract(&self, request: ActivationRequest) -> Result<Activations> {
-        request.validate(&self.inner.export.info)?;
         let inner = Arc::clone(&self.inner);
         let default_batch = inner.options.default_batch_size.unwrap_or(8);
         tokio::task::spawn_blocking(move || {
-            inner.export.extract(&request, default_batch, |batch, site, layers| inner.forward(batch, site, layers))
+            inner.export.extract(&request, default_batch, |batch, reads| inner.forward(batch, reads))
         })
         .await
         .map_err(|e| Error::backend(BACKEND, format!("extraction task failed: {e}")))?

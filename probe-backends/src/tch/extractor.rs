@@ -190,63 +190,68 @@ impl TchExtractor {
 }
 
 impl Inner {
-    /// One forward pass: `site` at the requested layers (blocks for a site inside blocks) as
-    /// `[batch, seq, width]` f32 each. The module returns the hidden states stacked, or, exported
-    /// with `--sites`, a tuple of them and each further site's blocks stacked, in
-    /// `export.json`'s `sites` order.
-    fn forward(&self, batch: &PaddedBatch, site: Site, layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+    /// One forward pass: each site of `reads` at its layers (blocks for a site inside blocks),
+    /// per site and layer `[batch, seq, width]` f32. The module returns the hidden states
+    /// stacked, or, exported with `--sites`, a tuple of them and each further site's blocks
+    /// stacked, in `export.json`'s `sites` order.
+    fn forward(&self, batch: &PaddedBatch, reads: &[(Site, Vec<usize>)]) -> Result<Vec<Vec<Vec<f32>>>> {
         let _guard = tch::no_grad_guard();
         let shape = [batch.batch as i64, batch.seq as i64];
         let err = |e| torch_error(e, self.device);
         let ids = Tensor::from_slice(&batch.ids).view(shape).to_device(self.device);
         let mask = Tensor::from_slice(&batch.mask).view(shape).to_device(self.device);
         let output = self.module.forward_is(&[IValue::Tensor(ids), IValue::Tensor(mask)]).map_err(err)?;
-        let index = self.export.meta.sites().iter().position(|&s| s == site).unwrap_or(0);
-        let stacked = match output {
-            IValue::Tensor(t) if index == 0 => t,
-            IValue::Tuple(mut items) if index < items.len() => match items.swap_remove(index) {
-                IValue::Tensor(t) => t,
-                other => return Err(Error::backend(BACKEND, format!("output {index} of the module is {other:?}"))),
-            },
-            _ => {
+        let sites = self.export.meta.sites();
+        let info = self.info();
+        let mut out = Vec::with_capacity(reads.len());
+        for (site, layers) in reads {
+            let index = sites.iter().position(|s| s == site).unwrap_or(0);
+            let stacked = match &output {
+                IValue::Tensor(t) if index == 0 => t,
+                IValue::Tuple(items) if index < items.len() => match &items[index] {
+                    IValue::Tensor(t) => t,
+                    other => return Err(Error::backend(BACKEND, format!("output {index} of the module is {other:?}"))),
+                },
+                _ => {
+                    return Err(Error::backend(
+                        BACKEND,
+                        format!("the module returned no output for site {site} (export.json lists it at {index})"),
+                    ));
+                }
+            };
+            let count = if site.in_block() { info.num_layers } else { info.num_layers + 1 };
+            let width = info.width(*site);
+            let want = [count as i64, shape[0], shape[1], width as i64];
+            if stacked.size() != want {
                 return Err(Error::backend(
                     BACKEND,
-                    format!("the module returned no output for site {site} (export.json lists it at {index})"),
+                    format!("the module returned {site} of shape {:?}, expected {want:?}", stacked.size()),
                 ));
             }
-        };
-        let info = self.info();
-        let count = if site.in_block() { info.num_layers } else { info.num_layers + 1 };
-        let width = info.width(site);
-        let want = [count as i64, shape[0], shape[1], width as i64];
-        if stacked.size() != want {
-            return Err(Error::backend(
-                BACKEND,
-                format!("the module returned {site} of shape {:?}, expected {want:?}", stacked.size()),
-            ));
+            let index =
+                Tensor::from_slice(&layers.iter().map(|&l| l as i64).collect::<Vec<_>>()).to_device(self.device);
+            let picked = stacked
+                .f_index_select(0, &index)
+                .and_then(|t| t.f_to_kind(Kind::Float))
+                .and_then(|t| t.f_to_device(Device::Cpu))
+                .map_err(err)?
+                .contiguous();
+            let per = batch.batch * batch.seq * width;
+            let mut flat = vec![0f32; per * layers.len()];
+            picked.f_copy_data(&mut flat, per * layers.len()).map_err(err)?;
+            out.push(flat.chunks_exact(per).map(<[f32]>::to_vec).collect());
         }
-        let index = Tensor::from_slice(&layers.iter().map(|&l| l as i64).collect::<Vec<_>>()).to_device(self.device);
-        let picked = stacked
-            .f_index_select(0, &index)
-            .and_then(|t| t.f_to_kind(Kind::Float))
-            .and_then(|t| t.f_to_device(Device::Cpu))
-            .map_err(err)?
-            .contiguous();
-        let per = batch.batch * batch.seq * width;
-        let mut flat = vec![0f32; per * layers.len()];
-        picked.f_copy_data(&mut flat, per * layers.len()).map_err(err)?;
-        Ok(flat.chunks_exact(per).map(<[f32]>::to_vec).collect())
+        Ok(out)
     }
 }
 
 #[async_trait]
 impl ActivationExtractor for TchExtractor {
     async fn extract(&self, request: ActivationRequest) -> Result<Activations> {
-        request.validate(self.inner.info())?;
         let inner = Arc::clone(&self.inner);
         let default_batch = inner.options.default_batch_size.unwrap_or(8);
         tokio::task::spawn_blocking(move || {
-            inner.export.extract(&request, default_batch, |batch, site, layers| inner.forward(batch, site, layers))
+            inner.export.extract(&request, default_batch, |batch, reads| inner.forward(batch, reads))
         })
         .await
         .map_err(|e| Error::backend(BACKEND, format!("extraction task failed: {e}")))?
