@@ -209,11 +209,11 @@ impl Block {
             }
         };
         Ok(Self {
-            qkv: Linear::fuse(&[q, k, v])?.ready()?,
-            o: Linear::load(vb, &format!("{p}.self_attn.o_proj"), h, nh * d, cfg.o_bias)?.ready()?,
+            qkv: Linear::fuse(&[q, k, v])?,
+            o: Linear::load(vb, &format!("{p}.self_attn.o_proj"), h, nh * d, cfg.o_bias)?,
             q_norm,
             k_norm,
-            mlp: Mlp::load(vb, cfg, i)?.ready()?,
+            mlp: Mlp::load(vb, cfg, i)?,
             input_norm,
             post_attn_norm,
             pre_mlp_norm,
@@ -237,11 +237,11 @@ impl Block {
         }
         let q = qkv.rows(0, nh * d)?.scaled(cfg.attn_scale)?;
         Ok(Self {
-            qkv: Linear::fuse(&[q, qkv.rows(nh * d, 2 * nh * d)?])?.ready()?,
-            o: linear(g.attn[1], h, nh * d, cfg.o_bias)?.ready()?,
+            qkv: Linear::fuse(&[q, qkv.rows(nh * d, 2 * nh * d)?])?,
+            o: linear(g.attn[1], h, nh * d, cfg.o_bias)?,
             q_norm: None,
             k_norm: None,
-            mlp: Mlp::load(vb, cfg, i)?.ready()?,
+            mlp: Mlp::load(vb, cfg, i)?,
             input_norm: Some(norm(g.norms[0])?),
             post_attn_norm: None,
             pre_mlp_norm: Some(norm(g.norms[1])?),

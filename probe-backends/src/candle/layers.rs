@@ -24,7 +24,7 @@ impl Linear {
     /// Loads a GPT-2 `Conv1D` (`{name}.weight` stored `[in, out]`, and its bias) as a linear
     /// layer (the weight transposed once, here).
     pub(crate) fn load_conv1d(vb: &VarBuilder, name: &str, out: usize, inp: usize) -> Result<Self> {
-        let weight = vb.get((inp, out), &format!("{name}.weight"))?.t()?.contiguous()?;
+        let weight = transposed_copy(&vb.get((inp, out), &format!("{name}.weight"))?)?;
         Ok(Self { weight, bias: Some(vb.get(out, &format!("{name}.bias"))?) })
     }
 
@@ -61,7 +61,7 @@ impl Linear {
         let dims = x.dims().to_vec();
         let inp = dims[dims.len() - 1];
         let rows = x.elem_count() / inp;
-        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let y = times_transposed(&x.reshape((rows, inp))?, &self.weight)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -100,26 +100,32 @@ impl Linear {
         })
     }
 
-    /// The same layer with its weight held as a contiguous `[in, out]` buffer (seen, as
-    /// before, as `[out, in]`: a transposed view), so that [`Linear::forward`]'s `x · wᵀ` reads
-    /// the weight in its memory order. With candle's CPU gemm that makes the few-row matmuls of
-    /// a decode step 1.3–5× faster (no packing of the weight per call) and long inputs no slower;
-    /// a GPU reads either. Call it on the final layer (after [`Linear::fuse`] or
-    /// [`Linear::scaled`], which make a new `[out, in]` weight).
-    pub(crate) fn ready(self) -> Result<Self> {
-        Ok(Self { weight: transposed_copy(&self.weight)?.t()?, bias: self.bias })
-    }
-
     /// Multiplies the layer's output by `k` (folded into the weights).
     pub(crate) fn scaled(self, k: f64) -> Result<Self> {
         Ok(Self { weight: (self.weight * k)?, bias: self.bias.map(|b| b * k).transpose()? })
     }
 }
 
+/// Rows up to which [`times_transposed`] computes `(w · xᵀ)ᵀ` on the CPU.
+const FEW_ROWS: usize = 256;
+
+/// `x · wᵀ` for `x` `[rows, in]` and a weight `w` as stored (`[out, in]`). On the CPU, for up to
+/// [`FEW_ROWS`] rows (a decode step, a prefill's last positions), as `(w · xᵀ)ᵀ`: candle's gemm
+/// then streams `w` once in its memory order at about the memory's speed, where `x · wᵀ` packs
+/// it per call (docs/performance.md: 16 rows × a 32,000 × 1,024 LM head at 15 GB/s, vs 7.7 GB/s
+/// with the weight transposed to `[in, out]` at load, which this replaces). More rows
+/// (extraction, a prefill) multiply as `x · wᵀ`.
+pub(crate) fn times_transposed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if w.device().is_cpu() && x.dim(0)? <= FEW_ROWS && w.is_contiguous() {
+        transposed_copy(&w.matmul(&x.t()?)?)
+    } else {
+        x.matmul(&w.t()?)
+    }
+}
+
 /// `w` (`[rows, cols]`) transposed into a new contiguous `[cols, rows]` tensor: on the CPU in
-/// 32 × 32 blocks (candle's strided copy goes element by element: seconds for a model's
-/// weights), elsewhere by candle.
-fn transposed_copy(w: &Tensor) -> Result<Tensor> {
+/// 32 × 32 blocks (candle's strided copy goes element by element), elsewhere by candle.
+pub(crate) fn transposed_copy(w: &Tensor) -> Result<Tensor> {
     fn blocked<T: Copy + Default>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
         const B: usize = 32;
         let mut out = vec![T::default(); rows * cols];
@@ -228,7 +234,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_weights_give_the_same_outputs() {
+    fn few_and_many_rows_multiply_alike() {
         let dev = Device::Cpu;
         for dtype in [DType::F32, DType::BF16] {
             // 70 × 45: blocks of 32 with ragged edges.
@@ -238,12 +244,17 @@ mod tests {
             let want = w.t().unwrap().contiguous().unwrap().to_dtype(DType::F32).unwrap();
             let got = t.to_dtype(DType::F32).unwrap();
             assert_eq!(got.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap(), "{dtype:?}");
-            let x = Tensor::randn(0f32, 1.0, (3, 45), &dev).unwrap().to_dtype(dtype).unwrap();
-            let plain = Linear { weight: w.clone(), bias: None };
-            let a = plain.forward(&x).unwrap().to_dtype(DType::F32).unwrap();
-            let b = plain.ready().unwrap().forward(&x).unwrap().to_dtype(DType::F32).unwrap();
-            let diff: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-            assert!(diff < 1e-4, "{dtype:?}: {diff}");
+            // Both sides of FEW_ROWS, against candle's own x · wᵀ.
+            for rows in [1, 3, FEW_ROWS, FEW_ROWS + 1] {
+                let x = Tensor::randn(0f32, 1.0, (rows, 45), &dev).unwrap().to_dtype(dtype).unwrap();
+                let a = x.matmul(&w.t().unwrap()).unwrap().to_dtype(DType::F32).unwrap();
+                let y = times_transposed(&x, &w).unwrap();
+                assert!(y.is_contiguous());
+                assert_eq!(y.dims(), &[rows, 70]);
+                let b = y.to_dtype(DType::F32).unwrap();
+                let diff: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+                assert!(diff < 1e-4, "{dtype:?}, {rows} rows: {diff}");
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use super::attention;
 use super::block::{Block, DecodeStep, RopeRows, SharedRows, Step, Tap};
 use super::config::ModelConfig;
 use super::kv::{DecodeKv, Kv, RowKv, SharedKv};
-use super::layers::Norm;
+use super::layers::{Norm, times_transposed};
 use super::placement::Stages;
 use super::rope::Rope;
 
@@ -711,7 +711,7 @@ impl Decoder {
             candle_core::bail!("the model was loaded for extraction only (no LM head)")
         };
         let last = norm.forward(last)?;
-        let logits = last.matmul(&lm_head.t()?)?.to_dtype(DType::F32)?;
+        let logits = times_transposed(&last, lm_head)?.to_dtype(DType::F32)?;
         match self.cfg.final_softcap {
             Some(cap) => (logits / cap)?.tanh()? * cap,
             None => Ok(logits),

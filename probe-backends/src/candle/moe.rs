@@ -179,22 +179,6 @@ impl Mlp {
         }
     }
 
-    /// The same MLP with every projection [`Linear::ready`].
-    pub(crate) fn ready(self) -> Result<Self> {
-        let gated =
-            |m: GatedMlp| -> Result<GatedMlp> { Ok(GatedMlp { gate_up: m.gate_up.ready()?, down: m.down.ready()? }) };
-        Ok(match self {
-            Mlp::Dense(m) => Mlp::Dense(gated(m)?),
-            Mlp::Plain(m) => Mlp::Plain(PlainMlp { up: m.up.ready()?, down: m.down.ready()? }),
-            Mlp::Sparse(m) => Mlp::Sparse(Moe {
-                experts: m.experts.into_iter().map(gated).collect::<Result<_>>()?,
-                router: m.router,
-                top_k: m.top_k,
-                renormalise: m.renormalise,
-            }),
-        })
-    }
-
     /// `x` (`[b, s, h]`) through the MLP; `router` keeps a mixture's router logits
     /// (`[b, s, experts]`) when given.
     pub(crate) fn forward(&self, x: &Tensor, act: Activation, router: Option<&mut Option<Tensor>>) -> Result<Tensor> {
