@@ -117,6 +117,7 @@ fn write_model(dir: &Path) {
 }
 
 fn bench(c: &mut Criterion) {
+    probe_benches::keep_freed_memory();
     let dir = tempfile::tempdir().expect("temp dir");
     write_model(dir.path());
     let model = CandleBackend::load(dir.path(), CandleOptions::default()).expect("load the random model");

@@ -131,6 +131,7 @@ fn server_command(_a: &Args) -> Result<String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    probe_benches::keep_freed_memory();
     if let Err(e) = run().await {
         eprintln!("error: {e}");
         std::process::exit(2);

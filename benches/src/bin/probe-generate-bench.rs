@@ -37,6 +37,7 @@ struct Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    probe_benches::keep_freed_memory();
     if let Err(e) = run().await {
         eprintln!("error: {e}");
         std::process::exit(2);
