@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 
+from long import warm
+
 HF_SIDE = r"""
 import json, sys, time
 import torch
@@ -47,7 +49,10 @@ def prompts(n, words, prefix_words=0):
             for i in range(n)]
 
 
-def timed(cmd, env=None):
+def timed(cmd, env=None, model=None):
+    """Runs `cmd` after long.warm(model) (the same start for every engine)."""
+    if model:
+        warm(model)
     t = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
@@ -77,19 +82,19 @@ def main():
     runs = {}
     for _ in range(a.rounds):
         runs.setdefault("transformers", []).append(
-            timed([sys.executable, "-c", HF_SIDE, *args, str(a.batch), str(a.threads)], env))
+            timed([sys.executable, "-c", HF_SIDE, *args, str(a.batch), str(a.threads)], env, a.model))
         for name, binary in [("probe candle", a.probe_bin)] + [tuple(x.split("=", 1)) for x in a.also]:
             before = " ".join(f"{x:.1f}" for x in os.getloadavg())
             runs.setdefault(name, []).append(timed(
                 [binary, "--model", a.model, "--prompts", file, "--max-tokens", str(a.max_tokens),
-                 "--batch", str(a.batch), "--threads", str(a.threads)], env))
+                 "--batch", str(a.batch), "--threads", str(a.threads)], env, a.model))
             print(f"{name}: {runs[name][-1][0]:.1f} s whole (load {before} before)", file=sys.stderr)
     if a.vllm:
         venv = dict(env, VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE="2", VLLM_NO_USAGE_STATS="1",
                     TOKENIZERS_PARALLELISM="false")
         here = os.path.dirname(os.path.abspath(__file__))
         try:
-            runs["vLLM-CPU (offline)"] = [timed([sys.executable, os.path.join(here, "vllm_gen.py"), *args], venv)]
+            runs["vLLM-CPU (offline)"] = [timed([sys.executable, os.path.join(here, "vllm_gen.py"), *args], venv, a.model)]
         except (subprocess.CalledProcessError, IndexError, ValueError) as e:
             err = getattr(e, "stderr", None)
             print(f"vLLM-CPU did not run: {err.strip().splitlines()[-1] if err and err.strip() else e}")
