@@ -49,10 +49,10 @@ def prompts(n, words, prefix_words=0):
             for i in range(n)]
 
 
-def timed(cmd, env=None, model=None):
-    """Runs `cmd` after long.warm(model) (the same start for every engine)."""
+def timed(cmd, env=None, model=None, back_gib=4):
+    """Runs `cmd` after long.warm(model, back_gib) (the same start for every engine)."""
     if model:
-        warm(model)
+        warm(model, back_gib)
     t = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
@@ -72,6 +72,7 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--vllm", action="store_true", help="also time vLLM-CPU's offline generate (the upper anchor)")
     p.add_argument("--also", action="append", default=[], help="NAME=BIN: another probe-generate-bench, same rounds")
+    p.add_argument("--back-gib", type=int, default=4, help="GiB of memory faulted in before each engine (long.warm; 0: none)")
     p.add_argument("--prefix-words", type=int, default=0, help="words every prompt starts with (a template)")
     a = p.parse_args()
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
@@ -82,19 +83,19 @@ def main():
     runs = {}
     for _ in range(a.rounds):
         runs.setdefault("transformers", []).append(
-            timed([sys.executable, "-c", HF_SIDE, *args, str(a.batch), str(a.threads)], env, a.model))
+            timed([sys.executable, "-c", HF_SIDE, *args, str(a.batch), str(a.threads)], env, a.model, a.back_gib))
         for name, binary in [("probe candle", a.probe_bin)] + [tuple(x.split("=", 1)) for x in a.also]:
             before = " ".join(f"{x:.1f}" for x in os.getloadavg())
             runs.setdefault(name, []).append(timed(
                 [binary, "--model", a.model, "--prompts", file, "--max-tokens", str(a.max_tokens),
-                 "--batch", str(a.batch), "--threads", str(a.threads)], env, a.model))
+                 "--batch", str(a.batch), "--threads", str(a.threads)], env, a.model, a.back_gib))
             print(f"{name}: {runs[name][-1][0]:.1f} s whole (load {before} before)", file=sys.stderr)
     if a.vllm:
         venv = dict(env, VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE="2", VLLM_NO_USAGE_STATS="1",
                     TOKENIZERS_PARALLELISM="false")
         here = os.path.dirname(os.path.abspath(__file__))
         try:
-            runs["vLLM-CPU (offline)"] = [timed([sys.executable, os.path.join(here, "vllm_gen.py"), *args], venv, a.model)]
+            runs["vLLM-CPU (offline)"] = [timed([sys.executable, os.path.join(here, "vllm_gen.py"), *args], venv, a.model, a.back_gib)]
         except (subprocess.CalledProcessError, IndexError, ValueError) as e:
             err = getattr(e, "stderr", None)
             print(f"vLLM-CPU did not run: {err.strip().splitlines()[-1] if err and err.strip() else e}")

@@ -15,9 +15,9 @@ Usage: see benches/peer/run.
 """
 import argparse
 import json
-import mmap
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,28 +69,39 @@ def run_measured(cmd, env=None):
 def warm(model_dir, back_gib=4):
     """Puts every engine in the same state before it starts: the model's files in the page cache
     (else the one that runs after transformers reads its weights from disk), and `back_gib` GiB
-    of free memory faulted in and freed again. On a VM whose free memory goes back to the host
-    (free page reporting, as on this project's Firecracker machines), a process's fresh pages are
-    faulted in through the host, slowly (~0.3 GB/s for transparent huge pages); and right after a
-    process of several GB exits it is slower still: probe's whole run took 13.8 s right after
-    transformers (4.7 s of system time) and 10.0-10.6 s after this step (0.9-1.2 s). Memory
-    just freed is reused before it is reported, so every engine starts as on a machine whose
-    memory stays backed."""
+    of free memory faulted in and freed again (in a child process; 0: not done). On a VM whose
+    free memory goes back to the host (free page reporting, as on this project's Firecracker
+    machines), fresh transparent huge pages fault in slowly once the host has taken them back,
+    as it does after a large process exits: probe-generate-bench took 13.5-13.8 s (4.4-4.8 s of
+    system time) right after transformers or 10 s after this step, 10.0-10.7 s (0.9-1.2 s) right
+    after it. Memory just freed is reused before it is reported. The step costs transformers
+    (no huge pages) 0.4-2.6 s of its ~24 s (the reporting runs beside it); --back-gib 0 measures
+    without it, every engine after the previous one as it left the machine."""
     for name in os.listdir(model_dir):
         path = os.path.join(model_dir, name)
         if os.path.isfile(path):
             with open(path, "rb") as f:
                 while f.read(1 << 24):
                     pass
+    if back_gib == 0:
+        return
     with open("/proc/meminfo") as f:
         avail = next(int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:"))
     n = min(back_gib << 30, int(0.6 * avail)) & ~((1 << 21) - 1)
-    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        m.madvise(mmap.MADV_HUGEPAGE)
-    for i in range(0, n, 1 << 12):
-        m[i] = 1
-    m.close()
+    # In a child: a forked process inherits its parent's peak RSS, which would then count in
+    # every engine's ru_maxrss.
+    subprocess.run([sys.executable, "-c", BACK_MEMORY, str(n)], check=True)
+
+
+BACK_MEMORY = r"""
+import mmap, sys
+n = int(sys.argv[1])
+m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+if hasattr(mmap, "MADV_HUGEPAGE"):
+    m.madvise(mmap.MADV_HUGEPAGE)
+for i in range(0, n, 1 << 12):
+    m[i] = 1
+"""
 
 
 def load_avg():
@@ -108,6 +119,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--prefix", type=int, default=0, help="ids every prompt starts with (a template)")
+    p.add_argument("--back-gib", type=int, default=4, help="GiB of memory faulted in before each engine (see warm(); 0: none)")
     a = p.parse_args()
     rng = random.Random(26)
     with open(os.path.join(a.model, "config.json")) as f:
@@ -128,7 +140,7 @@ def main():
     results = {name: [] for name, _ in engines}
     for r in range(a.rounds):
         for name, cmd in engines:
-            warm(a.model)
+            warm(a.model, a.back_gib)
             before = load_avg()
             wall, rss, res = run_measured(cmd, env)
             results[name].append((wall, rss, res["pass_s"], before, load_avg()))
