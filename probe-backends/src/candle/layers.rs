@@ -107,14 +107,14 @@ impl Linear {
 }
 
 /// Rows up to which [`times_transposed`] computes `(w · xᵀ)ᵀ` on the CPU.
-const FEW_ROWS: usize = 256;
+const FEW_ROWS: usize = 128;
 
 /// `x · wᵀ` for `x` `[rows, in]` and a weight `w` as stored (`[out, in]`). On the CPU, for up to
 /// [`FEW_ROWS`] rows (a decode step, a prefill's last positions), as `(w · xᵀ)ᵀ`: candle's gemm
-/// then streams `w` once in its memory order at about the memory's speed, where `x · wᵀ` packs
-/// it per call (docs/performance.md: 16 rows × a 32,000 × 1,024 LM head at 15 GB/s, vs 7.7 GB/s
-/// with the weight transposed to `[in, out]` at load, which this replaces). More rows
-/// (extraction, a prefill) multiply as `x · wᵀ`.
+/// then streams `w` once in its memory order, where `x · wᵀ` packs it per call: 1.2–2× faster
+/// from 16 to 64 rows than `x · wᵀ` or than a weight transposed to `[in, out]` at load, which
+/// this replaces (`cargo run --release -p probe-benches --example gemm_rows`; docs/performance.md).
+/// More rows (extraction, a prefill) multiply as `x · wᵀ`.
 pub(crate) fn times_transposed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if w.device().is_cpu() && x.dim(0)? <= FEW_ROWS && w.is_contiguous() {
         transposed_copy(&w.matmul(&x.t()?)?)
