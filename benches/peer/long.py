@@ -68,15 +68,15 @@ def run_measured(cmd, env=None):
 
 def warm(model_dir, back_gib=0):
     """Puts every engine in the same state before it starts: the model's files in the page cache
-    (else the one that runs after transformers reads its weights from disk), and `back_gib` GiB
-    of free memory faulted in and freed again (in a child process; 0: not done). On a VM whose
-    free memory goes back to the host (free page reporting, as on this project's Firecracker
-    machines), fresh transparent huge pages fault in slowly once the host has taken them back,
-    as it does after a large process exits: probe-generate-bench took 13.5-13.8 s (4.4-4.8 s of
-    system time) right after transformers or 10 s after this step, 10.0-10.7 s (0.9-1.2 s) right
-    after it. Memory just freed is reused before it is reported. The step costs transformers
-    (no huge pages) 0.4-2.6 s of its ~24 s (the reporting runs beside it); --back-gib 0 measures
-    without it, every engine after the previous one as it left the machine."""
+    (else the one that runs after transformers reads its weights from disk), and with `back_gib`
+    > 0 that many GiB of free memory faulted in and freed again (in a child process). On a VM
+    that hands free memory back to its host (free page reporting, as on this project's
+    Firecracker machines), fresh memory faults in slowly once the host has taken it back, as it
+    does after a large process exits. With transparent huge pages (mimalloc's default), probe's
+    generate bench took 13.5-13.8 s right after transformers (4.4-4.8 s of system time) and
+    10.0-10.7 s right after this step; probe's binaries now build mimalloc without them, which
+    removed that penalty, so the step is off by default. It costs transformers (~1-2 s of system
+    time beside it, and its 1,900-token pass ran 30 s instead of 22 s)."""
     for name in os.listdir(model_dir):
         path = os.path.join(model_dir, name)
         if os.path.isfile(path):
