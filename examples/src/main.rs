@@ -14,6 +14,7 @@
 //! Every user error is one line on stderr naming the bad value, with exit status 2, before
 //! any model loads where that is possible; other failures exit with status 1.
 
+mod allocator;
 mod apply_cmd;
 mod demo;
 mod extract_cmd;
@@ -33,23 +34,6 @@ use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Makes mimalloc keep the memory the program frees instead of returning it to the OS 10 ms
-/// later (`MIMALLOC_PURGE_DELAY=-1`), unless that variable is set: a forward pass frees and
-/// reallocates buffers of the same sizes at every layer, and purged pages come back zeroed by
-/// the kernel (docs/performance.md). The benchmarks do the same (`probe_benches::keep_freed_memory`).
-fn keep_freed_memory() {
-    // mimalloc.h (v2 and v3): `void mi_option_set(mi_option_t, long)`, `mi_option_purge_delay`
-    // = 15; linked from libmimalloc-sys, which the `mimalloc` crate builds.
-    unsafe extern "C" {
-        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-    }
-    const PURGE_DELAY: std::ffi::c_int = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets an option's value; mimalloc reads it when it next purges.
-        unsafe { mi_option_set(PURGE_DELAY, -1) }
-    }
-}
 
 /// Language-model probing: labelled prompts → completions → hidden states at many layers →
 /// one linear probe per layer, cached, resumable.
@@ -125,7 +109,7 @@ fn clap_line(e: &clap::Error) -> String {
 }
 
 fn main() {
-    keep_freed_memory();
+    allocator::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
