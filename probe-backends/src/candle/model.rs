@@ -249,10 +249,10 @@ impl Decoder {
         let names = Names::of(vb, &cfg);
         let body = if names.body.is_empty() { vb.clone() } else { vb.pp(names.body) };
         let embed_name = format!("{}.weight", names.embed);
-        let whole_name =
-            if names.body.is_empty() { embed_name.clone() } else { format!("{}.{embed_name}", names.body) };
         let rows = match blocks {
-            Some(_) => weights.rows(&whole_name).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            Some(_) => {
+                weights.rows(&body.pp(&embed_name).prefix()).map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            }
             None => None,
         };
         let embed = match rows {
