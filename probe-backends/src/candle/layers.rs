@@ -125,7 +125,7 @@ pub(crate) fn times_transposed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// `w` (`[rows, cols]`) transposed into a new contiguous `[cols, rows]` tensor: on the CPU in
 /// 32 × 32 blocks (candle's strided copy goes element by element), elsewhere by candle.
-pub(crate) fn transposed_copy(w: &Tensor) -> Result<Tensor> {
+fn transposed_copy(w: &Tensor) -> Result<Tensor> {
     fn blocked<T: Copy + Default>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
         const B: usize = 32;
         let mut out = vec![T::default(); rows * cols];

@@ -68,9 +68,7 @@ impl WeightIndex {
             self.files.iter().map(|f| File::open(f).map_err(|e| Error::io(f.display(), e))).collect();
         Ok(Reader { index: self.clone(), files: files? })
     }
-}
 
-impl WeightIndex {
     /// A reader of the rows of the 2-D tensor `name`, stored in f32, bf16 or f16 (`None` for
     /// another dtype or shape, or a tensor it lacks).
     ///
